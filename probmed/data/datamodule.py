@@ -1,0 +1,133 @@
+"""LightningDataModule streaming sharded multimodal studies (see :mod:`probmed.data.schema` for the layout)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+
+from probmed.data import schema
+from probmed.data.modalities import INPUTS, CXRInput, ECGInput, EchoInput, ModalityInput, TextInput, check_modalities
+from probmed.data.streams import EvalStream, TrainStream, loader
+from probmed.data.studies import StudyCollator, StudyDecoder
+
+
+class ProbMedDataModule(L.LightningDataModule):
+    """Streams ``<split>-NNNNNN.tar`` webdataset shards of one dataset directory.
+
+    Args:
+        data_dir: directory holding the shards and ``sizes.json`` (written by ``probmed data synth|build``).
+        modalities: which modalities to load (any subset of ``cxr, ecg, echo, text``); a name the loader does not
+            know is a configuration error.
+        batch_size: studies per batch per device.
+        num_workers: DataLoader worker processes per device (0 decodes in the training process).
+        positives: ``"study"``: only a study's own modalities are positives; ``"patient"``: all studies of a patient.
+        train_batches_per_epoch: batches per rank per epoch; default: the training split's size divided by
+            ``batch_size × world size`` (rounded down to a multiple of ``num_workers``, at least one per worker).
+        shuffle_buffer: studies held in each worker's shuffle buffer.
+        seed: seeds shard order, shuffling and per-study random choices (with the epoch), identical on all ranks.
+        cxr, ecg, echo, text: per-modality input options.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data_shards/demo",
+        modalities: list[str] = ["cxr", "ecg", "echo", "text"],  # noqa: B006 (jsonargparse needs a literal)
+        batch_size: int = 64,
+        num_workers: int = 2,
+        positives: Literal["study", "patient"] = "study",
+        train_batches_per_epoch: int | None = None,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        cxr: CXRInput = CXRInput(),  # noqa: B008
+        ecg: ECGInput = ECGInput(),  # noqa: B008
+        echo: EchoInput = EchoInput(),  # noqa: B008
+        text: TextInput = TextInput(),  # noqa: B008
+    ):
+        super().__init__()
+        check_modalities(modalities)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.data_dir = Path(data_dir)
+        self.modalities = list(modalities)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.positives, self.seed = positives, seed
+        self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
+        options: dict[str, ModalityInput] = {"cxr": cxr, "ecg": ecg, "echo": echo, "text": text}
+        self.inputs = {name: options.get(name, INPUTS[name]()) for name in self.modalities}
+        self.decoder = StudyDecoder(self.inputs, positives)
+        self.collator = StudyCollator(self.inputs)
+        self._streams: dict[str, EvalStream | TrainStream] = {}
+
+    # -- shards --------------------------------------------------------------------------------------------------
+    def shards(self, split: str) -> tuple[list[str], int]:
+        """``(shard paths, number of studies)`` of a split, from ``sizes.json`` (shards it lists that are missing
+        on disk are an error: a half-written dataset must not train silently on part of itself)."""
+        sizes_file = self.data_dir / schema.SIZES_FILE
+        if not sizes_file.is_file():
+            raise FileNotFoundError(
+                f"{sizes_file} not found: build the dataset first, e.g. `probmed data synth --out {self.data_dir}`"
+            )
+        sizes = json.loads(sizes_file.read_text())
+        names = sorted(n for n in sizes if n.startswith(f"{split}-") and n.endswith(".tar"))
+        missing = [n for n in names if not (self.data_dir / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} shard(s) listed in {sizes_file} are missing, e.g. {missing[0]}")
+        return [str(self.data_dir / n) for n in names], sum(int(sizes[n]) for n in names)
+
+    def _place(self, stream):
+        trainer = self.trainer
+        if trainer is not None:
+            stream.rank, stream.world_size = trainer.global_rank, trainer.world_size
+        return stream
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    # -- Lightning hooks -----------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if "text" in self.inputs:
+            self.inputs["text"].load_tokenizer()  # fail early (and once) on a wrong tokenizer path
+        if stage in (None, "fit"):
+            urls, n_studies = self.shards("train")
+            world = self.trainer.world_size if self.trainer is not None else 1
+            workers = max(1, self.num_workers)
+            per_rank = self.train_batches_per_epoch or n_studies // (self.batch_size * world)
+            if per_rank < 1:
+                raise ValueError(
+                    f"training split has {n_studies} studies: too few for one batch of {self.batch_size} on each of "
+                    f"{world} rank(s); lower batch_size or set train_batches_per_epoch"
+                )
+            per_worker = max(1, per_rank // workers)
+            self._streams["train"] = TrainStream(
+                urls, self.decoder, self.collator, self.batch_size, self.seed, per_worker, self.num_workers,
+                self.shuffle_buffer,
+            )
+        for split in {"fit": ["val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}.get(
+            stage or "", ["val", "test"]
+        ):
+            urls, _ = self.shards(split)
+            self._streams[split] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
+
+    def train_dataloader(self):
+        return loader(self._place(self._streams["train"]), self.num_workers, self._epoch)
+
+    def val_dataloader(self):
+        return loader(self._place(self._streams["val"]), self.num_workers, self._epoch)
+
+    def test_dataloader(self):
+        return loader(self._place(self._streams["test"]), self.num_workers, self._epoch)
+
+    def predict_dataloader(self):
+        return self.test_dataloader()
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"checkpoint was trained with data seed {state['seed']}, config says {self.seed}")
+
+
+__all__ = ["ProbMedDataModule"]

