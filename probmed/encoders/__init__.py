@@ -1,0 +1,37 @@
+"""Per-modality encoder towers (trunks) and the Gaussian head.
+
+Each trunk is an ``nn.Module`` with an int ``output_dim`` (feature size F) and ``forward(x) -> [B, F]``; the
+LightningModule keeps them in an ``nn.ModuleDict`` keyed by modality, each followed by a :class:`GaussianHead`.
+
+========  ==================  ===========================================================================
+modality  trunk               input
+========  ==================  ===========================================================================
+cxr       :class:`ImageEncoder`  ``[B, C, H, W]`` float (C=1, standardised)
+ecg       :class:`ECGEncoder`    ``[B, leads, L]`` float mV, optional ``lead_mask`` ``[B, leads]``
+echo      :class:`EchoEncoder`   ``[B, T, C, H, W]`` float, optional ``frame_mask`` ``[B, T]``
+text      :class:`TextEncoder`   ``{"input_ids": [B, S], "attention_mask": [B, S]}`` long
+========  ==================  ===========================================================================
+"""
+from probmed.encoders.ecg import ECGEncoder
+from probmed.encoders.echo import EchoEncoder
+from probmed.encoders.head import GaussianHead
+from probmed.encoders.image import ImageEncoder
+from probmed.encoders.pretrained import (
+    PretrainedNotFoundError,
+    load_state_dict_file,
+    load_tokenizer,
+    resolve_local_path,
+)
+from probmed.encoders.text import TextEncoder
+
+__all__ = [
+    "ECGEncoder",
+    "EchoEncoder",
+    "GaussianHead",
+    "ImageEncoder",
+    "PretrainedNotFoundError",
+    "TextEncoder",
+    "load_state_dict_file",
+    "load_tokenizer",
+    "resolve_local_path",
+]

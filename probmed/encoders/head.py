@@ -1,0 +1,126 @@
+"""The Gaussian head: tower features → (mean, log-variance) of a diagonal or isotropic Gaussian."""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["GaussianHead"]
+
+
+class GaussianHead(nn.Module):
+    """Two parallel linear heads on the tower features (ProbMED): μ and log σ².
+
+    * ``mean = Linear(in_dim, embed_dim)(features)``, L2-normalised to unit length when ``normalize_mean``.
+    * ``log_var = clamp(Linear(in_dim, k)(features))`` with ``k = embed_dim`` (diagonal) or ``k = 1`` (isotropic:
+      one variance shared by every dimension).  The log-variance layer is separate from the mean layer and
+      randomly initialised (ProbMED: "one randomly initialised layer"); its weights are drawn with a small
+      standard deviation (``log_var_weight_std``) and its bias is set so that, at initialisation, every sample's
+      log-variance is ≈ ``log_var_init`` (exactly that value for zero features).
+
+    **Clamping** keeps ``log_var`` inside ``[log_var_min, log_var_max]``:
+
+    * ``clamp="soft"`` (default): ``c + r·tanh((z − c)/r)`` with centre ``c = (min+max)/2`` and half-range
+      ``r = (max−min)/2``.  It is the identity (slope 1) at the centre, ≈ identity over most of the range, and
+      saturates smoothly: the gradient (slope ``1 − tanh²``) fades gradually near and past a bound instead of
+      dropping to zero at it, so a log-variance pushed towards a bound can come back.  The output never leaves
+      the interval.
+    * ``clamp="hard"``: ``torch.clamp`` (MedProbCLIP / PCME++ style); zero gradient outside the range.
+
+    **Initial variance.** With L2-normalised means in D dimensions the squared distance between two unrelated
+    means is ≈ 2, and the diagonal Bhattacharyya logit between equal-variance Gaussians is
+    ``log BC = −‖Δμ‖² / (8 v)``.  ``log_var_init = −2`` (v ≈ 0.135) gives log BC ≈ −1.85 for unrelated pairs
+    and ≈ −0.1 for close ones (‖Δμ‖² ≈ 0.1): the ProbMED similarity ``PS = 1 − √(1 − BC)`` then spans
+    ≈ 0.08 … 0.7 instead of saturating at either end.  Without mean normalisation pick it to match the scale of
+    the means.
+
+    Args:
+        in_dim: feature size F of the tower (its ``output_dim``).
+        embed_dim: size D of the shared embedding space.
+        variance: ``"diagonal"`` (log_var ``[B, D]``) or ``"isotropic"`` (log_var ``[B, 1]``).
+        log_var_min: lower bound of the natural-log variance.
+        log_var_max: upper bound of the natural-log variance.
+        normalize_mean: L2-normalise the mean (unit norm) — needed by cosine-style losses.
+        log_var_init: log-variance every sample starts near (see above); must lie inside the bounds.
+        clamp: ``"soft"`` (tanh) or ``"hard"`` clamping (see above).
+        log_var_weight_std: standard deviation of the normal init of the log-variance layer's weights.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        embed_dim: int,
+        variance: Literal["diagonal", "isotropic"] = "diagonal",
+        log_var_min: float = -10.0,
+        log_var_max: float = 5.0,
+        normalize_mean: bool = True,
+        log_var_init: float = -2.0,
+        clamp: Literal["soft", "hard"] = "soft",
+        log_var_weight_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if variance not in ("diagonal", "isotropic"):
+            raise ValueError(f"variance must be 'diagonal' or 'isotropic', got {variance!r}")
+        if clamp not in ("soft", "hard"):
+            raise ValueError(f"clamp must be 'soft' or 'hard', got {clamp!r}")
+        if not log_var_min < log_var_init < log_var_max:
+            raise ValueError(
+                f"log_var_init={log_var_init} must lie strictly inside ({log_var_min}, {log_var_max})"
+            )
+        self.in_dim = int(in_dim)
+        self.embed_dim = int(embed_dim)
+        self.variance = variance
+        self.log_var_min = float(log_var_min)
+        self.log_var_max = float(log_var_max)
+        self.normalize_mean = bool(normalize_mean)
+        self.clamp = clamp
+        self.mean = nn.Linear(self.in_dim, self.embed_dim)
+        self.log_var = nn.Linear(self.in_dim, self.embed_dim if variance == "diagonal" else 1)
+        nn.init.normal_(self.log_var.weight, std=log_var_weight_std)
+        with torch.no_grad():
+            self.log_var.bias.fill_(self._inverse_clamp(float(log_var_init)))
+
+    @property
+    def output_dim(self) -> int:
+        return self.embed_dim
+
+    def _centre_range(self) -> tuple[float, float]:
+        return 0.5 * (self.log_var_max + self.log_var_min), 0.5 * (self.log_var_max - self.log_var_min)
+
+    def _inverse_clamp(self, y: float) -> float:
+        if self.clamp == "hard":
+            return y
+        c, r = self._centre_range()
+        return c + r * math.atanh((y - c) / r)
+
+    def clamp_log_var(self, z: Tensor) -> Tensor:
+        """Apply the configured clamp to raw log-variances ``z`` (any shape)."""
+        if self.clamp == "hard":
+            return z.clamp(self.log_var_min, self.log_var_max)
+        c, r = self._centre_range()
+        return c + r * torch.tanh((z - c) / r)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Map features to a Gaussian.
+
+        Args:
+            features: ``[B, F]`` float tower features.
+
+        Returns:
+            ``(mean, log_var)``: ``mean`` ``[B, D]`` (unit L2 norm when ``normalize_mean``), ``log_var`` ``[B, D]``
+            (diagonal) or ``[B, 1]`` (isotropic), natural log of the variance, inside the clamp range.
+        """
+        mean = self.mean(features)
+        if self.normalize_mean:
+            mean = F.normalize(mean, dim=-1)
+        log_var = self.clamp_log_var(self.log_var(features))
+        return mean, log_var
+
+    def extra_repr(self) -> str:
+        return (
+            f"variance={self.variance}, log_var∈[{self.log_var_min}, {self.log_var_max}] ({self.clamp}), "
+            f"normalize_mean={self.normalize_mean}"
+        )
