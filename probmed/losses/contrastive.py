@@ -1,0 +1,508 @@
+"""Contrastive terms: probabilistic / deterministic InfoNCE (ProbMED, CLIP, MEDBind), SigLIP, PCME++, MedProbCLIP.
+
+All terms compute the loss of this rank's LOCAL rows against ALL GLOBAL columns (gathered with gradients by the
+:class:`~probmed.losses.Objective`), normalised as described in :mod:`probmed.losses.base`, so that DDP's
+gradient averaging reproduces the single-process gradient of the global batch exactly.
+
+Masks. For a pair ``(a, b)`` and the direction a -> b, row ``i`` (modality ``a``) is *valid* when ``a`` is present
+in it and at least one present ``b`` column shares its group id; columns where ``b`` is absent are excluded from
+the softmax. Targets are soft: uniform over all present ``b`` columns with the row's group id (multi-positive;
+groups may span ranks). With ``paired_only=True`` (MEDBind's Edge-Modality Contrastive Loss) both rows and columns
+are further restricted to the studies in which *both* ``a`` and ``b`` are present, i.e. the loss is exactly the
+InfoNCE on the sub-batch of paired studies.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from probmed.embedding import GaussianEmbedding
+from probmed.losses.base import (
+    LossContext,
+    LossTerm,
+    count_valid_rows,
+    global_mean,
+    masked_soft_cross_entropy,
+    positive_mask,
+    soft_targets,
+)
+from probmed.losses.similarity import pairwise_similarity, csd, medprob_distance
+
+Similarity = Literal["hellinger", "bhattacharyya", "csd", "cosine", "medprob"]
+
+#: Initial logit scale (1 / temperature) per similarity, when not given. Chosen so that the logit range at
+#: initialisation is comparable with CLIP's (cosine in [-1, 1] times 1/0.07):
+#: hellinger PS is in [0, 1] (half the range of cosine) -> 2/0.07; CSD of unit means is 2 - 2 cos + sum v
+#: (twice as steep as cosine) -> 0.5/0.07; log BC and the MedProbCLIP distance are already sums over D
+#: dimensions of log-density-like terms -> 1.
+DEFAULT_INIT_SCALE: dict[str, float] = {
+    "cosine": 1.0 / 0.07,
+    "hellinger": 2.0 / 0.07,
+    "csd": 0.5 / 0.07,
+    "bhattacharyya": 1.0,
+    "medprob": 1.0,
+}
+
+
+class LogitScale(nn.Module):
+    """CLIP-style learnable scale ``exp(t)``, ``t`` clamped at ``log(max_value)`` in the forward pass."""
+
+    def __init__(self, init: float, max_value: float | None = 100.0, learnable: bool = True) -> None:
+        super().__init__()
+        t = torch.tensor(math.log(init), dtype=torch.float32)
+        if learnable:
+            self.log_scale = nn.Parameter(t)
+        else:
+            self.register_buffer("log_scale", t)
+        self.max_log = None if max_value is None else math.log(max_value)
+
+    def forward(self) -> Tensor:
+        t = self.log_scale if self.max_log is None else self.log_scale.clamp(max=self.max_log)
+        return t.exp()
+
+
+def _row_col_masks(ctx: LossContext, a: str, b: str, paired_only: bool):
+    """(local row mask of a, world column mask of b, world row mask of a) for the direction a -> b."""
+    la, wa, wb = ctx.local[a].present, ctx.world[a].present, ctx.world[b].present
+    if paired_only:
+        la = la & ctx.local[b].present
+        wb = wb & wa
+        wa = wa & ctx.world[b].present
+    return la, wb, wa
+
+
+def infonce_direction(
+    logits: Tensor, ctx: LossContext, row_mask: Tensor, col_mask: Tensor, world_row_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One direction of multi-positive InfoNCE: ``(normalised loss, normalised mean positive logit)``."""
+    pos = positive_mask(ctx.local_group, ctx.world_group, col_mask)
+    targets, n_pos = soft_targets(pos, logits.dtype)
+    valid = row_mask & (n_pos > 0)
+    n_global = count_valid_rows(world_row_mask, ctx.world_group, col_mask)
+    per_row = masked_soft_cross_entropy(logits, targets, col_mask)
+    loss = global_mean(per_row, valid, n_global, ctx.world_size)
+    with torch.no_grad():
+        pos_logit = global_mean((targets * logits).sum(1), valid, n_global, ctx.world_size)
+    return loss, pos_logit
+
+
+def symmetric_infonce(ctx: LossContext, a: str, b: str, logits_fn, paired_only: bool = False):
+    """``1/2 (L_{a->b} + L_{b->a})`` with ``logits_fn(rows, cols) -> [B, N]`` symmetric in its arguments.
+
+    On one rank the b -> a logits are the transpose of the a -> b ones (computed once); on several ranks each
+    direction is local rows against world columns.
+    """
+    logits_ab = logits_fn(ctx.local[a], ctx.world[b])
+    if ctx.world_size == 1:
+        logits_ba = logits_ab.t()
+    else:
+        logits_ba = logits_fn(ctx.local[b], ctx.world[a])
+    rm, cm, wm = _row_col_masks(ctx, a, b, paired_only)
+    l_ab, p_ab = infonce_direction(logits_ab, ctx, rm, cm, wm)
+    rm, cm, wm = _row_col_masks(ctx, b, a, paired_only)
+    l_ba, p_ba = infonce_direction(logits_ba, ctx, rm, cm, wm)
+    return 0.5 * (l_ab + l_ba), 0.5 * (p_ab + p_ba)
+
+
+def _two(modalities: Sequence[str]) -> tuple[str, str]:
+    mods = tuple(modalities)
+    if len(mods) != 2 or mods[0] == mods[1]:
+        raise ValueError(f"a pairwise term needs two different modality keys, got {mods}")
+    return mods[0], mods[1]
+
+
+class ProbabilisticInfoNCE(LossTerm):
+    """Symmetric multi-positive InfoNCE between two modalities with a (probabilistic) similarity (ProbMED).
+
+    ``logits_ij = scale * sim(a_i, b_j)``, ``scale = exp(t)`` learnable (CLIP: ``t`` clamped at log 100).
+    With ``similarity="cosine"`` and unit-norm means this is exactly CLIP's InfoNCE (open_clip ``ClipLoss``).
+
+    Args:
+        modalities: the two modality keys ``[a, b]`` (e.g. ``[text, cxr]``).
+        weight: weight of this term in the objective's total.
+        similarity: ``hellinger`` (ProbMED's PS = 1 - sqrt(H^2) in [0, 1]), ``bhattacharyya`` (log BC, <= 0; does
+            not saturate in high dimension), ``csd`` (minus PCME++'s closed-form sampled distance), ``medprob``
+            (minus MedProbCLIP's distance) or ``cosine`` (of the means; deterministic CLIP).
+            Hellinger saturates when variances shrink (measured, D=512, unit means, positives at cosine ~0.9,
+            all log-variances equal): log_var -2: PS pos 0.58 / neg 0.08; log_var -4: PS pos 0.13, 81 % of
+            negatives have dPS/dlogBC < 1e-6; log_var -6: PS of positives and negatives ~0 (no signal). log BC
+            (``bhattacharyya``) keeps a usable logit at every variance; prefer it if variances get small.
+        init_logit_scale: initial scale ``1/tau``; default per similarity, see :data:`DEFAULT_INIT_SCALE`.
+        max_logit_scale: clamp of the scale (CLIP: 100); ``<= 0`` disables the clamp.
+        learn_logit_scale: learn the scale (else fixed at ``init_logit_scale``).
+        normalize: L2-normalise the means for ``cosine`` (a no-op if the head already does).
+        paired_only: use only studies in which both modalities are present, as rows and as columns (MEDBind's
+            Edge-Modality Contrastive Loss); by default rows need ``a`` present (and a present positive ``b``) and
+            columns need ``b`` present.
+        chunk: columns per chunk of the memory-linear diagonal kernel (default: automatic).
+        name: key of this term in the logged parts (default ``infonce/<a>-<b>``).
+    """
+
+    prefix = "infonce"
+
+    def __init__(
+        self,
+        modalities: tuple[str, str] | list[str] = ("text", "cxr"),
+        weight: float = 1.0,
+        similarity: Similarity = "hellinger",
+        init_logit_scale: float | None = None,
+        max_logit_scale: float = 100.0,
+        learn_logit_scale: bool = True,
+        normalize: bool = True,
+        paired_only: bool = False,
+        chunk: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(weight, name)
+        self.a, self.b = _two(modalities)
+        if similarity not in DEFAULT_INIT_SCALE:
+            raise ValueError(f"unknown similarity {similarity!r}; choose one of {tuple(DEFAULT_INIT_SCALE)}")
+        self.kind = similarity
+        init = DEFAULT_INIT_SCALE[similarity] if init_logit_scale is None else init_logit_scale
+        self.logit_scale = LogitScale(init, max_logit_scale if max_logit_scale > 0 else None, learn_logit_scale)
+        self.normalize = normalize
+        self.paired_only = paired_only
+        self.chunk = chunk
+
+    def default_name(self) -> str:
+        return f"{self.prefix}/{self.a}-{self.b}"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return (self.a, self.b)
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return ((self.a, self.b),)
+
+    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
+        return pairwise_similarity(self.kind, a.mean, a.log_var, b.mean, b.log_var, self.normalize, self.chunk)
+
+    def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        scale = self.logit_scale()
+
+        def logits_fn(rows: GaussianEmbedding, cols: GaussianEmbedding) -> Tensor:
+            sim = self.similarity(rows, cols)
+            return scale.to(sim.dtype) * sim
+
+        loss, pos_logit = symmetric_infonce(ctx, self.a, self.b, logits_fn, self.paired_only)
+        return loss, {
+            f"logit_scale/{self.name}": scale.detach(),
+            f"pos_logit/{self.name}": pos_logit.detach(),
+        }
+
+
+class EdgeModalityContrastive(ProbabilisticInfoNCE):
+    """MEDBind's Edge-Modality Contrastive Loss: CLIP InfoNCE between two non-text modalities (e.g. CXR <-> ECG)
+    restricted to the studies that have both (rows and columns). Same arguments as
+    :class:`ProbabilisticInfoNCE` with ``similarity="cosine"`` and ``paired_only=True`` by default.
+
+    MEDBind's text-anchored part is :class:`ProbabilisticInfoNCE` with ``similarity: cosine`` for
+    ``[text, cxr]`` and ``[text, ecg]``.
+    """
+
+    prefix = "emcl"
+
+    def __init__(
+        self,
+        modalities: tuple[str, str] | list[str] = ("cxr", "ecg"),
+        weight: float = 1.0,
+        similarity: Similarity = "cosine",
+        init_logit_scale: float | None = None,
+        max_logit_scale: float = 100.0,
+        learn_logit_scale: bool = True,
+        normalize: bool = True,
+        paired_only: bool = True,
+        chunk: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            modalities, weight, similarity, init_logit_scale, max_logit_scale, learn_logit_scale, normalize,
+            paired_only, chunk, name,
+        )
+
+
+class SigLIP(LossTerm):
+    """Sigmoid pairwise loss (SigLIP, Zhai et al. 2023) over local rows x global columns.
+
+    ``logit_ij = t * sim(a_i, b_j) + bias``, label ``z_ij = +1`` for same-group pairs, ``-1`` otherwise; the loss of
+    row ``i`` is ``-sum_{j: b_j present} log sigmoid(z_ij logit_ij)``, averaged over the rows where ``a`` is
+    present (the paper's ``1/|B|`` normalisation, made global). Every (row, column) pair of the global batch is
+    counted exactly once, so no symmetrisation is needed. ``t = exp(t')``, ``t'`` init ``log 10``, bias init
+    ``-10`` (paper).
+
+    Args:
+        modalities: the two modality keys ``[a, b]``.
+        weight: weight in the objective.
+        similarity: as in :class:`ProbabilisticInfoNCE` (``cosine`` = SigLIP).
+        init_logit_scale: initial ``t`` (paper: 10).
+        init_bias: initial bias (paper: -10).
+        max_logit_scale: clamp of ``t`` (``<= 0``: none).
+        normalize: L2-normalise the means for ``cosine``.
+        chunk: columns per chunk of the diagonal kernel.
+        name: logged name (default ``siglip/<a>-<b>``).
+    """
+
+    def __init__(
+        self,
+        modalities: tuple[str, str] | list[str] = ("text", "cxr"),
+        weight: float = 1.0,
+        similarity: Similarity = "cosine",
+        init_logit_scale: float = 10.0,
+        init_bias: float = -10.0,
+        max_logit_scale: float = 100.0,
+        normalize: bool = True,
+        chunk: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(weight, name)
+        self.a, self.b = _two(modalities)
+        self.kind = similarity
+        self.logit_scale = LogitScale(init_logit_scale, max_logit_scale if max_logit_scale > 0 else None)
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+        self.normalize = normalize
+        self.chunk = chunk
+
+    def default_name(self) -> str:
+        return f"siglip/{self.a}-{self.b}"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return (self.a, self.b)
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return ((self.a, self.b),)
+
+    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
+        return pairwise_similarity(self.kind, a.mean, a.log_var, b.mean, b.log_var, self.normalize, self.chunk)
+
+    def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        scale = self.logit_scale()
+        sim = self.similarity(ctx.local[self.a], ctx.world[self.b])
+        logits = scale.to(sim.dtype) * sim + self.bias.to(sim.dtype)
+        col_mask = ctx.world[self.b].present
+        pos = positive_mask(ctx.local_group, ctx.world_group, col_mask)
+        signs = pos.to(logits.dtype) * 2.0 - 1.0
+        pair_loss = -F.logsigmoid(signs * logits)
+        per_row = torch.where(col_mask[None, :], pair_loss, torch.zeros_like(pair_loss)).sum(1)
+        row_mask = ctx.local[self.a].present
+        n_global = ctx.world[self.a].present.sum()
+        loss = global_mean(per_row, row_mask, n_global, ctx.world_size)
+        return loss, {f"logit_scale/{self.name}": scale.detach(), f"logit_bias/{self.name}": self.bias.detach()}
+
+
+class PCMEpp(LossTerm):
+    """PCME++ (Chun 2024): BCE on match probabilities ``sigmoid(-a * CSD_ij + b)`` over all present pairs.
+
+    ``CSD_ij = ||mu_i - mu_j||^2 + sum_d (v_id + v_jd)``. ``a`` and ``b`` are learnable, init 5; ``a`` is kept
+    positive by clamping at ``min_scale`` in the forward pass (as MedProbCLIP does for its scale), which leaves the
+    original parametrisation (and so PCME++'s optimisation) unchanged while ``a > min_scale``.
+
+    Loss (as in naver-ai/pcmepp ``ClosedFormSampledDistanceLoss``, where the i2t and t2i BCE are equal and the code
+    returns ``2 * BCE``)::
+
+        L = 2 * mean_{present pairs} BCE(logit_ij, [g_i == g_j])
+            + pseudo_weight * (mean BCE with pseudo-positives per a-row + mean BCE with pseudo-positives per b-row)
+            + infonce_weight * symmetric CLIP InfoNCE on the means (optional stabiliser).
+
+    Pseudo-positives of a row (that has a positive) are the pairs whose logit is >= the row's smallest
+    true-positive logit; they are relabelled 1. All means are global means over the present pairs of the global
+    batch (rank loss = world_size * local sum / global count).
+
+    Args:
+        modalities: the two modality keys ``[a, b]``.
+        weight: weight in the objective.
+        init_scale: initial ``a`` (PCME++: 5).
+        init_shift: initial ``b`` (PCME++: 5).
+        min_scale: lower clamp of ``a``.
+        pseudo_weight: weight of the pseudo-positive BCE (PCME++: 0.1; 0 disables).
+        infonce_weight: weight of an extra deterministic InfoNCE on the means (0 disables).
+        name: logged name (default ``pcmepp/<a>-<b>``).
+    """
+
+    def __init__(
+        self,
+        modalities: tuple[str, str] | list[str] = ("cxr", "text"),
+        weight: float = 1.0,
+        init_scale: float = 5.0,
+        init_shift: float = 5.0,
+        min_scale: float = 1e-3,
+        pseudo_weight: float = 0.1,
+        infonce_weight: float = 0.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(weight, name)
+        self.a, self.b = _two(modalities)
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+        self.shift = nn.Parameter(torch.tensor(float(init_shift)))
+        self.min_scale = float(min_scale)
+        self.pseudo_weight = float(pseudo_weight)
+        self.infonce_weight = float(infonce_weight)
+        self.infonce = LogitScale(1.0 / 0.07) if infonce_weight > 0 else None
+
+    def default_name(self) -> str:
+        return f"pcmepp/{self.a}-{self.b}"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return (self.a, self.b)
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return ((self.a, self.b),)
+
+    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
+        return -csd(a.mean, a.log_var, b.mean, b.log_var)
+
+    def _logits(self, rows: GaussianEmbedding, cols: GaussianEmbedding) -> Tensor:
+        d = csd(rows.mean, rows.log_var, cols.mean, cols.log_var)
+        return -self.scale.clamp_min(self.min_scale).to(d.dtype) * d + self.shift.to(d.dtype)
+
+    def _bce_sum(self, logits, ctx, row_mask, col_mask, pseudo: bool) -> Tensor:
+        """Per-row sums of BCE over present columns (labels: same group; + pseudo-positives if asked)."""
+        pos = positive_mask(ctx.local_group, ctx.world_group, col_mask)
+        labels = pos
+        if pseudo:
+            with torch.no_grad():
+                big = torch.finfo(logits.dtype).max
+                thr = torch.where(pos, logits, torch.full_like(logits, big)).min(1).values
+                has_pos = pos.any(1)
+                labels = pos | ((logits >= thr[:, None]) & has_pos[:, None] & col_mask[None, :])
+        bce = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+        pair_mask = row_mask[:, None] & col_mask[None, :]
+        return torch.where(pair_mask, bce, torch.zeros_like(bce)).sum(1)
+
+    def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        la, lb = ctx.local[self.a], ctx.local[self.b]
+        wa, wb = ctx.world[self.a], ctx.world[self.b]
+        n_pairs = wa.present.sum() * wb.present.sum()
+        logits_ab = self._logits(la, wb)
+        main = 2.0 * global_mean(self._bce_sum(logits_ab, ctx, la.present, wb.present, False), la.present, n_pairs,
+                                 ctx.world_size)
+        loss = main
+        extras = {
+            f"logit_scale/{self.name}": self.scale.detach(),
+            f"logit_shift/{self.name}": self.shift.detach(),
+        }
+        if self.pseudo_weight > 0:
+            logits_ba = logits_ab.t() if ctx.world_size == 1 else self._logits(lb, wa)
+            p_ab = global_mean(self._bce_sum(logits_ab, ctx, la.present, wb.present, True), la.present, n_pairs,
+                               ctx.world_size)
+            p_ba = global_mean(self._bce_sum(logits_ba, ctx, lb.present, wa.present, True), lb.present, n_pairs,
+                               ctx.world_size)
+            loss = loss + self.pseudo_weight * (p_ab + p_ba)
+        if self.infonce is not None:
+            scale = self.infonce()
+
+            def logits_fn(rows, cols):
+                return scale.to(rows.mean.dtype) * F.normalize(rows.mean, dim=-1) @ F.normalize(cols.mean, dim=-1).t()
+
+            nce, _ = symmetric_infonce(ctx, self.a, self.b, logits_fn)
+            loss = loss + self.infonce_weight * nce
+            extras[f"infonce/{self.name}"] = nce.detach()
+        return loss, extras
+
+
+class MedProbCLIP(LossTerm):
+    """MedProbCLIP objective (multi-view images x multi-section texts), without its VIB (use :class:`VIB`).
+
+    ``d_ij = 1/2 sum_d [(mu_id - mu_jd)^2 / (v_id + v_jd) + log(v_id + v_jd)]`` (memory-linear chunked kernel
+    shared with the Bhattacharyya coefficient), ``logit_ij = -a d_ij + b`` with ``a`` (init 1, clamped at
+    ``min_scale``) and ``b`` (init 0) learnable and shared by all pairs, ``L(x, y)`` = symmetric multi-positive
+    cross-entropy. With image keys ``[I1, I2]`` and text keys ``[T1, T2]``::
+
+        L = 1/4 sum_{I in {I1, I2}, T in {T1, T2}} L(I, T) + lambda_image L(I1, I2) + lambda_text L(T1, T2)
+
+    (with one image key and/or one text key the image-text average runs over the available keys and the
+    corresponding intra term is dropped). Each key is a modality key of the embeddings dict (e.g. ``cxr`` and
+    ``cxr_view2``, ``text`` and ``text_impression``); a study lacking a view or section is masked like any absent
+    modality.
+
+    Args:
+        image_keys: one or two image keys.
+        text_keys: one or two text keys.
+        weight: weight in the objective.
+        lambda_image: weight of the image-image term (MedProbCLIP: 1).
+        lambda_text: weight of the text-text term (MedProbCLIP: 0.1).
+        init_scale: initial ``a`` (1).
+        init_shift: initial ``b`` (0).
+        min_scale: lower clamp of ``a`` (1e-3).
+        chunk: columns per chunk of the diagonal kernel.
+        name: logged name (default ``medprobclip/<I1>-<T1>``).
+    """
+
+    def __init__(
+        self,
+        image_keys: list[str] = ["cxr", "cxr_view2"],  # noqa: B006 - jsonargparse needs a plain default
+        text_keys: list[str] = ["text", "text_impression"],  # noqa: B006
+        weight: float = 1.0,
+        lambda_image: float = 1.0,
+        lambda_text: float = 0.1,
+        init_scale: float = 1.0,
+        init_shift: float = 0.0,
+        min_scale: float = 1e-3,
+        chunk: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(weight, name)
+        self.image_keys = tuple(image_keys)
+        self.text_keys = tuple(text_keys)
+        if not (1 <= len(self.image_keys) <= 2 and 1 <= len(self.text_keys) <= 2):
+            raise ValueError("MedProbCLIP takes one or two image keys and one or two text keys")
+        self.lambda_image = float(lambda_image)
+        self.lambda_text = float(lambda_text)
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+        self.shift = nn.Parameter(torch.tensor(float(init_shift)))
+        self.min_scale = float(min_scale)
+        self.chunk = chunk
+
+    def default_name(self) -> str:
+        return f"medprobclip/{self.image_keys[0]}-{self.text_keys[0]}"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.image_keys + self.text_keys
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        p = [(i, t) for i in self.image_keys for t in self.text_keys]
+        if len(self.image_keys) == 2:
+            p.append(self.image_keys)
+        if len(self.text_keys) == 2:
+            p.append(self.text_keys)
+        return tuple(p)
+
+    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
+        return -medprob_distance(a.mean, a.log_var, b.mean, b.log_var, chunk=self.chunk)
+
+    def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        a = self.scale.clamp_min(self.min_scale)
+
+        def logits_fn(rows: GaussianEmbedding, cols: GaussianEmbedding) -> Tensor:
+            d = medprob_distance(rows.mean, rows.log_var, cols.mean, cols.log_var, chunk=self.chunk)
+            return -a.to(d.dtype) * d + self.shift.to(d.dtype)
+
+        extras: dict[str, Tensor] = {
+            f"logit_scale/{self.name}": a.detach(),
+            f"logit_shift/{self.name}": self.shift.detach(),
+        }
+        cross = [(i, t) for i in self.image_keys for t in self.text_keys]
+        total = 0.0
+        for i, t in cross:
+            l_it, _ = symmetric_infonce(ctx, i, t, logits_fn)
+            extras[f"pair/{self.name}/{i}-{t}"] = l_it.detach()
+            total = total + l_it / len(cross)
+        if len(self.image_keys) == 2 and self.lambda_image != 0:
+            l_ii, _ = symmetric_infonce(ctx, *self.image_keys, logits_fn)
+            extras[f"pair/{self.name}/{self.image_keys[0]}-{self.image_keys[1]}"] = l_ii.detach()
+            total = total + self.lambda_image * l_ii
+        if len(self.text_keys) == 2 and self.lambda_text != 0:
+            l_tt, _ = symmetric_infonce(ctx, *self.text_keys, logits_fn)
+            extras[f"pair/{self.name}/{self.text_keys[0]}-{self.text_keys[1]}"] = l_tt.detach()
+            total = total + self.lambda_text * l_tt
+        return total, extras

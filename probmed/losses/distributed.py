@@ -1,0 +1,57 @@
+"""Gathering embeddings across ranks for contrastive losses (open_clip's ``gather_with_grad`` pattern).
+
+Every rank computes the loss of its LOCAL rows against ALL GLOBAL columns. The columns are gathered with
+:func:`torch.distributed.nn.functional.all_gather`, whose backward sums the column gradients of every rank back
+to the rank that owns the rows; the rows themselves keep their local autograd path. With the loss of rank ``r``
+normalised as ``world_size * sum(local row losses) / (global number of valid rows)`` (see
+:func:`probmed.losses.base.global_mean`), DDP's gradient *averaging* then yields exactly the gradient of the
+single-process loss on the concatenated global batch. Gathering *without* gradients and computing a global loss
+instead gives gradients ``world_size`` times too small (open_clip issue #616).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def dist_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def check_equal_batch(local_batch: int, device: torch.device, world_size: int) -> None:
+    """Raise a clear error (on every rank alike) when ranks hold different numbers of local rows.
+
+    ``all_gather`` needs equal shapes on all ranks; uneven batches would otherwise hang or fail obscurely.
+    """
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
+    dist.all_gather(sizes, torch.tensor([local_batch], dtype=torch.long, device=device))
+    sizes_list = [int(s.item()) for s in sizes]
+    if len(set(sizes_list)) != 1:
+        raise ValueError(
+            f"probmed.losses: every rank must hold the same local batch size to gather embeddings, got "
+            f"{sizes_list} (use drop_last / webdataset with_epoch so that all ranks see full, equal batches)"
+        )
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` [B, ...] of every rank along dim 0, differentiably (the backward sums over ranks)."""
+    rank, world = dist_world()
+    if world == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+
+
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` [B, ...] of every rank along dim 0, without gradient (masks, group ids)."""
+    rank, world = dist_world()
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

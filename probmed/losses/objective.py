@@ -1,0 +1,173 @@
+"""The training objective: a weighted sum of loss terms over one gathered, masked batch.
+
+Usage::
+
+    objective = Objective(terms=[ProbabilisticInfoNCE(["text", "cxr"]), VIB(["cxr", "text"], weight=1e-4)])
+    out = objective(embeddings, group)        # embeddings: {modality: GaussianEmbedding}, group: LongTensor [B]
+    out.total.backward()
+    for k, v in out.parts.items(): self.log(f"loss/{k}", v, sync_dist=True)   # mean over ranks = global value
+
+Distributed semantics (see :mod:`probmed.losses.base` and :mod:`probmed.losses.distributed`): once per step the
+objective gathers, for every modality a term needs, the means and log-variances of all ranks WITH gradients plus
+the presence masks and group ids; each term then computes the loss of the local rows against all global columns,
+normalised so that DDP's gradient averaging yields exactly the gradient of the single-process loss on the global
+batch. The returned parts are rank values whose mean over ranks is the global loss — log them with
+``sync_dist=True`` (mean).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from probmed.embedding import GaussianEmbedding
+from probmed.losses.base import LossContext, LossTerm, sanitize
+from probmed.losses.distributed import check_equal_batch, dist_world, gather_no_grad, gather_with_grad
+
+
+@dataclass
+class LossOutput:
+    """What :class:`Objective` returns.
+
+    Attributes:
+        total: scalar with gradient, ``sum_t weight_t * term_t`` (this rank's normalised value).
+        parts: detached *unweighted* value per term name (e.g. ``infonce/text-cxr``).
+        extras: detached scalars for logging (``logit_scale/<term>``, ``pos_logit/<term>``, ...).
+    """
+
+    total: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def gather_embeddings(
+    local: dict[str, GaussianEmbedding], group: Tensor, keys: list[str]
+) -> tuple[dict[str, GaussianEmbedding], Tensor, int, int]:
+    """Gather ``local[k]`` for ``k`` in ``keys`` (with gradients) and ``group`` (without) over all ranks.
+
+    Two collectives for all modalities together: one differentiable gather of all means and log-variances packed
+    side by side, one gather of the presence masks and group ids packed as integers. Returns
+    ``(world embeddings, world group, rank, world_size)``; without a process group (or world size 1) the local
+    tensors are returned as they are.
+    """
+    rank, world = dist_world()
+    if world == 1:
+        return dict(local), group, rank, world
+    check_equal_batch(int(group.shape[0]), group.device, world)
+    floats, widths = [], []
+    for k in keys:
+        floats += [local[k].mean, local[k].log_var]
+        widths += [local[k].mean.shape[1], local[k].log_var.shape[1]]
+    packed = gather_with_grad(torch.cat(floats, dim=1))
+    ints = torch.stack([group.long()] + [local[k].present.long() for k in keys], dim=1)
+    ints_w = gather_no_grad(ints)
+    pieces = torch.split(packed, widths, dim=1)
+    out = {}
+    for n, k in enumerate(keys):
+        out[k] = GaussianEmbedding(pieces[2 * n], pieces[2 * n + 1], ints_w[:, 1 + n].bool())
+    return out, ints_w[:, 0], rank, world
+
+
+class Objective(nn.Module):
+    """Weighted sum of :class:`~probmed.losses.base.LossTerm` s, with the cross-rank gather done once per step.
+
+    Args:
+        terms: the loss terms (each carries its own ``weight`` and ``name``).
+        distributed: ``auto`` gathers across ranks when torch.distributed is initialised with more than one
+            rank; ``local`` never gathers (each rank's loss uses only its own batch: a different objective).
+    """
+
+    def __init__(self, terms: list[LossTerm], distributed: Literal["auto", "local"] = "auto") -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("Objective needs at least one loss term")
+        self.terms = nn.ModuleList(terms)
+        names = [t.name for t in self.terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss term names must be unique, got {names} (set `name:` on the terms)")
+        self.distributed = distributed
+        self.step = 0
+
+    @property
+    def modalities(self) -> set[str]:
+        """All modality keys any term reads."""
+        return {m for t in self.terms for m in t.modalities}
+
+    def build_context(self, embeddings: dict[str, GaussianEmbedding], group: Tensor) -> LossContext:
+        keys = sorted(self.modalities)
+        missing = [k for k in keys if k not in embeddings]
+        if missing:
+            raise KeyError(f"the loss terms need modalities {missing}, not in the batch (got {sorted(embeddings)})")
+        dtype = torch.float32  # half-precision embeddings are upcast: the losses run in float32 at least
+        for k in keys:
+            dtype = torch.promote_types(dtype, embeddings[k].mean.dtype)
+        local = {k: sanitize(embeddings[k], dtype) for k in keys}
+        group = group.to(device=local[keys[0]].mean.device)
+        for k in keys:
+            if local[k].mean.shape[0] != group.shape[0]:
+                raise ValueError(f"modality {k!r} has {local[k].mean.shape[0]} rows, group has {group.shape[0]}")
+        if self.distributed == "auto":
+            world, world_group, rank, size = gather_embeddings(local, group, keys)
+        else:
+            world, world_group, rank, size = dict(local), group, 0, 1
+        return LossContext(local, world, group, world_group, rank, size, self.step)
+
+    def forward(self, embeddings: dict[str, GaussianEmbedding], group: Tensor) -> LossOutput:
+        ctx = self.build_context(embeddings, group)
+        self.step += 1
+        total = None
+        parts: dict[str, Tensor] = {}
+        extras: dict[str, Tensor] = {}
+        for term in self.terms:
+            value, term_extras = term(ctx)
+            parts[term.name] = value.detach()
+            extras.update({k: v.detach() for k, v in term_extras.items()})
+            weighted = term.weight * value
+            total = weighted if total is None else total + weighted
+        return LossOutput(total, parts, extras)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # retrieval scoring
+    # ---------------------------------------------------------------------------------------------------------
+
+    def scoring_term(self, query_modality: str, gallery_modality: str) -> LossTerm:
+        """The term whose similarity scores this pair: the one contrasting it (either order), else the first
+        contrastive term (pairs never trained together, e.g. cxr-ecg through the text anchor)."""
+        want = {query_modality, gallery_modality}
+        first = None
+        for t in self.terms:
+            for p in t.pairs:
+                if first is None:
+                    first = t
+                if set(p) == want:
+                    return t
+        if first is None:
+            raise ValueError("the objective has no contrastive term to score with")
+        return first
+
+    @torch.no_grad()
+    def score(
+        self,
+        query: GaussianEmbedding,
+        gallery: GaussianEmbedding,
+        query_modality: str,
+        gallery_modality: str,
+        chunk: int = 1024,
+    ) -> Tensor:
+        """``[Nq, Ng]`` similarity (higher = more similar) of every query to every gallery item, no gradient.
+
+        Uses the similarity of the term that contrasts the pair (see :meth:`scoring_term`), computed in blocks of
+        ``chunk`` queries (each block is memory-linear in the gallery size).
+        """
+        term = self.scoring_term(query_modality, gallery_modality)
+        dtype = torch.promote_types(query.mean.dtype, torch.float32)
+        q = GaussianEmbedding(query.mean.to(dtype), query.log_var.to(dtype), query.present)
+        g = GaussianEmbedding(gallery.mean.to(dtype), gallery.log_var.to(dtype), gallery.present)
+        out = []
+        for s in range(0, len(q), chunk):
+            out.append(term.similarity(q.select(slice(s, s + chunk)), g))
+        if not out:
+            return q.mean.new_zeros(0, len(g))
+        return torch.cat(out, dim=0)

@@ -1,0 +1,169 @@
+"""Pairwise similarities and distances between batches of diagonal (or isotropic) Gaussians.
+
+Every function takes rows ``a`` (``mu_a`` [B, D], ``lv_a`` [B, D] or [B, 1] log-variances) and columns ``b``
+(``mu_b`` [N, D], ``lv_b`` [N, D] or [N, 1]) and returns a ``[B, N]`` matrix. Formulas (v = exp(log_var)):
+
+* log Bhattacharyya coefficient (log space, never underflows)::
+
+      log BC_ij = sum_d [ 1/2 (log 2 + 1/2 (log v_id + log v_jd) - log(v_id + v_jd))
+                          - 1/4 (mu_id - mu_jd)^2 / (v_id + v_jd) ]
+
+  diagonal: memory-linear chunked kernel (:mod:`probmed.losses.kernels`); isotropic (both ``[., 1]``):
+  matmul + per-sample terms, ``||mu_i - mu_j||^2 = |mu_i|^2 + |mu_j|^2 - 2 mu_i.mu_j``.
+* Hellinger similarity (ProbMED) ``PS = 1 - sqrt(H^2)``, ``H^2 = 1 - BC = -expm1(log BC)`` with a square root
+  whose gradient is capped near ``H^2 = 0`` (:class:`SafeSqrt`).
+* PCME++ closed-form sampled distance ``CSD_ij = ||mu_i - mu_j||^2 + sum_d (v_id + v_jd)`` (matmul + sums).
+* MedProbCLIP distance ``d_ij = 1/2 sum_d [(mu_id - mu_jd)^2 / (v_id + v_jd) + log(v_id + v_jd)]``
+  (same chunked kernel as log BC; isotropic closed form).
+* cosine similarity of the (L2-normalised) means.
+* Gaussian log-likelihood of points ``z`` [M, D] under each Gaussian ``j``::
+
+      log N(z; mu_j, v_j) = -1/2 sum_d [log 2 pi + log v_jd + (z_d - mu_jd)^2 / v_jd]
+
+  expanded into two matmuls: ``(z^2) @ (1/v)^T - 2 z @ (mu/v)^T + sum_d mu^2/v``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from probmed.losses.kernels import pairwise_diag_kernel, pairwise_diag_kernel_naive
+
+LOG2 = math.log(2.0)
+LOG2PI = math.log(2.0 * math.pi)
+
+#: Floor on sqrt(H^2) used only in the *gradient* of the Hellinger similarity (the value is exact).
+SQRT_GRAD_FLOOR = 1e-6
+
+
+def _is_iso(lv: Tensor, mu: Tensor) -> bool:
+    return lv.shape[-1] == 1 and mu.shape[-1] != 1
+
+
+def _diag(lv: Tensor, mu: Tensor) -> Tensor:
+    """Expand an isotropic ``[., 1]`` log-variance to ``[., D]``."""
+    return lv.expand(-1, mu.shape[-1]) if _is_iso(lv, mu) else lv
+
+
+def _sq_dist(mu_a: Tensor, mu_b: Tensor) -> Tensor:
+    """``||mu_a_i - mu_b_j||^2`` via one matmul (clamped at 0 against round-off)."""
+    sq = (mu_a * mu_a).sum(-1, keepdim=True) + (mu_b * mu_b).sum(-1)[None, :] - 2.0 * mu_a @ mu_b.t()
+    return sq.clamp_min(0.0)
+
+
+def log_bhattacharyya(
+    mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor, chunk: int | None = None, fused: bool | None = None
+) -> Tensor:
+    """``[B, N]`` log Bhattacharyya coefficient; matmul form when both sides are isotropic, else chunked."""
+    dim = mu_a.shape[-1]
+    if _is_iso(lv_a, mu_a) and _is_iso(lv_b, mu_b):
+        la, lb = lv_a[:, 0][:, None], lv_b[:, 0][None, :]
+        log_s = torch.logaddexp(la, lb)  # log(v_i + v_j)
+        return dim * (0.5 * LOG2 + 0.25 * (la + lb) - 0.5 * log_s) - 0.25 * _sq_dist(mu_a, mu_b) * torch.exp(-log_s)
+    lv_a, lv_b = _diag(lv_a, mu_a), _diag(lv_b, mu_b)
+    per_sample = 0.5 * dim * LOG2 + 0.25 * (lv_a.sum(-1)[:, None] + lv_b.sum(-1)[None, :])
+    return per_sample + pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, chunk=chunk, fused=fused)
+
+
+def log_bhattacharyya_naive(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor) -> Tensor:
+    """Reference broadcast implementation of :func:`log_bhattacharyya` (materialises ``[B, N, D]``)."""
+    lv_a, lv_b = _diag(lv_a, mu_a)[:, None, :], _diag(lv_b, mu_b)[None, :, :]
+    s = lv_a.exp() + lv_b.exp()
+    d2 = (mu_a[:, None, :] - mu_b[None, :, :]) ** 2
+    return (0.5 * (LOG2 + 0.5 * (lv_a + lv_b) - torch.log(s)) - 0.25 * d2 / s).sum(-1)
+
+
+class SafeSqrt(torch.autograd.Function):
+    """``sqrt(max(x, 0))`` with gradient ``1 / (2 max(sqrt(x), floor))`` (finite at 0, exact elsewhere)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, floor: float):
+        y = x.clamp_min(0.0).sqrt()
+        ctx.save_for_backward(y)
+        ctx.floor = floor
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g / (2.0 * y.clamp_min(ctx.floor)), None
+
+
+def hellinger_from_log_bc(log_bc: Tensor) -> Tensor:
+    """ProbMED similarity ``PS = 1 - sqrt(1 - BC)`` from ``log BC``; in ``[0, 1]``, 1 for identical Gaussians."""
+    h2 = -torch.expm1(log_bc)  # 1 - BC, accurate near BC = 1
+    return 1.0 - SafeSqrt.apply(h2, SQRT_GRAD_FLOOR)
+
+
+def hellinger_similarity(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor, **kw) -> Tensor:
+    return hellinger_from_log_bc(log_bhattacharyya(mu_a, lv_a, mu_b, lv_b, **kw))
+
+
+def csd(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor) -> Tensor:
+    """PCME++ closed-form sampled distance ``||mu_i - mu_j||^2 + sum_d v_id + sum_d v_jd`` (matmul form)."""
+    dim = mu_a.shape[-1]
+    sv_a = lv_a.exp().sum(-1) * (dim if _is_iso(lv_a, mu_a) else 1)
+    sv_b = lv_b.exp().sum(-1) * (dim if _is_iso(lv_b, mu_b) else 1)
+    return _sq_dist(mu_a, mu_b) + sv_a[:, None] + sv_b[None, :]
+
+
+def medprob_distance(
+    mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor, chunk: int | None = None, fused: bool | None = None
+) -> Tensor:
+    """MedProbCLIP ``d_ij = 1/2 sum_d [(mu_id - mu_jd)^2 / (v_id + v_jd) + log(v_id + v_jd)]``."""
+    dim = mu_a.shape[-1]
+    if _is_iso(lv_a, mu_a) and _is_iso(lv_b, mu_b):
+        log_s = torch.logaddexp(lv_a[:, 0][:, None], lv_b[:, 0][None, :])
+        return 0.5 * (_sq_dist(mu_a, mu_b) * torch.exp(-log_s) + dim * log_s)
+    lv_a, lv_b = _diag(lv_a, mu_a), _diag(lv_b, mu_b)
+    return pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, 0.5, 0.5, chunk=chunk, fused=fused)
+
+
+def medprob_distance_naive(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor) -> Tensor:
+    return pairwise_diag_kernel_naive(mu_a, _diag(lv_a, mu_a), mu_b, _diag(lv_b, mu_b), 0.5, 0.5)
+
+
+def cosine(mu_a: Tensor, mu_b: Tensor, normalize: bool = True) -> Tensor:
+    """Cosine similarity of the means (``normalize=False``: plain dot product of already-normalised means)."""
+    if normalize:
+        mu_a, mu_b = F.normalize(mu_a, dim=-1), F.normalize(mu_b, dim=-1)
+    return mu_a @ mu_b.t()
+
+
+def gaussian_log_likelihood(z: Tensor, mu: Tensor, lv: Tensor) -> Tensor:
+    """``[M, N]`` log-density of points ``z`` [M, D] under ``N(mu_j, diag exp(lv_j))`` (two matmuls)."""
+    dim = z.shape[-1]
+    lv = _diag(lv, mu)
+    prec = torch.exp(-lv)  # [N, D]
+    quad = (z * z) @ prec.t() - 2.0 * z @ (mu * prec).t() + (mu * mu * prec).sum(-1)[None, :]
+    return -0.5 * (dim * LOG2PI + lv.sum(-1)[None, :] + quad)
+
+
+SIMILARITIES = ("hellinger", "bhattacharyya", "csd", "cosine", "medprob")
+
+
+def pairwise_similarity(
+    kind: str,
+    mu_a: Tensor,
+    lv_a: Tensor,
+    mu_b: Tensor,
+    lv_b: Tensor,
+    normalize: bool = True,
+    chunk: int | None = None,
+) -> Tensor:
+    """``[B, N]`` similarity (higher = more similar) of kind ``hellinger`` (PS in [0, 1]), ``bhattacharyya``
+    (log BC <= 0), ``csd`` (-CSD), ``medprob`` (-MedProbCLIP distance) or ``cosine`` (of the means)."""
+    if kind == "cosine":
+        return cosine(mu_a, mu_b, normalize)
+    if kind == "hellinger":
+        return hellinger_similarity(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
+    if kind == "bhattacharyya":
+        return log_bhattacharyya(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
+    if kind == "csd":
+        return -csd(mu_a, lv_a, mu_b, lv_b)
+    if kind == "medprob":
+        return -medprob_distance(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
+    raise ValueError(f"unknown similarity {kind!r}; choose one of {SIMILARITIES}")

@@ -1,0 +1,102 @@
+"""World-size exactness with real processes (CPU, gloo): loss and every parameter gradient of a multi-rank run,
+with DDP-style gradient averaging, equal the single-process computation on the whole global batch (float64).
+
+One launch per world size runs every loss term at once (see tests/_ddp_loss_worker.py); the batch has a modality
+missing on one rank only and positive groups that span ranks."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _ddp_loss_worker as worker  # noqa: E402
+
+SCRUB_PREFIXES = ("SLURM_",)
+SCRUB = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+         "MASTER_PORT", "TORCHELASTIC_RUN_ID"}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in SCRUB and not k.startswith(SCRUB_PREFIXES) and not k.startswith("MASTER_")}
+    env["PROBMED_LOSS_COMPILE"] = "0"
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _launch(world_size: int, out: Path, timeout: float = 240.0) -> dict:
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "_ddp_loss_worker.py"), "--rank", str(r), "--world-size", str(world_size),
+             "--port", str(port), "--out", str(out)],
+            env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for r in range(world_size)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            stdout, _ = p.communicate(timeout=timeout)
+            logs.append(stdout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * world_size, "rank failures:\n" + "\n----\n".join(logs)
+    return torch.load(out, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return worker.single_process_reference()
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_multi_rank_equals_single_process(world_size, reference, tmp_path):
+    got = _launch(world_size, tmp_path / f"ddp{world_size}.pt")
+    assert got["world_size"] == world_size
+    tol = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got["total"], reference["total"], **tol)
+    assert set(got["parts"]) == set(reference["parts"])
+    for k, v in reference["parts"].items():
+        torch.testing.assert_close(got["parts"][k], v, **tol, msg=lambda m, k=k: f"part {k}: {m}")
+    for k, v in reference["extras"].items():
+        if k.startswith(("logit_scale", "logit_shift", "logit_bias", "pos_logit", "kl/", "pair/", "infonce/")):
+            torch.testing.assert_close(got["extras"][k], v, **tol, msg=lambda m, k=k: f"extra {k}: {m}")
+    assert set(got["grads"]) == set(reference["grads"])
+    nonzero = 0
+    for k, v in reference["grads"].items():
+        torch.testing.assert_close(got["grads"][k], v, **tol, msg=lambda m, k=k: f"grad {k}: {m}")
+        nonzero += int(v.abs().max() > 0)
+    # every head and every learnable temperature / scale / shift received a gradient
+    assert nonzero >= len(reference["grads"]) - 2  # MedProbCLIP's shift and SigLIP-free shifts may be exactly 0
+    if world_size > 1:
+        assert "same local batch size" in got["uneven_error"]
+
+
+def test_reference_sanity(reference):
+    """The reference itself: finite, every part present, the learnable temperatures get gradients."""
+    assert torch.isfinite(reference["total"])
+    names = set(reference["parts"])
+    assert {"infonce/text-cxr", "emcl/cxr-ecg", "siglip/text-cxr", "pcmepp/cxr-text", "medprobclip/cxr-text",
+            "synthetic/cxr", "synthetic/echo", "vib"} <= names
+    for k, g in reference["grads"].items():
+        if k.startswith("objective.") and ("log_scale" in k or k.endswith((".scale", ".bias"))):
+            assert g.abs() > 0, k
