@@ -1,0 +1,289 @@
+"""The hidden clinical ground truth of the synthetic corpus: patients, studies, findings and attributes.
+
+Everything here is decided in the main process from the corpus seed, before any signal is rendered, so the
+corpus is the same whatever the number of worker processes. Each study is then rendered from its own
+``StudyPlan`` with random generators seeded by ``(seed, study index, modality)``.
+
+Generative model (per patient, then per study):
+
+* patient: sex, age, a latent "cardiac disease" propensity and chronic states — cardiomegaly (p≈0.3, ↑ with
+  age), reduced EF (p≈0.55 with cardiomegaly, ≈0.1 without), atrial fibrillation (p≈0.15, ↑ with
+  cardiomegaly / reduced EF) — plus patient-level signal traits (ECG morphology mix and lead gains, body habitus,
+  LV shape) that make studies of one patient look alike;
+* study: each chronic state persists with p≈0.85-0.9 (else flips), pleural effusion (p≈0.1, ↑ with reduced EF
+  and cardiomegaly), rate class: bradycardia / tachycardia are mutually exclusive; AF is tachycardic (rapid
+  ventricular response) about half the time; reduced EF makes tachycardia likelier;
+* continuous attributes consistent with the labels, with a gap around each clinical threshold so labels are
+  learnable: heart rate (brady 38-57, normal 62-97, tachy 104-150 bpm), cardiothoracic ratio (normal
+  0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size.
+
+About 30 % of studies come out with no finding ("normal").
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from probmed.data.schema import FINDINGS, MODALITIES, SPLITS
+
+#: Modality codes mixed into per-study seeds (stable: changing them changes every corpus).
+MODALITY_CODE = {"plan": 0, "cxr": 1, "ecg": 2, "echo": 3, "text": 4, "patient": 5}
+
+EFFUSION_SIDES = ("left", "right", "bilateral")
+EFFUSION_SIZES = ("small", "moderate", "large")
+
+
+@dataclass
+class StudyPlan:
+    """Everything needed to render one study (picklable; sent to worker processes)."""
+
+    index: int
+    study_id: str
+    patient_id: str
+    patient_index: int
+    split: str
+    findings: dict[str, int]
+    attributes: dict[str, Any]
+    present: dict[str, bool]
+    cxr_views: list[str]
+    cxr_photometric: list[str]
+    cxr_bits: int
+    patient_traits: dict[str, Any] = field(default_factory=dict)
+    phi: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def study_rng(seed: int, index: int, modality: str) -> np.random.Generator:
+    """The random generator of one study's modality: depends on (seed, study index, modality) only."""
+    return np.random.default_rng([int(seed), 2, int(index), MODALITY_CODE[modality]])
+
+
+# --------------------------------------------------------------------------------------------------------
+# fake identities (dummy PHI written into the DICOM headers; never real people)
+# --------------------------------------------------------------------------------------------------------
+_FAKE_FAMILY = (
+    "TESTPATIENT", "PHANTOM", "SYNTHETIC", "DEMOCASE", "FAKEPERSON", "DUMMY", "MOCKUP", "SAMPLECASE",
+)
+_FAKE_GIVEN = ("ALPHA", "BRAVO", "CHARLIE", "DELTA", "ECHO", "FOXTROT", "GOLF", "HOTEL", "INDIA", "JULIET")
+_FAKE_DOCTORS = ("DR^SYNTH^A", "DR^PHANTOM^B", "DR^DEMO^C", "DR^FAKE^D")
+FAKE_INSTITUTION = "ProbMed Synthetic Hospital"
+FAKE_STATION = "PMSYNTH01"
+
+
+def fake_patient_phi(seed: int, patient_index: int) -> dict[str, str]:
+    """Deterministic dummy identity of a synthetic patient (name, MRN, birth date, ...).
+
+    Obviously fake by construction (family names like ``TESTPATIENT``); used to exercise de-identification.
+    """
+    rng = np.random.default_rng([int(seed), 7, int(patient_index)])
+    family = _FAKE_FAMILY[int(rng.integers(len(_FAKE_FAMILY)))]
+    given = _FAKE_GIVEN[int(rng.integers(len(_FAKE_GIVEN)))]
+    mrn = f"MRN{int(rng.integers(10**7, 10**8)):08d}"
+    year = int(rng.integers(1935, 2000))
+    month = int(rng.integers(1, 13))
+    day = int(rng.integers(1, 29))
+    return {
+        "PatientName": f"{family}^{given}^{patient_index:05d}",
+        "PatientID": mrn,
+        "PatientBirthDate": f"{year:04d}{month:02d}{day:02d}",
+        "ReferringPhysicianName": _FAKE_DOCTORS[int(rng.integers(len(_FAKE_DOCTORS)))],
+        "InstitutionName": FAKE_INSTITUTION,
+    }
+
+
+def fake_study_phi(seed: int, study_index: int, birth_date: str) -> dict[str, str]:
+    """Deterministic dummy study identifiers (accession number, study date/time, patient age)."""
+    rng = np.random.default_rng([int(seed), 8, int(study_index)])
+    year = int(rng.integers(2015, 2025))
+    month = int(rng.integers(1, 13))
+    day = int(rng.integers(1, 29))
+    age = max(18, year - int(birth_date[:4]))
+    return {
+        "AccessionNumber": f"ACC{int(rng.integers(10**8, 10**9)):09d}",
+        "StudyDate": f"{year:04d}{month:02d}{day:02d}",
+        "StudyTime": f"{int(rng.integers(7, 20)):02d}{int(rng.integers(0, 60)):02d}00",
+        "PatientAge": f"{age:03d}Y",
+        "OperatorsName": "TECH^SYNTHETIC",
+        "StationName": FAKE_STATION,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# findings and attributes
+# --------------------------------------------------------------------------------------------------------
+def _patient_state(rng: np.random.Generator) -> dict[str, Any]:
+    sex = "F" if rng.random() < 0.5 else "M"
+    age_factor = rng.random()  # stands in for age in the risks below
+    cm = rng.random() < 0.22 + 0.2 * age_factor
+    ref = rng.random() < (0.55 if cm else 0.1)
+    af = rng.random() < 0.07 + 0.1 * age_factor + 0.08 * cm + 0.05 * ref
+    traits = {
+        # ECG: morphology = mix of two bank variants, lead gains (axis), QRS timing is in the bank
+        "ecg_variant_mix": float(rng.random()),
+        "ecg_gain_I": float(rng.uniform(0.6, 1.35)),
+        "ecg_gain_II": float(rng.uniform(0.7, 1.3)),
+        "ecg_gain_V": [float(g) for g in rng.uniform(0.7, 1.3, size=6)],
+        "ecg_hr_offset": float(rng.normal(0.0, 4.0)),
+        # CXR body habitus
+        "cxr_thorax_width": float(rng.uniform(0.72, 0.84)),
+        "cxr_lung_height": float(rng.uniform(0.55, 0.68)),
+        "cxr_heart_height": float(rng.uniform(0.9, 1.1)),
+        "cxr_brightness": float(rng.uniform(0.9, 1.1)),
+        # echo LV geometry
+        "echo_lv_aspect": float(rng.uniform(0.85, 1.15)),
+        "echo_tilt": float(rng.uniform(-0.12, 0.12)),
+    }
+    return {"sex": sex, "age_factor": float(age_factor), "cm": bool(cm), "ref": bool(ref), "af": bool(af),
+            "traits": traits}
+
+
+def _study_findings(rng: np.random.Generator, pstate: dict[str, Any]) -> dict[str, int]:
+    def persist(value: bool, p_keep: float, p_new: float) -> bool:
+        return bool(rng.random() < p_keep) if value else bool(rng.random() < p_new)
+
+    cm = persist(pstate["cm"], 0.9, 0.03)
+    ref = persist(pstate["ref"], 0.88, 0.04 + 0.15 * cm)
+    af = persist(pstate["af"], 0.85, 0.02)
+    eff = rng.random() < 0.11 + 0.22 * ref + 0.1 * cm
+    if af:
+        p_tachy, p_brady = 0.5, 0.08
+    else:
+        p_tachy, p_brady = 0.13 + 0.12 * ref + 0.05 * eff, 0.13
+    u = rng.random()
+    tachy = u < p_tachy
+    brady = (not tachy) and u < p_tachy + p_brady
+    values = {
+        "cardiomegaly": cm,
+        "pleural_effusion": eff,
+        "atrial_fibrillation": af,
+        "bradycardia": brady,
+        "tachycardia": tachy,
+        "reduced_ef": ref,
+    }
+    return {name: int(values[name]) for name in FINDINGS}
+
+
+def _study_attributes(rng: np.random.Generator, f: dict[str, int], pstate: dict[str, Any]) -> dict[str, Any]:
+    traits = pstate["traits"]
+    if f["bradycardia"]:
+        hr = rng.uniform(38.0, 57.0)
+    elif f["tachycardia"]:
+        hr = rng.uniform(104.0, 150.0)
+    else:
+        hr = float(np.clip(rng.uniform(62.0, 97.0) + 0.5 * traits["ecg_hr_offset"], 62.0, 97.0))
+    ctr = rng.uniform(0.53, 0.66) if f["cardiomegaly"] else rng.uniform(0.38, 0.48)
+    ef = rng.uniform(20.0, 42.0) if f["reduced_ef"] else rng.uniform(55.0, 72.0)
+    if f["pleural_effusion"]:
+        side = EFFUSION_SIDES[int(rng.choice(3, p=[0.35, 0.3, 0.35]))]
+        size = EFFUSION_SIZES[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
+    else:
+        side, size = "none", "none"
+    # LV end-diastolic size follows the heart size (dilated LV with cardiomegaly, more so with reduced EF)
+    lv_scale = 1.0 + 1.6 * (ctr - 0.44) + (0.08 if f["reduced_ef"] else 0.0) + rng.normal(0, 0.03)
+    return {
+        "heart_rate": round(float(hr), 1),
+        "rhythm": "atrial_fibrillation" if f["atrial_fibrillation"] else "sinus",
+        "ctr": round(float(ctr), 3),
+        "ef": round(float(ef), 1),
+        "effusion_side": side,
+        "effusion_size": size,
+        "lv_scale": round(float(lv_scale), 3),
+        "sex": pstate["sex"],
+    }
+
+
+def _split_patients(n_patients: int, studies_per_patient: list[int], fractions: tuple[float, ...],
+                    rng: np.random.Generator) -> list[str]:
+    """Assign whole patients to splits so that the study counts follow ``fractions``."""
+    fr = np.asarray(fractions, dtype=float)
+    fr = fr / fr.sum()
+    total = sum(studies_per_patient)
+    targets = fr * total
+    order = rng.permutation(n_patients)
+    split_of = [""] * n_patients
+    counts = np.zeros(len(fr))
+    # guarantee one patient per split with a positive fraction (when there are enough patients)
+    wanted = [i for i in range(len(fr)) if fr[i] > 0]
+    pos = 0
+    if n_patients >= len(wanted):
+        for i in wanted:
+            p = int(order[pos])
+            pos += 1
+            split_of[p] = SPLITS[i]
+            counts[i] += studies_per_patient[p]
+    for p in order[pos:]:
+        p = int(p)
+        deficit = targets - counts
+        i = int(np.argmax(deficit))
+        split_of[p] = SPLITS[i]
+        counts[i] += studies_per_patient[p]
+    return split_of
+
+
+def plan_corpus(
+    n_studies: int,
+    seed: int,
+    *,
+    missing: dict[str, float] | None = None,
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    lateral_fraction: float = 0.3,
+) -> list[StudyPlan]:
+    """Decide the hidden truth of every study (no rendering). Deterministic in (n_studies, seed, options)."""
+    if n_studies < 1:
+        raise ValueError("n_studies must be >= 1")
+    if len(splits) != len(SPLITS):
+        raise ValueError(f"splits needs {len(SPLITS)} fractions (train, val, test)")
+    missing = {m: 0.0 for m in MODALITIES} | dict(missing or {})
+    for m in missing:
+        if m not in MODALITIES:
+            raise ValueError(f"unknown modality {m!r} in missing (known: {MODALITIES})")
+    rng = np.random.default_rng([int(seed), 1])
+
+    # patients with 1-3 studies
+    counts: list[int] = []
+    while sum(counts) < n_studies:
+        counts.append(int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])))
+    counts[-1] -= sum(counts) - n_studies
+    n_patients = len(counts)
+    split_of = _split_patients(n_patients, counts, tuple(splits), rng)
+
+    plans: list[StudyPlan] = []
+    index = 0
+    for p in range(n_patients):
+        prng = np.random.default_rng([int(seed), 3, p])
+        pstate = _patient_state(prng)
+        phi_p = fake_patient_phi(seed, p)
+        for _ in range(counts[p]):
+            srng = np.random.default_rng([int(seed), 4, index])
+            findings = _study_findings(srng, pstate)
+            attrs = _study_attributes(srng, findings, pstate)
+            present = {m: bool(srng.random() >= missing[m]) for m in MODALITIES}
+            if not any(present.values()):  # a study carries at least one modality
+                present[MODALITIES[int(srng.integers(len(MODALITIES)))]] = True
+            views = ["PA"] + (["LATERAL"] if srng.random() < lateral_fraction else [])
+            photometric = ["MONOCHROME1" if srng.random() < 0.4 else "MONOCHROME2" for _ in views]
+            bits = 12 if srng.random() < 0.6 else 16
+            phi = phi_p | fake_study_phi(seed, index, phi_p["PatientBirthDate"]) | {"PatientSex": pstate["sex"]}
+            plans.append(
+                StudyPlan(
+                    index=index,
+                    study_id=f"s{index:07d}",
+                    patient_id=f"p{p:06d}",
+                    patient_index=p,
+                    split=split_of[p],
+                    findings=findings,
+                    attributes=attrs,
+                    present=present,
+                    cxr_views=views if present["cxr"] else [],
+                    cxr_photometric=photometric if present["cxr"] else [],
+                    cxr_bits=bits,
+                    patient_traits=pstate["traits"],
+                    phi=phi,
+                )
+            )
+            index += 1
+    return plans

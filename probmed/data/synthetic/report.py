@@ -1,0 +1,182 @@
+"""Synthetic report text with ``FINDINGS:`` and ``IMPRESSION:`` sections.
+
+Every positive finding is mentioned at least once (in FINDINGS, IMPRESSION or both, with one of several
+phrasings and sometimes a number: heart rate, EF, cardiothoracic ratio, effusion side/size). Each negative
+finding is explicitly negated about half of the time ("No pleural effusion.", "without evidence of
+cardiomegaly"), otherwise not mentioned. Normal studies get normal-study phrasings. Sentence order in FINDINGS is
+shuffled by topic group.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _side_phrase(side: str, size: str, rng) -> str:
+    if side == "bilateral":
+        return _pick(rng, [f"{size} bilateral pleural effusions", f"bilateral {size} pleural effusions",
+                           f"{size} effusions at both lung bases"])
+    return _pick(rng, [f"{size} {side} pleural effusion", f"{size} {side}-sided pleural effusion",
+                       f"{size} {side} effusion"])
+
+
+def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict) -> str:
+    hr = int(round(float(attrs["heart_rate"])))
+    ef = int(round(float(attrs["ef"])))
+    ctr = float(attrs["ctr"])
+    f = findings
+    body: list[list[str]] = []  # topic groups of FINDINGS sentences
+    impression: list[str] = []
+
+    def where() -> str:  # where a positive finding is mentioned
+        u = rng.random()
+        return "both" if u < 0.5 else ("findings" if u < 0.75 else "impression")
+
+    # --- heart size (CXR) ---
+    g: list[str] = []
+    if f["cardiomegaly"]:
+        w = where()
+        phr = _pick(rng, [
+            "the cardiac silhouette is enlarged",
+            "the heart is enlarged",
+            "cardiomegaly is present",
+            f"the cardiothoracic ratio is increased at {ctr:.2f}",
+            "there is moderate enlargement of the cardiac silhouette",
+        ])
+        if w in ("both", "findings"):
+            g.append(_cap(phr) + ".")
+        if w in ("both", "impression"):
+            impression.append(_pick(rng, ["Cardiomegaly", "Enlarged heart", "Enlarged cardiac silhouette"]))
+    elif rng.random() < 0.6:
+        g.append(_pick(rng, [
+            "Heart size is normal.", "The cardiac silhouette is within normal limits.", "No cardiomegaly.",
+            "Normal heart size.", "There is no evidence of cardiomegaly.",
+            f"Cardiothoracic ratio {ctr:.2f}, within normal limits.",
+        ]))
+    # --- effusion (CXR) ---
+    if f["pleural_effusion"]:
+        w = where()
+        side, size = attrs.get("effusion_side", "left"), attrs.get("effusion_size", "small")
+        phr = _side_phrase(side, size, rng)
+        if w in ("both", "findings"):
+            g.append(_pick(rng, [f"There is a {phr}.", f"{_cap(phr)} is noted.",
+                                 f"Blunting of the costophrenic angle consistent with a {phr}."]))
+        if w in ("both", "impression"):
+            impression.append(_cap(_pick(rng, [phr, "pleural effusion", "effusion" if side != "bilateral"
+                                               else "bilateral effusions"])))
+    elif rng.random() < 0.6:
+        g.append(_pick(rng, ["No pleural effusion.", "No effusion or pneumothorax.",
+                             "The costophrenic angles are sharp.", "There is no pleural effusion.",
+                             "No pleural effusion or pneumothorax is seen."]))
+    if rng.random() < 0.5:
+        g.append(_pick(rng, ["The lungs are clear.", "No focal consolidation.", "Lungs are well expanded.",
+                             "No pneumothorax."]))
+    if g:
+        body.append(g)
+
+    # --- rhythm and rate (ECG) ---
+    g = []
+    mention_rate = rng.random() < 0.5
+    rate_txt = f" at {hr} bpm" if mention_rate else ""
+    if f["atrial_fibrillation"]:
+        w = where()
+        if f["tachycardia"]:
+            phr = _pick(rng, [f"atrial fibrillation with rapid ventricular response{rate_txt}",
+                              f"atrial fibrillation with a fast ventricular rate{rate_txt}",
+                              f"irregularly irregular rhythm without P waves, ventricular rate {hr} bpm"])
+            imp = _pick(rng, ["Atrial fibrillation with rapid ventricular response", "Rapid atrial fibrillation"])
+        elif f["bradycardia"]:
+            phr = _pick(rng, [f"atrial fibrillation with slow ventricular response{rate_txt}",
+                              f"atrial fibrillation with a slow ventricular rate of {hr} bpm"])
+            imp = _pick(rng, ["Atrial fibrillation with slow ventricular response",
+                              "Slow atrial fibrillation"])
+        else:
+            phr = _pick(rng, [f"atrial fibrillation{rate_txt}", f"rate-controlled atrial fibrillation{rate_txt}",
+                              "irregularly irregular rhythm with absent P waves, consistent with atrial fibrillation",
+                              f"AF with controlled ventricular rate{rate_txt}"])
+            imp = _pick(rng, ["Atrial fibrillation", "Atrial fibrillation, rate controlled", "AF"])
+        if w in ("both", "findings"):
+            g.append(_cap(_pick(rng, ["ECG shows ", "Rhythm: ", "The ECG demonstrates ", ""]) + phr) + ".")
+        if w in ("both", "impression"):
+            impression.append(imp)
+    else:
+        if f["bradycardia"]:
+            w = where()
+            phr = _pick(rng, [f"sinus bradycardia{rate_txt}", f"sinus rhythm with bradycardia at {hr} bpm",
+                              f"slow sinus rhythm{rate_txt}"])
+            if w in ("both", "findings"):
+                g.append(_cap(_pick(rng, ["ECG shows ", "Rhythm: ", ""]) + phr) + ".")
+            if w in ("both", "impression"):
+                impression.append(_pick(rng, ["Sinus bradycardia", "Bradycardia"]))
+        elif f["tachycardia"]:
+            w = where()
+            phr = _pick(rng, [f"sinus tachycardia{rate_txt}", f"sinus rhythm with tachycardia at {hr} bpm",
+                              f"rapid sinus rhythm{rate_txt}"])
+            if w in ("both", "findings"):
+                g.append(_cap(_pick(rng, ["ECG shows ", "Rhythm: ", ""]) + phr) + ".")
+            if w in ("both", "impression"):
+                impression.append(_pick(rng, ["Sinus tachycardia", "Tachycardia"]))
+        elif rng.random() < 0.6:
+            g.append(_pick(rng, [f"Normal sinus rhythm{rate_txt}.", f"Sinus rhythm{rate_txt}.",
+                                 f"ECG: normal sinus rhythm at {hr} bpm.", "Regular sinus rhythm."]))
+        if not f["bradycardia"] and not f["tachycardia"] and rng.random() < 0.25:
+            g.append(_pick(rng, ["No bradycardia or tachycardia.", "Heart rate within normal limits."]))
+        if rng.random() < 0.3:
+            g.append("No atrial fibrillation.")
+    if g:
+        body.append(g)
+
+    # --- LV function (echo) ---
+    g = []
+    if f["reduced_ef"]:
+        w = where()
+        grade = "severely" if ef < 30 else "moderately" if ef < 40 else "mildly"
+        phr = _pick(rng, [
+            f"{grade} reduced left ventricular systolic function, EF {ef}%",
+            f"left ventricular ejection fraction is {grade} reduced at {ef}%",
+            f"LVEF estimated at {ef}%",
+            "global hypokinesis with reduced ejection fraction",
+            f"depressed LV systolic function (EF approximately {ef}%)",
+        ])
+        if w in ("both", "findings"):
+            g.append(_cap(phr) + ".")
+        if w in ("both", "impression"):
+            impression.append(_pick(rng, ["Reduced ejection fraction", "Reduced LV systolic function",
+                                          f"Heart failure with reduced ejection fraction (EF {ef}%)",
+                                          "LV systolic dysfunction"]))
+    elif rng.random() < 0.6:
+        g.append(_pick(rng, [f"Normal left ventricular systolic function, EF {ef}%.",
+                             "Preserved ejection fraction.", f"LVEF {ef}%.",
+                             "Left ventricular size and systolic function are normal.",
+                             "No regional wall motion abnormality; normal EF."]))
+    if g:
+        body.append(g)
+
+    order = rng.permutation(len(body))
+    findings_text = " ".join(s for i in order for s in body[int(i)])
+    if not findings_text:
+        findings_text = _pick(rng, ["Unremarkable study.", "No significant abnormality.",
+                                    "No acute cardiopulmonary findings."])
+    if impression:
+        if len(impression) > 1 and rng.random() < 0.5:
+            imp_text = "; ".join(impression[:1] + [s[:1].lower() + s[1:] for s in impression[1:]]) + "."
+        else:
+            imp_text = " ".join(f"{i + 1}. {s}." for i, s in enumerate(impression)) if len(impression) > 1 \
+                else impression[0] + "."
+    elif any(findings.values()):
+        imp_text = _pick(rng, ["As above.", "See findings above.", "Findings as described above."])
+    else:
+        imp_text = _pick(rng, ["No acute cardiopulmonary abnormality.", "Normal study.",
+                               "No acute cardiopulmonary process.",
+                               "Normal heart size, sinus rhythm and preserved LV function.",
+                               "No evidence of cardiomegaly, effusion or arrhythmia."])
+        if not any(findings.values()) and rng.random() < 0.3:
+            imp_text = "Normal study. " + imp_text if not imp_text.startswith("Normal study") else imp_text
+    return f"FINDINGS: {findings_text}\n\nIMPRESSION: {imp_text}\n"
