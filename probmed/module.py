@@ -1,0 +1,251 @@
+"""The LightningModule: per-modality towers and Gaussian heads, a distributed probabilistic objective, evaluation."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from probmed.embedding import GaussianEmbedding
+from probmed.encoders import GaussianHead
+from probmed.evaluation.collect import EmbeddingCollector
+from probmed.evaluation.retrieval import format_table, retrieval_metrics
+from probmed.losses import Objective
+
+
+class ProbMedModule(L.LightningModule):
+    """Towers (``encoders``) → :class:`GaussianHead` per modality → :class:`Objective` over the configured pairs.
+
+    Args:
+        encoders: modality name → tower; each has ``output_dim`` and maps its batch input to ``[B, output_dim]``.
+        objective: the loss terms and which modality pairs they contrast.
+        embed_dim: D, the size of the shared embedding space.
+        variance: ``"diagonal"`` (one variance per dimension) or ``"isotropic"`` (one per embedding).
+        normalize_mean: L2-normalise means onto the unit sphere.
+        log_var_min, log_var_max: clamp range of log σ².
+        optimizer: builds the optimizer from the parameters (default ``torch.optim.AdamW`` with its defaults;
+            configs set ``class_path``/``init_args``).
+        warmup_steps: linear learning-rate warm-up, then cosine decay to ``min_lr_ratio × lr`` at the last step.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        retrieval_ks: the K of Recall@K at validation/test.
+    """
+
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        objective: Objective,
+        embed_dim: int = 128,
+        variance: Literal["diagonal", "isotropic"] = "diagonal",
+        normalize_mean: bool = True,
+        log_var_min: float = -10.0,
+        log_var_max: float = 5.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.05,
+        retrieval_ks: tuple[int, ...] = (1, 5, 10),
+    ):
+        super().__init__()
+        missing = sorted(set(objective.modalities) - set(encoders))
+        if missing:
+            raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
+        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer"])
+        self.encoders = nn.ModuleDict(encoders)
+        self.heads = nn.ModuleDict({
+            name: GaussianHead(
+                enc.output_dim, embed_dim, variance=variance, log_var_min=log_var_min, log_var_max=log_var_max,
+                normalize_mean=normalize_mean,
+            )
+            for name, enc in encoders.items()
+        })
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        self.retrieval_ks = tuple(retrieval_ks)
+        self.collector = EmbeddingCollector()
+        self.skipped: Counter = Counter()
+        self._batch_end_time: float | None = None
+        self._data_wait = 0.0
+        self.last_retrieval: list[dict] = []
+
+    # -- embedding -------------------------------------------------------------------------------------------------
+    def embed_modality(self, name: str, inputs: Any, present: Tensor) -> GaussianEmbedding:
+        """Embed one modality of a batch. Towers run on the studies that have the modality only (placeholders would
+        pollute batch-norm statistics); missing rows get a zero mean and log-variance and ``present=False``."""
+        rows = present.nonzero().squeeze(1)
+        if len(rows) == 0:  # keep every parameter in the graph so DDP sees the same graph on every rank
+            rows = torch.arange(len(present), device=present.device)
+        picked = {k: v[rows] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[rows]
+        mean_rows, log_var_rows = self.heads[name](self.encoders[name](picked))
+        weight = present[rows].to(mean_rows.dtype)[:, None]  # zero when no row is present
+        batch = len(present)
+        mean = mean_rows.new_zeros(batch, mean_rows.shape[1]).index_copy(0, rows, mean_rows * weight)
+        log_var = log_var_rows.new_zeros(batch, log_var_rows.shape[1]).index_copy(0, rows, log_var_rows * weight)
+        return GaussianEmbedding(mean, log_var, present)
+
+    def embed(self, batch: dict, modalities=None) -> dict[str, GaussianEmbedding]:
+        """``{modality: GaussianEmbedding [B, D]}`` for the batch's modalities that have an encoder."""
+        names = [n for n in batch["inputs"] if n in self.encoders and (modalities is None or n in modalities)]
+        return {n: self.embed_modality(n, batch["inputs"][n], batch["present"][n]) for n in names}
+
+    def forward(self, batch: dict) -> dict[str, GaussianEmbedding]:
+        return self.embed(batch)
+
+    # -- training --------------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx):
+        self._batch_start_time = time.perf_counter()
+        if self._batch_end_time is not None:
+            self._data_wait = self._batch_start_time - self._batch_end_time
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        self._count_skipped(batch)
+        missing = sorted(set(self.objective.modalities) - set(batch["inputs"]))
+        if missing:
+            raise ValueError(f"the objective needs {missing} but the data module does not load them")
+        embeddings = self.embed(batch, self.objective.modalities)
+        out = self.objective(embeddings, batch["group"])
+        batch_size = len(batch["group"])
+        logs = {"train/loss": out.total.detach()}
+        logs.update({f"train/{k}": v for k, v in out.parts.items()})
+        logs.update({f"train/{k}": v for k, v in out.extras.items()})
+        for name, emb in embeddings.items():
+            var = emb.log_var.detach().exp().mean(dim=1)
+            present = emb.present.float()
+            logs[f"variance/{name}"] = (var * present).sum() / present.sum().clamp_min(1)
+        self.log_dict(logs, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
+        return out.total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        step_time = now - self._batch_start_time
+        total = step_time + self._data_wait
+        global_batch = len(batch["group"]) * self.trainer.world_size
+        self.log_dict(
+            {"perf/samples_per_s": global_batch / max(total, 1e-9), "perf/data_wait_fraction": self._data_wait / max(total, 1e-9)},
+            on_step=True, on_epoch=False, rank_zero_only=True, batch_size=len(batch["group"]),
+        )
+        self._batch_end_time = now
+
+    def on_train_epoch_end(self):
+        self._log_skipped()
+        self._batch_end_time = None
+
+    # -- evaluation ------------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict) -> None:
+        self._count_skipped(batch)
+        self.collector.add(self.embed(batch), batch["study_id"], batch["labels"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        embeddings = self.embed(batch)
+        return {
+            "study_id": batch["study_id"],
+            **{f"{n}/mean": e.mean for n, e in embeddings.items()},
+            **{f"{n}/log_var": e.log_var for n, e in embeddings.items()},
+            **{f"{n}/present": e.present for n, e in embeddings.items()},
+        }
+
+    def on_validation_epoch_start(self):
+        self.collector.reset()
+        self._skip_eval_buffer_broadcast()
+
+    def on_test_epoch_start(self):
+        self.collector.reset()
+        self._skip_eval_buffer_broadcast()
+
+    def _skip_eval_buffer_broadcast(self) -> None:
+        """Evaluation must run no per-step collective: ranks read different numbers of eval batches (a rank may
+        read none). DDP's forward broadcasts buffers (batch-norm statistics) on the first forward after a training
+        step; a rank without an eval batch never joins that broadcast and the others wait forever. No buffer can
+        change between that training step's own broadcast and evaluation, so clearing DDP's pending-sync flag is
+        exact; DDP sets it again on the next training forward."""
+        wrapper = getattr(self.trainer.strategy, "model", None) if self._trainer is not None else None
+        if isinstance(wrapper, DistributedDataParallel):
+            wrapper.require_forward_param_sync = False
+
+    def _eval_epoch_end(self, stage: str) -> list[dict]:
+        gathered, _labels = self.collector.gather()
+        self.collector.reset()
+        rows = retrieval_metrics(gathered, self._score, self.retrieval_ks)
+        metrics = {}
+        for r in rows:
+            for k in self.retrieval_ks:
+                metrics[f"{stage}/R@{k}/{r['query']}->{r['gallery']}"] = r[f"R@{k}"]
+        if rows:
+            for k in self.retrieval_ks:
+                metrics[f"{stage}/mean_R@{k}"] = sum(r[f"R@{k}"] for r in rows) / len(rows)
+            metrics[f"{stage}/rsum"] = sum(r[f"R@{k}"] for r in rows for k in self.retrieval_ks)
+        # every rank computed the same metrics from the same gathered embeddings: the synced mean is exact
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, sync_dist=True)
+        self._log_skipped()
+        self.last_retrieval = rows
+        return rows
+
+    @torch.no_grad()
+    def _score(self, query: GaussianEmbedding, gallery: GaussianEmbedding, a: str, b: str) -> Tensor:
+        device = self.device
+        q = GaussianEmbedding(query.mean.to(device), query.log_var.to(device), query.present.to(device))
+        g = GaussianEmbedding(gallery.mean.to(device), gallery.log_var.to(device), gallery.present.to(device))
+        return self.objective.score(q, g, a, b).float().cpu()
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self):
+        rows = self._eval_epoch_end("test")
+        if self.trainer.is_global_zero and rows:
+            table = format_table(rows, ks=tuple(k for k in self.retrieval_ks if k <= 5) or self.retrieval_ks)
+            print(f"\nCross-modal retrieval on the test split (percent; chance = K / N):\n{table}\n", flush=True)
+            log_dir = getattr(self.logger, "log_dir", None) if self.logger else None
+            if log_dir:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                (Path(log_dir) / "test_retrieval.json").write_text(json.dumps(rows, indent=2))
+
+    # -- data accounting -------------------------------------------------------------------------------------------
+    def _count_skipped(self, batch: dict) -> None:
+        self.skipped.update(batch.get("skipped") or {})
+
+    def _log_skipped(self) -> None:
+        """Log skipped-input counts summed over ranks (object gather: causes differ between ranks)."""
+        counts = [dict(self.skipped)]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            counts = [None] * dist.get_world_size()
+            dist.all_gather_object(counts, dict(self.skipped))
+        self.skipped.clear()
+        total = Counter()
+        for c in counts:
+            total.update(c)
+        if self.trainer.is_global_zero and self.logger is not None:
+            step = self.global_step
+            self.logger.log_metrics({"data/skipped_total": float(sum(total.values()))}, step=step)
+            if total:
+                self.logger.log_metrics({f"data/skipped/{k}": float(v) for k, v in total.items()}, step=step)
+
+    # -- optimisation ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.warmup_steps, max(0, total - 1))
+        floor = self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

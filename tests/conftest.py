@@ -1,0 +1,49 @@
+"""Shared fixtures: one ECG-bank cache and one tiny corpus per test session, and a clean subprocess runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The synthetic ECG bank is cached under $PROBMED_CACHE: one private cache per session, shared by every test
+# that generates a corpus (the bank costs ~15 s to simulate; the user's own cache is never touched).
+os.environ["PROBMED_CACHE"] = tempfile.mkdtemp(prefix="probmed-test-cache-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+#: arguments of `probmed data synth` matching configs/smoke.yaml
+SMOKE_SYNTH = ["--studies", "120", "--seed", "0", "--cxr-size", "64", "--echo-size", "32", "--echo-frames", "8",
+               "--ecg-rate", "100", "--shard-size", "20", "--workers", "1", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus(tmp_path_factory) -> Path:
+    """A 120-study corpus (train 5 shards, val 1, test 1) in the sizes configs/smoke.yaml reads."""
+    from probmed.data.commands import main
+
+    out = tmp_path_factory.mktemp("corpus") / "smoke"
+    assert main(["synth", "--out", str(out), *SMOKE_SYNTH]) == 0
+    return out
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child `probmed` process: no inherited launcher/cluster variables (a stray
+    LOCAL_RANK or SLURM_* would make Lightning think it is already inside a distributed job)."""
+    drop = ("SLURM_", "LOCAL_RANK", "MASTER_", "WORLD_SIZE", "NODE_RANK", "RANK", "GROUP_RANK", "PL_", "TORCHELASTIC")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def run_probmed(args: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Run `python -m probmed ARGS` in a clean child process; the output is kept for assertions."""
+    proc = subprocess.run([sys.executable, "-m", "probmed", *args], cwd=cwd, env=clean_env(**env), text=True,
+                          capture_output=True, timeout=timeout)
+    proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+    return proc

@@ -1,0 +1,84 @@
+"""The `probmed` command line end to end, in child processes: fit → test → TensorBoard, DDP, config handling."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, run_probmed
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def _overrides(corpus: Path, run_dir: Path) -> list[str]:
+    return ["--config", SMOKE, "--data.data_dir", str(corpus), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir)]
+
+
+def _scalars(run_dir: Path) -> dict[str, list[float]]:
+    (version,) = sorted((run_dir / "smoke").glob("version_*"))[-1:]
+    events = EventAccumulator(str(version))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
+    fit = run_probmed(["fit", *_overrides(smoke_corpus, tmp_path)], cwd=tmp_path)
+    assert fit.returncode == 0, fit.output[-4000:]
+    scalars = _scalars(tmp_path)
+    assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
+    for tag in ("train/infonce/text-cxr", "train/synthetic/cxr", "train/vib", "train/logit_scale/infonce/text-cxr",
+                "variance/cxr", "variance/text", "perf/samples_per_s", "perf/data_wait_fraction",
+                "val/mean_R@1", "val/R@1/cxr->text", "data/skipped_total"):
+        assert tag in scalars, f"{tag} missing from TensorBoard; have {sorted(scalars)}"
+    assert all(0 < v < 1 for v in scalars["variance/cxr"])
+
+    (ckpt,) = (tmp_path / "smoke").glob("version_0/checkpoints/*.ckpt")
+    test = run_probmed(["test", *_overrides(smoke_corpus, tmp_path), "--ckpt_path", str(ckpt)], cwd=tmp_path)
+    assert test.returncode == 0, test.output[-4000:]
+    assert "Cross-modal retrieval on the test split" in test.stdout and "text -> cxr" in test.stdout
+    (result,) = (tmp_path / "smoke").glob("version_1/test_retrieval.json")
+    rows = json.loads(result.read_text())
+    pairs = {(r["query"], r["gallery"]) for r in rows}
+    assert ("text", "cxr") in pairs and ("cxr", "ecg") in pairs and len(pairs) == 12
+    assert all(r["chance@1"] == pytest.approx(100 / r["gallery_size"]) for r in rows)
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_fit_on_cpu(smoke_corpus, tmp_path):
+    args = [*_overrides(smoke_corpus, tmp_path), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--data.batch_size", "4"]
+    fit = run_probmed(["fit", *args], cwd=tmp_path, timeout=400)
+    assert fit.returncode == 0, fit.output[-4000:]
+    assert "MEMBER: 1/2" in fit.output and "MEMBER: 2/2" in fit.output  # both ranks joined one process group
+    scalars = _scalars(tmp_path)
+    assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
+    assert "val/mean_R@1" in scalars
+
+
+def test_print_config_resolves_the_whole_tree(tmp_path):
+    out = run_probmed(["fit", "--config", SMOKE, "--print_config"], cwd=tmp_path)
+    assert out.returncode == 0, out.output[-3000:]
+    config = yaml.safe_load(out.stdout)
+    assert config["model"]["encoders"]["cxr"]["class_path"] == "probmed.encoders.ImageEncoder"
+    terms = config["model"]["objective"]["init_args"]["terms"]
+    assert terms[0]["class_path"] == "probmed.losses.ProbabilisticInfoNCE"
+    assert config["data"]["cxr"]["size"] == 32
+
+
+def test_config_errors_are_reported_not_crashed(smoke_corpus, tmp_path):
+    bad_modality = run_probmed(["fit", *_overrides(smoke_corpus, tmp_path), "--data.modalities", "[cxr, mri]"],
+                               cwd=tmp_path)
+    assert bad_modality.returncode != 0 and "unknown modality" in bad_modality.output
+    no_data = run_probmed(["fit", *_overrides(tmp_path / "absent", tmp_path)], cwd=tmp_path)
+    assert no_data.returncode != 0 and "probmed data synth" in no_data.output
+
+
+def test_python_dash_m_and_data_subcommand_help(tmp_path):
+    for args in (["--help"], ["data", "--help"], ["data", "synth", "--help"]):
+        out = run_probmed(args, cwd=tmp_path)
+        assert out.returncode == 0, out.output[-2000:]

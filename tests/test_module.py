@@ -1,0 +1,61 @@
+"""The LightningModule's embedding of partially present batches (no data files needed)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from probmed.losses import Objective, ProbabilisticInfoNCE, VIB
+from probmed.module import ProbMedModule
+
+
+class Recorder(nn.Module):
+    """A linear tower that records the batch sizes it saw (to prove placeholders never reach it)."""
+
+    output_dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(x.shape[0])
+        return self.linear(x)
+
+
+def _module():
+    objective = Objective([ProbabilisticInfoNCE(["a", "b"], similarity="bhattacharyya"), VIB(["a", "b"], weight=1e-3)])
+    return ProbMedModule({"a": Recorder(), "b": Recorder()}, objective, embed_dim=5)
+
+
+def test_missing_rows_never_reach_the_tower_and_get_no_gradient():
+    module = _module()
+    x = torch.randn(6, 4)
+    present = torch.tensor([True, False, True, True, False, True])
+    emb = module.embed_modality("a", x, present)
+    assert module.encoders["a"].seen == [4]
+    assert emb.mean.shape == (6, 5) and emb.log_var.shape == (6, 5)
+    assert torch.all(emb.mean[~present] == 0) and torch.all(emb.log_var[~present] == 0)
+    alone = module.embed_modality("a", x[present], torch.ones(4, dtype=torch.bool))
+    torch.testing.assert_close(emb.mean[present], alone.mean)
+
+
+def test_a_modality_absent_from_the_whole_batch_keeps_every_parameter_in_the_graph():
+    module = _module()
+    batch = {"inputs": {"a": torch.randn(4, 4), "b": torch.randn(4, 4)},
+             "present": {"a": torch.ones(4, dtype=torch.bool), "b": torch.zeros(4, dtype=torch.bool)},
+             "group": torch.arange(4)}
+    out = module.objective(module.embed(batch), batch["group"])
+    out.total.backward()
+    grads = {n: p.grad for n, p in module.named_parameters() if n.startswith("encoders.b")}
+    assert grads and all(g is not None and torch.all(g == 0) for g in grads.values())  # in the graph, exactly zero
+
+
+def test_config_naming_a_modality_without_encoder_fails_clearly():
+    objective = Objective([ProbabilisticInfoNCE(["a", "c"])])
+    try:
+        ProbMedModule({"a": Recorder()}, objective)
+    except ValueError as exc:
+        assert "['c']" in str(exc) and "no encoder" in str(exc)
+    else:
+        raise AssertionError("expected a ValueError")
