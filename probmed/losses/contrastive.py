@@ -108,14 +108,38 @@ def symmetric_infonce(ctx: LossContext, a: str, b: str, logits_fn, paired_only: 
     return 0.5 * (l_ab + l_ba), 0.5 * (p_ab + p_ba)
 
 
-def _two(modalities: Sequence[str]) -> tuple[str, str]:
-    mods = tuple(modalities)
-    if len(mods) != 2 or mods[0] == mods[1]:
-        raise ValueError(f"a pairwise term needs two different modality keys, got {mods}")
-    return mods[0], mods[1]
+class PairTerm(LossTerm):
+    """A term over one pair of modality keys ``(a, b)``, named ``<prefix>/<a>-<b>``.
+
+    Subclasses set :attr:`prefix`; the default :meth:`similarity` is :func:`pairwise_similarity` of ``self.kind``
+    (with ``self.normalize`` and ``self.chunk``), which terms with their own geometry override.
+    """
+
+    prefix = "pair"
+
+    def __init__(self, modalities: Sequence[str], weight: float, name: str | None) -> None:
+        super().__init__(weight, name)
+        mods = tuple(modalities)
+        if len(mods) != 2 or mods[0] == mods[1]:
+            raise ValueError(f"a pairwise term needs two different modality keys, got {mods}")
+        self.a, self.b = mods
+
+    def default_name(self) -> str:
+        return f"{self.prefix}/{self.a}-{self.b}"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return (self.a, self.b)
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return ((self.a, self.b),)
+
+    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
+        return pairwise_similarity(self.kind, a.mean, a.log_var, b.mean, b.log_var, self.normalize, self.chunk)
 
 
-class ProbabilisticInfoNCE(LossTerm):
+class ProbabilisticInfoNCE(PairTerm):
     """Symmetric multi-positive InfoNCE between two modalities with a (probabilistic) similarity (ProbMED).
 
     ``logits_ij = scale * sim(a_i, b_j)``, ``scale = exp(t)`` learnable (CLIP: ``t`` clamped at log 100).
@@ -157,8 +181,7 @@ class ProbabilisticInfoNCE(LossTerm):
         chunk: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight, name)
-        self.a, self.b = _two(modalities)
+        super().__init__(modalities, weight, name)
         if similarity not in DEFAULT_INIT_SCALE:
             raise ValueError(f"unknown similarity {similarity!r}; choose one of {tuple(DEFAULT_INIT_SCALE)}")
         self.kind = similarity
@@ -168,19 +191,6 @@ class ProbabilisticInfoNCE(LossTerm):
         self.paired_only = paired_only
         self.chunk = chunk
 
-    def default_name(self) -> str:
-        return f"{self.prefix}/{self.a}-{self.b}"
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return (self.a, self.b)
-
-    @property
-    def pairs(self) -> tuple[tuple[str, str], ...]:
-        return ((self.a, self.b),)
-
-    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
-        return pairwise_similarity(self.kind, a.mean, a.log_var, b.mean, b.log_var, self.normalize, self.chunk)
 
     def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
         scale = self.logit_scale()
@@ -226,7 +236,7 @@ class EdgeModalityContrastive(ProbabilisticInfoNCE):
         )
 
 
-class SigLIP(LossTerm):
+class SigLIP(PairTerm):
     """Sigmoid pairwise loss (SigLIP, Zhai et al. 2023) over local rows x global columns.
 
     ``logit_ij = t * sim(a_i, b_j) + bias``, label ``z_ij = +1`` for same-group pairs, ``-1`` otherwise; the loss of
@@ -247,6 +257,8 @@ class SigLIP(LossTerm):
         name: logged name (default ``siglip/<a>-<b>``).
     """
 
+    prefix = "siglip"
+
     def __init__(
         self,
         modalities: tuple[str, str] | list[str] = ("text", "cxr"),
@@ -259,27 +271,13 @@ class SigLIP(LossTerm):
         chunk: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight, name)
-        self.a, self.b = _two(modalities)
+        super().__init__(modalities, weight, name)
         self.kind = similarity
         self.logit_scale = LogitScale(init_logit_scale, max_logit_scale if max_logit_scale > 0 else None)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
         self.normalize = normalize
         self.chunk = chunk
 
-    def default_name(self) -> str:
-        return f"siglip/{self.a}-{self.b}"
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return (self.a, self.b)
-
-    @property
-    def pairs(self) -> tuple[tuple[str, str], ...]:
-        return ((self.a, self.b),)
-
-    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
-        return pairwise_similarity(self.kind, a.mean, a.log_var, b.mean, b.log_var, self.normalize, self.chunk)
 
     def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
         scale = self.logit_scale()
@@ -296,7 +294,7 @@ class SigLIP(LossTerm):
         return loss, {f"logit_scale/{self.name}": scale.detach(), f"logit_bias/{self.name}": self.bias.detach()}
 
 
-class PCMEpp(LossTerm):
+class PCMEpp(PairTerm):
     """PCME++ (Chun 2024): BCE on match probabilities ``sigmoid(-a * CSD_ij + b)`` over all present pairs.
 
     ``CSD_ij = ||mu_i - mu_j||^2 + sum_d (v_id + v_jd)``. ``a`` and ``b`` are learnable, init 5; ``a`` is kept
@@ -325,6 +323,8 @@ class PCMEpp(LossTerm):
         name: logged name (default ``pcmepp/<a>-<b>``).
     """
 
+    prefix = "pcmepp"
+
     def __init__(
         self,
         modalities: tuple[str, str] | list[str] = ("cxr", "text"),
@@ -336,25 +336,13 @@ class PCMEpp(LossTerm):
         infonce_weight: float = 0.0,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight, name)
-        self.a, self.b = _two(modalities)
+        super().__init__(modalities, weight, name)
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
         self.shift = nn.Parameter(torch.tensor(float(init_shift)))
         self.min_scale = float(min_scale)
         self.pseudo_weight = float(pseudo_weight)
         self.infonce_weight = float(infonce_weight)
         self.infonce = LogitScale(1.0 / 0.07) if infonce_weight > 0 else None
-
-    def default_name(self) -> str:
-        return f"pcmepp/{self.a}-{self.b}"
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return (self.a, self.b)
-
-    @property
-    def pairs(self) -> tuple[tuple[str, str], ...]:
-        return ((self.a, self.b),)
 
     def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
         return -csd(a.mean, a.log_var, b.mean, b.log_var)
