@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -110,6 +111,12 @@ class EvalStream(_ShardStream):
         skips = SkipCounter()
         yield from batches(self._studies(iter(mine), False, skips, None, 0), self.collator, self.batch_size, skips,
                            partial=True)
+
+
+# Lightning warns that an IterableDataset's __len__ "could be inaccurate if each worker is not configured
+# independently"; TrainStream configures every worker independently (its own shard share and exactly
+# batches_per_worker batches), so len() is exact and the warning only misleads users.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
 
 class EpochAwareLoader(DataLoader):
