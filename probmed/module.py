@@ -85,11 +85,13 @@ class ProbMedModule(L.LightningModule):
             rows = torch.arange(len(present), device=present.device)
         picked = {k: v[rows] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[rows]
         mean_rows, log_var_rows = self.heads[name](self.encoders[name](picked))
-        weight = present[rows].to(mean_rows.dtype)[:, None]  # zero when no row is present
-        batch = len(present)
-        mean = mean_rows.new_zeros(batch, mean_rows.shape[1]).index_copy(0, rows, mean_rows * weight)
-        log_var = log_var_rows.new_zeros(batch, log_var_rows.shape[1]).index_copy(0, rows, log_var_rows * weight)
-        return GaussianEmbedding(mean, log_var, present)
+        keep = present[rows][:, None]  # all False when no row is present: zero values, zero gradients
+
+        def scatter(values: Tensor) -> Tensor:  # each in its own dtype (under autocast mean and log_var may differ)
+            values = values * keep.to(values.dtype)
+            return values.new_zeros(len(present), values.shape[1]).index_copy(0, rows, values)
+
+        return GaussianEmbedding(scatter(mean_rows), scatter(log_var_rows), present)
 
     def embed(self, batch: dict, modalities=None) -> dict[str, GaussianEmbedding]:
         """``{modality: GaussianEmbedding [B, D]}`` for the batch's modalities that have an encoder."""

@@ -59,3 +59,25 @@ def test_config_naming_a_modality_without_encoder_fails_clearly():
         assert "['c']" in str(exc) and "no encoder" in str(exc)
     else:
         raise AssertionError("expected a ValueError")
+
+
+def test_head_outputs_of_different_dtypes_are_kept():
+    """Under CUDA bf16 autocast the L2-normalised mean comes out in float32 and the log-variance in bfloat16
+    (found on an H100); embedding must keep each in its own dtype."""
+    module = _module()
+    head = module.heads["a"]
+
+    class MixedDtypeHead(nn.Module):
+        def forward(self, features):
+            mean, log_var = head(features)
+            return mean.float(), log_var.bfloat16()
+
+    module.heads["a"] = MixedDtypeHead()
+    present = torch.tensor([True, False, True, True])
+    emb = module.embed_modality("a", torch.randn(4, 4), present)
+    assert emb.mean.dtype == torch.float32 and emb.log_var.dtype == torch.bfloat16
+    assert torch.all(emb.mean[1] == 0) and torch.all(emb.log_var[1] == 0)
+    out = module.objective({"a": emb, "b": module.embed_modality("b", torch.randn(4, 4), torch.ones(4, dtype=torch.bool))},
+                           torch.arange(4))
+    out.total.backward()
+    assert torch.isfinite(out.total)
