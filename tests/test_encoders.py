@@ -213,9 +213,23 @@ def test_echo_shapes_interpolation_and_grad():
     assert mean_pool(torch.randn(2, 6, 1, 32, 32)).shape == (2, 16)
 
 
+def test_echo_motion_stream_sees_frame_differences():
+    enc = _echo(motion=True).eval()
+    assert enc.frame_encoder.in_chans == 2
+    _assert_all_grads(enc.train(), enc(torch.randn(2, 6, 1, 32, 32)).square().mean())
+    enc.eval()
+    still = torch.randn(1, 1, 1, 32, 32).expand(1, 6, 1, 32, 32).contiguous()  # no motion: differences are zero
+    moving = still.clone()
+    moving[:, 3] += 1.0  # one frame changes
+    static_part = _echo(motion=False).eval()
+    assert not torch.allclose(enc(still), enc(moving), atol=1e-4)
+    assert static_part(still).shape == enc(still).shape
+
+
+@pytest.mark.parametrize("motion", [False, True])
 @pytest.mark.parametrize("train", [False, True])
-def test_echo_frame_mask_hides_dropped_frames(train):
-    enc = _echo().train(train)
+def test_echo_frame_mask_hides_dropped_frames(train, motion):
+    enc = _echo(motion=motion).train(train)
     x = torch.randn(3, 6, 1, 32, 32)
     mask = torch.tensor([[1, 1, 0, 1, 0, 1], [1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0]], dtype=torch.bool)
     x2 = x.clone()

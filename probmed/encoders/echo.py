@@ -45,6 +45,9 @@ class EchoEncoder(nn.Module):
         mlp_ratio: transformer feed-forward width / ``dim``.
         dropout: dropout in the transformer layers and pooling attention.
         pooling: ``"attention"`` (learned query) or ``"mean"`` (masked mean).
+        motion: feed the frame encoder each frame together with its difference from the previous frame (a
+            motion stream, doubling its input channels): contraction and relaxation become visible in single
+            frames, so beat-timing and ejection properties need not be inferred from static features alone.
         frame_size: when set, frames are resized (area interpolation, i.e. average pooling for integer factors)
             to ``frame_size × frame_size`` before the frame encoder — a compute knob: frame-encoder cost grows
             with B·T·H·W, and 16 frames of 64×64 cost ~16 CXR images each.
@@ -61,8 +64,10 @@ class EchoEncoder(nn.Module):
         dropout: float = 0.0,
         pooling: Literal["attention", "mean"] = "attention",
         frame_size: Optional[int] = None,
+        motion: bool = False,
     ) -> None:
         super().__init__()
+        self.motion = bool(motion)
         if isinstance(frame_encoder, nn.Module):
             self.frame_encoder = frame_encoder
         else:
@@ -77,6 +82,8 @@ class EchoEncoder(nn.Module):
                         "stem_width": 8,
                     },
                 }
+            if self.motion:  # each frame is fed with its difference from the previous frame: 2 × C channels
+                cfg["in_chans"] = 2 * int(cfg.get("in_chans", 1))
             self.frame_encoder = ImageEncoder(**cfg)
         feat = int(self.frame_encoder.output_dim)
         self.dim = int(dim or feat)
@@ -140,6 +147,10 @@ class EchoEncoder(nn.Module):
         else:
             valid = frame_mask.to(device=x.device) > 0
             valid = valid | ~valid.any(dim=1, keepdim=True)  # all-dropped row → keep all (placeholder)
+        if self.motion:  # x_t − x_{t−1}, zero for the first frame and wherever either frame is dropped
+            both = (valid[:, 1:] & valid[:, :-1]).to(x.dtype)[:, :, None, None, None]
+            diff = torch.cat([torch.zeros_like(x[:, :1]), (x[:, 1:] - x[:, :-1]) * both], dim=1)
+            x = torch.cat([x, diff], dim=2)
         if bool(valid.all()):
             feats = self._encode_frames(x.flatten(0, 1)).view(b, t, -1)
         else:
