@@ -74,7 +74,6 @@ class ProbMedModule(L.LightningModule):
         self.skipped: Counter = Counter()
         self._batch_end_time: float | None = None
         self._data_wait = 0.0
-        self.last_retrieval: list[dict] = []
 
     # -- embedding -------------------------------------------------------------------------------------------------
     def embed_modality(self, name: str, inputs: Any, present: Tensor) -> GaussianEmbedding:
@@ -161,26 +160,26 @@ class ProbMedModule(L.LightningModule):
         }
 
     def on_validation_epoch_start(self):
-        self.collector.reset()
-        self._skip_eval_buffer_broadcast()
+        self._start_eval_epoch()
 
     def on_test_epoch_start(self):
-        self.collector.reset()
-        self._skip_eval_buffer_broadcast()
+        self._start_eval_epoch()
 
-    def _skip_eval_buffer_broadcast(self) -> None:
-        """Evaluation must run no per-step collective: ranks read different numbers of eval batches (a rank may
+    def _start_eval_epoch(self) -> None:
+        """Empty the collector and skip DDP's buffer broadcast for evaluation.
+
+        Evaluation must run no per-step collective: ranks read different numbers of eval batches (a rank may
         read none). DDP's forward broadcasts buffers (batch-norm statistics) on the first forward after a training
         step; a rank without an eval batch never joins that broadcast and the others wait forever. No buffer can
         change between that training step's own broadcast and evaluation, so clearing DDP's pending-sync flag is
         exact; DDP sets it again on the next training forward."""
+        self.collector.reset()
         wrapper = getattr(self.trainer.strategy, "model", None) if self._trainer is not None else None
         if isinstance(wrapper, DistributedDataParallel):
             wrapper.require_forward_param_sync = False
 
     def _eval_epoch_end(self, stage: str) -> list[dict]:
         gathered, _labels = self.collector.gather()
-        self.collector.reset()
         rows = retrieval_metrics(gathered, self._score, self.retrieval_ks)
         metrics = {}
         for r in rows:
@@ -193,7 +192,6 @@ class ProbMedModule(L.LightningModule):
         # every rank computed the same metrics from the same gathered embeddings: the synced mean is exact
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, sync_dist=True)
         self._log_skipped()
-        self.last_retrieval = rows
         return rows
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _ddp_loss_worker import make_terms  # the same term set the DDP exactness test runs
 from probmed.embedding import GaussianEmbedding
 from probmed.losses import (
     VIB,
@@ -92,22 +93,6 @@ def test_vib_matches_torch_distributions(iso):
     torch.testing.assert_close(out.total, ref)
 
 
-def _all_terms(seed=0):
-    return [
-        ProbabilisticInfoNCE(["text", "cxr"], similarity="hellinger"),
-        ProbabilisticInfoNCE(["text", "ecg"], similarity="bhattacharyya"),
-        ProbabilisticInfoNCE(["text", "echo"], similarity="cosine"),
-        ProbabilisticInfoNCE(["cxr", "echo"], similarity="csd", name="infonce_csd/cxr-echo"),
-        EdgeModalityContrastive(["cxr", "ecg"]),
-        SigLIP(["text", "cxr"], similarity="hellinger", init_logit_scale=5.0, init_bias=-2.0),
-        PCMEpp(["cxr", "text"], infonce_weight=0.5),
-        MedProbCLIP(["cxr", "cxr_view2"], ["text", "text_impression"]),
-        SyntheticSampling("cxr", num_samples=3, seed=seed),
-        SyntheticSampling("ecg", num_samples=2, seed=seed + 1, positives="group"),
-        VIB(["cxr", "ecg", "echo", "text"], weight=0.01),
-    ]
-
-
 def _batch(b=8, d=6, seed=0):
     pres = {
         "cxr": [1, 1, 0, 1, 1, 1, 0, 1],
@@ -125,7 +110,7 @@ def test_missing_rows_never_affect_loss():
     torch.manual_seed(0)
     group = torch.tensor([0, 1, 2, 2, 3, 4, 5, 5])
     embs = _batch()
-    obj = Objective(_all_terms()).double()
+    obj = Objective(make_terms()).double()
     out = obj(embs, group)
     leaves = [t for e in embs.values() for t in (e.mean, e.log_var)]
     grads = torch.autograd.grad(out.total, leaves, allow_unused=True)
@@ -140,7 +125,7 @@ def test_missing_rows_never_affect_loss():
         mu[~e.present] = torch.randn_like(mu[~e.present]) * 100
         lv[~e.present] = float("nan")
         changed[k] = GaussianEmbedding(mu, lv, e.present)
-    obj2 = Objective(_all_terms()).double()
+    obj2 = Objective(make_terms()).double()
     obj2.load_state_dict(obj.state_dict())
     out2 = obj2(changed, group)
     torch.testing.assert_close(out2.total, out.total.detach(), rtol=1e-12, atol=1e-12)
@@ -268,7 +253,7 @@ def test_synthetic_sampling_matches_loop_reference():
 
 def test_objective_interface_parts_extras_and_modalities():
     embs = _batch()
-    obj = Objective(_all_terms()).double()
+    obj = Objective(make_terms()).double()
     out = obj(embs, torch.tensor([0, 1, 2, 2, 3, 4, 5, 5]))
     assert obj.modalities == {"cxr", "cxr_view2", "ecg", "echo", "text", "text_impression"}
     assert set(out.parts) == {t.name for t in obj.terms}
@@ -283,7 +268,7 @@ def test_objective_interface_parts_extras_and_modalities():
 
 def test_score_uses_the_pair_term_and_falls_back_to_first():
     embs = _batch()
-    obj = Objective(_all_terms()).double()
+    obj = Objective(make_terms()).double()
     q, g = embs["text"].detach(), embs["ecg"].detach()
     s = obj.score(q, g, "ecg", "text", chunk=3)
     assert not s.requires_grad and s.shape == (8, 8)
