@@ -171,3 +171,58 @@ def test_reports_mention_positive_findings(studies):
                 assert any(w in text for w in words), (name, text)
         if not meta["findings"]["pleural_effusion"]:
             assert "there is a" not in text or "effusion" not in text.split("there is a", 1)[1][:40]
+
+
+def _extras(meta) -> dict:
+    return {k: meta["attributes"][k] for k in ("sternotomy", "granuloma", "central_line", "ecg_leads", "ng_tube")}
+
+
+def test_cxr_extras_are_on_the_film():
+    """Each extra adds dense pixels, and only its own: the same study rendered with and without it differs by a
+    bright overlay (never darker) of plausible size; views without extras are unchanged."""
+    from probmed.data.synthetic.cxr import render_cxr
+    from probmed.data.synthetic.plan import plan_corpus
+
+    plan = plan_corpus(1, seed=3)[0]
+    none = {"sternotomy": False, "granuloma": "none", "central_line": "none", "ecg_leads": False, "ng_tube": False}
+    cases = {"sternotomy": True, "granuloma": "left upper", "central_line": "right internal jugular",
+             "ecg_leads": True, "ng_tube": True}
+    for view in ("PA", "LATERAL"):
+        def render(**extras):
+            return render_cxr(np.random.default_rng(0), view, plan.attributes | none | extras, plan.patient_traits, 128)
+
+        base = render()
+        assert np.array_equal(base, render())
+        for name, value in cases.items():
+            diff = render(**{name: value}) - base
+            assert diff.min() > -0.02, (view, name)
+            changed = (diff > 0.15).mean()
+            assert 0.0003 < changed < 0.05, (view, name, changed)
+            assert diff.max() > 0.3, (view, name)
+
+
+def test_reports_describe_the_films_extras(studies):
+    """A report never describes a device or granuloma the film lacks, names the right line and lobe, and
+    describes most of the extras present."""
+    described = present = 0
+    for meta, files in studies:
+        text = files["report.txt"].decode("utf-8").lower()
+        extras = _extras(meta)
+        line = extras["central_line"]
+        mentions = {
+            "central_line": any(w in text for w in ("catheter", "line terminates", "line in satisfactory")),
+            "sternotomy": "sternotomy" in text,
+            "ng_tube": any(w in text for w in ("nasogastric", "enteric tube", "ng tube")),
+            "ecg_leads": "leads" in text,
+            "granuloma": "granuloma" in text,
+        }
+        for name, said in mentions.items():
+            has = extras[name] not in (False, "none")
+            assert has or not said, (name, text)
+            present += has
+            described += has and said
+        if line != "none" and mentions["central_line"]:
+            assert ("jugular" in text or " ij " in text) == (line == "right internal jugular"), text
+        if extras["granuloma"] != "none" and mentions["granuloma"]:
+            assert extras["granuloma"] in text, text
+    assert present >= 30 and described >= 0.8 * present

@@ -13,6 +13,12 @@ The phantom is drawn in "density" (0 = air/black … 1 = bone/white on a standar
 * LATERAL view: one lung field, spine posteriorly, sternum anteriorly, the heart anterior-inferiorly (size
   following the CTR), effusion filling the posterior costophrenic sulcus.
 
+Radiographic extras (``attributes`` sternotomy / granuloma / central_line / ecg_leads / ng_tube) are drawn as
+metal- or calcium-dense overlays: a column of sternotomy wire loops along the midline (along the sternum on the
+lateral), a calcified nodule in the named lobe, a catheter from the right neck or left subclavian region to the
+superior vena cava, ECG electrode snaps with their lead wires, a nasogastric tube running down the midline and
+ending under the left hemidiaphragm.
+
 Then contrast (gamma) and exposure-gradient jitter, quantum noise, slight blur. DICOM: Digital X-Ray (for
 presentation), explicit VR little endian, 12- or 16-bit stored in 16-bit words, MONOCHROME1 (inverted stored
 values) or MONOCHROME2, a rescale slope/intercept and a VOI window that display the phantom correctly, dummy
@@ -88,6 +94,7 @@ def render_cxr(rng: np.random.Generator, view: str, attrs: dict, traits: dict, s
         img = _render_pa(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits)
     else:
         img = _render_lateral(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits)
+    img = _overlay_extras(img, rng, view, u, v, eps, attrs, tw, lung_h, lung_cy)
     # exposure gradient, contrast, noise, blur
     img = img * (1.0 + _smooth_noise(rng, work, 4, 0.04)) * traits.get("cxr_brightness", 1.0)
     img = np.clip(img, 0.0, 1.0) ** rng.uniform(0.85, 1.15)
@@ -183,6 +190,74 @@ def _render_lateral(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize,
     sternum = _sig(0.015 - np.abs(u + 0.72 + 0.05 * v), eps) * _sig(0.3 - v, eps) * _sig(v + 0.6, eps)
     img = img + 0.15 * sternum
     img = img + 0.04 * heart + 0.03 * fluid
+    return img
+
+
+def _polyline(u, v, points, half_width: float, eps: float) -> np.ndarray:
+    """Soft indicator of a polyline of the given half-width (normalised units)."""
+    out = np.zeros_like(u)
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((u - x0) * dx + (v - y0) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+        dist = np.sqrt((u - x0 - t * dx) ** 2 + (v - y0 - t * dy) ** 2)
+        out = np.maximum(out, _sig(half_width - dist, eps))
+    return out
+
+
+def _extras_layout(view: str, attrs: dict, tw: float, lung_h: float, lung_cy: float, jitter) -> list:
+    """``(kind, geometry, density)`` of each extra present on one view (kind: "dots" or "line")."""
+    apex, base = lung_cy - 0.5 * lung_h, lung_cy + 0.4 * lung_h
+    items = []
+    if view == "PA":
+        wires = [(jitter(0.01), apex + 0.1 + k * 0.12) for k in range(6)]
+        granuloma_at = {"right upper": (-0.5 * tw, apex + 0.15), "left upper": (0.5 * tw, apex + 0.15),
+                        "right lower": (-0.55 * tw, base), "left lower": (0.6 * tw, base)}
+        lines = {"right internal jugular": [(-0.24, -1.0), (-0.15, -0.62), (-0.07, lung_cy - 0.08)],
+                 "left subclavian": [(0.62, -0.74), (0.22, -0.7), (-0.04, -0.56), (-0.07, lung_cy - 0.08)]}
+        snaps = [(-0.62, -0.62), (0.62, -0.62), (0.64, base + 0.12)]
+        snap_wires = [[(-0.62, -0.62), (-1.0, -0.8)], [(0.62, -0.62), (1.0, -0.8)], [(0.64, base + 0.12), (1.0, 0.5)]]
+        tube = [(0.02, -1.0), (0.03, base + 0.2), (0.32, base + 0.42)]
+    else:  # lateral: anterior is image left
+        wires = [(-0.73 - 0.05 * y, y) for y in np.linspace(apex + 0.1, apex + 0.7, 5)]
+        granuloma_at = {"right upper": (0.05, apex + 0.2), "left upper": (0.15, apex + 0.15),
+                        "right lower": (0.2, base), "left lower": (0.3, base - 0.05)}
+        lines = {"right internal jugular": [(-0.3, -1.0), (-0.22, -0.55), (-0.2, lung_cy - 0.08)],
+                 "left subclavian": [(-0.45, -0.75), (-0.25, -0.6), (-0.2, lung_cy - 0.08)]}
+        snaps = [(-0.8, -0.35), (-0.78, 0.15)]
+        snap_wires = [[(-0.8, -0.35), (-1.0, -0.5)], [(-0.78, 0.15), (-1.0, 0.05)]]
+        tube = [(0.25, -1.0), (0.3, base + 0.2), (0.0, base + 0.4)]
+    if attrs.get("sternotomy"):
+        items.append(("dots", (wires, 0.045, 0.02), 0.95))
+    if attrs.get("granuloma", "none") != "none":
+        gu, gv = granuloma_at[attrs["granuloma"]]
+        items.append(("dots", ([(gu + jitter(0.03), gv + jitter(0.03))], 0.035, 0.035), 0.85))
+    if attrs.get("central_line", "none") != "none":
+        items.append(("line", (lines[attrs["central_line"]], 0.016), 0.85))
+    if attrs.get("ecg_leads"):
+        items.append(("dots", (snaps, 0.04, 0.04), 0.9))
+        items.extend(("line", (w, 0.01), 0.7) for w in snap_wires)
+    if attrs.get("ng_tube"):
+        items.append(("line", (tube, 0.016), 0.95))
+    return items
+
+
+def _overlay_extras(img, rng, view, u, v, eps, attrs, tw, lung_h, lung_cy) -> np.ndarray:
+    """Blend the study's devices / calcifications into the density image (they are denser than bone)."""
+    draws = iter(rng.uniform(-1.0, 1.0, size=16))  # always drawn: with or without extras, the noise is the same
+
+    def jitter(scale: float) -> float:
+        return float(next(draws)) * scale
+
+    for kind, geometry, density in _extras_layout(view, attrs, tw, lung_h, lung_cy, jitter):
+        if kind == "dots":
+            centres, au, av = geometry
+            mask = np.zeros_like(u)
+            for cu, cv in centres:
+                mask = np.maximum(mask, _sig(_ellipse(u, v, cu, cv, au, av), eps))
+        else:
+            points, half_width = geometry
+            mask = _polyline(u, v, points, half_width, eps)
+        img = img * (1.0 - mask) + density * mask
     return img
 
 

@@ -15,7 +15,12 @@ Generative model (per patient, then per study):
   ventricular response) about half the time; reduced EF makes tachycardia likelier;
 * continuous attributes consistent with the labels, with a gap around each clinical threshold so labels are
   learnable: heart rate (brady 38-57, normal 62-97, tachy 104-150 bpm), cardiothoracic ratio (normal
-  0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size.
+  0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size;
+* radiographic extras that only the CXR and its report share, as in real reports ("median sternotomy wires",
+  "right IJ line", "calcified granuloma in the left upper lobe"): per patient, sternotomy wires (p≈0.12, ↑ with
+  cardiomegaly) and a calcified granuloma in one of four lobes (p≈0.25); per study, a central venous catheter
+  (right internal jugular / left subclavian, p≈0.2), ECG monitoring leads (p≈0.35) and a nasogastric tube
+  (p≈0.1). They are not labels; they make a study's film and report identifiable beyond its findings class.
 
 About 30 % of studies come out with no finding ("normal").
 """
@@ -33,6 +38,8 @@ MODALITY_CODE = {"plan": 0, "cxr": 1, "ecg": 2, "echo": 3, "text": 4, "patient":
 
 EFFUSION_SIDES = ("left", "right", "bilateral")
 EFFUSION_SIZES = ("small", "moderate", "large")
+GRANULOMA_LOBES = ("right upper", "left upper", "right lower", "left lower")
+CENTRAL_LINES = ("right internal jugular", "left subclavian")
 
 
 @dataclass
@@ -137,6 +144,10 @@ def _patient_state(rng: np.random.Generator) -> dict[str, Any]:
         "echo_lv_aspect": float(rng.uniform(0.85, 1.15)),
         "echo_tilt": float(rng.uniform(-0.12, 0.12)),
     }
+    # permanent radiographic extras (drawn last so the draws above are those of earlier corpus versions)
+    sternotomy = bool(rng.random() < 0.08 + 0.12 * cm)
+    granuloma = GRANULOMA_LOBES[int(rng.integers(4))] if rng.random() < 0.25 else "none"
+    traits |= {"cxr_sternotomy": sternotomy, "cxr_granuloma": granuloma}
     return {"sex": sex, "age_factor": float(age_factor), "cm": bool(cm), "ref": bool(ref), "af": bool(af),
             "traits": traits}
 
@@ -193,6 +204,19 @@ def _study_attributes(rng: np.random.Generator, f: dict[str, int], pstate: dict[
         "effusion_size": size,
         "lv_scale": round(float(lv_scale), 3),
         "sex": pstate["sex"],
+    }
+
+
+def _study_devices(rng: np.random.Generator, pstate: dict[str, Any]) -> dict[str, Any]:
+    """The CXR-visible extras of one study: the patient's permanent ones plus lines, leads and tubes."""
+    traits = pstate["traits"]
+    line = CENTRAL_LINES[int(rng.integers(2))] if rng.random() < 0.2 else "none"
+    return {
+        "sternotomy": traits["cxr_sternotomy"],
+        "granuloma": traits["cxr_granuloma"],
+        "central_line": line,
+        "ecg_leads": bool(rng.random() < 0.35),
+        "ng_tube": bool(rng.random() < 0.1),
     }
 
 
@@ -267,6 +291,7 @@ def plan_corpus(
             views = ["PA"] + (["LATERAL"] if srng.random() < lateral_fraction else [])
             photometric = ["MONOCHROME1" if srng.random() < 0.4 else "MONOCHROME2" for _ in views]
             bits = 12 if srng.random() < 0.6 else 16
+            attrs |= _study_devices(srng, pstate)
             phi = phi_p | fake_study_phi(seed, index, phi_p["PatientBirthDate"]) | {"PatientSex": pstate["sex"]}
             plans.append(
                 StudyPlan(

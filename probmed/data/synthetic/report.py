@@ -3,7 +3,9 @@
 Every positive finding is mentioned at least once (in FINDINGS, IMPRESSION or both, with one of several
 phrasings and sometimes a number: heart rate, EF, cardiothoracic ratio, effusion side/size). Each negative
 finding is explicitly negated about half of the time ("No pleural effusion.", "without evidence of
-cardiomegaly"), otherwise not mentioned. Normal studies get normal-study phrasings. Sentence order in FINDINGS is
+cardiomegaly"), otherwise not mentioned. Cardiomegaly is often graded (mild / moderate / marked, from the
+cardiothoracic ratio). The CXR's lines, tubes, leads, sternotomy wires and calcified granuloma are described
+most of the time (lines and tubes with their position, the granuloma with its lobe), as real reports do. Normal studies get normal-study phrasings. Sentence order in FINDINGS is
 shuffled by topic group.
 """
 from __future__ import annotations
@@ -27,6 +29,43 @@ def _side_phrase(side: str, size: str, rng) -> str:
                        f"{size} {side} effusion"])
 
 
+def _heart_grade(ctr: float) -> str:
+    return "mild" if ctr < 0.57 else "moderate" if ctr < 0.61 else "marked"
+
+
+def _extras(rng: np.random.Generator, attrs: dict) -> tuple[list[str], list[str]]:
+    """FINDINGS sentences and IMPRESSION items describing the film's devices and calcifications."""
+    body: list[str] = []
+    impression: list[str] = []
+    line = attrs.get("central_line", "none")
+    if line != "none" and rng.random() < 0.95:
+        short = {"right internal jugular": "right IJ", "left subclavian": "left subclavian"}[line]
+        body.append(_pick(rng, [f"{_cap(line)} central venous catheter with tip in the SVC.",
+                                f"{_cap(short)} line terminates in the superior vena cava.",
+                                f"A {line} catheter is in place, tip at the cavoatrial junction."]))
+        if rng.random() < 0.4:
+            impression.append(f"{_cap(short)} line in satisfactory position")
+    if attrs.get("ng_tube") and rng.random() < 0.95:
+        body.append(_pick(rng, ["Nasogastric tube courses below the diaphragm into the stomach.",
+                                "Enteric tube tip projects over the stomach.", "NG tube in the stomach."]))
+        if rng.random() < 0.4:
+            impression.append("Nasogastric tube in good position")
+    if attrs.get("sternotomy") and rng.random() < 0.9:
+        body.append(_pick(rng, ["Median sternotomy wires are intact.", "Post-sternotomy changes.",
+                                "Status post median sternotomy.", "Sternotomy wires are noted."]))
+    granuloma = attrs.get("granuloma", "none")
+    if granuloma != "none" and rng.random() < 0.9:
+        body.append(_pick(rng, [f"Calcified granuloma in the {granuloma} lobe.",
+                                f"A small calcified nodule in the {granuloma} lobe, likely a granuloma.",
+                                f"Stable calcified granuloma, {granuloma} lobe."]))
+    if attrs.get("ecg_leads") and rng.random() < 0.8:
+        body.append(_pick(rng, ["Overlying ECG leads.", "Monitoring leads project over the chest.",
+                                "External cardiac monitoring leads are present."]))
+    if not body and rng.random() < 0.3:
+        body.append(_pick(rng, ["No lines or tubes.", "No support devices."]))
+    return body, impression
+
+
 def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict) -> str:
     hr = int(round(float(attrs["heart_rate"])))
     ef = int(round(float(attrs["ef"])))
@@ -43,17 +82,18 @@ def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict)
     g: list[str] = []
     if f["cardiomegaly"]:
         w = where()
+        grade = _heart_grade(ctr)
         phr = _pick(rng, [
             "the cardiac silhouette is enlarged",
             "the heart is enlarged",
-            "cardiomegaly is present",
+            f"{grade} cardiomegaly is present",
             f"the cardiothoracic ratio is increased at {ctr:.2f}",
-            "there is moderate enlargement of the cardiac silhouette",
+            f"there is {grade} enlargement of the cardiac silhouette",
         ])
         if w in ("both", "findings"):
             g.append(_cap(phr) + ".")
         if w in ("both", "impression"):
-            impression.append(_pick(rng, ["Cardiomegaly", "Enlarged heart", "Enlarged cardiac silhouette"]))
+            impression.append(_pick(rng, [f"{_cap(grade)} cardiomegaly", "Enlarged heart", "Cardiomegaly"]))
     elif rng.random() < 0.6:
         g.append(_pick(rng, [
             "Heart size is normal.", "The cardiac silhouette is within normal limits.", "No cardiomegaly.",
@@ -78,6 +118,9 @@ def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict)
     if rng.random() < 0.5:
         g.append(_pick(rng, ["The lungs are clear.", "No focal consolidation.", "Lungs are well expanded.",
                              "No pneumothorax."]))
+    extra_body, extra_impression = _extras(rng, attrs)
+    g.extend(extra_body)
+    impression.extend(extra_impression)
     if g:
         body.append(g)
 
