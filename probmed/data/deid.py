@@ -117,7 +117,7 @@ def deidentify_dicom(data: bytes, pseudo: Pseudonymizer, patient_pseudonym: str)
     ds.PatientName = patient_pseudonym
     ds.PatientID = patient_pseudonym
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "ProbMed basic-profile style: PN/DA/DT/TM, identifiers and private tags removed"
+    ds.DeidentificationMethod = "ProbMed basic profile: PN DA DT TM, ids, private tags removed"
     ds.preamble = b"\0" * 128
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)

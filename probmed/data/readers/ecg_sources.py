@@ -178,6 +178,8 @@ def read_ecg_source(path: str | Path) -> EcgRecord:
     suffix = path.suffix.lower()
     if suffix not in ECG_SOURCE_READERS and path.with_suffix(path.suffix + ".hea").is_file():
         path, suffix = path.with_suffix(path.suffix + ".hea"), ".hea"
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such ECG file", str(path))
     reader = ECG_SOURCE_READERS.get(suffix)
     if reader is None:
         raise UnreadableInput("ecg_unknown_format", f"{path.name}: no ECG reader for {suffix or 'no suffix'!r} "

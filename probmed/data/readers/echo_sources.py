@@ -126,6 +126,8 @@ ECHO_SOURCE_READERS: dict[str, Callable[[Path], tuple[np.ndarray, float | None]]
 def read_echo_source(path: str | Path) -> tuple[np.ndarray, float | None]:
     """Read an echo file with the reader registered for its suffix."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such echo file", str(path))
     reader = ECHO_SOURCE_READERS.get(path.suffix.lower())
     if reader is None:
         raise UnreadableInput("echo_unknown_format", f"{path.name}: no echo reader for {path.suffix!r} "
