@@ -59,17 +59,18 @@ def read_report(data: bytes, sections: tuple[str, ...] = ()) -> str:
     Kept sections are joined as ``"NAME: text"`` in the order given; a named section the report lacks is left out.
 
     Raises:
-        UnreadableInput: ``text_not_utf8``; ``text_empty`` when nothing but whitespace is left.
+        UnreadableInput: ``text_not_utf8``; ``text_empty`` when nothing but whitespace (or headings with empty
+            sections) is left.
     """
     try:
         report = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UnreadableInput("text_not_utf8", str(exc)) from exc
+    found = split_sections(report)
     if sections:
-        found = split_sections(report)
         report = " ".join(f"{name}: {found[name]}" for name in sections if found.get(name))
     report = " ".join(report.split())
-    if not report:
+    if not report or not any(text.strip() for text in found.values()):  # nothing, or headings only
         raise UnreadableInput("text_empty", "empty report")
     return report
 
