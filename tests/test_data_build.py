@@ -20,7 +20,11 @@ from probmed.data.datamodule import ProbMedDataModule
 from probmed.data.deid import Pseudonymizer
 from probmed.data.manifest import read_manifest, write_manifest
 from probmed.data.modalities import CXRInput, ECGInput, EchoInput, TextInput
-from probmed.data.readers import read_cxr_dicom
+from probmed.data.readers import read_cxr, read_cxr_dicom
+
+
+def cxr_bytes(path: Path) -> bytes:
+    return Path(path).read_bytes()
 
 from realkit import PHI, avi, cxr_dicom, jpeg_with_comment, png_with_text, wfdb_record
 
@@ -168,7 +172,18 @@ def test_cli_build_needs_a_salt_and_reports(hospital, tmp_path, monkeypatch, cap
     assert "salt is required" in capsys.readouterr().err
     monkeypatch.setenv("PROBMED_DEID_SALT", SALT)
     assert main(["build", "--manifest", str(hospital), "--out", str(tmp_path / "o"), "--maxcount", "4",
-                 "--workers", "2", "--ecg-rate", "250", "--echo-size", "32"]) == 0
+                 "--workers", "2", "--ecg-rate", "250", "--echo-size", "32", "--cxr-size", "32"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["written"] == 8 and report["shards"] == 3
     assert json.loads((tmp_path / "o" / schema.SIZES_FILE).read_text())["train-000000.tar"] == 4
+    members = _members(tmp_path / "o")
+    key = Pseudonymizer(SALT).id("study", read_manifest(hospital)[0].study_id)
+    assert f"{key}.cxr.0.png" in members and f"{key}.cxr.0.dcm" not in members  # 64² DICOM stored as 32² PNG
+    small, _ = read_cxr(f"{key}.cxr.0.png", members[f"{key}.cxr.0.png"])
+    full, _ = read_cxr_dicom(cxr_bytes(read_manifest(hospital)[0].cxr[0]))
+    from PIL import Image  # Pillow's anti-aliased bilinear resize: an independent implementation of the shrink
+
+    expected = np.asarray(Image.fromarray(full).resize((32, 32), Image.Resampling.BILINEAR))
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(small, expected, atol=2e-3)
+    assert np.load(io.BytesIO(members[f"{key}.ecg.npy"])).shape == (12, 500)  # 2 s at 250 Hz

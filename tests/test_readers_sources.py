@@ -295,3 +295,17 @@ def test_ecg_machine_statements_become_a_report():
     statements = ["Sinus rhythm", "", None, float("nan"), "Left axis deviation.", "  Sinus   rhythm "]
     assert statements_report(statements) == "FINDINGS: Sinus rhythm. Left axis deviation."
     assert statements_report(["", None]) == ""
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_cxr_window_equals_pydicoms_voi_lut_after_scaling(function):
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(_testfile("CT_small.dcm"))
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 60, 350, function
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    reference = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    reference = (reference - reference.min()) / (reference.max() - reference.min())
+    image, _ = read_cxr_dicom(buffer.getvalue())
+    np.testing.assert_allclose(image, reference, atol=1e-5)

@@ -4,7 +4,9 @@ Each study of the manifest becomes one sample in the shard schema (:mod:`probmed
 
 * CXR views: DICOM → de-identified DICOM (:func:`~probmed.data.deid.deidentify_dicom`, pixel data and transfer
   syntax kept) as ``cxr.<i>.dcm``; PNG / JPEG → metadata stripped, as ``cxr.<i>.png`` / ``cxr.<i>.jpg``. Each view is
-  decoded once at build time, so an unreadable view is skipped here rather than at every epoch.
+  decoded once at build time, so an unreadable view is skipped here rather than at every epoch. With ``cxr_size``
+  a view larger than that is stored decoded (LUTs, window, MONOCHROME1 applied) and shrunk to that longer side as a
+  16-bit PNG: a 2k² radiograph costs the loader ~50 ms to decode, a 512² PNG a few ms (benchmarks/bench_data.py).
 * ECG (DICOM / WFDB / MUSE XML) → standard 12-lead order, optional resampling and neurokit2 cleaning →
   ``ecg.npy`` (int16 µV) with the lead mask in ``meta["ecg_lead_mask"]``.
 * Echo (multi-frame DICOM / AVI / MP4) → grey ``uint8 [frames, size, size]`` ``echo.npy`` at its own frame rate
@@ -48,6 +50,7 @@ INT16_MAX_UV = 32767
 class BuildOptions:
     """What the builder does to each modality (see ``probmed data build --help``)."""
 
+    cxr_size: int | None = None
     ecg_rate: float | None = None
     ecg_clean: bool = False
     echo_size: int | None = 112
@@ -97,8 +100,26 @@ def _cxr_view(path: Path, patient: str, pseudo: Pseudonymizer, opts: BuildOption
                 raise UnreadableInput("cxr_burned_in_annotation", f"{path.name} declares burned-in text")
     else:
         data = strip_image_metadata(data, ext)
-    _, header_view = CXR_READERS[ext](data)
+    image, header_view = CXR_READERS[ext](data)
+    if opts.cxr_size and max(image.shape) > opts.cxr_size:
+        return "png", downsized_png(image, opts.cxr_size), header_view
     return ext, data, header_view
+
+
+def downsized_png(image: np.ndarray, max_side: int) -> bytes:
+    """A decoded radiograph (``float32 [H, W]`` in [0, 1], LUTs applied, MONOCHROME1 already inverted) shrunk so its
+    longer side is ``max_side`` (anti-aliased, aspect kept), as a lossless 16-bit grey PNG."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    scale = max_side / max(image.shape)
+    size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+    small = F.interpolate(torch.from_numpy(image)[None, None], size=size, mode="bilinear", antialias=True,
+                          align_corners=False)[0, 0].clamp(0, 1).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(small * 65535).astype(np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _cxr_files(key: str, entry: StudyEntry, patient: str, pseudo: Pseudonymizer, opts: BuildOptions,

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--maxcount", type=_positive_int, default=200, help="max studies per shard (default 200)")
     b.add_argument("--maxsize", type=float, default=None, help="max input bytes per shard (default: no limit)")
     b.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    b.add_argument("--cxr-size", type=int, default=None,
+                   help="store larger radiographs decoded and shrunk to this longer side as 16-bit PNG "
+                   "(default: keep the de-identified DICOM)")
     b.add_argument("--ecg-rate", type=float, default=None, help="resample ECGs to this rate in Hz (default: keep)")
     b.add_argument("--ecg-clean", action="store_true", help="clean ECG leads with neurokit2 ecg_clean")
     b.add_argument("--echo-size", type=int, default=112, help="echo frame side in pixels (default 112; 0 = keep)")
@@ -129,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_build(args: argparse.Namespace) -> int:
     from probmed.data.builder import BuildOptions, build_dataset
 
-    options = BuildOptions(ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean, echo_size=args.echo_size or None,
+    options = BuildOptions(cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean, echo_size=args.echo_size or None,
                            echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in)
     summary = build_dataset(args.manifest, args.out, salt=args.salt, maxcount=args.maxcount,
                             maxsize=int(args.maxsize) if args.maxsize else None, workers=args.workers,

@@ -28,6 +28,37 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return (image - low) / (high - low)
 
 
+def _modality(pixels: np.ndarray, ds) -> np.ndarray:
+    """The modality LUT: a linear RescaleSlope / RescaleIntercept in float32 (pydicom's float64 version costs
+    ~4× more on a 2k² radiograph); a Modality LUT Sequence goes through pydicom."""
+    if "ModalityLUTSequence" in ds:
+        return apply_modality_lut(pixels, ds)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    image = pixels.astype(np.float32)
+    if slope != 1.0:
+        image *= np.float32(slope)
+    if intercept != 0.0:
+        image += np.float32(intercept)
+    return image
+
+
+def _voi(image: np.ndarray, ds) -> np.ndarray:
+    """The VOI transform. A LINEAR / LINEAR_EXACT window (the common case) is a clip to the window's bounds
+    followed by a linear map, and the linear map is undone by the min–max scaling that follows, so only the clip is
+    applied (the same image as pydicom's ``apply_voi_lut`` after scaling, ~10× faster on 2k²). A VOI LUT Sequence
+    or a SIGMOID window goes through pydicom."""
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if "VOILUTSequence" in ds or function not in ("LINEAR", "LINEAR_EXACT") or "WindowWidth" not in ds:
+        return apply_voi_lut(image, ds, prefer_lut=True)
+    first = lambda v: float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)  # noqa: E731
+    center, width = first(ds.WindowCenter), first(ds.WindowWidth)
+    if function == "LINEAR_EXACT":
+        low, high = center - width / 2, center + width / 2
+    else:  # PS3.3 C.11.2.1.2.1
+        low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    return np.clip(image, np.float32(low), np.float32(high))
+
+
 def read_cxr_dicom(data: bytes) -> tuple[np.ndarray, str]:
     """Decode one radiograph.
 
@@ -52,8 +83,7 @@ def read_cxr_dicom(data: bytes) -> tuple[np.ndarray, str]:
         raise UnreadableInput("cxr_corrupt_dicom", f"{type(exc).__name__}: {exc}") from exc
     if pixels.ndim != 2:
         raise UnreadableInput("cxr_not_2d", f"pixel array of shape {pixels.shape}")
-    image = apply_modality_lut(pixels, ds)
-    image = _normalise(apply_voi_lut(image, ds, prefer_lut=True))
+    image = _normalise(_voi(_modality(pixels, ds), ds))
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         image = 1.0 - image
     return image, str(ds.get("ViewPosition", "") or "")
