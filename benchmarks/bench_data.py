@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -149,16 +148,23 @@ def end_to_end(data_dir: Path, batch_size: int, workers: int, batches: int) -> f
     return rate(run, len(loader) * batch_size, repeat=2)
 
 
+def rss_mib() -> float:
+    """This process's resident set size in MiB (Linux ``/proc/self/statm``)."""
+    import resource
+
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def memory(data_dir: Path, batch_size: int, epochs: int) -> list[float]:
     dm = ProbMedDataModule(str(data_dir), batch_size=batch_size, num_workers=0, shuffle_buffer=8, **inputs())
     dm.setup("fit")
     stream = dm._streams["train"]
-    process = psutil.Process()
-    trace = [process.memory_info().rss / 2**20]
+    trace = [rss_mib()]
     for epoch in range(epochs):
         stream.epoch = epoch
         for _ in stream.batches_for(0, 1):
-            trace.append(process.memory_info().rss / 2**20)
+            trace.append(rss_mib())
     return trace
 
 

@@ -5,8 +5,6 @@ import hashlib
 import re
 from pathlib import Path
 
-import pandas as pd
-
 
 def split_by_patient(patient_id: str, fractions: tuple[float, float] = (0.8, 0.9)) -> str:
     """A deterministic split for datasets without an official one: a hash of the patient id below 0.8 → train,
@@ -20,8 +18,11 @@ def snake(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
 
 
-def read_table(root: Path, *names: str) -> pd.DataFrame | None:
-    """The first of ``names`` (CSV, optionally ``.gz``) that exists under ``root``, or None."""
+def read_table(root: Path, *names: str):
+    """The first of ``names`` (CSV, optionally ``.gz``) that exists under ``root`` as a pandas DataFrame of strings
+    (empty cells are ``""``), or None."""
+    import pandas as pd  # imported here: `probmed data ...` should not pay for pandas unless a maker runs
+
     for name in names:
         for candidate in (root / name, root / f"{name}.gz"):
             if candidate.is_file():
