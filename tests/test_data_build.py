@@ -187,3 +187,24 @@ def test_cli_build_needs_a_salt_and_reports(hospital, tmp_path, monkeypatch, cap
     expected = (expected - expected.min()) / (expected.max() - expected.min())
     np.testing.assert_allclose(small, expected, atol=2e-3)
     assert np.load(io.BytesIO(members[f"{key}.ecg.npy"])).shape == (12, 500)  # 2 s at 250 Hz
+
+
+def test_deidentify_a_real_dicom_with_overlay_sequences_and_private_tags():
+    from probmed.data.deid import deidentify_dicom
+
+    for name in ("examples_overlay.dcm", "nested_priv_SQ.dcm", "CT_small.dcm"):
+        path = get_testdata_file(name, download=False)
+        original = pydicom.dcmread(path)
+        phi = [str(original[k].value) for k in ("PatientName", "PatientID", "StudyDate", "InstitutionName")
+               if k in original and str(original[k].value)]
+        data, report = deidentify_dicom(Path(path).read_bytes(), Pseudonymizer(SALT), "pseudo")
+        ds = pydicom.dcmread(io.BytesIO(data))
+        assert not any(elem.tag.is_private for elem in ds.iterall())
+        assert not any(elem.tag.group & 0xFF00 == 0x6000 for elem in ds)  # overlay planes gone
+        assert not any(elem.VR in ("PN", "DA", "DT", "TM") and elem.keyword != "PatientName" for elem in ds.iterall())
+        assert ds.PatientName == "pseudo" and ds.PatientIdentityRemoved == "YES"
+        for value in phi:
+            if len(value) >= 4:
+                assert value.encode() not in data, (name, value)
+        if "BitsAllocated" in original:  # (nested_priv_SQ.dcm has a PixelData element but no image description)
+            np.testing.assert_array_equal(ds.pixel_array, original.pixel_array)

@@ -5,7 +5,7 @@
   linked; without the salt the mapping cannot be reversed or recomputed. The salt is never written anywhere.
 * :func:`deidentify_dicom` removes, at every nesting level, person names (VR PN), dates and times (DA, DT, TM),
   the identifying attributes of :data:`PHI_KEYWORDS` (ids, addresses, institution, device serials, free-text
-  comments ...) and all private tags; it replaces every UID that could link back (study, series, instance, frame of
+  comments ...), overlays and curves (graphics that can hold annotation text) and all private tags; it replaces every UID that could link back (study, series, instance, frame of
   reference, and the file meta's instance UID) with a pseudonymous ``2.25.<int>`` UID; it sets PatientIdentityRemoved
   and reports whether the image declares burned-in annotation (text in the pixels cannot be scrubbed from headers).
 """
@@ -47,6 +47,9 @@ UID_KEYWORDS: tuple[str, ...] = (
     "IrradiationEventUID", "SynchronizationFrameOfReferenceUID", "StorageMediaFileSetUID",
 )
 
+#: Repeating groups removed whole: curves (50xx) and overlays (60xx), which can carry annotation text as graphics.
+OVERLAY_GROUPS: frozenset[int] = frozenset({0x5000, 0x6000})
+
 #: Value representations removed wherever they occur: person names, dates, date-times and times.
 PHI_VRS: frozenset[str] = frozenset({"PN", "DA", "DT", "TM"})
 
@@ -86,7 +89,7 @@ def _scrub(ds, pseudo: Pseudonymizer, report: DeidReport) -> None:
     """Remove PHI from one dataset level and recurse into sequences."""
     ds.remove_private_tags()
     for elem in list(ds):
-        if elem.keyword in PHI_KEYWORDS or elem.VR in PHI_VRS:
+        if elem.keyword in PHI_KEYWORDS or elem.VR in PHI_VRS or (elem.tag.group & 0xFF00) in OVERLAY_GROUPS:
             del ds[elem.tag]
             report.removed += 1
         elif elem.keyword in UID_KEYWORDS and elem.value:
@@ -120,7 +123,11 @@ def deidentify_dicom(data: bytes, pseudo: Pseudonymizer, patient_pseudonym: str)
     ds.DeidentificationMethod = "ProbMed basic profile: PN DA DT TM, ids, private tags removed"
     ds.preamble = b"\0" * 128
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
+    try:
+        ds.save_as(out, enforce_file_format=True)
+    except (AttributeError, ValueError):  # a file without complete file meta is written as it came (no meta)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=False)
     return out.getvalue(), report
 
 
