@@ -309,3 +309,16 @@ def test_cxr_window_equals_pydicoms_voi_lut_after_scaling(function):
     reference = (reference - reference.min()) / (reference.max() - reference.min())
     image, _ = read_cxr_dicom(buffer.getvalue())
     np.testing.assert_allclose(image, reference, atol=1e-5)
+
+
+def test_ecg_input_skips_records_with_too_few_real_leads():
+    from probmed.data.modalities import ECGInput
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((12, 500), np.int16))
+    sample, rng = {schema.ECG_EXT: buffer.getvalue()}, np.random.default_rng(0)
+    eight = {"ecg_sampling_rate": 50, "ecg_lead_mask": [1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]}
+    assert ECGInput(rate=50, seconds=10, min_leads=8).decode(sample, eight, rng, False).shape == (12, 500)
+    with pytest.raises(UnreadableInput) as err:
+        ECGInput(rate=50, seconds=10, min_leads=12).decode(sample, eight, rng, False)
+    assert err.value.reason == "ecg_too_few_leads"

@@ -89,11 +89,14 @@ class ECGInput(ModalityInput):
     """12-lead ECG → ``float32 [leads, rate·seconds]`` in millivolts, resampled to ``rate`` Hz.
 
     In training a random window of ``seconds`` is cropped when the record is longer; in evaluation the first.
+    Leads the source file lacked are zero rows marked 0 in ``meta["ecg_lead_mask"]`` (written by
+    ``probmed data build``); a record with fewer than ``min_leads`` real leads is skipped (``ecg_too_few_leads``).
     """
 
     rate: float = 100.0
     seconds: float = 10.0
     leads: int = len(schema.ECG_LEADS)
+    min_leads: int = 1
     name: ClassVar[str] = "ecg"
 
     @property
@@ -104,6 +107,9 @@ class ECGInput(ModalityInput):
         return schema.ECG_EXT in sample
 
     def decode(self, sample, meta, rng, train):
+        mask = meta.get("ecg_lead_mask")
+        if mask is not None and sum(int(bool(m)) for m in mask) < self.min_leads:
+            raise UnreadableInput("ecg_too_few_leads", f"{sum(map(bool, mask))} real leads < min_leads {self.min_leads}")
         signal = read_ecg_npy(sample[schema.ECG_EXT], self.leads)
         rate = float(meta.get("ecg_sampling_rate") or 0)
         if rate <= 0:
