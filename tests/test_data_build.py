@@ -208,3 +208,12 @@ def test_deidentify_a_real_dicom_with_overlay_sequences_and_private_tags():
                 assert value.encode() not in data, (name, value)
         if "BitsAllocated" in original:  # (nested_priv_SQ.dcm has a PixelData element but no image description)
             np.testing.assert_array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_maxsize_cuts_shards_by_input_bytes(hospital, tmp_path):
+    entries = read_manifest(hospital)
+    one_study = min(e.input_bytes() for e in entries)  # any two studies together are larger
+    summary = build_dataset(hospital, tmp_path / "out", salt=SALT, maxcount=100, maxsize=one_study, progress=False)
+    assert summary["written"] == 8 and set(summary["sizes"].values()) == {1}  # one study per shard
+    summary = build_dataset(hospital, tmp_path / "out2", salt=SALT, maxcount=100, maxsize=10**9, progress=False)
+    assert summary["shards"] == 3

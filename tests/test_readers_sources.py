@@ -226,6 +226,8 @@ def test_echo_dicom_palette_rgb_and_rle_multiframe():
     np.testing.assert_array_equal(rgb_cine[0], rgb_to_grey(pydicom.dcmread(_testfile("examples_rgb_color.dcm")).pixel_array))
     two, _ = read_echo_dicom(_testfile("SC_rgb_rle_2frame.dcm"))
     assert two.shape == (2, 100, 100)
+    j2k, _ = read_echo_dicom(_testfile("examples_jpeg2k.dcm"))  # a JPEG 2000 (YBR_RCT) ultrasound frame
+    np.testing.assert_array_equal(j2k[0], rgb_to_grey(pydicom.dcmread(_testfile("examples_jpeg2k.dcm")).pixel_array))
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:
