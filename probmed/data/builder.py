@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from probmed.data import schema
-from probmed.data.deid import Pseudonymizer, deidentify_dicom, strip_image_metadata
+from probmed.data.deid import SALT_ENV, Pseudonymizer, deidentify_dicom, strip_image_metadata
 from probmed.data.manifest import StudyEntry, read_manifest
 from probmed.data.readers.cxr import CXR_READERS
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
@@ -198,12 +198,13 @@ def build_study(key: str, entry: StudyEntry, pseudo: Pseudonymizer, opts: BuildO
     if files:
         sample.update(files)
         meta["cxr_views"] = views
-    for modality, present, convert in (("ecg", entry.ecg, lambda: _ecg_file(entry, opts, result)),
-                                       ("echo", entry.echo, lambda: _echo_file(entry, opts))):
-        if present is not None:
+    signals = (("ecg", entry.ecg, schema.ECG_EXT, lambda: _ecg_file(entry, opts, result)),
+               ("echo", entry.echo, schema.ECHO_EXT, lambda: _echo_file(entry, opts)))
+    for modality, source, ext, convert in signals:
+        if source is not None:
             got = _attempt(result, key, modality, convert)
             if got is not None:
-                sample[schema.ECG_EXT if modality == "ecg" else schema.ECHO_EXT] = got[0]
+                sample[ext] = got[0]
                 meta.update(got[1])
     if entry.report is not None or entry.report_text:
         text = _attempt(result, key, "text", lambda: _report_file(entry))
@@ -223,18 +224,18 @@ def plan_shards(entries: list[StudyEntry], pseudo: Pseudonymizer, maxcount: int,
     shard's input files would pass ``maxsize`` bytes (a shard always holds at least one study)."""
     jobs: list[ShardJob] = []
     for split in schema.SPLITS:
-        keyed = sorted((pseudo.id("study", e.study_id), e) for e in entries if e.split == split)
-        current: list[tuple[str, StudyEntry]] = []
+        keyed = sorted(((pseudo.id("study", e.study_id), e) for e in entries if e.split == split),
+                       key=lambda pair: pair[0])
+        shards: list[list[tuple[str, StudyEntry]]] = []
         size = 0
         for key, entry in keyed:
             nbytes = entry.input_bytes() if maxsize else 0
-            if current and (len(current) >= maxcount or (maxsize and size + nbytes > maxsize)):
-                jobs.append(ShardJob(split, len([j for j in jobs if j.split == split]), current))
-                current, size = [], 0
-            current.append((key, entry))
+            if not shards or len(shards[-1]) >= maxcount or (maxsize and size + nbytes > maxsize):
+                shards.append([])
+                size = 0
+            shards[-1].append((key, entry))
             size += nbytes
-        if current:
-            jobs.append(ShardJob(split, len([j for j in jobs if j.split == split]), current))
+        jobs += [ShardJob(split, index, studies) for index, studies in enumerate(shards)]
     return jobs
 
 
@@ -295,7 +296,7 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
 
     options = options or BuildOptions()
     pseudo = Pseudonymizer(salt)  # raises a clear error without a salt
-    salt = salt if salt is not None else os.environ.get("PROBMED_DEID_SALT", "")
+    salt = salt if salt is not None else os.environ.get(SALT_ENV, "")
     entries = read_manifest(manifest)
     out_dir = Path(out)
     (out_dir / RECORD_DIR).mkdir(parents=True, exist_ok=True)

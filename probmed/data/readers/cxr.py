@@ -42,6 +42,11 @@ def _modality(pixels: np.ndarray, ds) -> np.ndarray:
     return image
 
 
+def _first(value) -> float:
+    """The first of several window values (a header may list several windows; the first is the default)."""
+    return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
+
+
 def _voi(image: np.ndarray, ds) -> np.ndarray:
     """The VOI transform. A LINEAR / LINEAR_EXACT window (the common case) is a clip to the window's bounds
     followed by a linear map, and the linear map is undone by the min–max scaling that follows, so only the clip is
@@ -50,8 +55,7 @@ def _voi(image: np.ndarray, ds) -> np.ndarray:
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
     if "VOILUTSequence" in ds or function not in ("LINEAR", "LINEAR_EXACT") or "WindowWidth" not in ds:
         return apply_voi_lut(image, ds, prefer_lut=True)
-    first = lambda v: float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)  # noqa: E731
-    center, width = first(ds.WindowCenter), first(ds.WindowWidth)
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
     if function == "LINEAR_EXACT":
         low, high = center - width / 2, center + width / 2
     else:  # PS3.3 C.11.2.1.2.1
