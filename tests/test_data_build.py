@@ -162,8 +162,10 @@ def test_bad_inputs_are_skipped_with_reasons(hospital, tmp_path):
     assert summary["skipped"] == {"cxr_unreadable": 2, "ecg_file_missing": 1, "echo_unknown_format": 1,
                                   "no_usable_modality": 1, "text_empty": 1}
     assert summary["written"] == 7
+    assert {s["source_study"] for s in summary["skipped_examples"]} == {e.study_id for e in entries[:5]}  # console
     records = _output_bytes(tmp_path / "out" / ".build")
     assert b"corrupt.dcm" not in records and str(tmp_path).encode() not in records  # no paths in the records
+    assert not any(e.study_id.encode() in records for e in entries)  # nor source ids
 
 
 def test_cli_build_needs_a_salt_and_reports(hospital, tmp_path, monkeypatch, capsys):

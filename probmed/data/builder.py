@@ -43,6 +43,9 @@ from probmed.data.readers.errors import UnreadableInput
 from probmed.data.shard_writer import shard_name, write_shard, write_sizes
 
 RECORD_DIR = ".build"
+#: Fields of a skipped-input entry shown on the console but never written to the output directory (they can hold
+#: source ids and paths).
+PRIVATE_FIELDS = ("detail", "source_study")
 INT16_MAX_UV = 32767
 
 
@@ -264,9 +267,9 @@ def run_job(job: ShardJob, out: str, salt: str, opts: BuildOptions) -> dict:
     notes: Counter = Counter()
     for r in results:
         notes.update(r.notes)
-    skipped = [s for r in results for s in r.skipped]
+    skipped = [{**s, "source_study": entry.study_id} for (_, entry), r in zip(job.studies, results) for s in r.skipped]
     record = {"shard": job.name, "planned": job.keys, "count": count, "notes": dict(notes),
-              "skipped": [{k: v for k, v in s.items() if k != "detail"} for s in skipped]}
+              "skipped": [{k: v for k, v in s.items() if k not in PRIVATE_FIELDS} for s in skipped]}
     path = _record_path(out_dir, job.name)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1))  # pseudonyms and reasons only: no paths, ids or error texts
