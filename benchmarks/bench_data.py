@@ -194,7 +194,8 @@ def main() -> None:
         shard_set(png_dir, png_samples, args.studies)
         print(f"# {args.studies} studies written in {time.perf_counter() - t0:.1f} s, "
               f"{sum(p.stat().st_size for p in data_dir.glob('*.tar')) / 2**20:.0f} MiB in "
-              f"{len(urls)} training shards; {os.cpu_count()} cores shared with other jobs")
+              f"{len(urls)} training shards; {os.cpu_count()} cores shared with other jobs "
+              f"(load average {os.getloadavg()[0]:.1f})")
         raw_studies, _ = raw_read(urls)
         raw_mb = raw_studies * sum(Path(u).stat().st_size for u in urls) / args.studies / 2**20
         rows = [("raw tar read", raw_studies, f"{raw_mb:.0f} MiB/s")]
