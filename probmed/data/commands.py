@@ -1,4 +1,5 @@
-"""``probmed data ...`` commands: ``synth`` (embedded demo corpus); room for ``build`` (real files → shards).
+"""``probmed data ...`` commands: ``synth`` (embedded demo corpus), ``build`` (real files → de-identified shards),
+``manifest`` (a manifest CSV for a public dataset layout).
 
 The top-level ``probmed`` CLI forwards ``probmed data <args>`` to :func:`main`.
 
@@ -88,8 +89,65 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="do not cache the ECG bank on disk")
     s.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     s.set_defaults(func=_cmd_synth)
-    # `build` (real DICOM / WFDB / XML files -> de-identified shards) is added here by the real-data builder.
+
+    b = sub.add_parser(
+        "build",
+        help="real study files listed in a manifest CSV -> de-identified shards (resumable, parallel)",
+        description="Convert the studies of a manifest (see probmed.data.manifest) into de-identified shards "
+        "<split>-%%06d.tar plus sizes.json. Finished shards are kept on a rerun; skipped inputs are summarised.",
+    )
+    b.add_argument("--manifest", required=True, help="manifest CSV (e.g. from `probmed data manifest ...`)")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--salt", default=None, help="secret salt of the study/patient pseudonyms (default: "
+                   "$PROBMED_DEID_SALT); never stored")
+    b.add_argument("--maxcount", type=_positive_int, default=200, help="max studies per shard (default 200)")
+    b.add_argument("--maxsize", type=float, default=None, help="max input bytes per shard (default: no limit)")
+    b.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    b.add_argument("--cxr-size", type=int, default=None,
+                   help="store larger radiographs decoded and shrunk to this longer side as 16-bit PNG "
+                   "(default: keep the de-identified DICOM)")
+    b.add_argument("--ecg-rate", type=float, default=None, help="resample ECGs to this rate in Hz (default: keep)")
+    b.add_argument("--ecg-clean", action="store_true", help="clean ECG leads with neurokit2 ecg_clean")
+    b.add_argument("--echo-size", type=int, default=112, help="echo frame side in pixels (default 112; 0 = keep)")
+    b.add_argument("--echo-fps", type=float, default=None, help="frame rate for cines that do not state one")
+    b.add_argument("--drop-burned-in", action="store_true",
+                   help="skip DICOM views that declare BurnedInAnnotation=YES (default: keep and report)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    b.set_defaults(func=_cmd_build)
+
+    from probmed.data.manifests import MAKERS
+
+    m = sub.add_parser("manifest", help="write a manifest CSV for a public dataset layout",
+                       description="Scan a public dataset's directory tree and write the manifest "
+                       "`probmed data build` reads.")
+    m.add_argument("dataset", choices=sorted(MAKERS), help="dataset layout")
+    m.add_argument("--root", required=True, help="the dataset's root directory (as downloaded)")
+    m.add_argument("--out", required=True, help="manifest CSV to write")
+    m.add_argument("--reports-root", default=None,
+                   help="mimic-cxr: directory holding files/pXX/pNNNNNNNN/sNNNNNNNN.txt (default: --root)")
+    m.set_defaults(func=_cmd_manifest)
     return parser
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from probmed.data.builder import BuildOptions, build_dataset
+
+    options = BuildOptions(cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean, echo_size=args.echo_size or None,
+                           echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in)
+    summary = build_dataset(args.manifest, args.out, salt=args.salt, maxcount=args.maxcount,
+                            maxsize=int(args.maxsize) if args.maxsize else None, workers=args.workers,
+                            options=options, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in summary.items() if k != "sizes"}, indent=1))
+    return 0
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from probmed.data.manifests import MAKERS
+
+    extra = {"reports_root": args.reports_root} if args.dataset == "mimic-cxr" and args.reports_root else {}
+    path, count = MAKERS[args.dataset](args.root, args.out, **extra)
+    print(f"wrote {count} studies to {path}")
+    return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -127,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"probmed data {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

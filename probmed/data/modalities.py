@@ -18,7 +18,7 @@ from torch import Tensor
 from probmed.data import schema
 from probmed.data.readers import (
     UnreadableInput,
-    read_cxr_dicom,
+    read_cxr,
     read_echo_npy,
     read_ecg_npy,
     read_report,
@@ -76,7 +76,7 @@ class CXRInput(ModalityInput):
     def decode(self, sample, meta, rng, train):
         views = sorted(k for k in sample if k.startswith(schema.CXR_PREFIX))
         key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
-        image, _ = read_cxr_dicom(sample[key])
+        image, _ = read_cxr(key, sample[key])  # reader chosen by the stored extension (dcm, png, jpg)
         image = _resize(torch.from_numpy(image)[None], self.size)
         return ((image - 0.5) / 0.25).float()
 
@@ -89,11 +89,14 @@ class ECGInput(ModalityInput):
     """12-lead ECG → ``float32 [leads, rate·seconds]`` in millivolts, resampled to ``rate`` Hz.
 
     In training a random window of ``seconds`` is cropped when the record is longer; in evaluation the first.
+    Leads the source file lacked are zero rows marked 0 in ``meta["ecg_lead_mask"]`` (written by
+    ``probmed data build``); a record with fewer than ``min_leads`` real leads is skipped (``ecg_too_few_leads``).
     """
 
     rate: float = 100.0
     seconds: float = 10.0
     leads: int = len(schema.ECG_LEADS)
+    min_leads: int = 1
     name: ClassVar[str] = "ecg"
 
     @property
@@ -104,6 +107,9 @@ class ECGInput(ModalityInput):
         return schema.ECG_EXT in sample
 
     def decode(self, sample, meta, rng, train):
+        mask = meta.get("ecg_lead_mask")
+        if mask is not None and sum(int(bool(m)) for m in mask) < self.min_leads:
+            raise UnreadableInput("ecg_too_few_leads", f"{sum(map(bool, mask))} real leads < min_leads {self.min_leads}")
         signal = read_ecg_npy(sample[schema.ECG_EXT], self.leads)
         rate = float(meta.get("ecg_sampling_rate") or 0)
         if rate <= 0:
@@ -122,23 +128,38 @@ class ECGInput(ModalityInput):
 
 @dataclass
 class EchoInput(ModalityInput):
-    """Echo cine → ``float32 [frames, 1, size, size]``, every ``stride``-th stored frame, standardised as
-    ``(x − 0.5) / 0.25``. Training draws a random clip start; evaluation starts at frame 0. Short cines are
-    padded by repeating their last frame."""
+    """Echo cine → ``float32 [frames, 1, size, size]``, standardised as ``(x − 0.5) / 0.25``.
+
+    Frames are taken every ``stride`` stored frames, or — when ``fps`` is set — at ``fps`` frames per second of
+    the cine's own time axis (``meta["echo_fps"]``): frame ``k`` of the clip is stored frame
+    ``start + round(k · echo_fps / fps)``, so cines recorded at 30 and 60 frames/s give clips of the same duration.
+    Training draws a random clip start; evaluation starts at frame 0. Short cines are padded by repeating their
+    last frame."""
 
     frames: int = 16
     size: int = 64
     stride: int = 1
+    fps: float | None = None
     name: ClassVar[str] = "echo"
 
     def stored(self, sample):
         return schema.ECHO_EXT in sample
 
+    def offsets(self, meta: dict) -> np.ndarray:
+        """Stored-frame offsets ``int64 [frames]`` of one clip from its first frame."""
+        if self.fps is None:
+            return np.arange(self.frames) * self.stride
+        source = float(meta.get("echo_fps") or 0)
+        if source <= 0:
+            raise UnreadableInput("echo_no_frame_rate", "meta lacks echo_fps (needed for fps-based clip sampling)")
+        return np.rint(np.arange(self.frames) * source / self.fps).astype(np.int64)
+
     def decode(self, sample, meta, rng, train):
         cine = read_echo_npy(sample[schema.ECHO_EXT])
-        span = (self.frames - 1) * self.stride + 1
+        offsets = self.offsets(meta)
+        span = int(offsets[-1]) + 1
         start = int(rng.integers(cine.shape[0] - span + 1)) if (train and cine.shape[0] > span) else 0
-        index = np.minimum(start + np.arange(self.frames) * self.stride, cine.shape[0] - 1)
+        index = np.minimum(start + offsets, cine.shape[0] - 1)
         clip = _resize(torch.from_numpy(np.ascontiguousarray(cine[index])), self.size)
         return ((clip - 0.5) / 0.25)[:, None].float()
 

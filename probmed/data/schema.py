@@ -8,10 +8,12 @@ file (``<key>.<ext>``)  content
 =====================  =========================================================================================
 ``json``               metadata (UTF-8 JSON object, see :data:`META_FIELDS`)
 ``cxr.<i>.dcm``        chest X-ray view ``i`` (0, 1, ...) as a DICOM file; its ViewPosition is in the header and in
-                       ``meta["cxr_views"][i]``
+                       ``meta["cxr_views"][i]``; real-data shards may hold ``cxr.<i>.png`` / ``cxr.<i>.jpg`` instead
+                       (read by extension, see :data:`probmed.data.readers.cxr.CXR_READERS`)
 ``ecg.npy``            12-lead ECG, ``int16`` array ``[leads, samples]`` in microvolts, lead order
                        ``meta["ecg_leads"]``, sampling rate ``meta["ecg_sampling_rate"]`` (Hz); NumPy ``.npy``
-                       format, always read with ``allow_pickle=False``
+                       format, always read with ``allow_pickle=False``; ``meta["ecg_lead_mask"]`` (0/1 per lead,
+                       optional) marks leads the source file lacked (their rows are zero)
 ``echo.npy``           echocardiogram cine, ``uint8`` array ``[frames, height, width]`` (grey levels), frame rate
                        ``meta["echo_fps"]`` (frames/s)
 ``report.txt``         free-text report (UTF-8) with ``FINDINGS:`` and ``IMPRESSION:`` sections

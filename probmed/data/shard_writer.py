@@ -207,3 +207,27 @@ def write_shards(
         for split, sample in samples:
             writer.write(split, sample)
     return writer.sizes
+
+
+def write_shard(path: str | os.PathLike, samples: Iterable[Mapping[str, object]], mtime: int = FIXED_MTIME) -> int:
+    """Write one complete shard atomically (``<path>.tmp`` then rename), with the same reproducible member
+    attributes as :class:`ShardSetWriter`; returns the number of samples written."""
+    from webdataset import TarWriter
+
+    final = Path(path)
+    tmp = final.with_name(final.name + ".tmp")
+    count = 0
+    try:
+        with open(tmp, "wb") as fh:
+            tw = TarWriter(fh, user="probmed", group="probmed", mtime=mtime, encoder=False, compress=False)
+            for sample in samples:
+                tw.write(_encode_sample(sample))
+                count += 1
+            tw.close()
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return count

@@ -56,13 +56,34 @@ class _ShardStream(IterableDataset):
 
     def _studies(self, urls: Iterator[str], train: bool, skips: SkipCounter, shuffle_rng: random.Random | None,
                  buffer: int) -> Iterator[dict]:
-        raw = tarfile_samples(({"url": u} for u in urls), handler=skips)
+        """Decoded studies of ``urls`` in order (or through a shuffle buffer). An empty shard is counted
+        (``empty_shard``); ``2 × len(self.urls) + 1 + buffer`` shards in a row without one usable study (the buffer
+        term: a full shuffle buffer is read before the first study comes out) raise a clear error instead of looping
+        forever on an endless training sequence (which would hang every other rank)."""
+        barren = {"shards": 0}
+        limit = 2 * len(self.urls) + 1 + max(buffer, 0)
+
+        def raw_samples() -> Iterator[dict]:
+            for url in urls:
+                if barren["shards"] >= limit:
+                    raise RuntimeError(f"no usable study in {limit} shards in a row (all empty or unreadable; "
+                                       f"skipped so far: {dict(skips)}): check the dataset")
+                count = 0
+                for sample in tarfile_samples([{"url": url}], handler=skips):
+                    count += 1
+                    yield sample
+                if count == 0:
+                    skips.add("empty_shard", url)
+                barren["shards"] += 1
+
+        raw = raw_samples()
         if shuffle_rng is not None and buffer > 1:
             raw = shuffle(buffer, initial=buffer, rng=shuffle_rng)(raw)
         for sample in raw:
             rng = np.random.default_rng([self.seed, self.epoch, stable_hash(sample.get("__key__", ""))])
             study = self.decoder(sample, rng, train, skips)
             if study is not None:
+                barren["shards"] = 0
                 yield study
 
 

@@ -80,6 +80,9 @@ class StudyDecoder:
         except Exception as exc:
             skips.add("meta_invalid", f"{key}: {type(exc).__name__}: {exc}")
             return None
+        for ext in sample:
+            if not ext.startswith("__") and ext != schema.META_EXT and schema.modality_of(ext) is None:
+                skips.add("unknown_extension", f"{key}: ignored file .{ext} (no reader for it)")
         study = {"study_id": str(meta.get("study_id", key)), "inputs": {}, "present": {}}
         for name, modality in self.inputs.items():
             value = None

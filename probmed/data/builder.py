@@ -1,0 +1,343 @@
+"""``probmed data build``: real study files (manifest) → de-identified webdataset shards + ``sizes.json``.
+
+Each study of the manifest becomes one sample in the shard schema (:mod:`probmed.data.schema`):
+
+* CXR views: DICOM → de-identified DICOM (:func:`~probmed.data.deid.deidentify_dicom`, pixel data and transfer
+  syntax kept) as ``cxr.<i>.dcm``; PNG / JPEG → metadata stripped, as ``cxr.<i>.png`` / ``cxr.<i>.jpg``. Each view is
+  decoded once at build time, so an unreadable view is skipped here rather than at every epoch. With ``cxr_size``
+  a view larger than that is stored decoded (LUTs, window, MONOCHROME1 applied) and shrunk to that longer side as a
+  16-bit PNG: a 2k² radiograph costs the loader ~50 ms to decode, a 512² PNG a few ms (benchmarks/bench_data.py).
+* ECG (DICOM / WFDB / MUSE XML) → standard 12-lead order, optional resampling and neurokit2 cleaning →
+  ``ecg.npy`` (int16 µV) with the lead mask in ``meta["ecg_lead_mask"]``.
+* Echo (multi-frame DICOM / AVI / MP4) → grey ``uint8 [frames, size, size]`` ``echo.npy`` at its own frame rate
+  (``meta["echo_fps"]``).
+* Report (file or inline text, e.g. ECG statements) → ``report.txt``.
+
+Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored.
+
+The plan is deterministic: studies are sorted by pseudonym within each split and cut into shards of at most
+``maxcount`` studies and ``maxsize`` input bytes. Every finished shard has a record ``.build/<shard>.json`` (its
+study pseudonyms and skipped inputs, no paths or source ids); a rerun keeps a shard whose record matches its
+planned studies and rebuilds the rest, so an interrupted build resumes where it stopped.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from probmed.data import schema
+from probmed.data.deid import SALT_ENV, Pseudonymizer, deidentify_dicom, strip_image_metadata
+from probmed.data.manifest import StudyEntry, read_manifest
+from probmed.data.readers.cxr import CXR_READERS
+from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
+from probmed.data.readers.echo_sources import read_echo_source
+from probmed.data.readers.errors import UnreadableInput
+from probmed.data.shard_writer import shard_name, write_shard, write_sizes
+
+RECORD_DIR = ".build"
+#: Fields of a skipped-input entry shown on the console but never written to the output directory (they can hold
+#: source ids and paths).
+PRIVATE_FIELDS = ("detail", "source_study")
+INT16_MAX_UV = 32767
+
+
+@dataclass
+class BuildOptions:
+    """What the builder does to each modality (see ``probmed data build --help``)."""
+
+    cxr_size: int | None = None
+    ecg_rate: float | None = None
+    ecg_clean: bool = False
+    echo_size: int | None = 112
+    echo_fps: float | None = None
+    drop_burned_in: bool = False
+
+
+@dataclass
+class ShardJob:
+    """One shard to write: its split, index, and the planned studies as ``(pseudonym, entry)``."""
+
+    split: str
+    index: int
+    studies: list[tuple[str, StudyEntry]]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.studies]
+
+
+@dataclass
+class StudyResult:
+    """A built sample (or None when nothing usable was left), skipped inputs and notes."""
+
+    sample: dict | None
+    skipped: list[dict] = field(default_factory=list)
+    notes: Counter = field(default_factory=Counter)
+
+
+# -- one study ---------------------------------------------------------------------------------------------------
+def _cxr_view(path: Path, patient: str, pseudo: Pseudonymizer, opts: BuildOptions, result: StudyResult):
+    """One radiograph → ``(stored extension, de-identified bytes, header view)``; decoded once to check it."""
+    ext = path.suffix.lower().lstrip(".")
+    ext = "jpg" if ext == "jpeg" else ext
+    if ext not in CXR_READERS:
+        raise UnreadableInput("cxr_unknown_format", f"{path.name}: no CXR reader for .{ext}")
+    data = path.read_bytes()
+    if ext == "dcm":
+        data, report = deidentify_dicom(data, pseudo, patient)
+        if report.burned_in_annotation:
+            result.notes["cxr_burned_in_annotation"] += 1
+            if opts.drop_burned_in:
+                raise UnreadableInput("cxr_burned_in_annotation", f"{path.name} declares burned-in text")
+    else:
+        data = strip_image_metadata(data, ext)
+    image, header_view = CXR_READERS[ext](data)
+    if opts.cxr_size and max(image.shape) > opts.cxr_size:
+        return "png", downsized_png(image, opts.cxr_size), header_view
+    return ext, data, header_view
+
+
+def downsized_png(image: np.ndarray, max_side: int) -> bytes:
+    """A decoded radiograph (``float32 [H, W]`` in [0, 1], LUTs applied, MONOCHROME1 already inverted) shrunk so its
+    longer side is ``max_side`` (anti-aliased, aspect kept), as a lossless 16-bit grey PNG."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    scale = max_side / max(image.shape)
+    size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+    small = F.interpolate(torch.from_numpy(image)[None, None], size=size, mode="bilinear", antialias=True,
+                          align_corners=False)[0, 0].clamp(0, 1).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(small * 65535).astype(np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _cxr_files(key: str, entry: StudyEntry, patient: str, pseudo: Pseudonymizer, opts: BuildOptions,
+               result: StudyResult) -> tuple[dict[str, bytes], list[str]]:
+    """The stored views ``{cxr.<i>.<ext>: bytes}`` (renumbered over the readable ones) and their positions."""
+    files, views = {}, []
+    for position, path in enumerate(entry.cxr):
+        got = _attempt(result, key, "cxr", lambda: _cxr_view(path, patient, pseudo, opts, result))
+        if got is not None:
+            ext, data, header_view = got
+            files[f"{schema.CXR_PREFIX}{len(files)}.{ext}"] = data
+            views.append(entry.cxr_views[position] if position < len(entry.cxr_views) else header_view)
+    return files, views
+
+
+def _ecg_file(entry: StudyEntry, opts: BuildOptions, result: StudyResult) -> tuple[bytes, dict]:
+    signal, mask, rate = standardize_ecg(read_ecg_source(entry.ecg), schema.ECG_LEADS, opts.ecg_rate, opts.ecg_clean)
+    microvolts = np.rint(signal * 1000.0)
+    if np.abs(microvolts).max() > INT16_MAX_UV:
+        result.notes["ecg_clipped"] += 1
+    if not mask.all():
+        result.notes["ecg_missing_leads"] += 1
+    buffer = io.BytesIO()
+    np.save(buffer, np.clip(microvolts, -INT16_MAX_UV, INT16_MAX_UV).astype(np.int16), allow_pickle=False)
+    meta = {"ecg_leads": list(schema.ECG_LEADS), "ecg_sampling_rate": rate,
+            "ecg_lead_mask": [int(m) for m in mask]}
+    return buffer.getvalue(), meta
+
+
+def _echo_file(entry: StudyEntry, opts: BuildOptions) -> tuple[bytes, dict]:
+    import torch
+
+    from probmed.data.modalities import _resize
+
+    cine, fps = read_echo_source(entry.echo)
+    fps = fps or entry.echo_fps or opts.echo_fps
+    if not fps:
+        raise UnreadableInput("echo_no_frame_rate", f"{entry.echo.name}: no frame rate in the file, manifest "
+                                                    "(echo_fps) or --echo-fps")
+    if opts.echo_size:
+        resized = _resize(torch.from_numpy(cine).float(), opts.echo_size)
+        cine = resized.round().clamp(0, 255).to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(cine, dtype=np.uint8), allow_pickle=False)
+    return buffer.getvalue(), {"echo_fps": float(fps)}
+
+
+def _report_file(entry: StudyEntry) -> bytes:
+    text = entry.report.read_bytes().decode("utf-8") if entry.report is not None else entry.report_text
+    if not text.strip():
+        raise UnreadableInput("text_empty", "empty report")
+    return text.encode("utf-8")
+
+
+def _attempt(result: StudyResult, key: str, modality: str, fn):
+    """Run one modality's conversion; a failure is recorded as a skipped input (never a crash)."""
+    try:
+        return fn()
+    except UnreadableInput as exc:
+        reason, detail = exc.reason, str(exc)
+    except FileNotFoundError as exc:
+        reason, detail = f"{modality}_file_missing", f"{type(exc).__name__}: {exc.filename}"
+    except Exception as exc:  # a damaged file of any kind: counted with its type, the build goes on
+        reason, detail = f"{modality}_unreadable", f"{type(exc).__name__}: {exc}"
+    result.skipped.append({"study": key, "modality": modality, "reason": reason, "detail": detail[:300]})
+    return None
+
+
+def build_study(key: str, entry: StudyEntry, pseudo: Pseudonymizer, opts: BuildOptions) -> StudyResult:
+    """Convert one manifest entry into a shard sample (see the module docstring)."""
+    result = StudyResult(None)
+    patient = pseudo.id("patient", entry.patient_id)
+    meta: dict = {"study_id": key, "patient_id": patient, "split": entry.split, "findings": dict(entry.findings)}
+    sample: dict = {"__key__": key}
+    files, views = _cxr_files(key, entry, patient, pseudo, opts, result)
+    if files:
+        sample.update(files)
+        meta["cxr_views"] = views
+    signals = (("ecg", entry.ecg, schema.ECG_EXT, lambda: _ecg_file(entry, opts, result)),
+               ("echo", entry.echo, schema.ECHO_EXT, lambda: _echo_file(entry, opts)))
+    for modality, source, ext, convert in signals:
+        if source is not None:
+            got = _attempt(result, key, modality, convert)
+            if got is not None:
+                sample[ext] = got[0]
+                meta.update(got[1])
+    if entry.report is not None or entry.report_text:
+        text = _attempt(result, key, "text", lambda: _report_file(entry))
+        if text is not None:
+            sample[schema.REPORT_EXT] = text
+    if len(sample) == 1:
+        result.skipped.append({"study": key, "modality": "study", "reason": "no_usable_modality", "detail": ""})
+        return result
+    sample[schema.META_EXT] = json.dumps(meta, sort_keys=True).encode("utf-8")
+    result.sample = sample
+    return result
+
+
+# -- the plan and the shards -----------------------------------------------------------------------------------------
+def plan_shards(entries: list[StudyEntry], pseudo: Pseudonymizer, maxcount: int, maxsize: int | None) -> list[ShardJob]:
+    """Deterministic shard plan: per split, studies sorted by pseudonym, cut at ``maxcount`` studies or when the
+    shard's input files would pass ``maxsize`` bytes (a shard always holds at least one study)."""
+    jobs: list[ShardJob] = []
+    for split in schema.SPLITS:
+        keyed = sorted(((pseudo.id("study", e.study_id), e) for e in entries if e.split == split),
+                       key=lambda pair: pair[0])
+        shards: list[list[tuple[str, StudyEntry]]] = []
+        size = 0
+        for key, entry in keyed:
+            nbytes = entry.input_bytes() if maxsize else 0
+            if not shards or len(shards[-1]) >= maxcount or (maxsize and size + nbytes > maxsize):
+                shards.append([])
+                size = 0
+            shards[-1].append((key, entry))
+            size += nbytes
+        jobs += [ShardJob(split, index, studies) for index, studies in enumerate(shards)]
+    return jobs
+
+
+def _record_path(out: Path, name: str) -> Path:
+    return out / RECORD_DIR / f"{name}.json"
+
+
+def finished_record(out: Path, job: ShardJob) -> dict | None:
+    """The record of a shard already built for exactly this job's studies, or None (then it is rebuilt)."""
+    record_file = _record_path(out, job.name)
+    if not (out / job.name).is_file() or not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+    except ValueError:
+        return None
+    return record if record.get("planned") == job.keys else None
+
+
+def run_job(job: ShardJob, out: str, salt: str, opts: BuildOptions) -> dict:
+    """Build and write one shard, then its record (the record is written last: it marks the shard finished)."""
+    out_dir = Path(out)
+    pseudo = Pseudonymizer(salt)
+    results = [build_study(key, entry, pseudo, opts) for key, entry in job.studies]
+    count = write_shard(out_dir / job.name, [r.sample for r in results if r.sample is not None])
+    notes: Counter = Counter()
+    for r in results:
+        notes.update(r.notes)
+    skipped = [{**s, "source_study": entry.study_id} for (_, entry), r in zip(job.studies, results) for s in r.skipped]
+    record = {"shard": job.name, "planned": job.keys, "count": count, "notes": dict(notes),
+              "skipped": [{k: v for k, v in s.items() if k not in PRIVATE_FIELDS} for s in skipped]}
+    path = _record_path(out_dir, job.name)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))  # pseudonyms and reasons only: no paths, ids or error texts
+    os.replace(tmp, path)
+    return {**record, "skipped": skipped}
+
+
+def _remove_stale(out: Path, jobs: list[ShardJob]) -> None:
+    """Delete shards (and records) of a previous plan that this plan does not have."""
+    planned = {job.name for job in jobs}
+    for path in out.glob("*.tar"):
+        if path.name not in planned and path.name.split("-")[0] in schema.SPLITS:
+            path.unlink()
+            _record_path(out, path.name).unlink(missing_ok=True)
+
+
+def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None, maxcount: int = 200,
+                  maxsize: int | None = None, workers: int = 1, options: BuildOptions | None = None,
+                  progress: bool = True) -> dict:
+    """Build (or resume building) a shard set from a manifest; returns a summary.
+
+    Returns:
+        ``{"out_dir", "studies", "written", "shards", "reused_shards", "skipped": {reason: count},
+        "skipped_examples": [...], "notes": {...}, "sizes": {shard: count}}``.
+    """
+    from tqdm import tqdm
+
+    options = options or BuildOptions()
+    pseudo = Pseudonymizer(salt)  # raises a clear error without a salt
+    salt = salt if salt is not None else os.environ.get(SALT_ENV, "")
+    entries = read_manifest(manifest)
+    out_dir = Path(out)
+    (out_dir / RECORD_DIR).mkdir(parents=True, exist_ok=True)
+    (out_dir / schema.SIZES_FILE).unlink(missing_ok=True)  # only a finished build has a sizes.json
+    jobs = plan_shards(entries, pseudo, maxcount, maxsize)
+    _remove_stale(out_dir, jobs)
+    records: dict[str, dict] = {}
+    todo = []
+    for job in jobs:
+        record = finished_record(out_dir, job)
+        if record is None:
+            todo.append(job)
+        else:
+            records[job.name] = record
+    reused = len(records)
+    bar = tqdm(total=len(entries), initial=sum(len(records[n]["planned"]) for n in records), unit="study",
+               disable=not progress, file=sys.stderr, desc="probmed data build")
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_job, job, str(out_dir), salt, options): job for job in todo}
+            for future in as_completed(futures):
+                records[futures[future].name] = future.result()
+                bar.update(len(futures[future].studies))
+    else:
+        for job in todo:
+            records[job.name] = run_job(job, str(out_dir), salt, options)
+            bar.update(len(job.studies))
+    bar.close()
+    sizes = {name: int(rec["count"]) for name, rec in sorted(records.items()) if rec["count"] > 0}
+    for name, rec in records.items():  # a shard left with no study is not listed and not kept
+        if rec["count"] == 0:
+            (out_dir / name).unlink(missing_ok=True)
+    write_sizes(out_dir, sizes)
+    skipped = Counter(s["reason"] for rec in records.values() for s in rec["skipped"])
+    notes: Counter = Counter()
+    for rec in records.values():
+        notes.update(rec["notes"])
+    return {"out_dir": str(out_dir), "studies": len(entries), "written": sum(sizes.values()), "shards": len(sizes),
+            "reused_shards": reused, "skipped": dict(sorted(skipped.items())),
+            "skipped_examples": [s for rec in records.values() for s in rec["skipped"]][:10],
+            "notes": dict(sorted(notes.items())), "sizes": sizes}

@@ -1,0 +1,53 @@
+"""MIMIC-CXR (DICOM, v2.0.0) or MIMIC-CXR-JPG (v2.x) → manifest.
+
+Layout (PhysioNet)::
+
+    <root>/files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.dcm   (or .jpg)
+    <reports_root>/files/p10/p10000032/s50414267.txt          (mimic-cxr-reports; may be the same root)
+    <root>/mimic-cxr-2.0.0-metadata.csv[.gz]   dicom_id, subject_id, study_id, ..., ViewPosition, ...
+    <root>/mimic-cxr-2.0.0-split.csv[.gz]      dicom_id, study_id, subject_id, split (train / validate / test)
+    <root>/mimic-cxr-2.0.0-chexpert.csv[.gz]   subject_id, study_id, Atelectasis, Cardiomegaly, ... (1, 0, -1, blank)
+
+The CSVs are optional: without metadata the view comes from the DICOM header at build time (JPGs get none);
+without the split file studies are split by patient hash; CheXpert labels become ``finding:<label>`` columns
+(``-1``, uncertain, is left unknown).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from probmed.data.manifest import FINDING_PREFIX, write_manifest
+from probmed.data.manifests.common import read_table, relative, snake, split_by_patient
+
+CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
+                   "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
+                   "Pneumonia", "Pneumothorax", "Support Devices")
+
+
+def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str | Path | None = None):
+    root, out = Path(root), Path(out)
+    reports = Path(reports_root) if reports_root else root
+    meta = read_table(root, "mimic-cxr-2.0.0-metadata.csv")
+    views = dict(zip(meta["dicom_id"], meta["ViewPosition"])) if meta is not None else {}
+    split_table = read_table(root, "mimic-cxr-2.0.0-split.csv")
+    splits = dict(zip(split_table["study_id"], split_table["split"])) if split_table is not None else {}
+    labels = read_table(root, "mimic-cxr-2.0.0-chexpert.csv")
+    label_rows = {row["study_id"]: row for row in labels.to_dict("records")} if labels is not None else {}
+    rows = []
+    for study_dir in sorted((root / "files").glob("p*/p*/s*")):
+        if not study_dir.is_dir():
+            continue
+        images = sorted(study_dir.glob("*.dcm")) or sorted(study_dir.glob("*.jpg"))
+        patient, study = study_dir.parent.name[1:], study_dir.name[1:]
+        report = reports / "files" / study_dir.parent.parent.name / study_dir.parent.name / f"{study_dir.name}.txt"
+        if not images and not report.is_file():
+            continue
+        row = {"study_id": study, "patient_id": patient, "split": splits.get(study) or split_by_patient(patient),
+               "cxr": ";".join(relative(p, out.parent) for p in images),
+               "cxr_views": ";".join(views.get(p.stem, "") for p in images) if views else "",
+               "report": relative(report, out.parent) if report.is_file() else ""}
+        for label in CHEXPERT_LABELS:
+            value = label_rows.get(study, {}).get(label, "")
+            row[FINDING_PREFIX + snake(label)] = value if value in ("0", "1", "0.0", "1.0") else ""
+        rows.append(row)
+    return write_manifest(out, rows), len(rows)

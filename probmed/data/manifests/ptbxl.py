@@ -1,0 +1,57 @@
+"""PTB-XL (v1.0.x, WFDB + SCP-ECG statements) → manifest.
+
+Layout (PhysioNet)::
+
+    <root>/ptbxl_database.csv   ecg_id, patient_id, ..., report, scp_codes ("{'NORM': 100.0, 'SR': 0.0}"), ...,
+                                strat_fold, filename_lr, filename_hr
+    <root>/scp_statements.csv   (index: statement code), description, diagnostic, form, rhythm, diagnostic_class, ...
+    <root>/records500/00000/00001_hr.hea (+ .dat)      (and records100/..._lr at 100 Hz)
+
+Split: the recommended ``strat_fold`` 1–8 train, 9 val, 10 test. Report text: the free-text ``report`` followed by
+the descriptions of the record's SCP statements. Labels: the five diagnostic superclasses (``finding:norm``,
+``mi``, ``sttc``, ``cd``, ``hyp``) and the embedded corpus's rhythm findings (AFIB/AFLT → atrial_fibrillation,
+SBRAD → bradycardia, STACH → tachycardia), 0 where absent.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from probmed.data.manifest import FINDING_PREFIX, write_manifest
+from probmed.data.manifests.common import read_table, relative
+from probmed.data.readers.text import statements_report
+
+SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
+RHYTHM_FINDINGS = {"AFIB": "atrial_fibrillation", "AFLT": "atrial_fibrillation", "SBRAD": "bradycardia",
+                   "STACH": "tachycardia"}
+
+
+def _split(fold: str) -> str:
+    return {"9": "val", "10": "test"}.get(str(int(float(fold))), "train")
+
+
+def make_ptbxl_manifest(root: str | Path, out: str | Path, high_rate: bool = True):
+    root, out = Path(root), Path(out)
+    database = read_table(root, "ptbxl_database.csv")
+    if database is None:
+        raise FileNotFoundError(f"{root}/ptbxl_database.csv not found (is this the PTB-XL root?)")
+    scp = read_table(root, "scp_statements.csv")
+    code_column = scp.columns[0]
+    descriptions = dict(zip(scp[code_column], scp["description"]))
+    classes = {code: cls for code, cls, diag in zip(scp[code_column], scp["diagnostic_class"], scp["diagnostic"])
+               if diag in ("1", "1.0") and cls}
+    rows = []
+    for row in database.to_dict("records"):
+        codes = ast.literal_eval(row["scp_codes"]) if row["scp_codes"] else {}  # a literal dict, never code
+        statements = [row.get("report", "")] + [descriptions.get(code, code) for code in codes]
+        entry = {"study_id": row["ecg_id"], "patient_id": str(int(float(row["patient_id"]))),
+                 "split": _split(row["strat_fold"]),
+                 "ecg": relative(root / f"{row['filename_hr' if high_rate else 'filename_lr']}.hea", out.parent),
+                 "report_text": statements_report(statements)}
+        present = {classes[c] for c in codes if c in classes}
+        for superclass in SUPERCLASSES:
+            entry[FINDING_PREFIX + superclass.lower()] = int(superclass in present)
+        for finding in sorted(set(RHYTHM_FINDINGS.values())):
+            entry[FINDING_PREFIX + finding] = int(any(RHYTHM_FINDINGS.get(c) == finding for c in codes))
+        rows.append(entry)
+    return write_manifest(out, rows), len(rows)

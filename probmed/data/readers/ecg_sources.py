@@ -1,0 +1,216 @@
+"""ECG source formats → one :class:`EcgRecord` (millivolts, named leads, sampling rate), then the standard layout.
+
+One reader per format, registered by file suffix in :data:`ECG_SOURCE_READERS`:
+
+* ``.dcm`` — DICOM 12-lead / general ECG waveform (pydicom ``waveform_array``; channel labels from the channel
+  source code meanings, units from the channel sensitivity units),
+* ``.hea`` — WFDB record (header + signal files beside it; the ``wfdb`` package),
+* ``.xml`` — GE MUSE ``RestingECG`` XML export (base64 little-endian int16 per lead, ``LeadAmplitudeUnitsPerBit``
+  in microvolts; MUSE stores I, II, V1–V6 and the limb leads III, aVR, aVL, aVF follow from Einthoven's and
+  Goldberger's relations, which the reader applies when they are absent).
+
+:func:`standardize_ecg` puts any record into a configured lead order and sampling rate and returns a lead mask:
+a lead the file lacks is zero in the signal **and** ``False`` in the mask, never silently zero-filled.
+These readers run when shards are built (paths on the user's disk); the loader reads the stored ``ecg.npy``.
+"""
+from __future__ import annotations
+
+import base64
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from probmed.data.readers.ecg import resample_ecg
+from probmed.data.readers.errors import UnreadableInput
+from probmed.data.schema import ECG_LEADS
+
+#: Physical unit (as written in DICOM / WFDB / MUSE files, lower-cased) → factor to millivolts.
+UNIT_TO_MV: dict[str, float] = {"uv": 1e-3, "µv": 1e-3, "microvolts": 1e-3, "mv": 1.0, "millivolts": 1.0,
+                                "v": 1e3, "volts": 1e3}
+
+
+@dataclass
+class EcgRecord:
+    """A decoded ECG: ``signal`` ``float32 [leads, samples]`` in millivolts, ``leads`` canonical names
+    (see :func:`canonical_lead`), ``rate`` in Hz."""
+
+    signal: np.ndarray
+    leads: list[str]
+    rate: float
+
+
+_CANONICAL = {name.upper(): name for name in ECG_LEADS}
+
+
+def canonical_lead(label: str) -> str:
+    """``"Lead I (Einthoven)"`` → ``"I"``, ``"AVR"`` → ``"aVR"``, ``"v1"`` → ``"V1"``; unknown labels are kept as
+    written (stripped)."""
+    text = label.strip()
+    if text.lower().startswith("lead "):
+        text = text[5:]
+    text = text.split("(")[0].strip()
+    return _CANONICAL.get(text.upper(), text)
+
+
+def _to_mv(unit: str) -> float:
+    factor = UNIT_TO_MV.get(unit.strip().lower())
+    if factor is None:
+        raise UnreadableInput("ecg_unknown_units", f"unit {unit!r} (known: {sorted(UNIT_TO_MV)})")
+    return factor
+
+
+def _checked(record: EcgRecord) -> EcgRecord:
+    if record.signal.ndim != 2 or record.signal.shape[0] != len(record.leads):
+        raise UnreadableInput("ecg_unreadable", f"signal {record.signal.shape} for {len(record.leads)} lead names")
+    if record.signal.shape[1] == 0:
+        raise UnreadableInput("ecg_empty", "no samples")
+    if not np.all(np.isfinite(record.signal)):
+        raise UnreadableInput("ecg_nonfinite", "NaN or inf samples")
+    if not record.rate or record.rate <= 0:
+        raise UnreadableInput("ecg_no_sampling_rate", f"sampling rate {record.rate!r}")
+    return record
+
+
+def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
+    """A DICOM ECG waveform: the multiplex group labelled ``group`` (else the first one), in millivolts.
+
+    pydicom's ``waveform_array`` applies channel sensitivity, correction factor and baseline; the result is in
+    each channel's ChannelSensitivityUnits, converted here to millivolts.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        groups = ds.WaveformSequence
+    except Exception as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    labels = [str(g.get("MultiplexGroupLabel", "")).upper() for g in groups]
+    index = labels.index(group.upper()) if group.upper() in labels else 0
+    channels = groups[index].ChannelDefinitionSequence
+    try:
+        values = ds.waveform_array(index).T.astype(np.float64)  # [channels, samples]
+    except Exception as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    leads, scale = [], []
+    for channel in channels:
+        source = channel.ChannelSourceSequence[0]
+        leads.append(canonical_lead(str(source.get("CodeMeaning", "") or source.get("CodeValue", ""))))
+        units = channel.get("ChannelSensitivityUnitsSequence")
+        scale.append(_to_mv(str(units[0].CodeValue)) if units else 1e-3)
+    signal = (values * np.asarray(scale)[:, None]).astype(np.float32)
+    return _checked(EcgRecord(signal, leads, float(groups[index].SamplingFrequency)))
+
+
+def read_ecg_wfdb(path: str | Path) -> EcgRecord:
+    """A WFDB record (``path`` is the ``.hea`` file or the record name without extension), in millivolts."""
+    import wfdb
+
+    record_name = str(Path(path).with_suffix("")) if str(path).endswith(".hea") else str(path)
+    try:
+        record = wfdb.rdrecord(record_name)
+    except Exception as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    if record.p_signal is None:
+        raise UnreadableInput("ecg_unreadable", "WFDB record has no physical signal")
+    scale = np.asarray([_to_mv(u or "mV") for u in record.units])
+    signal = (record.p_signal.T * scale[:, None]).astype(np.float32)
+    return _checked(EcgRecord(signal, [canonical_lead(n) for n in record.sig_name], float(record.fs)))
+
+
+def _derive_limb_leads(leads: dict[str, np.ndarray]) -> None:
+    """Add III, aVR, aVL, aVF from I and II where absent (Einthoven: III = II − I; Goldberger:
+    aVR = −(I + II)/2, aVL = I − II/2, aVF = II − I/2)."""
+    if "I" not in leads or "II" not in leads:
+        return
+    one, two = leads["I"], leads["II"]
+    derived = {"III": two - one, "aVR": -(one + two) / 2, "aVL": one - two / 2, "aVF": two - one / 2}
+    for name, values in derived.items():
+        leads.setdefault(name, values)
+
+
+def read_ecg_muse_xml(path: str | Path, waveform_type: str = "Rhythm") -> EcgRecord:
+    """A GE MUSE ``RestingECG`` XML export: the ``<Waveform>`` whose ``<WaveformType>`` is ``waveform_type``.
+
+    Each ``<LeadData>`` holds ``<LeadID>``, ``<LeadAmplitudeUnitsPerBit>`` (µV per count),
+    ``<LeadAmplitudeUnits>`` and ``<WaveFormData>`` (base64 of little-endian int16 samples); the rate is the
+    waveform's ``<SampleBase>`` (Hz).
+    """
+    try:
+        root = ET.parse(str(path)).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    waveforms = [w for w in root.iter("Waveform") if (w.findtext("WaveformType") or "").strip() == waveform_type]
+    if not waveforms:
+        raise UnreadableInput("ecg_unreadable", f"no <Waveform> of type {waveform_type!r}")
+    waveform = waveforms[0]
+    leads: dict[str, np.ndarray] = {}
+    try:
+        rate = float(waveform.findtext("SampleBase"))
+        for lead in waveform.iter("LeadData"):
+            counts = np.frombuffer(base64.b64decode(lead.findtext("WaveFormData") or ""), dtype="<i2")
+            per_bit = float(lead.findtext("LeadAmplitudeUnitsPerBit") or 1.0)
+            unit = _to_mv(lead.findtext("LeadAmplitudeUnits") or "MICROVOLTS")
+            leads[canonical_lead(lead.findtext("LeadID") or "")] = counts.astype(np.float64) * per_bit * unit
+    except (TypeError, ValueError) as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    lengths = {len(v) for v in leads.values()}
+    if len(lengths) != 1:
+        raise UnreadableInput("ecg_unreadable", f"leads of different lengths {sorted(lengths)}")
+    _derive_limb_leads(leads)
+    names = list(leads)
+    return _checked(EcgRecord(np.stack([leads[n] for n in names]).astype(np.float32), names, rate))
+
+
+#: Source file suffix → ECG reader (paths on disk).
+ECG_SOURCE_READERS: dict[str, Callable[[Path], EcgRecord]] = {
+    ".dcm": read_ecg_dicom,
+    ".hea": read_ecg_wfdb,
+    ".xml": read_ecg_muse_xml,
+}
+
+
+def read_ecg_source(path: str | Path) -> EcgRecord:
+    """Read an ECG file with the reader registered for its suffix (a WFDB record may be named without one)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in ECG_SOURCE_READERS and path.with_suffix(path.suffix + ".hea").is_file():
+        path, suffix = path.with_suffix(path.suffix + ".hea"), ".hea"
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such ECG file", str(path))
+    reader = ECG_SOURCE_READERS.get(suffix)
+    if reader is None:
+        raise UnreadableInput("ecg_unknown_format", f"{path.name}: no ECG reader for {suffix or 'no suffix'!r} "
+                                                    f"(known: {sorted(ECG_SOURCE_READERS)})")
+    return reader(path)
+
+
+def standardize_ecg(record: EcgRecord, leads: tuple[str, ...] = ECG_LEADS, rate: float | None = None,
+                    clean: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Reorder to ``leads``, optionally clean (neurokit2 ``ecg_clean`` per lead) and resample to ``rate`` Hz.
+
+    Returns:
+        ``(signal, mask, rate)``: ``float32 [len(leads), samples]`` in millivolts, ``bool [len(leads)]`` (``False``
+        where the record lacks the lead; its row is zero), and the output rate in Hz.
+
+    Raises:
+        UnreadableInput: ``ecg_no_known_leads`` when none of ``leads`` is in the record.
+    """
+    index = {name: i for i, name in enumerate(record.leads)}
+    mask = np.array([name in index for name in leads])
+    if not mask.any():
+        raise UnreadableInput("ecg_no_known_leads", f"record leads {record.leads} share none with {list(leads)}")
+    signal = np.zeros((len(leads), record.signal.shape[1]), np.float32)
+    for row, name in enumerate(leads):
+        if name in index:
+            signal[row] = record.signal[index[name]]
+    if clean:
+        import neurokit2 as nk
+
+        for row in np.flatnonzero(mask):
+            signal[row] = nk.ecg_clean(signal[row], sampling_rate=int(round(record.rate)))
+    out_rate = float(rate or record.rate)
+    signal = resample_ecg(signal, record.rate, out_rate)
+    return np.ascontiguousarray(signal, dtype=np.float32), mask, out_rate

@@ -1,0 +1,135 @@
+"""Echo source formats → grey cine ``uint8 [frames, H, W]`` plus its frame rate (frames/s).
+
+One reader per format, registered by file suffix in :data:`ECHO_SOURCE_READERS`:
+
+* ``.dcm`` — multi-frame (or single-frame) ultrasound DICOM: MONOCHROME1/2, RGB, YBR_FULL / YBR_FULL_422 (pydicom
+  converts YBR to RGB), PALETTE COLOR (through the palette LUT), any transfer syntax the installed pixel handlers
+  decode (JPEG baseline, JPEG 2000, RLE, ...). The frame rate comes from CineRate, RecommendedDisplayFrameRate,
+  FrameTime (ms) or FrameTimeVector, in that order.
+* ``.avi`` / ``.mp4`` / ``.mov`` — video files as in EchoNet-Dynamic, decoded with PyAV (FFmpeg); the frame rate
+  is the stream's average rate.
+
+Colour is reduced to luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), the grey level a B-mode display shows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from probmed.data.readers.errors import UnreadableInput
+
+#: ITU-R BT.601 luma weights for R, G, B.
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` RGB (any integer range 0–255) → ``uint8 [...]`` luma, rounded."""
+    return np.clip(np.rint(rgb.astype(np.float64) @ LUMA), 0, 255).astype(np.uint8)
+
+
+def _to_uint8(grey: np.ndarray, bits: int) -> np.ndarray:
+    if grey.dtype == np.uint8:
+        return grey
+    top = float(2 ** bits - 1) if bits else float(grey.max() or 1)
+    return np.clip(np.rint(grey.astype(np.float64) * 255.0 / top), 0, 255).astype(np.uint8)
+
+
+def dicom_frame_rate(ds) -> float | None:
+    """Frames per second from a DICOM header, or None when it has none of the frame-timing attributes."""
+    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+        value = ds.get(keyword)
+        if value not in (None, "") and float(value) > 0:
+            return float(value)
+    frame_time = ds.get("FrameTime")
+    if frame_time not in (None, "") and float(frame_time) > 0:
+        return 1000.0 / float(frame_time)
+    vector = ds.get("FrameTimeVector")
+    if vector is not None and len(vector) > 1:
+        increments = np.asarray([float(v) for v in vector[1:]])
+        if np.all(increments > 0):
+            return 1000.0 / float(increments.mean())
+    return None
+
+
+def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """A cine DICOM → ``(uint8 [frames, H, W], fps or None)``.
+
+    Raises:
+        UnreadableInput: ``echo_unreadable`` (pydicom cannot parse or decode it), ``echo_unsupported_photometric``.
+    """
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if photometric == "PALETTE COLOR":
+        grey = _palette_grey(pixels, ds, apply_color_lut)
+    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+        grey = rgb_to_grey(pixels)  # pydicom returns RGB for every YBR variant by default
+    elif photometric in ("MONOCHROME1", "MONOCHROME2"):
+        grey = _to_uint8(pixels, int(ds.get("BitsStored", 8)))
+        if photometric == "MONOCHROME1":
+            grey = 255 - grey
+    else:
+        raise UnreadableInput("echo_unsupported_photometric", photometric)
+    if frames == 1 and grey.ndim == 2:
+        grey = grey[None]
+    if grey.ndim != 3 or min(grey.shape) == 0:
+        raise UnreadableInput("echo_unreadable", f"cine of shape {grey.shape}")
+    return np.ascontiguousarray(grey), dicom_frame_rate(ds)
+
+
+def _palette_grey(pixels: np.ndarray, ds, apply_color_lut) -> np.ndarray:
+    """Palette indices → RGB through the header's LUT (8- or 16-bit entries) → luma."""
+    rgb = apply_color_lut(pixels, ds).astype(np.float64)
+    if rgb.max() > 255:  # 16-bit LUT entries
+        rgb = rgb / 257.0
+    return rgb_to_grey(rgb)
+
+
+def read_echo_video(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """An AVI / MP4 video → ``(uint8 [frames, H, W], fps)`` with PyAV (every frame decoded to grey).
+
+    Raises:
+        UnreadableInput: ``echo_unreadable`` for a file FFmpeg cannot open or decode, ``echo_empty``.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate) if stream.average_rate else None
+            frames = [frame.to_ndarray(format="gray") for frame in container.decode(stream)]
+    except (av.FFmpegError, IndexError, OSError, ValueError) as exc:
+        raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    if not frames:
+        raise UnreadableInput("echo_empty", "video has no frames")
+    return np.stack(frames).astype(np.uint8), rate
+
+
+#: Source file suffix → echo reader (paths on disk).
+ECHO_SOURCE_READERS: dict[str, Callable[[Path], tuple[np.ndarray, float | None]]] = {
+    ".dcm": read_echo_dicom,
+    ".avi": read_echo_video,
+    ".mp4": read_echo_video,
+    ".mov": read_echo_video,
+}
+
+
+def read_echo_source(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """Read an echo file with the reader registered for its suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such echo file", str(path))
+    reader = ECHO_SOURCE_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UnreadableInput("echo_unknown_format", f"{path.name}: no echo reader for {path.suffix!r} "
+                                                     f"(known: {sorted(ECHO_SOURCE_READERS)})")
+    return reader(path)

@@ -1,0 +1,111 @@
+"""Real-format study files for builder tests, written by each format's reference library (pydicom, wfdb, PyAV,
+Pillow), with identifying values planted where hospital files carry them."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+#: Identifying values planted in the test inputs; none may appear in any output byte.
+PHI = {
+    "name": "Smithfield^Johanna", "patient_id": "MRN99887766", "birth": "19511103", "study_date": "20240229",
+    "institution": "St Elsewhere General Hospital", "address": "42 Wallaby Way Sydney", "accession": "ACC5551234",
+    "physician": "Drake^Ramoray", "private": "PRIVATE-PHI-TOKEN", "station": "XRAYROOM7",
+    "study_uid": "1.2.826.0.1.3680043.8.498.111122223333", "series_uid": "1.2.826.0.1.3680043.8.498.444455556666",
+    "operator_note": "Operator Jane Q Smithfield",
+}
+
+
+def cxr_dicom(path: Path, pixels: np.ndarray, view: str = "PA", burned_in: bool = False,
+              photometric: str = "MONOCHROME2") -> Path:
+    """A DX radiograph carrying the :data:`PHI` values in the usual places (incl. a private tag and a sequence)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.ViewPosition = "DX", view
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PHI["name"], PHI["patient_id"], PHI["birth"]
+    ds.PatientAddress, ds.InstitutionName, ds.AccessionNumber = PHI["address"], PHI["institution"], PHI["accession"]
+    ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = PHI["study_date"], "101010", PHI["physician"]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StationName = PHI["study_uid"], PHI["series_uid"], PHI["station"]
+    ds.ImageComments = PHI["operator_note"]
+    ds.BurnedInAnnotation = "YES" if burned_in else "NO"
+    operator = Dataset()
+    operator.PersonName = PHI["physician"]
+    ds.ContentSequence = Sequence([operator])
+    block = ds.private_block(0x0011, "HOSPITAL PRIVATE", create=True)
+    block.add_new(0x01, "LO", PHI["private"])
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def wfdb_record(directory: Path, name: str, seconds: float = 2.0, rate: int = 500, leads: list[str] | None = None,
+                seed: int = 0) -> Path:
+    """A WFDB record (``.hea`` + ``.dat``) written by ``wfdb.wrsamp``; returns the ``.hea`` path."""
+    import wfdb
+
+    leads = leads or ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    signal = np.stack([np.sin(2 * np.pi * (1 + i / 4) * t) * 0.8 + rng.normal(0, 0.02, t.size)
+                       for i in range(len(leads))], axis=1)
+    directory.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(name, fs=rate, units=["mV"] * len(leads), sig_name=leads, p_signal=signal, fmt=["16"] * len(leads),
+                adc_gain=[1000.0] * len(leads), baseline=[0] * len(leads), write_dir=str(directory))
+    return directory / f"{name}.hea"
+
+
+def avi(path: Path, frames: int = 12, size: int = 32, fps: int = 50) -> Path:
+    """An MJPEG AVI (as EchoNet-Dynamic ships) written by PyAV: a bright disc whose radius pulses with time."""
+    import av
+
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuvj420p"
+        for k in range(frames):
+            radius = size / 4 * (1 + 0.3 * np.sin(2 * np.pi * k / frames))
+            grey = np.where(xx**2 + yy**2 < radius**2, 220, 20).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.repeat(grey[..., None], 3, -1), "rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def png_with_text(path: Path, text: str) -> Path:
+    """A 16-bit grey PNG carrying ``text`` in a tEXt chunk (where scanners put patient names)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", text)
+    image = Image.fromarray(np.tile(np.arange(0, 64 * 1000, 1000, dtype=np.uint16), (64, 1)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def jpeg_with_comment(path: Path, text: str) -> Path:
+    """A grey JPEG with ``text`` in a COM segment and in EXIF (APP1)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1)))
+    exif = Image.Exif()
+    exif[0x013B] = text  # Artist
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, comment=text.encode(), exif=exif.tobytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return path
