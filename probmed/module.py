@@ -190,11 +190,20 @@ class ProbMedModule(L.LightningModule):
         """Gather on every rank, evaluate on rank 0 (:class:`Evaluator`), log the broadcast scalars everywhere."""
         gathered, labels = self.collector.gather()
         corrupted = self.evaluator.gather_corrupted() if stage == "test" else {}
-        report = None
+        result, failure = None, None
         if self.trainer.is_global_zero:
-            report = self.evaluator.run(self, stage, gathered, labels, corrupted, self.retrieval_ks)
-            self.evaluator.publish(self, stage, report, gathered, labels)
-        scalars, rows = self.trainer.strategy.broadcast((report["scalars"], report["retrieval"]) if report else None, src=0)
+            try:
+                report = self.evaluator.run(self, stage, gathered, labels, corrupted, self.retrieval_ks)
+                self.evaluator.publish(self, stage, report, gathered, labels)
+                result = (report["scalars"], report["retrieval"])
+            except Exception as exc:  # tell the other ranks (waiting in the broadcast) instead of leaving them hung
+                failure = exc
+        result = self.trainer.strategy.broadcast(result if failure is None else f"{type(failure).__name__}: {failure}", src=0)
+        if failure is not None:
+            raise failure
+        if isinstance(result, str):
+            raise RuntimeError(f"evaluation failed on rank 0: {result}")
+        scalars, rows = result
         # identical on every rank after the broadcast: the synced mean is exact
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in scalars.items()}, sync_dist=True)
         self._log_skipped()

@@ -209,3 +209,19 @@ def test_export_round_trip(tmp_path):
     np.testing.assert_array_equal(data["cxr/mean"], np.stack([mean[1].numpy(), mean[0].numpy(), np.zeros(4)]))
     np.testing.assert_allclose(data["cxr/var"][:2], np.exp(-1.0) * np.ones((2, 4)), rtol=1e-6)
     assert data["cxr/present"].tolist() == [True, True, False] and data["cxr/var"][2].tolist() == [0, 0, 0, 0]
+
+
+def test_evaluation_config_errors_are_reported_when_the_module_is_built():
+    from probmed.evaluation.config import CorruptionConfig, EvaluationConfig, PrognosisConfig, ZeroShotConfig
+    from probmed.evaluation.suite import Evaluator
+
+    with pytest.raises(ValueError, match="choose one of"):
+        Evaluator(EvaluationConfig(corruptions=[CorruptionConfig("cxr", "rotate")]))
+    with pytest.raises(ValueError, match="severities"):
+        Evaluator(EvaluationConfig(corruptions=[CorruptionConfig("cxr", "noise", [-1.0])]))
+    with pytest.raises(ValueError, match="not among the labels"):
+        Evaluator(EvaluationConfig(zero_shot=ZeroShotConfig(prompts={"edema": {"positive": ["x"], "negative": ["y"]}})))
+    with pytest.raises(ValueError, match="non-empty"):
+        Evaluator(EvaluationConfig(zero_shot=ZeroShotConfig(prompts={"bradycardia": {"positive": ["slow"]}})))
+    with pytest.raises(ValueError, match="prognosis label"):
+        Evaluator(EvaluationConfig(prognosis=PrognosisConfig(label="mortality")))

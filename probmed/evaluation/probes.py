@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 from probmed.data.studies import stable_hash
@@ -39,6 +38,8 @@ def draw_shots(target: Tensor, k: int, seed: int) -> Tensor | None:
 
 def probe_probs(train_x: Tensor, train_y: Tensor, test_x: Tensor, seed: int = 0) -> Tensor:
     """Fit an L2-regularised logistic regression (scikit-learn, lbfgs, C = 1) and return P(y = 1) on ``test_x``."""
+    from sklearn.linear_model import LogisticRegression  # lazy: scikit-learn costs ~1 s to import, used at test only
+
     model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed)
     model.fit(train_x.double().numpy(), train_y.long().numpy())
     return torch.from_numpy(model.predict_proba(test_x.double().numpy())[:, 1].astype(np.float32))

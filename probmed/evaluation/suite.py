@@ -40,6 +40,19 @@ def _nanmean(values) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
+def _json_ready(value):
+    """Plain JSON: tensors to lists, NaN/inf (undefined metrics) to null."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, Tensor):
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _pair(a: str, b: str) -> str:
     return f"{a}->{b}"
 
@@ -142,7 +155,7 @@ class Evaluator:
         fs = cfg.few_shot
         if fs is not None and stage in fs.stages:
             res = few_shot(embeddings, labels, self.findings, fs.ks, fs.features, fs.repeats, fs.support_fraction, fs.seed)
-            details["few_shot"] = {m: {str(k): v for k, v in by_k.items()} for m, by_k in res.items()}
+            details["few_shot"] = {m: {str(k or "all"): v for k, v in by_k.items()} for m, by_k in res.items()}
             for m, by_k in res.items():
                 for k, per_finding in by_k.items():
                     scalars[f"{stage}/fewshot/{m}/k{k if k else 'all'}_mean_auroc"] = _nanmean(per_finding.values())
@@ -274,7 +287,8 @@ class Evaluator:
 
     # -- outputs (rank 0) ------------------------------------------------------------------------------------------
     def publish(self, module, stage: str, report: dict, embeddings: dict, labels: dict) -> None:
-        """Figures to TensorBoard and PNG, the projector, and ``<log_dir>/<stage>_metrics.json``."""
+        """Figures to TensorBoard and PNG, the projector, and ``<log_dir>/<stage>_metrics.json`` (undefined
+        metrics, e.g. AUROC of a finding with one class only in the split, are ``null`` there)."""
         logger = module.logger
         experiment = getattr(logger, "experiment", None) if logger is not None else None
         log_dir = getattr(logger, "log_dir", None) if logger is not None else None
@@ -285,7 +299,7 @@ class Evaluator:
             path = Path(log_dir) / f"{stage}_metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             payload = {"scalars": report["scalars"], **report["details"], "config": asdict(self.config)}
-            path.write_text(json.dumps(payload, indent=2, default=float))
+            path.write_text(json.dumps(_json_ready(payload), indent=2, allow_nan=False))
 
     def _projector(self, experiment, stage: str, embeddings: dict, labels: dict, step: int) -> None:
         means, meta = [], []
