@@ -83,11 +83,26 @@ def test_test_stage_logs_every_metric_figure_and_the_projector_and_predict_expor
 
 
 @pytest.mark.ddp
-def test_predict_under_two_process_ddp_writes_each_study_once(smoke_corpus, tmp_path):
+def test_test_and_predict_under_two_process_ddp_count_each_study_once(smoke_corpus, tmp_path):
+    """Under 2-process DDP (the single test shard: one rank reads every batch, the other none) `test` with
+    corruptions evaluates each study once — every pair's query count equals the number of studies that have both
+    modalities in predict's export — and `predict` writes each study once."""
+    ddp = ("--trainer.devices", "2", "--trainer.strategy", "ddp")
+    extra = tmp_path / "evaluation.yaml"
+    extra.write_text(yaml.safe_dump(EVALUATION))
+    test = run_probmed(["test", *_args(smoke_corpus, tmp_path, "--config", str(extra), *ddp)], cwd=tmp_path, timeout=400)
+    assert test.returncode == 0, test.output[-4000:]
     out = tmp_path / "embeddings.npz"
-    pred = run_probmed(["predict", *_args(smoke_corpus, tmp_path, "--embeddings.path", str(out), "--trainer.devices", "2",
-                                          "--trainer.strategy", "ddp")], cwd=tmp_path, timeout=400)
+    pred = run_probmed(["predict", *_args(smoke_corpus, tmp_path, "--embeddings.path", str(out), *ddp)], cwd=tmp_path,
+                       timeout=400)
     assert pred.returncode == 0, pred.output[-4000:]
-    ids = load_embeddings(out)["study_id"].tolist()
-    expected = _test_studies(smoke_corpus)
-    assert len(ids) == len(set(ids)) == expected
+    data = load_embeddings(out)
+    ids = data["study_id"].tolist()
+    assert len(ids) == len(set(ids)) == _test_studies(smoke_corpus)
+    (metrics_file,) = (tmp_path / "smoke").glob("version_*/test_metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert len(metrics["retrieval"]) == 12
+    for row in metrics["retrieval"]:
+        both = int((data[f"{row['query']}/present"] & data[f"{row['gallery']}/present"]).sum())
+        assert row["queries"] == row["gallery_size"] == both, row
+    assert set(metrics["robustness"]) == {"cxr/noise", "ecg/lead_dropout", "text/word_dropout"}
