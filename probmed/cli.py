@@ -6,6 +6,7 @@ Examples::
     probmed fit --config configs/demo.yaml
     probmed test --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt
     probmed fit --config configs/demo.yaml --print_config
+    probmed predict --config configs/demo.yaml --ckpt_path last.ckpt --embeddings.path emb.npz   # means + variances
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 from probmed.data.datamodule import ProbMedDataModule
+from probmed.evaluation.export import EmbeddingWriter
 from probmed.module import ProbMedModule
 
 TRAINER_DEFAULTS = {
@@ -32,6 +34,9 @@ class ProbMedCLI(LightningCLI):
             "--float32_matmul_precision", default="high", choices=["highest", "high", "medium"],
             help="torch.set_float32_matmul_precision (TF32 on Ampere+ GPUs when 'high')",
         )
+        # `probmed predict` writes every study's mean and variance per modality (--embeddings.path, default
+        # <log_dir>/embeddings.npz); the callback does nothing in fit/validate/test
+        parser.add_lightning_class_args(EmbeddingWriter, "embeddings")
 
     def before_instantiate_classes(self) -> None:
         import torch

@@ -18,7 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 from probmed.embedding import GaussianEmbedding
 from probmed.encoders import GaussianHead
 from probmed.evaluation.collect import EmbeddingCollector
-from probmed.evaluation.retrieval import format_table, retrieval_metrics
+from probmed.evaluation.config import EvaluationConfig
+from probmed.evaluation.retrieval import format_table
+from probmed.evaluation.suite import Evaluator
 from probmed.losses import Objective
 
 
@@ -37,6 +39,8 @@ class ProbMedModule(L.LightningModule):
         warmup_steps: linear learning-rate warm-up, then cosine decay to ``min_lr_ratio × lr`` at the last step.
         min_lr_ratio: final learning rate as a fraction of the peak.
         retrieval_ks: the K of Recall@K at validation/test.
+        evaluation: what validation/test compute beyond Recall@K (zero-/few-shot, uncertainty, corruptions,
+            prognosis, plots; see :class:`~probmed.evaluation.config.EvaluationConfig`).
     """
 
     def __init__(
@@ -52,12 +56,13 @@ class ProbMedModule(L.LightningModule):
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.05,
         retrieval_ks: tuple[int, ...] = (1, 5, 10),
+        evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008 (jsonargparse needs an instance)
     ):
         super().__init__()
         missing = sorted(set(objective.modalities) - set(encoders))
         if missing:
             raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
-        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer"])
+        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation"])
         self.encoders = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict({
             name: GaussianHead(
@@ -71,6 +76,7 @@ class ProbMedModule(L.LightningModule):
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.retrieval_ks = tuple(retrieval_ks)
         self.collector = EmbeddingCollector()
+        self.evaluator = Evaluator(evaluation)
         self.skipped: Counter = Counter()
         self._batch_end_time: float | None = None
         self._data_wait = 0.0
@@ -149,6 +155,7 @@ class ProbMedModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
+        self.evaluator.add_corrupted(self, batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         embeddings = self.embed(batch)
@@ -174,32 +181,33 @@ class ProbMedModule(L.LightningModule):
         change between that training step's own broadcast and evaluation, so clearing DDP's pending-sync flag is
         exact; DDP sets it again on the next training forward."""
         self.collector.reset()
+        self.evaluator.reset()
         wrapper = getattr(self.trainer.strategy, "model", None) if self._trainer is not None else None
         if isinstance(wrapper, DistributedDataParallel):
             wrapper.require_forward_param_sync = False
 
     def _eval_epoch_end(self, stage: str) -> list[dict]:
-        gathered, _labels = self.collector.gather()
-        rows = retrieval_metrics(gathered, self._score, self.retrieval_ks)
-        metrics = {}
-        for r in rows:
-            for k in self.retrieval_ks:
-                metrics[f"{stage}/R@{k}/{r['query']}->{r['gallery']}"] = r[f"R@{k}"]
-        if rows:
-            for k in self.retrieval_ks:
-                metrics[f"{stage}/mean_R@{k}"] = sum(r[f"R@{k}"] for r in rows) / len(rows)
-            metrics[f"{stage}/rsum"] = sum(r[f"R@{k}"] for r in rows for k in self.retrieval_ks)
-        # every rank computed the same metrics from the same gathered embeddings: the synced mean is exact
-        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, sync_dist=True)
+        """Gather on every rank, evaluate on rank 0 (:class:`Evaluator`), log the broadcast scalars everywhere."""
+        gathered, labels = self.collector.gather()
+        corrupted = self.evaluator.gather_corrupted() if stage == "test" else {}
+        result, failure = None, None
+        if self.trainer.is_global_zero:
+            try:
+                report = self.evaluator.run(self, stage, gathered, labels, corrupted, self.retrieval_ks)
+                self.evaluator.publish(self, stage, report, gathered, labels)
+                result = (report["scalars"], report["retrieval"])
+            except Exception as exc:  # tell the other ranks (waiting in the broadcast) instead of leaving them hung
+                failure = exc
+        result = self.trainer.strategy.broadcast(result if failure is None else f"{type(failure).__name__}: {failure}", src=0)
+        if failure is not None:
+            raise failure
+        if isinstance(result, str):
+            raise RuntimeError(f"evaluation failed on rank 0: {result}")
+        scalars, rows = result
+        # identical on every rank after the broadcast: the synced mean is exact
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in scalars.items()}, sync_dist=True)
         self._log_skipped()
         return rows
-
-    @torch.no_grad()
-    def _score(self, query: GaussianEmbedding, gallery: GaussianEmbedding, a: str, b: str) -> Tensor:
-        device = self.device
-        q = GaussianEmbedding(query.mean.to(device), query.log_var.to(device), query.present.to(device))
-        g = GaussianEmbedding(gallery.mean.to(device), gallery.log_var.to(device), gallery.present.to(device))
-        return self.objective.score(q, g, a, b).float().cpu()
 
     def on_validation_epoch_end(self):
         self._eval_epoch_end("val")

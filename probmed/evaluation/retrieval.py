@@ -42,7 +42,37 @@ def pair_index(query_ids: list[str], gallery_ids: list[str]) -> tuple[Tensor, Te
     return torch.tensor(rows, dtype=torch.int64), torch.tensor([column[query_ids[i]] for i in rows], dtype=torch.int64)
 
 
-def retrieval_metrics(embeddings: dict, score, ks: tuple[int, ...] = (1, 5, 10), chunk: int = 1024) -> list[dict]:
+def pair_ranks(embeddings: dict, score, a: str, b: str, chunk: int = 1024) -> dict | None:
+    """Rank of each ``a`` query's true ``b`` item among the studies that have both modalities.
+
+    Returns:
+        ``{"ranks": [Nq] int64, "query_ids": [Nq], "query_variance": [Nq] mean variance of each query,
+        "gallery_size": Ng}``, or None when no study has both.
+    """
+    (qa, ids_a), (gb, ids_b) = embeddings[a], embeddings[b]
+    common = set(ids_a) & set(ids_b)
+    keep_b = [j for j, sid in enumerate(ids_b) if sid in common]
+    gallery = gb.select(torch.tensor(keep_b, dtype=torch.int64))
+    gallery_ids = [ids_b[j] for j in keep_b]
+    query_rows, true_cols = pair_index(ids_a, gallery_ids)
+    if len(query_rows) == 0:
+        return None
+    query = qa.select(query_rows)
+    ranks = torch.cat([
+        rank_of_true(score(query.select(slice(s, s + chunk)), gallery, a, b), true_cols[s : s + chunk])
+        for s in range(0, len(query_rows), chunk)
+    ])
+    return {
+        "ranks": ranks,
+        "query_ids": [ids_a[i] for i in query_rows.tolist()],
+        "query_variance": query.log_var.float().exp().mean(dim=1),
+        "gallery_size": len(gallery_ids),
+    }
+
+
+def retrieval_metrics(
+    embeddings: dict, score, ks: tuple[int, ...] = (1, 5, 10), chunk: int = 1024, details: dict | None = None
+) -> list[dict]:
     """Recall@K for every ordered pair of modalities (a query's true item is the same study in the gallery).
 
     Args:
@@ -50,10 +80,12 @@ def retrieval_metrics(embeddings: dict, score, ks: tuple[int, ...] = (1, 5, 10),
         score: ``score(query, gallery, query_modality, gallery_modality) -> [Nq, Ng]`` similarity.
         ks: the K of Recall@K.
         chunk: queries scored at a time.
+        details: if given, filled with ``{(a, b): pair_ranks(...)}`` (for the uncertainty metrics).
 
     Returns:
-        One row per ordered pair: ``{"query", "gallery", "queries", "gallery_size", "R@K"..., "chance@K"...}``
-        (recalls and chance levels in percent). Only studies having both modalities take part.
+        One row per ordered pair: ``{"query", "gallery", "queries", "gallery_size", "R@K"..., "chance@K"...,
+        "rsum"}`` (recalls and chance levels in percent; ``rsum`` = sum of the pair's R@K). Only studies having
+        both modalities take part.
     """
     rows = []
     names = sorted(embeddings)
@@ -61,23 +93,17 @@ def retrieval_metrics(embeddings: dict, score, ks: tuple[int, ...] = (1, 5, 10),
         for b in names:
             if a == b:
                 continue
-            (qa, ids_a), (gb, ids_b) = embeddings[a], embeddings[b]
-            common = set(ids_a) & set(ids_b)
-            keep_b = [j for j, sid in enumerate(ids_b) if sid in common]
-            gallery = gb.select(torch.tensor(keep_b, dtype=torch.int64))
-            gallery_ids = [ids_b[j] for j in keep_b]
-            query_rows, true_cols = pair_index(ids_a, gallery_ids)
-            if len(query_rows) == 0:
+            found = pair_ranks(embeddings, score, a, b, chunk)
+            if found is None:
                 continue
-            query = qa.select(query_rows)
-            ranks = torch.cat([
-                rank_of_true(score(query.select(slice(s, s + chunk)), gallery, a, b), true_cols[s : s + chunk])
-                for s in range(0, len(query_rows), chunk)
-            ])
-            row = {"query": a, "gallery": b, "queries": len(query_rows), "gallery_size": len(gallery_ids)}
-            for k, value in recall_at_k(ranks, ks).items():
+            if details is not None:
+                details[(a, b)] = found
+            n_gallery = found["gallery_size"]
+            row = {"query": a, "gallery": b, "queries": len(found["ranks"]), "gallery_size": n_gallery}
+            for k, value in recall_at_k(found["ranks"], ks).items():
                 row[f"R@{k}"] = value
-                row[f"chance@{k}"] = chance_recall(len(gallery_ids), k)
+                row[f"chance@{k}"] = chance_recall(n_gallery, k)
+            row["rsum"] = sum(row[f"R@{k}"] for k in ks)
             rows.append(row)
     return rows
 

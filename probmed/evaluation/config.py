@@ -1,0 +1,142 @@
+"""What the evaluation computes, as data in the YAML (``model.evaluation``).
+
+Every block says at which stages it runs (``val``, ``test``); the expensive ones run at ``test`` only by default.
+Example::
+
+    model:
+      evaluation:
+        untrained_similarity: cosine
+        zero_shot: {stages: [val, test]}
+        few_shot: {ks: [1, 5, 10, 0], features: mean_var}
+        corruptions:
+          - {modality: cxr, kind: noise, severities: [1, 2, 3]}
+          - {modality: ecg, kind: lead_dropout, severities: [1, 3]}
+        prognosis: {label: reduced_ef, subsets: [[cxr, ecg, echo], [ecg]]}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+#: Default prompt ensembles for the findings of the embedded corpus (phrasings in the style of its reports).
+DEFAULT_PROMPTS: dict[str, dict[str, list[str]]] = {
+    "cardiomegaly": {
+        "positive": ["The cardiac silhouette is enlarged.", "Cardiomegaly is present.", "Enlarged heart."],
+        "negative": ["Heart size is normal.", "No cardiomegaly.", "The cardiac silhouette is within normal limits."],
+    },
+    "pleural_effusion": {
+        "positive": ["Small left pleural effusion.", "Moderate bilateral pleural effusions.", "Pleural effusion."],
+        "negative": ["No pleural effusion.", "The costophrenic angles are sharp.", "No effusion."],
+    },
+    "atrial_fibrillation": {
+        "positive": ["Atrial fibrillation.", "Irregularly irregular rhythm without P waves.", "Rhythm is atrial fibrillation."],
+        "negative": ["Normal sinus rhythm.", "Regular rhythm with P waves.", "Sinus rhythm."],
+    },
+    "bradycardia": {
+        "positive": ["Sinus bradycardia.", "Slow heart rate of 45 bpm.", "Bradycardia."],
+        "negative": ["Normal heart rate.", "Heart rate of 75 bpm.", "No bradycardia."],
+    },
+    "tachycardia": {
+        "positive": ["Sinus tachycardia.", "Fast heart rate of 120 bpm.", "Tachycardia."],
+        "negative": ["Normal heart rate.", "Heart rate of 70 bpm.", "No tachycardia."],
+    },
+    "reduced_ef": {
+        "positive": ["Reduced left ventricular ejection fraction.", "Ejection fraction of 30 %.", "Systolic dysfunction."],
+        "negative": ["Normal left ventricular systolic function.", "Ejection fraction of 60 %.", "Normal ejection fraction."],
+    },
+}
+
+Stage = Literal["val", "test"]
+
+
+@dataclass
+class ZeroShotConfig:
+    """Zero-shot classification of findings from text prompts.
+
+    Args:
+        prompts: finding → ``{"positive": [...], "negative": [...]}``; findings not in the data's label vector are
+            a configuration error. Each set is an ensemble: a study's score against a set is the mean similarity
+            to its prompts.
+        temperature: multiplies ``s_pos − s_neg`` before the sigmoid that gives P(finding); ``None`` takes the
+            scoring term's own logit scale (so ECE measures the model's own calibration).
+        stages: when to run.
+    """
+
+    prompts: dict[str, dict[str, list[str]]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PROMPTS.items()})
+    temperature: Optional[float] = None
+    stages: list[Stage] = field(default_factory=lambda: ["val", "test"])
+
+
+@dataclass
+class FewShotConfig:
+    """Linear probes on frozen embeddings (logistic regression, scikit-learn, deterministic).
+
+    Studies are split by a hash of their id into a support pool (``support_fraction``) and an evaluation half;
+    a k-shot probe draws k positives and k negatives from the pool (``0`` = the whole pool).
+
+    Args:
+        ks: shots per class; 0 means all.
+        features: ``mean`` or ``mean_var`` (mean and log-variance side by side).
+        repeats: draws per k (averaged) for k > 0.
+        seed: seeds the draws.
+        stages: when to run.
+    """
+
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 0])
+    features: Literal["mean", "mean_var"] = "mean"
+    repeats: int = 3
+    support_fraction: float = 0.5
+    seed: int = 0
+    stages: list[Stage] = field(default_factory=lambda: ["test"])
+
+
+@dataclass
+class CorruptionConfig:
+    """One test-time corruption (see :data:`probmed.evaluation.corruptions.CORRUPTIONS` for kinds)."""
+
+    modality: str
+    kind: str
+    severities: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
+
+
+@dataclass
+class PrognosisConfig:
+    """A small head on precision-weighted fused embeddings predicting a study-level label.
+
+    Args:
+        label: the name of the label (one of the data's findings) to predict.
+        subsets: the modality subsets to fuse; a study takes part with whichever modalities of the subset it has.
+        stages: when to run.
+    """
+
+    label: str = "reduced_ef"
+    subsets: list[list[str]] = field(default_factory=lambda: [["cxr", "ecg", "echo"]])
+    seed: int = 0
+    support_fraction: float = 0.5
+    stages: list[Stage] = field(default_factory=lambda: ["test"])
+
+
+@dataclass
+class EvaluationConfig:
+    """All of evaluation. ``None`` for a block switches it off.
+
+    Args:
+        untrained_similarity: similarity for pairs no loss term contrasts (``hellinger``, ``bhattacharyya``,
+            ``csd``, ``medprob``, ``cosine``); ``None`` uses the first contrastive term's.
+        uncertainty: risk–coverage / AURC / selective R@1 / Spearman at these stages.
+        coverages: coverages (fractions) for selective R@1.
+        plots: stages at which figures go to TensorBoard and PNG (``<log_dir>/plots/<stage>/``).
+        projector: stages at which the TensorBoard embedding projector gets the embeddings with their labels.
+        projector_max: studies per modality in the projector.
+    """
+
+    untrained_similarity: Optional[str] = None
+    zero_shot: Optional[ZeroShotConfig] = field(default_factory=ZeroShotConfig)
+    few_shot: Optional[FewShotConfig] = field(default_factory=FewShotConfig)
+    uncertainty: list[Stage] = field(default_factory=lambda: ["val", "test"])
+    coverages: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    corruptions: list[CorruptionConfig] = field(default_factory=list)
+    prognosis: Optional[PrognosisConfig] = field(default_factory=PrognosisConfig)
+    plots: list[Stage] = field(default_factory=lambda: ["val", "test"])
+    projector: list[Stage] = field(default_factory=lambda: ["test"])
+    projector_max: int = 1000

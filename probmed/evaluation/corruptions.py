@@ -1,0 +1,115 @@
+"""Test-time input corruptions with severities, registered by modality (adding one = one registry entry).
+
+Every function takes the batch input of its modality (as the data pipeline produces it, see
+:mod:`probmed.data.modalities`), a severity ``s ≥ 0`` (0 = unchanged) and a ``torch.Generator``, and returns a
+corrupted copy; it never changes its input in place. Units:
+
+* CXR ``[B, 1, S, S]`` standardised ``(pixel − 0.5) / 0.25``: ``noise`` adds Gaussian noise of ``0.05·s`` in pixel
+  units (0–1); ``blur`` a Gaussian blur of σ = ``s`` pixels; ``contrast`` shrinks each image's deviation from its
+  mean by ``1 / (1 + 0.5·s)``.
+* ECG ``[B, leads, T]`` in mV: ``noise`` adds white noise of ``0.05·s`` mV; ``baseline_wander`` adds per lead a
+  sinusoid of ``0.2·s`` mV amplitude, one to three cycles per record, random phase; ``lead_dropout`` zeroes
+  ``min(leads − 1, 2·s)`` random leads per study.
+* Echo ``[B, T, 1, S, S]`` standardised: ``frame_dropout`` blanks (mid grey) each frame with probability
+  ``min(0.9, 0.15·s)``; ``speckle`` multiplies pixel intensities by ``1 + 0.1·s·n``, n ~ N(0, 1).
+* Text ``{"input_ids", "attention_mask"}``: ``word_dropout`` masks out each token other than the first and the
+  last attended one with probability ``min(0.9, 0.1·s)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torchvision.transforms.functional import gaussian_blur
+
+PIXEL_SCALE, PIXEL_SHIFT = 0.25, 0.5  # images are standardised as (pixel − 0.5) / 0.25 by the data pipeline
+
+
+def _noise_like(x: Tensor, g: torch.Generator) -> Tensor:
+    return torch.randn(x.shape, generator=g, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+
+
+def cxr_noise(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    return x + (0.05 * s / PIXEL_SCALE) * _noise_like(x, g)
+
+
+def cxr_blur(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    if s <= 0:
+        return x.clone()
+    radius = max(1, math.ceil(3 * s))
+    size = min(2 * radius + 1, 2 * ((x.shape[-1] - 1) // 2) + 1)
+    return gaussian_blur(x, [size, size], [float(s), float(s)])
+
+
+def cxr_contrast(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    return mean + (x - mean) / (1.0 + 0.5 * s)
+
+
+def ecg_noise(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    return x + 0.05 * s * _noise_like(x, g)
+
+
+def ecg_baseline_wander(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    b, leads, t = x.shape
+    cycles = 1.0 + 2.0 * torch.rand(b, leads, 1, generator=g)
+    phase = 2 * math.pi * torch.rand(b, leads, 1, generator=g)
+    time = torch.linspace(0, 1, t)[None, None, :]
+    return x + (0.2 * s * torch.sin(2 * math.pi * cycles * time + phase)).to(device=x.device, dtype=x.dtype)
+
+
+def ecg_lead_dropout(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    b, leads, _ = x.shape
+    n_drop = min(leads - 1, int(round(2 * s)))
+    keep = torch.ones(b, leads, 1)
+    for i in range(b):
+        keep[i, torch.randperm(leads, generator=g)[:n_drop]] = 0
+    return x * keep.to(device=x.device, dtype=x.dtype)
+
+
+def echo_frame_dropout(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    drop = torch.rand(x.shape[0], x.shape[1], generator=g) < min(0.9, 0.15 * s)
+    return torch.where(drop.to(x.device)[:, :, None, None, None], torch.zeros((), dtype=x.dtype, device=x.device), x)
+
+
+def echo_speckle(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    pixel = x * PIXEL_SCALE + PIXEL_SHIFT
+    pixel = pixel * (1.0 + 0.1 * s * _noise_like(x, g))
+    return (pixel - PIXEL_SHIFT) / PIXEL_SCALE
+
+
+def text_word_dropout(x: dict[str, Tensor], s: float, g: torch.Generator) -> dict[str, Tensor]:
+    mask = x["attention_mask"]
+    last = mask.sum(dim=1, keepdim=True) - 1  # the closing special token
+    position = torch.arange(mask.shape[1])[None, :].to(mask.device)
+    droppable = (mask > 0) & (position > 0) & (position != last)
+    drop = (torch.rand(mask.shape, generator=g) < min(0.9, 0.1 * s)).to(mask.device) & droppable
+    return {**x, "attention_mask": mask.masked_fill(drop, 0)}
+
+
+#: modality → corruption kind → function(input, severity, generator) → corrupted input.
+CORRUPTIONS: dict[str, dict[str, Callable[[Any, float, torch.Generator], Any]]] = {
+    "cxr": {"noise": cxr_noise, "blur": cxr_blur, "contrast": cxr_contrast},
+    "ecg": {"noise": ecg_noise, "baseline_wander": ecg_baseline_wander, "lead_dropout": ecg_lead_dropout},
+    "echo": {"frame_dropout": echo_frame_dropout, "speckle": echo_speckle},
+    "text": {"word_dropout": text_word_dropout},
+}
+
+
+def get_corruption(modality: str, kind: str) -> Callable:
+    """The registered function, or a clear error naming what exists."""
+    if modality not in CORRUPTIONS:
+        raise ValueError(f"no corruptions registered for modality {modality!r}; have {sorted(CORRUPTIONS)}")
+    if kind not in CORRUPTIONS[modality]:
+        raise ValueError(f"unknown {modality} corruption {kind!r}; choose one of {sorted(CORRUPTIONS[modality])}")
+    return CORRUPTIONS[modality][kind]
+
+
+def corrupt(modality: str, kind: str, inputs: Any, severity: float, seed: int) -> Any:
+    """Apply one corruption at one severity with a generator seeded by ``seed`` (deterministic per batch)."""
+    if severity < 0:
+        raise ValueError(f"severity must be ≥ 0, got {severity}")
+    fn = get_corruption(modality, kind)
+    return fn(inputs, float(severity), torch.Generator().manual_seed(int(seed)))

@@ -1,0 +1,316 @@
+"""The evaluation run at the end of a validation/test epoch: what :class:`~probmed.module.ProbMedModule` calls.
+
+It gathers the epoch's embeddings from all ranks (the only collectives), computes on rank 0 every metric the
+:class:`~probmed.evaluation.config.EvaluationConfig` asks for at that stage — retrieval, uncertainty, zero-shot,
+few-shot, prognosis, corruption robustness — and returns flat scalars (broadcast to every rank by the caller),
+plus figures, the embedding projector and a JSON file of everything on rank 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from probmed.data.schema import FINDINGS
+from probmed.data.studies import stable_hash
+from probmed.embedding import GaussianEmbedding
+from probmed.evaluation import plots
+from probmed.evaluation.collect import EmbeddingCollector
+from probmed.evaluation.config import EvaluationConfig
+from probmed.evaluation.corruptions import corrupt, get_corruption
+from probmed.evaluation.fewshot import few_shot
+from probmed.evaluation.prognosis import prognosis
+from probmed.evaluation.retrieval import pair_ranks, retrieval_metrics
+from probmed.evaluation.scoring import make_scorer, term_logit_scale
+from probmed.evaluation.uncertainty import (
+    aurc, expected_calibration_error, reliability_bins, risk_coverage, selective_risk, spearman,
+)
+from probmed.evaluation.zeroshot import zero_shot
+
+SIMILARITY_PLOT_STUDIES = 32
+
+
+def _nanmean(values) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _json_ready(value):
+    """Plain JSON: tensors to lists, NaN/inf (undefined metrics) to null."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, Tensor):
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _pair(a: str, b: str) -> str:
+    return f"{a}->{b}"
+
+
+class Evaluator:
+    """Config-driven evaluation (see the module docstring). One instance per module.
+
+    Args:
+        config: what to compute, and at which stages.
+        findings: names of the label columns of the batches (default: the corpus findings).
+    """
+
+    def __init__(self, config: EvaluationConfig | None = None, findings: tuple[str, ...] = FINDINGS):
+        self.config = config or EvaluationConfig()
+        self.findings = list(findings)
+        for spec in self.config.corruptions:
+            get_corruption(spec.modality, spec.kind)  # unknown names fail at construction, not after training
+            if any(s < 0 for s in spec.severities):
+                raise ValueError(f"corruption severities must be ≥ 0, got {spec.severities}")
+        if self.config.zero_shot is not None:
+            unknown = sorted(set(self.config.zero_shot.prompts) - set(self.findings))
+            if unknown:
+                raise ValueError(f"zero-shot prompts name {unknown}, not among the labels {self.findings}")
+            for f, sets in self.config.zero_shot.prompts.items():
+                if not sets.get("positive") or not sets.get("negative"):
+                    raise ValueError(f"zero-shot prompts for {f!r} need non-empty 'positive' and 'negative' lists")
+        if self.config.prognosis is not None and self.config.prognosis.label not in self.findings:
+            raise ValueError(f"prognosis label {self.config.prognosis.label!r} is not among {self.findings}")
+        self.corrupted: dict[tuple[str, str, float], EmbeddingCollector] = {}
+
+    # -- during the epoch ------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.corrupted = {}
+
+    @torch.no_grad()
+    def add_corrupted(self, module, batch: dict) -> None:
+        """Embed the configured corruptions of this test batch (each modality at each severity > 0)."""
+        for spec in self.config.corruptions:
+            m = spec.modality
+            if m not in batch["inputs"] or m not in module.encoders or not bool(batch["present"][m].any()):
+                continue
+            for severity in spec.severities:
+                if severity == 0:
+                    continue  # severity 0 is the clean evaluation itself
+                seed = stable_hash(f"{m}:{spec.kind}:{severity}:{batch['study_id'][0]}")
+                x = corrupt(m, spec.kind, batch["inputs"][m], severity, seed)
+                emb = module.embed_modality(m, x, batch["present"][m])
+                key = (m, spec.kind, float(severity))
+                self.corrupted.setdefault(key, EmbeddingCollector()).add({m: emb}, batch["study_id"], batch["labels"])
+
+    def gather_corrupted(self) -> dict[tuple[str, str, float], dict]:
+        """Gather every corruption's embeddings from all ranks (collective: every rank calls it, same keys)."""
+        out = {}
+        for spec in self.config.corruptions:
+            for severity in spec.severities:
+                key = (spec.modality, spec.kind, float(severity))
+                if severity == 0:
+                    continue
+                collector = self.corrupted.setdefault(key, EmbeddingCollector())
+                out[key] = collector.gather()[0]
+        return out
+
+    # -- at the end of the epoch (rank 0) --------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, module, stage: str, embeddings: dict, labels: dict[str, Tensor], corrupted: dict,
+            ks: tuple[int, ...]) -> dict[str, Any]:
+        """Every metric for ``stage``: ``{"scalars": {name: float}, "retrieval": rows, "details": {...},
+        "figures": {name: Figure}}``."""
+        cfg = self.config
+        score = make_scorer(module.objective, cfg.untrained_similarity, module.device)
+        scalars: dict[str, float] = {}
+        details: dict[str, Any] = {}
+        figures: dict[str, Any] = {}
+        plot = stage in cfg.plots
+
+        ranks: dict = {}
+        rows = retrieval_metrics(embeddings, score, ks, details=ranks)
+        for r in rows:
+            p = _pair(r["query"], r["gallery"])
+            for k in ks:
+                scalars[f"{stage}/R@{k}/{p}"] = r[f"R@{k}"]
+            scalars[f"{stage}/rsum/{p}"] = r["rsum"]
+        if rows:
+            for k in ks:
+                scalars[f"{stage}/mean_R@{k}"] = sum(r[f"R@{k}"] for r in rows) / len(rows)
+            scalars[f"{stage}/rsum"] = sum(r["rsum"] for r in rows)
+        details["retrieval"] = rows
+
+        if stage in cfg.uncertainty and ranks:
+            details["uncertainty"], curves = self._uncertainty(ranks, stage, scalars)
+            if plot:
+                figures["risk_coverage"] = plots.risk_coverage_figure(curves)
+        if plot and ranks:
+            figures["similarity"] = plots.similarity_figure(self._similarity_matrices(embeddings, score))
+
+        zs = cfg.zero_shot
+        if zs is not None and stage in zs.stages:
+            details["zero_shot"] = self._zero_shot(module, embeddings, labels, score, stage, scalars, figures if plot else None)
+
+        fs = cfg.few_shot
+        if fs is not None and stage in fs.stages:
+            res = few_shot(embeddings, labels, self.findings, fs.ks, fs.features, fs.repeats, fs.support_fraction, fs.seed)
+            details["few_shot"] = {m: {str(k or "all"): v for k, v in by_k.items()} for m, by_k in res.items()}
+            for m, by_k in res.items():
+                for k, per_finding in by_k.items():
+                    scalars[f"{stage}/fewshot/{m}/k{k if k else 'all'}_mean_auroc"] = _nanmean(per_finding.values())
+
+        pg = cfg.prognosis
+        if pg is not None and stage in pg.stages:
+            res = prognosis(embeddings, labels, self.findings, pg.label, pg.subsets, pg.support_fraction, pg.seed)
+            details["prognosis"] = {"label": pg.label, "auroc": res}
+            for subset, value in res.items():
+                scalars[f"{stage}/prognosis/{pg.label}/{subset}/auroc"] = value
+
+        if corrupted:
+            robustness = self._robustness(embeddings, corrupted, score, stage, scalars)
+            details["robustness"] = {name: {str(s): v for s, v in by.items()} for name, by in robustness.items()}
+            if plot:
+                figures["variance_vs_severity"] = plots.severity_figure(robustness)
+
+        finite = {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
+        details["undefined_metrics"] = sorted(set(scalars) - set(finite))
+        return {"scalars": finite, "retrieval": rows, "details": details, "figures": figures}
+
+    def _uncertainty(self, ranks: dict, stage: str, scalars: dict) -> tuple[dict, dict]:
+        out, curves = {}, {}
+        for (a, b), found in ranks.items():
+            p = _pair(a, b)
+            var, err = found["query_variance"], (found["ranks"] > 0).double()
+            entry = {
+                "aurc": aurc(var, err),
+                "spearman_variance_rank": spearman(var, found["ranks"].double()),
+                **{f"selective_R@1@{c:g}": 100.0 * (1.0 - selective_risk(var, err, c)) for c in self.config.coverages},
+            }
+            out[p] = entry
+            curves[p] = risk_coverage(var, err)
+            scalars[f"{stage}/aurc/{p}"] = entry["aurc"]
+            scalars[f"{stage}/spearman_variance_rank/{p}"] = entry["spearman_variance_rank"]
+            for c in self.config.coverages:
+                scalars[f"{stage}/selective_R@1@{c:g}/{p}"] = entry[f"selective_R@1@{c:g}"]
+        scalars[f"{stage}/mean_aurc"] = _nanmean(e["aurc"] for e in out.values())
+        scalars[f"{stage}/mean_spearman_variance_rank"] = _nanmean(e["spearman_variance_rank"] for e in out.values())
+        for c in self.config.coverages:
+            scalars[f"{stage}/mean_selective_R@1@{c:g}"] = _nanmean(e[f"selective_R@1@{c:g}"] for e in out.values())
+        return out, curves
+
+    @staticmethod
+    def _similarity_matrices(embeddings: dict, score) -> dict[str, Tensor]:
+        out = {}
+        for a in sorted(embeddings):
+            for b in sorted(embeddings):
+                if a >= b:
+                    continue  # one direction per unordered pair keeps the figure readable
+                (ea, ia), (eb, ib) = embeddings[a], embeddings[b]
+                common = sorted(set(ia) & set(ib))[:SIMILARITY_PLOT_STUDIES]
+                if not common:
+                    continue
+                ra = torch.tensor([ia.index(s) for s in common])
+                rb = torch.tensor([ib.index(s) for s in common])
+                out[_pair(a, b)] = score(ea.select(ra), eb.select(rb), a, b)
+        return out
+
+    def _embed_prompts(self, module) -> dict[str, tuple[GaussianEmbedding, GaussianEmbedding]] | None:
+        datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+        text_input = getattr(datamodule, "inputs", {}).get("text") if datamodule is not None else None
+        if "text" not in module.encoders or text_input is None:
+            return None
+
+        def embed(texts: list[str]) -> GaussianEmbedding:
+            tokens = {k: v.to(module.device) for k, v in text_input.collate(list(texts)).items()}
+            return module.embed_modality("text", tokens, torch.ones(len(texts), dtype=torch.bool, device=module.device))
+
+        return {f: (embed(s["positive"]), embed(s["negative"])) for f, s in self.config.zero_shot.prompts.items()}
+
+    def _zero_shot(self, module, embeddings, labels, score, stage, scalars, figures) -> dict:
+        prompts = self._embed_prompts(module)
+        if prompts is None:
+            return {"skipped": "no text encoder or no text input pipeline to tokenise prompts"}
+        zs = self.config.zero_shot
+        scale = {
+            m: zs.temperature if zs.temperature is not None else term_logit_scale(module.objective.scoring_term(m, "text"))
+            for m in embeddings
+        }
+        res = zero_shot(embeddings, labels, self.findings, prompts, score, scale)
+        out, bins = {}, {}
+        for m, per_finding in res.items():
+            out[m] = {f: {"auroc": v["auroc"], "balanced_accuracy": v["balanced_accuracy"], "n": len(v["target"])}
+                      for f, v in per_finding.items()}
+            for f, v in per_finding.items():
+                scalars[f"{stage}/zeroshot/{m}/auroc/{f}"] = v["auroc"]
+                scalars[f"{stage}/zeroshot/{m}/balanced_accuracy/{f}"] = v["balanced_accuracy"]
+            scalars[f"{stage}/zeroshot/{m}/mean_auroc"] = _nanmean(v["auroc"] for v in per_finding.values())
+            scalars[f"{stage}/zeroshot/{m}/mean_balanced_accuracy"] = _nanmean(
+                v["balanced_accuracy"] for v in per_finding.values())
+            if per_finding:
+                probs = torch.cat([v["probs"] for v in per_finding.values()])
+                target = torch.cat([v["target"] for v in per_finding.values()])
+                scalars[f"{stage}/zeroshot/{m}/ece"] = out[m]["ece"] = expected_calibration_error(probs, target)
+                bins[m] = reliability_bins(probs, target)
+        scalars[f"{stage}/zeroshot/mean_auroc"] = _nanmean(scalars.get(f"{stage}/zeroshot/{m}/mean_auroc") for m in res)
+        scalars[f"{stage}/zeroshot/mean_ece"] = _nanmean(scalars.get(f"{stage}/zeroshot/{m}/ece") for m in res)
+        if figures is not None and bins:
+            figures["reliability"] = plots.reliability_figure(bins)
+        return out
+
+    def _robustness(self, embeddings, corrupted, score, stage, scalars) -> dict:
+        """Per corruption and severity: mean R@1 of the corrupted modality as query against every other modality's
+        clean gallery, and the corrupted modality's mean variance (severity 0 = clean)."""
+        out: dict[str, dict[float, dict[str, float]]] = {}
+
+        def measure(emb_dict: dict, m: str) -> dict[str, float]:
+            r1 = []
+            for b in sorted(emb_dict):
+                if b != m:
+                    found = pair_ranks(emb_dict, score, m, b)
+                    if found is not None:
+                        r1.append(100.0 * float((found["ranks"] == 0).double().mean()))
+            var = float(emb_dict[m][0].log_var.float().exp().mean()) if len(emb_dict[m][1]) else math.nan
+            return {"mean_R@1": _nanmean(r1), "variance": var}
+
+        for (m, kind, severity), gathered in corrupted.items():
+            if m not in embeddings or m not in gathered:
+                continue
+            name = f"{m}/{kind}"
+            by = out.setdefault(name, {0.0: measure(embeddings, m)})
+            by[severity] = measure({**embeddings, m: gathered[m]}, m)
+        for name, by in out.items():
+            for severity, v in by.items():
+                scalars[f"{stage}/robustness/{name}/s{severity:g}/mean_R@1"] = v["mean_R@1"]
+                scalars[f"{stage}/robustness/{name}/s{severity:g}/variance"] = v["variance"]
+        return out
+
+    # -- outputs (rank 0) ------------------------------------------------------------------------------------------
+    def publish(self, module, stage: str, report: dict, embeddings: dict, labels: dict) -> None:
+        """Figures to TensorBoard and PNG, the projector, and ``<log_dir>/<stage>_metrics.json`` (undefined
+        metrics, e.g. AUROC of a finding with one class only in the split, are ``null`` there)."""
+        logger = module.logger
+        experiment = getattr(logger, "experiment", None) if logger is not None else None
+        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        plots.publish(report["figures"], experiment, log_dir, stage, module.global_step)
+        if stage in self.config.projector and experiment is not None and hasattr(experiment, "add_embedding"):
+            self._projector(experiment, stage, embeddings, labels, module.global_step)
+        if log_dir:
+            path = Path(log_dir) / f"{stage}_metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"scalars": report["scalars"], **report["details"], "config": asdict(self.config)}
+            path.write_text(json.dumps(_json_ready(payload), indent=2, allow_nan=False))
+
+    def _projector(self, experiment, stage: str, embeddings: dict, labels: dict, step: int) -> None:
+        means, meta = [], []
+        for m, (emb, ids) in sorted(embeddings.items()):
+            n = min(len(ids), self.config.projector_max)
+            means.append(emb.mean[:n].float())
+            var = emb.log_var[:n].float().exp().mean(dim=1)
+            for i in range(n):
+                lab = labels.get(ids[i])
+                found = [f for j, f in enumerate(self.findings) if lab is not None and lab[j] == 1]
+                meta.append([m, ids[i], "+".join(found) or "none", f"{float(var[i]):.4g}"])
+        if means:
+            experiment.add_embedding(torch.cat(means), metadata=meta, metadata_header=["modality", "study", "findings", "variance"],
+                                     tag=f"{stage}_embeddings", global_step=step)

@@ -1,0 +1,64 @@
+"""Test-time corruptions: exact effects at known severities, determinism, no in-place change, clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probmed.evaluation.corruptions import CORRUPTIONS, PIXEL_SCALE, corrupt, get_corruption
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "cxr": torch.randn(3, 1, 16, 16, generator=g),
+        "ecg": torch.randn(3, 12, 200, generator=g),
+        "echo": torch.randn(3, 8, 1, 16, 16, generator=g),
+        "text": {"input_ids": torch.arange(1, 25).reshape(2, 12),
+                 "attention_mask": torch.tensor([[1] * 12, [1] * 7 + [0] * 5])},
+    }
+
+
+@pytest.mark.parametrize("modality,kind", [(m, k) for m, kinds in CORRUPTIONS.items() for k in kinds])
+def test_every_corruption_is_deterministic_leaves_its_input_alone_and_is_identity_at_severity_zero(modality, kind):
+    x = _inputs()[modality]
+    before = {k: v.clone() for k, v in x.items()} if isinstance(x, dict) else x.clone()
+    a, b = corrupt(modality, kind, x, 2.0, seed=7), corrupt(modality, kind, x, 2.0, seed=7)
+    zero = corrupt(modality, kind, x, 0.0, seed=7)
+    if isinstance(x, dict):
+        assert all(torch.equal(a[k], b[k]) and torch.equal(x[k], before[k]) and torch.equal(zero[k], x[k]) for k in x)
+        assert not torch.equal(a["attention_mask"], x["attention_mask"])
+    else:
+        assert torch.equal(a, b) and torch.equal(x, before) and a.shape == x.shape
+        torch.testing.assert_close(zero, x)
+        assert not torch.allclose(a, x)
+
+
+def test_known_magnitudes():
+    x = _inputs()
+    noisy = corrupt("cxr", "noise", x["cxr"], 2.0, seed=0)
+    # 0.05 * s in pixel units = 0.1 / 0.25 = 0.4 in standardised units
+    assert (noisy - x["cxr"]).std().item() == pytest.approx(0.1 / PIXEL_SCALE, rel=0.1)
+    flat = corrupt("cxr", "contrast", x["cxr"], 2.0, seed=0)  # deviations from the image mean halved
+    m = x["cxr"].mean(dim=(-2, -1), keepdim=True)
+    torch.testing.assert_close(flat - m, (x["cxr"] - m) / 2)
+    dropped = corrupt("ecg", "lead_dropout", x["ecg"], 2.0, seed=0)
+    assert ((dropped.abs().sum(-1) == 0).sum(1) == 4).all()  # 2 * s leads zeroed per study
+    assert ((corrupt("ecg", "lead_dropout", x["ecg"], 50.0, seed=0).abs().sum(-1) == 0).sum(1) == 11).all()
+    wander = corrupt("ecg", "baseline_wander", x["ecg"], 1.0, seed=0) - x["ecg"]
+    assert wander.abs().max().item() <= 0.2 + 1e-6 and wander.abs().max().item() > 0.15
+    text = corrupt("text", "word_dropout", x["text"], 8.0, seed=0)["attention_mask"]
+    assert text[:, 0].tolist() == [1, 1] and text[0, 11] == 1 and text[1, 6] == 1  # first and closing kept
+    assert text[1, 7:].sum() == 0  # padding stays padding
+    frames = corrupt("echo", "frame_dropout", x["echo"], 6.0, seed=0)  # p = 0.9
+    blank = (frames.flatten(2).abs().sum(-1) == 0)
+    assert 0 < blank.float().mean() < 1
+    assert corrupt("cxr", "blur", x["cxr"], 1.0, seed=0).std().item() < x["cxr"].std().item()  # smoother
+
+
+def test_unknown_names_and_bad_severities_are_clear_errors():
+    with pytest.raises(ValueError, match="no corruptions registered for modality 'mri'"):
+        get_corruption("mri", "noise")
+    with pytest.raises(ValueError, match="choose one of"):
+        get_corruption("ecg", "blur")
+    with pytest.raises(ValueError, match="severity"):
+        corrupt("ecg", "noise", _inputs()["ecg"], -1.0, seed=0)
