@@ -10,11 +10,14 @@ Examples::
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.module import ProbMedModule
+from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -38,6 +41,21 @@ class ProbMedCLI(LightningCLI):
 
         config = self.config.get(self.subcommand, self.config)
         torch.set_float32_matmul_precision(config.get("float32_matmul_precision", "high"))
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a truncated ``--ckpt_path`` with a clear error before LightningCLI reads its hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and Path(ckpt_path).is_file():
+            check_checkpoint_file(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs):
+        """The configured trainer, with checkpoints written atomically unless the config chose its own IO."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def main(argv: list[str] | None = None) -> int:

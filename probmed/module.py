@@ -20,6 +20,8 @@ from probmed.encoders import GaussianHead
 from probmed.evaluation.collect import EmbeddingCollector
 from probmed.evaluation.retrieval import format_table, retrieval_metrics
 from probmed.losses import Objective
+from probmed.training.determinism import seed_step
+from probmed.training.nonfinite import NonFiniteGuard
 
 
 class ProbMedModule(L.LightningModule):
@@ -74,6 +76,7 @@ class ProbMedModule(L.LightningModule):
         self.skipped: Counter = Counter()
         self._batch_end_time: float | None = None
         self._data_wait = 0.0
+        self.nonfinite = NonFiniteGuard()
 
     # -- embedding -------------------------------------------------------------------------------------------------
     def embed_modality(self, name: str, inputs: Any, present: Tensor) -> GaussianEmbedding:
@@ -103,6 +106,7 @@ class ProbMedModule(L.LightningModule):
     # -- training --------------------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_start_time = time.perf_counter()
+        seed_step(self.current_epoch, batch_idx, self.global_rank)  # random draws depend on the step: exact resume
         if self._batch_end_time is not None:
             self._data_wait = self._batch_start_time - self._batch_end_time
 
@@ -114,6 +118,11 @@ class ProbMedModule(L.LightningModule):
         embeddings = self.embed(batch, self.objective.modalities)
         out = self.objective(embeddings, batch["group"])
         batch_size = len(batch["group"])
+        finite = self.nonfinite.all_finite(self.nonfinite.loss(out.total, self.global_rank, batch_idx))
+        self.log("train/skipped_nonfinite", float(self.nonfinite.skipped), on_step=True, on_epoch=False,
+                 rank_zero_only=True, batch_size=batch_size)
+        if not finite:  # all ranks agree: no backward, no optimizer update, on any rank
+            return None
         logs = {"train/loss": out.total.detach()}
         logs.update({f"train/{k}": v for k, v in out.parts.items()})
         logs.update({f"train/{k}": v for k, v in out.extras.items()})
@@ -233,6 +242,12 @@ class ProbMedModule(L.LightningModule):
             self.logger.log_metrics({"data/skipped_total": float(sum(total.values()))}, step=step)
             if total:
                 self.logger.log_metrics({f"data/skipped/{k}": float(v) for k, v in total.items()}, step=step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite.load_state_dict(checkpoint.get("nonfinite", {}))
 
     # -- optimisation ----------------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -74,6 +74,7 @@ class TrainStream(_ShardStream):
                  shuffle_buffer: int = 256):
         super().__init__(urls, decoder, collator, batch_size, seed)
         self.batches_per_worker, self.num_workers, self.shuffle_buffer = batches_per_worker, num_workers, shuffle_buffer
+        self.skip_batches = 0  # batches per rank of this epoch already trained (exact resume: skipped on the next iteration)
 
     def __len__(self) -> int:
         return self.batches_per_worker * max(1, self.num_workers)
@@ -98,8 +99,17 @@ class TrainStream(_ShardStream):
         studies = self._studies(self.shard_sequence(global_worker, total_workers), True, skips, rng,
                                 self.shuffle_buffer)
         stream = batches(studies, self.collator, self.batch_size, skips, partial=False)
-        for _ in range(self.batches_per_worker):
+        done = already_consumed(self.skip_batches, global_worker % max(1, self.num_workers), max(1, self.num_workers))
+        for _ in range(done):  # exact resume: re-read (no model compute) what this worker yielded before the stop
+            next(stream)
+        for _ in range(self.batches_per_worker - done):
             yield next(stream)
+
+
+def already_consumed(rank_batches: int, worker: int, workers: int) -> int:
+    """Batches worker ``worker`` of ``workers`` had produced when its rank had consumed ``rank_batches``: the
+    DataLoader takes batches from its workers round-robin (0, 1, ..., W-1, 0, ...), in order."""
+    return max(0, (rank_batches - worker + workers - 1) // workers)
 
 
 class EvalStream(_ShardStream):
@@ -126,9 +136,18 @@ class EpochAwareLoader(DataLoader):
     def __init__(self, dataset: _ShardStream, epoch_source, **kwargs):
         super().__init__(dataset, batch_size=None, **kwargs)
         self.epoch_source = epoch_source
+        self.resume_at: tuple[int, int] | None = None  # (epoch to run next, batches per rank already trained)
 
     def __iter__(self):
         self.dataset.epoch = int(self.epoch_source())
+        if isinstance(self.dataset, TrainStream):
+            # The first iteration after a restore is the one that finishes the interrupted epoch (Lightning may
+            # still report the previous epoch at that point, when the checkpoint was taken at an epoch's end).
+            if self.resume_at is not None:
+                self.dataset.epoch, self.dataset.skip_batches = self.resume_at
+            else:
+                self.dataset.skip_batches = 0
+            self.resume_at = None
         return super().__iter__()
 
 

@@ -1,0 +1,56 @@
+"""Skip a training step whose loss is NaN/inf on *any* rank — on every rank, so DDP never diverges or hangs.
+
+Each rank all-reduces a 0/1 "my loss is finite" flag with MIN; if any rank's loss is non-finite, every rank returns
+``None`` from ``training_step``: Lightning then runs no backward (so no DDP gradient all-reduce is left waiting on
+one rank) and the optimizer sees no gradients (AdamW leaves parameters and moments untouched). The number of
+skipped steps is counted and logged as ``train/skipped_nonfinite`` (cumulative, identical on all ranks).
+
+Fault injection (tests only): ``PROBMED_INJECT_NONFINITE="RANK:BATCH[,RANK:BATCH...]"`` turns the loss of those
+(global rank, batch index) steps into NaN, to test the all-ranks agreement without corrupting data.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+INJECT_ENV = "PROBMED_INJECT_NONFINITE"
+
+
+def _injected(rank: int, batch_idx: int) -> bool:
+    spec = os.environ.get(INJECT_ENV, "").strip()
+    if not spec:
+        return False
+    try:
+        targets = {tuple(int(x) for x in item.split(":")) for item in spec.split(",") if item.strip()}
+    except ValueError as err:
+        raise ValueError(f"{INJECT_ENV}={spec!r}: expected 'RANK:BATCH[,RANK:BATCH...]'") from err
+    return (rank, batch_idx) in targets
+
+
+class NonFiniteGuard:
+    """Agreement on whether a step's loss is finite, plus the count of skipped steps."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    def loss(self, loss: Tensor, rank: int, batch_idx: int) -> Tensor:
+        """The loss, or NaN where the test-only fault injection asks for one."""
+        return loss * float("nan") if _injected(rank, batch_idx) else loss
+
+    def all_finite(self, loss: Tensor) -> bool:
+        """True iff the loss is finite on every rank (one all-reduce when distributed); counts a skip if not."""
+        flag = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = bool(flag.item())
+        self.skipped += not finite
+        return finite
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped", 0))
