@@ -121,8 +121,8 @@ class ProbMedModule(L.LightningModule):
         finite = self.nonfinite.all_finite(self.nonfinite.loss(out.total, self.global_rank, batch_idx))
         self.log("train/skipped_nonfinite", float(self.nonfinite.skipped), on_step=True, on_epoch=False,
                  rank_zero_only=True, batch_size=batch_size)
-        if not finite:  # all ranks agree: no backward, no optimizer update, on any rank
-            return None
+        if not finite:  # all ranks agree: backward as usual (DDP), then no update on any rank (optimizer_step)
+            return out.total
         logs = {"train/loss": out.total.detach()}
         logs.update({f"train/{k}": v for k, v in out.parts.items()})
         logs.update({f"train/{k}": v for k, v in out.extras.items()})
@@ -250,6 +250,9 @@ class ProbMedModule(L.LightningModule):
         self.nonfinite.load_state_dict(checkpoint.get("nonfinite", {}))
 
     # -- optimisation ----------------------------------------------------------------------------------------------
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        self.nonfinite.optimizer_step(optimizer, optimizer_closure)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -1,9 +1,13 @@
 """Skip a training step whose loss is NaN/inf on *any* rank — on every rank, so DDP never diverges or hangs.
 
-Each rank all-reduces a 0/1 "my loss is finite" flag with MIN; if any rank's loss is non-finite, every rank returns
-``None`` from ``training_step``: Lightning then runs no backward (so no DDP gradient all-reduce is left waiting on
-one rank) and the optimizer sees no gradients (AdamW leaves parameters and moments untouched). The number of
-skipped steps is counted and logged as ``train/skipped_nonfinite`` (cumulative, identical on all ranks).
+Each rank all-reduces a 0/1 "my loss is finite" flag with MIN. The backward still runs on every rank (Lightning
+forbids returning ``None`` under DDP, and a backward on some ranks only would leave DDP's gradient all-reduce
+waiting), then, if any rank's loss was non-finite, every rank drops its gradients before the optimizer update:
+AdamW/SGD skip parameters without a gradient, so weights and moments stay untouched. The learning-rate schedule
+and ``global_step`` still advance. Batch-norm running statistics updated by that forward are not rolled back (a
+NaN *input* would poison them; this guard is for the loss). fp16 with a GradScaler is not supported by the skip
+(bf16-mixed needs no scaler). The number of skipped steps is counted and logged as ``train/skipped_nonfinite``
+(cumulative, identical on all ranks).
 
 Fault injection (tests only): ``PROBMED_INJECT_NONFINITE="RANK:BATCH[,RANK:BATCH...]"`` turns the loss of those
 (global rank, batch index) steps into NaN, to test the all-ranks agreement without corrupting data.
@@ -35,6 +39,7 @@ class NonFiniteGuard:
 
     def __init__(self) -> None:
         self.skipped = 0
+        self.skip_update = False  # the current step's decision, made in training_step, used in optimizer_step
 
     def loss(self, loss: Tensor, rank: int, batch_idx: int) -> Tensor:
         """The loss, or NaN where the test-only fault injection asks for one."""
@@ -47,7 +52,20 @@ class NonFiniteGuard:
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         finite = bool(flag.item())
         self.skipped += not finite
+        self.skip_update = not finite
         return finite
+
+    def optimizer_step(self, optimizer, closure) -> None:
+        """``optimizer.step`` whose closure (training step + backward) drops every gradient when the step's loss
+        was non-finite on some rank, so the update leaves all parameters and optimizer moments as they were."""
+
+        def guarded():
+            loss = closure()
+            if self.skip_update:
+                optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        optimizer.step(closure=guarded)
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped}
