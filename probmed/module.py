@@ -20,6 +20,7 @@ from probmed.encoders import GaussianHead
 from probmed.evaluation.collect import EmbeddingCollector
 from probmed.evaluation.retrieval import format_table, retrieval_metrics
 from probmed.losses import Objective
+from probmed.training.accumulation import refuse_gradient_accumulation
 from probmed.training.determinism import seed_step
 from probmed.training.nonfinite import NonFiniteGuard
 
@@ -104,6 +105,9 @@ class ProbMedModule(L.LightningModule):
         return self.embed(batch)
 
     # -- training --------------------------------------------------------------------------------------------------
+    def on_fit_start(self):
+        refuse_gradient_accumulation(self.trainer.accumulate_grad_batches)  # see probmed.training.accumulation
+
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_start_time = time.perf_counter()
         seed_step(self.current_epoch, batch_idx, self.global_rank)  # random draws depend on the step: exact resume

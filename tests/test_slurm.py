@@ -84,6 +84,7 @@ def test_sbatch_template_runs_two_ranks_as_one_ddp_job(slurm, smoke_corpus, tmp_
     assert len(scalars["train/loss"]) == 3 and "perf/samples_per_s" in scalars
 
 
+@pytest.mark.slow  # ~3 min: two launches plus Slurm's requeue delay
 def test_sigusr1_checkpoints_requeues_and_resumes_in_one_tensorboard_run(slurm, smoke_corpus, tmp_path):
     run = tmp_path / "run"
     steps = 24  # 2 epochs × 12 batches per rank

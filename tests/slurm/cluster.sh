@@ -24,7 +24,7 @@ SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge/munge.socket
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=10
 CredType=cred/munge
 SlurmctldPort=${SLURMCTLD_PORT:-6817}
 SlurmdPort=${SLURMD_PORT:-6818}
@@ -44,6 +44,7 @@ SchedulerType=sched/builtin
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
+# cred_expire (AuthInfo above) also bounds how long a requeued job waits before it may start again
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
