@@ -2,6 +2,7 @@
 truncated checkpoints."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, clean_env, run_probmed
 from probmed.training.checkpoint_io import AtomicCheckpointIO, CorruptCheckpointError, atomic_torch_save
@@ -23,20 +25,39 @@ STEPS_PER_EPOCH, EPOCHS = 4, 2
 
 
 def _config(tmp: Path, name: str) -> list[str]:
-    """Smoke model, 2 epochs × 4 steps, a checkpoint after every step (step=N.ckpt), no validation."""
+    """Smoke model, 2 epochs × 4 steps, a checkpoint after every step (step=N.ckpt), no validation; with the YAML
+    compute switches on (bf16-mixed, activation checkpointing, torch.compile, throughput/FLOP counting), so the
+    exact-resume check also shows that none of them breaks determinism."""
     run_dir = tmp / name
     extra = {"trainer": {
         "max_epochs": EPOCHS, "limit_train_batches": STEPS_PER_EPOCH, "limit_val_batches": 0,
         "default_root_dir": str(run_dir),
         "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                    "init_args": {"save_dir": str(run_dir), "name": "smoke"}},
+        "precision": "bf16-mixed",
         "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                        "init_args": {"dirpath": str(run_dir / "ckpt"), "filename": "{step}",
-                                     "every_n_train_steps": 1, "save_top_k": -1}}],
+                                     "every_n_train_steps": 1, "save_top_k": -1}},
+                      {"class_path": "probmed.training.TowerCompute",
+                       "init_args": {"checkpoint": ["cxr", "echo"], "compile": ["ecg"],
+                                     "compile_kwargs": {"backend": "eager"}}},
+                      {"class_path": "probmed.training.Throughput", "init_args": {"flop_steps": 2, "window_size": 2}}],
     }}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(extra))
     return ["--config", SMOKE, "--config", str(path)]
+
+
+def _check_switches(version_dir: Path) -> None:
+    """bf16 trained finite losses; Throughput logged per-device samples/s and counted FLOP/s; no MFU on a CPU."""
+    events = EventAccumulator(str(version_dir))
+    events.Reload()
+    scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert len(scalars["train/loss"]) == STEPS_PER_EPOCH * EPOCHS
+    assert all(math.isfinite(v) for v in scalars["train/loss"])
+    for tag in ("train/device/samples_per_sec", "train/device/flops_per_sec"):
+        assert scalars.get(tag) and all(v > 0 for v in scalars[tag]), sorted(scalars)
+    assert not any("mfu" in k for k in scalars)  # Lightning knows no peak FLOPs for a CPU: no made-up MFU
 
 
 def _steps(ckpt_dir: Path) -> dict[int, Path]:
@@ -60,6 +81,7 @@ def test_kill9_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(sm
     last = STEPS_PER_EPOCH * EPOCHS
     reference = _steps(tmp_path / "full" / "ckpt")
     assert sorted(reference) == list(range(1, last + 1))
+    _check_switches(tmp_path / "full" / "smoke" / "version_0")
 
     # the same run, killed with SIGKILL once the checkpoint of a random step (possibly in epoch 2) exists
     # random step (set KILL_AFTER=N to replay one): end-of-epoch and mid-epoch checkpoints are both in range
