@@ -175,3 +175,24 @@ def test_cli_refuses_a_truncated_checkpoint_with_a_clear_message(smoke_corpus, t
     assert out.returncode != 0
     assert "CorruptCheckpointError" in out.output and "truncated or corrupt" in out.output
     assert "PytorchStreamReader" not in out.output
+
+
+@pytest.mark.parametrize("done", [3, 6])
+def test_restored_loader_with_two_workers_continues_exactly_where_the_epoch_stopped(smoke_corpus, done):
+    """The DataLoader takes batches from its workers round-robin: after a restore at ``done`` batches each worker
+    skips its share, and the loader yields exactly the uninterrupted epoch's remaining batches, in order."""
+    from probmed.data.datamodule import ProbMedDataModule
+    from probmed.data.modalities import ECGInput
+
+    def data_module():
+        dm = ProbMedDataModule(str(smoke_corpus), modalities=["ecg"], batch_size=8, num_workers=2,
+                               ecg=ECGInput(rate=100, seconds=5))
+        dm.setup("fit")
+        return dm
+
+    full = [b["study_id"] for b in data_module().train_dataloader()]
+    assert len(full) == 12 and len({tuple(ids) for ids in full}) == 12
+    resumed = data_module()
+    resumed.load_state_dict({"seed": 0, "epoch": 0, "batches_done": done, "epoch_batches": 12, "world_size": 1,
+                             "num_workers": 2})
+    assert [b["study_id"] for b in resumed.train_dataloader()] == full[done:]

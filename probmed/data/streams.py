@@ -52,7 +52,12 @@ class _ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        worker = (worker + self.worker_offset()) % workers
         return self.batches_for(self.rank * workers + worker, self.world_size * workers)
+
+    def worker_offset(self) -> int:
+        """Which logical worker DataLoader worker 0 serves (a rotation of the workers); 0 unless resuming."""
+        return 0
 
     def _studies(self, urls: Iterator[str], train: bool, skips: SkipCounter, shuffle_rng: random.Random | None,
                  buffer: int) -> Iterator[dict]:
@@ -78,6 +83,12 @@ class TrainStream(_ShardStream):
 
     def __len__(self) -> int:
         return self.batches_per_worker * max(1, self.num_workers)
+
+    def worker_offset(self) -> int:
+        """After a restore at ``skip_batches``, DataLoader worker ``i`` serves logical worker ``(i + skip_batches) %
+        workers``: the DataLoader always starts its round-robin at worker 0, and the next batch of the interrupted
+        epoch belongs to logical worker ``skip_batches % workers``."""
+        return self.skip_batches
 
     def shard_sequence(self, global_worker: int, total_workers: int) -> Iterator[str]:
         """Shards for one global worker: positions ``global_worker, global_worker + total_workers, ...`` of the
