@@ -10,13 +10,18 @@ Examples::
 """
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.evaluation.export import EmbeddingWriter
 from probmed.module import ProbMedModule
+from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
+from probmed.training.requeue import SlurmRequeue, slurm_requeue_wanted
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -24,6 +29,18 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": "runs", "name": "probmed"},
     },
 }
+
+
+def one_tensorboard_version_per_slurm_job(config) -> None:
+    """Under Slurm, a TensorBoard logger without an explicit version logs to ``job_<SLURM_JOB_ID>``: a requeued job
+    (same id) appends to its own run instead of starting ``version_N+1``."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    logger = (config.get("trainer") or {}).get("logger")
+    if not job or not logger or not hasattr(logger, "get") or "TensorBoardLogger" not in str(logger.get("class_path")):
+        return
+    if logger.init_args.get("version") is None:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        logger.init_args.version = f"job_{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
 
 
 class ProbMedCLI(LightningCLI):
@@ -43,6 +60,24 @@ class ProbMedCLI(LightningCLI):
 
         config = self.config.get(self.subcommand, self.config)
         torch.set_float32_matmul_precision(config.get("float32_matmul_precision", "high"))
+        one_tensorboard_version_per_slurm_job(config)
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a truncated ``--ckpt_path`` with a clear error before LightningCLI reads its hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and Path(ckpt_path).is_file():
+            check_checkpoint_file(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs):
+        """The configured trainer, with checkpoints written atomically unless the config chose its own IO."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if slurm_requeue_wanted(trainer):
+            trainer.callbacks.append(SlurmRequeue())
+        return trainer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,9 @@ from probmed.evaluation.config import EvaluationConfig
 from probmed.evaluation.retrieval import format_table
 from probmed.evaluation.suite import Evaluator
 from probmed.losses import Objective
+from probmed.training.accumulation import refuse_gradient_accumulation
+from probmed.training.determinism import seed_step
+from probmed.training.nonfinite import NonFiniteGuard
 
 
 class ProbMedModule(L.LightningModule):
@@ -80,6 +83,7 @@ class ProbMedModule(L.LightningModule):
         self.skipped: Counter = Counter()
         self._batch_end_time: float | None = None
         self._data_wait = 0.0
+        self.nonfinite = NonFiniteGuard()
 
     # -- embedding -------------------------------------------------------------------------------------------------
     def embed_modality(self, name: str, inputs: Any, present: Tensor) -> GaussianEmbedding:
@@ -107,8 +111,12 @@ class ProbMedModule(L.LightningModule):
         return self.embed(batch)
 
     # -- training --------------------------------------------------------------------------------------------------
+    def on_fit_start(self):
+        refuse_gradient_accumulation(self.trainer.accumulate_grad_batches)  # see probmed.training.accumulation
+
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_start_time = time.perf_counter()
+        seed_step(self.current_epoch, batch_idx, self.global_rank)  # random draws depend on the step: exact resume
         if self._batch_end_time is not None:
             self._data_wait = self._batch_start_time - self._batch_end_time
 
@@ -120,6 +128,11 @@ class ProbMedModule(L.LightningModule):
         embeddings = self.embed(batch, self.objective.modalities)
         out = self.objective(embeddings, batch["group"])
         batch_size = len(batch["group"])
+        finite = self.nonfinite.all_finite(self.nonfinite.loss(out.total, self.global_rank, batch_idx))
+        self.log("train/skipped_nonfinite", float(self.nonfinite.skipped), on_step=True, on_epoch=False,
+                 rank_zero_only=True, batch_size=batch_size)
+        if not finite:  # all ranks agree: backward as usual (DDP), then no update on any rank (optimizer_step)
+            return out.total
         logs = {"train/loss": out.total.detach()}
         logs.update({f"train/{k}": v for k, v in out.parts.items()})
         logs.update({f"train/{k}": v for k, v in out.extras.items()})
@@ -242,7 +255,16 @@ class ProbMedModule(L.LightningModule):
             if total:
                 self.logger.log_metrics({f"data/skipped/{k}": float(v) for k, v in total.items()}, step=step)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite.load_state_dict(checkpoint.get("nonfinite", {}))
+
     # -- optimisation ----------------------------------------------------------------------------------------------
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        self.nonfinite.optimizer_step(optimizer, optimizer_closure)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         total = max(1, int(self.trainer.estimated_stepping_batches))

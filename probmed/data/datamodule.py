@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from probmed.data import schema
 from probmed.data.modalities import INPUTS, CXRInput, ECGInput, EchoInput, ModalityInput, TextInput, check_modalities
@@ -59,6 +61,7 @@ class ProbMedDataModule(L.LightningDataModule):
         self.decoder = StudyDecoder(self.inputs, positives)
         self.collator = StudyCollator(self.inputs)
         self._streams: dict[str, EvalStream | TrainStream] = {}
+        self._resume_at: tuple[int, int] | None = None  # from a checkpoint: (epoch, batches per rank trained)
 
     # -- shards --------------------------------------------------------------------------------------------------
     def shards(self, split: str) -> tuple[list[str], int]:
@@ -111,7 +114,9 @@ class ProbMedDataModule(L.LightningDataModule):
             self._streams[split] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
 
     def train_dataloader(self):
-        return loader(self._place(self._streams["train"]), self.num_workers, self._epoch)
+        train = loader(self._place(self._streams["train"]), self.num_workers, self._epoch)
+        train.resume_at, self._resume_at = self._resume_at, None
+        return train
 
     def val_dataloader(self):
         return loader(self._place(self._streams["val"]), self.num_workers, self._epoch)
@@ -123,11 +128,33 @@ class ProbMedDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed}
+        """The training stream's position: seed, epoch and batches per rank already trained in that epoch (the
+        stream is a pure function of seed, epoch, rank and worker, so this is all exact resume needs)."""
+        state = {"seed": self.seed}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            state["epoch"] = trainer.current_epoch
+            state["batches_done"] = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["epoch_batches"] = trainer.num_training_batches
+            state["world_size"] = trainer.world_size
+            state["num_workers"] = self.num_workers
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"checkpoint was trained with data seed {state['seed']}, config says {self.seed}")
+        if "batches_done" not in state:
+            return
+        world = self.trainer.world_size if self.trainer is not None else 1
+        layout = (state["world_size"], state["num_workers"])
+        if layout != (world, self.num_workers):
+            warnings.warn(
+                f"resuming with world size × workers {(world, self.num_workers)} instead of {layout}: the rest of "
+                f"epoch {state['epoch']} reads a different sample order than an uninterrupted run", stacklevel=2)
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= state["epoch_batches"]:  # saved at the end of an epoch: the next one starts from its beginning
+            epoch, done = epoch + 1, 0
+        self._resume_at = (epoch, done)
 
 
 __all__ = ["ProbMedDataModule"]

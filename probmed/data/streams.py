@@ -52,7 +52,12 @@ class _ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        worker = (worker + self.worker_offset()) % workers
         return self.batches_for(self.rank * workers + worker, self.world_size * workers)
+
+    def worker_offset(self) -> int:
+        """Which logical worker DataLoader worker 0 serves (a rotation of the workers); 0 unless resuming."""
+        return 0
 
     def _studies(self, urls: Iterator[str], train: bool, skips: SkipCounter, shuffle_rng: random.Random | None,
                  buffer: int) -> Iterator[dict]:
@@ -95,9 +100,16 @@ class TrainStream(_ShardStream):
                  shuffle_buffer: int = 256):
         super().__init__(urls, decoder, collator, batch_size, seed)
         self.batches_per_worker, self.num_workers, self.shuffle_buffer = batches_per_worker, num_workers, shuffle_buffer
+        self.skip_batches = 0  # batches per rank of this epoch already trained (exact resume: skipped on the next iteration)
 
     def __len__(self) -> int:
         return self.batches_per_worker * max(1, self.num_workers)
+
+    def worker_offset(self) -> int:
+        """After a restore at ``skip_batches``, DataLoader worker ``i`` serves logical worker ``(i + skip_batches) %
+        workers``: the DataLoader always starts its round-robin at worker 0, and the next batch of the interrupted
+        epoch belongs to logical worker ``skip_batches % workers``."""
+        return self.skip_batches
 
     def shard_sequence(self, global_worker: int, total_workers: int) -> Iterator[str]:
         """Shards for one global worker: positions ``global_worker, global_worker + total_workers, ...`` of the
@@ -119,8 +131,17 @@ class TrainStream(_ShardStream):
         studies = self._studies(self.shard_sequence(global_worker, total_workers), True, skips, rng,
                                 self.shuffle_buffer)
         stream = batches(studies, self.collator, self.batch_size, skips, partial=False)
-        for _ in range(self.batches_per_worker):
+        done = already_consumed(self.skip_batches, global_worker % max(1, self.num_workers), max(1, self.num_workers))
+        for _ in range(done):  # exact resume: re-read (no model compute) what this worker yielded before the stop
+            next(stream)
+        for _ in range(self.batches_per_worker - done):
             yield next(stream)
+
+
+def already_consumed(rank_batches: int, worker: int, workers: int) -> int:
+    """Batches worker ``worker`` of ``workers`` had produced when its rank had consumed ``rank_batches``: the
+    DataLoader takes batches from its workers round-robin (0, 1, ..., W-1, 0, ...), in order."""
+    return max(0, (rank_batches - worker + workers - 1) // workers)
 
 
 class EvalStream(_ShardStream):
@@ -147,9 +168,18 @@ class EpochAwareLoader(DataLoader):
     def __init__(self, dataset: _ShardStream, epoch_source, **kwargs):
         super().__init__(dataset, batch_size=None, **kwargs)
         self.epoch_source = epoch_source
+        self.resume_at: tuple[int, int] | None = None  # (epoch to run next, batches per rank already trained)
 
     def __iter__(self):
         self.dataset.epoch = int(self.epoch_source())
+        if isinstance(self.dataset, TrainStream):
+            # The first iteration after a restore is the one that finishes the interrupted epoch (Lightning may
+            # still report the previous epoch at that point, when the checkpoint was taken at an epoch's end).
+            if self.resume_at is not None:
+                self.dataset.epoch, self.dataset.skip_batches = self.resume_at
+            else:
+                self.dataset.skip_batches = 0
+            self.resume_at = None
         return super().__iter__()
 
 

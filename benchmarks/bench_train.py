@@ -1,0 +1,116 @@
+"""Training throughput of a config: samples/s, step time, counted FLOPs and (on a known GPU) MFU.
+
+Builds the model and data module from the YAML exactly as ``probmed fit`` does, but feeds *synthetic* batches of the
+configured input shapes (random pixels/signals, a repeated report for text; each modality present in a random
+``--present`` fraction of studies, as in real multimodal batches), so no corpus is needed and the figure is the
+model's, not the loader's. Times a full training step (towers, heads, objective, backward, AdamW step) under the
+config's precision (``--precision`` overrides), median of ``--steps`` after ``--warmup``.
+
+Usage::
+
+    python benchmarks/bench_train.py --config configs/demo.yaml --batch-size 64 --steps 5
+    python benchmarks/bench_train.py --config configs/reference.yaml --batch-size 8 --steps 3
+    python benchmarks/bench_train.py --config configs/reference.yaml --device cuda --precision bf16-mixed
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from lightning.fabric.utilities.throughput import get_available_flops
+from torch.utils.flop_counter import FlopCounterMode
+
+from probmed.cli import ProbMedCLI
+from probmed.data.datamodule import ProbMedDataModule
+from probmed.module import ProbMedModule
+
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def synthetic_batch(data: ProbMedDataModule, batch_size: int, present: float, gen: torch.Generator) -> dict:
+    """A collated batch of ``batch_size`` studies with the data module's input shapes."""
+    inputs, mask = {}, {}
+    for name, modality in data.inputs.items():
+        example = modality.placeholder()
+        if isinstance(example, str):
+            items = ["no acute cardiopulmonary process. " * 64] * batch_size
+        else:
+            items = [torch.randn(example.shape, generator=gen) for _ in range(batch_size)]
+        inputs[name] = modality.collate(items)
+        keep = torch.rand(batch_size, generator=gen) < present
+        keep[0] = True
+        mask[name] = keep
+    return {"inputs": inputs, "present": mask, "group": torch.arange(batch_size)}
+
+
+def to_device(value, device):
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value.to(device) if torch.is_tensor(value) else value
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--present", type=float, default=0.8, help="fraction of studies holding each modality")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default=None, help="32-true | bf16-mixed | 16-mixed (default: the config's)")
+    args, overrides = ap.parse_known_args()
+    sys.argv = sys.argv[:1]
+    cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, run=False,
+                     args=["--config", args.config, "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                           *overrides])
+    model, data = cli.model, cli.datamodule
+    precision = args.precision or str(cli.config.trainer.precision or "32-true")
+    batch_size = args.batch_size or data.batch_size
+    device = torch.device(args.device)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    batches = [to_device(synthetic_batch(data, batch_size, args.present, gen), device) for _ in range(2)]
+    names = sorted(model.objective.modalities)
+    dtype = AUTOCAST.get(precision)
+
+    def step(i: int) -> None:
+        b = batches[i % len(batches)]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = model.objective(model.embed(b, names), b["group"]).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for i in range(args.warmup):
+        step(i)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    flops = counter.get_total_flops()
+    times = []
+    for i in range(args.steps):
+        sync()
+        start = time.perf_counter()
+        step(i)
+        sync()
+        times.append(time.perf_counter() - start)
+    t = statistics.median(times)
+    params = sum(p.numel() for p in model.parameters())
+    peak = get_available_flops(device, dtype or torch.float32)
+    mfu = f"{100 * flops / t / peak:.1f}%" if peak else "n/a (no peak FLOPs known for this device)"
+    print(f"config {args.config}  device {device}  precision {precision}  threads {torch.get_num_threads()}  "
+          f"params {params / 1e6:.1f} M  batch {batch_size}  modality present {args.present:.0%}")
+    print(f"step {t:.3f} s (median of {args.steps}; min {min(times):.3f})  samples/s {batch_size / t:.2f}  "
+          f"GFLOP/step {flops / 1e9:.1f}  achieved TFLOP/s {flops / t / 1e12:.3f}  MFU {mfu}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Throughput and MFU: Lightning's :class:`ThroughputMonitor` with ProbMed's batch size and measured FLOPs.
+
+Logged (every ``log_every_n_steps``, by rank 0, once the window is full): ``train/device/samples_per_sec`` and
+``train/device/flops_per_sec`` (per device), ``train/samples_per_sec`` and ``train/flops_per_sec`` (global, when
+world size > 1) and, where Lightning knows the device's peak (``get_available_flops``: CUDA GPUs; not CPUs),
+``train/device/mfu``. The module itself logs
+``perf/data_wait_fraction`` (time waiting for the loader / step time).
+
+FLOPs per batch are *counted* (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions, attention) over
+the first ``flop_steps`` real training steps — forward, backward and optimizer — and averaged, so towers that see only
+the studies holding their modality (masked / variable modality counts) are measured as they actually run, not
+assumed from a full batch. Counting runs only during those steps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import ThroughputMonitor
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def studies_in_batch(batch: dict) -> int:
+    """Samples = studies (rows) in a ProbMed batch."""
+    return len(batch["group"])
+
+
+class Throughput(ThroughputMonitor):
+    """``ThroughputMonitor`` for ProbMed batches, with FLOPs measured on the first ``flop_steps`` training steps.
+
+    Args:
+        flop_steps: training steps whose FLOPs are counted and averaged into ``flops_per_batch`` (0: no MFU).
+        window_size: batches in the sliding window of the rates (Lightning's default 100 is long for short runs);
+            nothing is logged before the window is full.
+    """
+
+    def __init__(self, flop_steps: int = 3, window_size: int = 20, **kwargs: Any):
+        super().__init__(batch_size_fn=studies_in_batch, window_size=window_size, **kwargs)
+        self.flop_steps = flop_steps
+        self._counted: list[int] = []
+        self._counter: FlopCounterMode | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if not hasattr(pl_module, "flops_per_batch"):
+            pl_module.flops_per_batch = None  # set once measured; None: no FLOPs yet
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if len(self._counted) < self.flop_steps:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self._counted.append(self._counter.get_total_flops())
+            self._counter = None
+            pl_module.flops_per_batch = sum(self._counted) // len(self._counted)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

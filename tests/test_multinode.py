@@ -1,0 +1,59 @@
+"""Two "nodes" on one machine train as one DDP job (gloo, CPU), and a NaN loss on rank 1 only is skipped on both
+ranks (one run checks both: each 2-process job costs ~a minute on 2 shared cores)."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, clean_env
+from probmed.training.nonfinite import INJECT_ENV
+from test_cli import _overrides, _scalars
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ddp
+def test_two_nodes_one_job_and_a_nan_on_rank1_is_skipped_everywhere(smoke_corpus, tmp_path):
+    weights = tmp_path / "weights"
+    args = [sys.executable, "-m", "probmed", "fit", *_overrides(smoke_corpus, tmp_path),
+            "--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1",
+            "--data.batch_size", "4",
+            "--trainer.callbacks+=_rank_weights.SaveRankWeights", f"--trainer.callbacks.out_dir={weights}"]
+    shared = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+              "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+              INJECT_ENV: "1:1"}  # test-only: rank 1's loss at batch 1 becomes NaN
+    nodes = [subprocess.Popen(args, cwd=tmp_path, env=clean_env(NODE_RANK=str(n), **shared), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in (0, 1)]
+    outputs = []
+    for proc in nodes:
+        try:
+            outputs.append(proc.communicate(timeout=400)[0])
+        finally:
+            proc.kill()
+    for proc, out in zip(nodes, outputs):
+        assert proc.returncode == 0, out[-4000:]
+    both = "".join(outputs)
+    assert "MEMBER: 1/2" in both and "MEMBER: 2/2" in both  # one process group of two ranks, one per "node"
+
+    ranks = [torch.load(weights / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["info"]["node_rank"] for r in ranks] == [0, 1]
+    assert all(r["info"]["world_size"] == 2 for r in ranks)
+    assert [r["info"]["skipped_nonfinite"] for r in ranks] == [1, 1]  # rank 0's loss was finite: it agreed anyway
+    a, b = ranks[0]["state"], ranks[1]["state"]
+    assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"ranks diverged: {differing[:5]}"  # identical updates on both ranks, skip included
+
+    scalars = _scalars(tmp_path)
+    assert scalars["train/skipped_nonfinite"] == [0.0, 1.0, 1.0]
+    assert all(math.isfinite(v) for v in scalars["train/loss"])  # the NaN never reached the logs

@@ -1,0 +1,198 @@
+"""Fault tolerance on CPU: kill -9 a run after a checkpoint and resume it to the same weights; atomic and
+truncated checkpoints."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, clean_env, run_probmed
+from probmed.training.checkpoint_io import AtomicCheckpointIO, CorruptCheckpointError, atomic_torch_save
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+STEPS_PER_EPOCH, EPOCHS = 4, 2
+
+
+def _config(tmp: Path, name: str) -> list[str]:
+    """Smoke model, 2 epochs × 4 steps, a checkpoint after every step (step=N.ckpt), no validation; with the YAML
+    compute switches on (bf16-mixed, activation checkpointing, torch.compile, throughput/FLOP counting), so the
+    exact-resume check also shows that none of them breaks determinism."""
+    run_dir = tmp / name
+    extra = {"trainer": {
+        "max_epochs": EPOCHS, "limit_train_batches": STEPS_PER_EPOCH, "limit_val_batches": 0,
+        "default_root_dir": str(run_dir),
+        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                   "init_args": {"save_dir": str(run_dir), "name": "smoke"}},
+        "precision": "bf16-mixed",
+        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                       "init_args": {"dirpath": str(run_dir / "ckpt"), "filename": "{step}",
+                                     "every_n_train_steps": 1, "save_top_k": -1}},
+                      {"class_path": "probmed.training.TowerCompute",
+                       "init_args": {"checkpoint": ["cxr", "echo"], "compile": ["ecg"],
+                                     "compile_kwargs": {"backend": "eager"}}},
+                      {"class_path": "probmed.training.Throughput", "init_args": {"flop_steps": 2, "window_size": 2}}],
+    }}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(extra))
+    return ["--config", SMOKE, "--config", str(path)]
+
+
+def _check_switches(version_dir: Path) -> None:
+    """bf16 trained finite losses; Throughput logged per-device samples/s and counted FLOP/s; no MFU on a CPU."""
+    events = EventAccumulator(str(version_dir))
+    events.Reload()
+    scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert len(scalars["train/loss"]) == STEPS_PER_EPOCH * EPOCHS
+    assert all(math.isfinite(v) for v in scalars["train/loss"])
+    for tag in ("train/device/samples_per_sec", "train/device/flops_per_sec"):
+        assert scalars.get(tag) and all(v > 0 for v in scalars[tag]), sorted(scalars)
+    assert not any("mfu" in k for k in scalars)  # Lightning knows no peak FLOPs for a CPU: no made-up MFU
+
+
+def _steps(ckpt_dir: Path) -> dict[int, Path]:
+    return {int(p.stem.split("=")[1]): p for p in ckpt_dir.glob("step=*.ckpt")}
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
+    state = dict(ckpt["state_dict"])
+    for i, opt in enumerate(ckpt["optimizer_states"]):
+        for pid, slots in opt["state"].items():
+            state.update({f"optim{i}/{pid}/{k}": v for k, v in slots.items() if torch.is_tensor(v)})
+    return state
+
+
+@pytest.mark.ddp
+def test_kill9_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(smoke_corpus, tmp_path):
+    data = ["--data.data_dir", str(smoke_corpus)]
+    full = run_probmed(["fit", *_config(tmp_path, "full"), *data], cwd=tmp_path)
+    assert full.returncode == 0, full.output[-4000:]
+    last = STEPS_PER_EPOCH * EPOCHS
+    reference = _steps(tmp_path / "full" / "ckpt")
+    assert sorted(reference) == list(range(1, last + 1))
+    _check_switches(tmp_path / "full" / "smoke" / "version_0")
+
+    # the same run, killed with SIGKILL once the checkpoint of a random step (possibly in epoch 2) exists
+    # random step (set KILL_AFTER=N to replay one): end-of-epoch and mid-epoch checkpoints are both in range
+    kill_after = int(os.environ.get("KILL_AFTER", 0)) or random.Random(os.getpid()).randint(2, last - 2)
+    ckpt_dir = tmp_path / "killed" / "ckpt"
+    cmd = [sys.executable, "-m", "probmed", "fit", *_config(tmp_path, "killed"), *data]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while kill_after not in _steps(ckpt_dir) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = _steps(ckpt_dir)
+    resume_from = max(saved)
+    assert kill_after <= resume_from < last, f"killed after step {resume_from}"
+
+    resumed = run_probmed(["fit", *_config(tmp_path, "killed"), *data, "--ckpt_path", str(saved[resume_from])],
+                          cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.output[-4000:]
+    final = _steps(ckpt_dir)
+    assert last in final, f"resumed run (from step {resume_from}) did not reach step {last}: {sorted(final)}"
+
+    # CPU, one thread, the same data order and per-step random draws: the arithmetic is replayed operation for
+    # operation, so every parameter, buffer (batch-norm statistics) and AdamW moment must be bit-identical
+    want, got = _state(reference[last]), _state(final[last])
+    assert want.keys() == got.keys()
+    differing = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not differing, f"resumed from step {resume_from}: {len(differing)} tensors differ, e.g. {differing[:5]}"
+    # and the run really moved: the weights at the kill point are not the final ones
+    at_kill = _state(saved[resume_from])
+    assert any(not torch.equal(at_kill[k], want[k]) for k in want if "optim" not in k)
+
+
+def test_lightning_default_io_stages_the_file_outside_the_checkpoint_directory(tmp_path, monkeypatch):
+    """Why AtomicCheckpointIO exists: Lightning's own IO writes its temporary file in the system temp directory and
+    then moves it; across file systems that move is a copy into the final name (not atomic)."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    made: list[str] = []
+    real_mkstemp = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        made.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    target = tmp_path / "ckpts" / "a.ckpt"
+    target.parent.mkdir()
+    TorchCheckpointIO().save_checkpoint({"x": torch.ones(2)}, target)
+    assert made and all(Path(m).parent != target.parent for m in made)
+    made.clear()
+    AtomicCheckpointIO().save_checkpoint({"x": torch.ones(2)}, target)
+    assert made and all(Path(m).parent == target.parent for m in made)  # same directory: os.replace is atomic
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": torch.tensor(1)}, target)
+
+    def die_midway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # a kill during the write
+
+    monkeypatch.setattr(torch, "save", die_midway)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"step": torch.tensor(2)}, target)
+    monkeypatch.undo()
+    assert AtomicCheckpointIO().load_checkpoint(target)["step"].item() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.98])
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, cut):
+    good = tmp_path / "good.ckpt"
+    atomic_torch_save({"w": torch.randn(64, 64), "step": 3}, good)
+    blob = good.read_bytes()
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(blob[: int(len(blob) * cut)])
+    with pytest.raises(CorruptCheckpointError, match="truncated or corrupt"):
+        AtomicCheckpointIO().load_checkpoint(bad)
+
+
+def test_cli_refuses_a_truncated_checkpoint_with_a_clear_message(smoke_corpus, tmp_path):
+    bad = tmp_path / "cut.ckpt"
+    atomic_torch_save({"state_dict": {"w": torch.randn(256, 256)}}, tmp_path / "whole.ckpt")
+    bad.write_bytes((tmp_path / "whole.ckpt").read_bytes()[:20000])
+    out = run_probmed(["test", "--config", SMOKE, "--data.data_dir", str(smoke_corpus),
+                       "--trainer.logger", "false", "--ckpt_path", str(bad)], cwd=tmp_path)
+    assert out.returncode != 0
+    assert "CorruptCheckpointError" in out.output and "truncated or corrupt" in out.output
+    assert "PytorchStreamReader" not in out.output
+
+
+@pytest.mark.parametrize("done", [3, 6])
+def test_restored_loader_with_two_workers_continues_exactly_where_the_epoch_stopped(smoke_corpus, done):
+    """The DataLoader takes batches from its workers round-robin: after a restore at ``done`` batches each worker
+    skips its share, and the loader yields exactly the uninterrupted epoch's remaining batches, in order."""
+    from probmed.data.datamodule import ProbMedDataModule
+    from probmed.data.modalities import ECGInput
+
+    def data_module():
+        dm = ProbMedDataModule(str(smoke_corpus), modalities=["ecg"], batch_size=8, num_workers=2,
+                               ecg=ECGInput(rate=100, seconds=5))
+        dm.setup("fit")
+        return dm
+
+    full = [b["study_id"] for b in data_module().train_dataloader()]
+    assert len(full) == 12 and len({tuple(ids) for ids in full}) == 12
+    resumed = data_module()
+    resumed.load_state_dict({"seed": 0, "epoch": 0, "batches_done": done, "epoch_batches": 12, "world_size": 1,
+                             "num_workers": 2})
+    assert [b["study_id"] for b in resumed.train_dataloader()] == full[done:]
