@@ -299,7 +299,8 @@ def test_text_pretrained_minilm_offline_matches_sentence_transformers_pooling():
     assert torch.equal(ours, again)
     # the packaged model is the real pretrained MiniLM: paraphrases are closer than unrelated sentences
     with torch.no_grad():
-        e = F.normalize(enc(**_batch(tok, ["The heart is enlarged.", "Cardiomegaly.", "The weather is sunny today."])), dim=-1)
+        sentences = ["The heart is enlarged.", "Cardiomegaly.", "The weather is sunny today."]
+        e = F.normalize(enc(**_batch(tok, sentences)), dim=-1)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.1
 
 

@@ -25,7 +25,8 @@ def batch_size_of(inputs: Tensor | Mapping[str, Tensor]) -> int:
     sizes = {}
     for key, value in inputs.items():
         if not isinstance(value, Tensor) or value.ndim == 0:
-            raise TypeError(f"modality input {key!r} must be a tensor with a batch dimension, not {type(value).__name__}")
+            kind = type(value).__name__
+            raise TypeError(f"modality input {key!r} must be a tensor with a batch dimension, not {kind}")
         sizes[key] = int(value.shape[0])
     if len(set(sizes.values())) > 1:
         raise ValueError(f"the tensors of one modality input differ in batch size: {sizes}")
