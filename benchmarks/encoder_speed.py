@@ -10,6 +10,7 @@ import time
 import torch
 
 from probmed.encoders import ECGEncoder, EchoEncoder, GaussianHead, ImageEncoder, TextEncoder
+from probmed.encoders.tower_input import run_tower
 
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_type": "deep", "stem_width": 16}
 MICRO_RESNET = {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_type": "deep", "stem_width": 8}
@@ -70,7 +71,7 @@ def main() -> None:
         times = []
         for i in range(args.iters + 1):
             t0 = time.perf_counter()
-            mean, log_var = head(enc(x))
+            mean, log_var = head(run_tower(enc, x))
             (mean.sum() + log_var.sum()).backward()
             for p in params:
                 p.grad = None

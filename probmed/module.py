@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from probmed.embedding import GaussianEmbedding
 from probmed.encoders import GaussianHead
+from probmed.encoders.tower_input import run_tower, select_rows
 from probmed.evaluation.collect import EmbeddingCollector
 from probmed.evaluation.config import EvaluationConfig
 from probmed.evaluation.retrieval import format_table
@@ -31,7 +32,9 @@ class ProbMedModule(L.LightningModule):
     """Towers (``encoders``) → :class:`GaussianHead` per modality → :class:`Objective` over the configured pairs.
 
     Args:
-        encoders: modality name → tower; each has ``output_dim`` and maps its batch input to ``[B, output_dim]``.
+        encoders: modality name → tower; each has ``output_dim`` and maps its batch input to ``[B, output_dim]``
+            (a tensor input is its one argument, a mapping input its keyword arguments, e.g. ECG
+            ``signal``/``lead_mask``; see :mod:`probmed.encoders.tower_input`).
         objective: the loss terms and which modality pairs they contrast.
         embed_dim: D, the size of the shared embedding space.
         variance: ``"diagonal"`` (one variance per dimension) or ``"isotropic"`` (one per embedding).
@@ -87,13 +90,15 @@ class ProbMedModule(L.LightningModule):
 
     # -- embedding -------------------------------------------------------------------------------------------------
     def embed_modality(self, name: str, inputs: Any, present: Tensor) -> GaussianEmbedding:
-        """Embed one modality of a batch. Towers run on the studies that have the modality only (placeholders would
-        pollute batch-norm statistics); missing rows get a zero mean and log-variance and ``present=False``."""
+        """Embed one modality of a batch. ``inputs`` is a tensor ``[B, ...]`` or a mapping of tensors (signal and
+        masks) passed to the tower as keyword arguments (:mod:`probmed.encoders.tower_input`). Towers run on the
+        studies that have the modality only (placeholders would pollute batch-norm statistics); missing rows get a
+        zero mean and log-variance and ``present=False``."""
         rows = present.nonzero().squeeze(1)
         if len(rows) == 0:  # keep every parameter in the graph so DDP sees the same graph on every rank
             rows = torch.arange(len(present), device=present.device)
-        picked = {k: v[rows] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[rows]
-        mean_rows, log_var_rows = self.heads[name](self.encoders[name](picked))
+        picked = select_rows(inputs, rows)
+        mean_rows, log_var_rows = self.heads[name](run_tower(self.encoders[name], picked))
         keep = present[rows][:, None]  # all False when no row is present: zero values, zero gradients
 
         def scatter(values: Tensor) -> Tensor:  # each in its own dtype (under autocast mean and log_var may differ)

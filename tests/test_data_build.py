@@ -121,7 +121,7 @@ def test_build_writes_deidentified_shards_the_loader_reads(hospital, tmp_path):
     batches = list(dm.train_dataloader()) + list(dm.val_dataloader())
     assert all(b["present"][m].all() for b in batches for m in schema.MODALITIES)
     assert all(b["skipped"] == {} for b in batches)
-    assert batches[0]["inputs"]["ecg"].shape == (2, 12, 200)
+    assert batches[0]["inputs"]["ecg"]["signal"].shape == (2, 12, 200)
 
 
 def test_build_resumes_and_is_deterministic(hospital, tmp_path):

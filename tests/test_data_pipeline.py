@@ -120,12 +120,14 @@ def test_missing_and_corrupt_modalities_become_masked_placeholders():
     batch = collate(studies, skips.pop_all())
     assert batch["skipped"] == {"cxr_corrupt_dicom": 1}
     assert batch["inputs"]["cxr"].shape == (3, 1, 16, 16)
-    assert batch["inputs"]["ecg"].shape == (3, 12, 500)
-    assert batch["inputs"]["echo"].shape == (3, 4, 1, 8, 8)
+    assert batch["inputs"]["ecg"]["signal"].shape == (3, 12, 500)
+    assert batch["inputs"]["ecg"]["lead_mask"].tolist() == [[True] * 12] * 3  # synthetic records: 12 real leads
+    assert batch["inputs"]["echo"]["frames"].shape == (3, 4, 1, 8, 8)
+    assert batch["inputs"]["echo"]["frame_mask"].tolist() == [[True] * 4, [False] * 4, [True] * 4]
     assert batch["inputs"]["text"]["input_ids"].shape[0] == 3
     assert batch["present"]["cxr"].tolist() == [True, True, False]
     assert batch["present"]["echo"].tolist() == [True, False, True]
-    assert torch.all(batch["inputs"]["echo"][1] == 0) and torch.all(batch["inputs"]["cxr"][2] == 0)
+    assert torch.all(batch["inputs"]["echo"]["frames"][1] == 0) and torch.all(batch["inputs"]["cxr"][2] == 0)
     assert batch["labels"].shape == (3, len(schema.FINDINGS))
     assert len(set(batch["group"].tolist())) == 3
 
@@ -228,6 +230,6 @@ def test_datamodule_real_dataloader_with_workers(dataset_dir):
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 4
-    assert all(b["inputs"]["ecg"].shape == (4, 12, 500) for b in batches)
+    assert all(b["inputs"]["ecg"]["signal"].shape == (4, 12, 500) for b in batches)
     val = [s for b in dm.val_dataloader() for s in b["study_id"]]
     assert sorted(val) == sorted(f"v{s}x{i}" for s in range(3) for i in range(5))

@@ -255,13 +255,13 @@ def test_text_from_config_pooling_ignores_padding(pooling):
     texts = ["mild cardiomegaly", "small left pleural effusion with blunted costophrenic angle"]
     batch = _batch(tok, texts)
     assert (batch["attention_mask"] == 0).any()
-    out = enc(batch)
+    out = enc(**batch)
     assert out.shape == (2, 32)
-    alone = enc(_batch(tok, texts[:1]))  # no padding at all
+    alone = enc(**_batch(tok, texts[:1]))  # no padding at all
     assert torch.allclose(out[0], alone[0], atol=1e-5)
     ids = batch["input_ids"].clone()
     ids[batch["attention_mask"] == 0] = 1234  # garbage in padded positions
-    assert torch.allclose(enc({**batch, "input_ids": ids}), out, atol=1e-5)
+    assert torch.allclose(enc(**{**batch, "input_ids": ids}), out, atol=1e-5)
 
 
 def test_text_grad_and_freeze():
@@ -269,7 +269,7 @@ def test_text_grad_and_freeze():
     enc = TextEncoder(config=BERT_TINY, tokenizer=MINILM)
     batch = _batch(tok, ["normal sinus rhythm", "atrial fibrillation"])
     batch.pop("token_type_ids", None)
-    _assert_all_grads(enc, enc(batch).square().mean())
+    _assert_all_grads(enc, enc(**batch).square().mean())
     frozen = TextEncoder(config={**BERT_TINY, "vocab_size": 100}, freeze=True, unfreeze=["encoder.layer.0.output.*"])
     assert {n.split(".output.")[0] for n, p in frozen.named_parameters() if p.requires_grad} == {"model.encoder.layer.0"}
     with pytest.raises(ValueError):
@@ -289,17 +289,18 @@ def test_text_pretrained_minilm_offline_matches_sentence_transformers_pooling():
     texts = ["Heart size is enlarged.", "No acute cardiopulmonary process. Lungs are clear bilaterally."]
     batch = _batch(tok, texts)
     with torch.no_grad():
-        ours = enc(batch)
+        ours = enc(**batch)
         ref_model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
         hidden = ref_model(**batch).last_hidden_state
         m = batch["attention_mask"].unsqueeze(-1).float()
         ref = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        again = enc(batch)
+        again = enc(**batch)
     assert torch.allclose(ours, ref, atol=1e-5)
     assert torch.equal(ours, again)
     # the packaged model is the real pretrained MiniLM: paraphrases are closer than unrelated sentences
     with torch.no_grad():
-        e = F.normalize(enc(_batch(tok, ["The heart is enlarged.", "Cardiomegaly.", "The weather is sunny today."])), dim=-1)
+        sentences = ["The heart is enlarged.", "Cardiomegaly.", "The weather is sunny today."]
+        e = F.normalize(enc(**_batch(tok, sentences)), dim=-1)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.1
 
 
@@ -312,7 +313,7 @@ def test_text_minilm_matches_sentence_transformers_if_installed():
     tok = load_tokenizer(MINILM)
     enc = TextEncoder(pretrained=MINILM, pooling="mean").eval()
     with torch.no_grad():
-        ours = F.normalize(enc(_batch(tok, texts)), dim=-1)
+        ours = F.normalize(enc(**_batch(tok, texts)), dim=-1)
     assert torch.allclose(ours, ref, atol=1e-4)
 
 

@@ -269,7 +269,8 @@ def test_echo_clip_sampling_follows_the_frame_rate():
 
     def levels(fps, meta_fps):
         clip = EchoInput(frames=5, size=4, fps=fps).decode(sample, {"echo_fps": meta_fps}, rng, False)
-        return torch.round((clip[:, 0, 0, 0] * 0.25 + 0.5) * 255).tolist()
+        assert clip["frame_mask"].all()  # 60 stored frames: no clip here needs padding
+        return torch.round((clip["frames"][:, 0, 0, 0] * 0.25 + 0.5) * 255).tolist()
 
     assert levels(25, 50) == [0, 2, 4, 6, 8]     # 50 frames/s sampled at 25: every second frame
     assert levels(25, 25) == [0, 1, 2, 3, 4]
@@ -320,7 +321,9 @@ def test_ecg_input_skips_records_with_too_few_real_leads():
     np.save(buffer, np.ones((12, 500), np.int16))
     sample, rng = {schema.ECG_EXT: buffer.getvalue()}, np.random.default_rng(0)
     eight = {"ecg_sampling_rate": 50, "ecg_lead_mask": [1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]}
-    assert ECGInput(rate=50, seconds=10, min_leads=8).decode(sample, eight, rng, False).shape == (12, 500)
+    decoded = ECGInput(rate=50, seconds=10, min_leads=8).decode(sample, eight, rng, False)
+    assert decoded["signal"].shape == (12, 500)
+    assert decoded["lead_mask"].tolist() == [bool(m) for m in eight["ecg_lead_mask"]]
     with pytest.raises(UnreadableInput) as err:
         ECGInput(rate=50, seconds=10, min_leads=12).decode(sample, eight, rng, False)
     assert err.value.reason == "ecg_too_few_leads"

@@ -44,7 +44,8 @@ class ModalityInput:
         raise NotImplementedError
 
     def decode(self, sample: dict[str, Any], meta: dict, rng: np.random.Generator, train: bool) -> Any:
-        """The model input for one study (raises UnreadableInput)."""
+        """The model input for one study (raises UnreadableInput): a tensor, or a dict of tensors named after the
+        tower's ``forward`` arguments (the signal and its masks; see :mod:`probmed.encoders.tower_input`)."""
         raise NotImplementedError
 
     def placeholder(self) -> Any:
@@ -52,7 +53,9 @@ class ModalityInput:
         raise NotImplementedError
 
     def collate(self, items: list[Any]) -> Any:
-        """Stack per-study inputs (placeholders included) into the batch input."""
+        """Stack per-study inputs (placeholders included) into the batch input; dicts are stacked key by key."""
+        if isinstance(items[0], dict):
+            return {key: torch.stack([item[key] for item in items]) for key in items[0]}
         return torch.stack(items)
 
 
@@ -86,11 +89,14 @@ class CXRInput(ModalityInput):
 
 @dataclass
 class ECGInput(ModalityInput):
-    """12-lead ECG → ``float32 [leads, rate·seconds]`` in millivolts, resampled to ``rate`` Hz.
+    """12-lead ECG → ``{"signal": float32 [leads, rate·seconds]`` in millivolts resampled to ``rate`` Hz,
+    ``"lead_mask": bool [leads]}`` (batched: ``[B, leads, L]`` and ``[B, leads]``; the ECG tower's arguments).
 
     In training a random window of ``seconds`` is cropped when the record is longer; in evaluation the first.
     Leads the source file lacked are zero rows marked 0 in ``meta["ecg_lead_mask"]`` (written by
-    ``probmed data build``); a record with fewer than ``min_leads`` real leads is skipped (``ecg_too_few_leads``).
+    ``probmed data build``) and False in ``lead_mask``, so the tower ignores them; without that meta field every
+    lead counts as recorded. A record with fewer than ``min_leads`` real leads is skipped (``ecg_too_few_leads``),
+    a mask of the wrong length too (``ecg_lead_mask_invalid``). A missing study's placeholder has no lead recorded.
     """
 
     rate: float = 100.0
@@ -106,10 +112,20 @@ class ECGInput(ModalityInput):
     def stored(self, sample):
         return schema.ECG_EXT in sample
 
-    def decode(self, sample, meta, rng, train):
+    def lead_mask(self, meta: dict) -> Tensor:
+        """``bool [leads]`` from ``meta["ecg_lead_mask"]`` (all True when absent); raises UnreadableInput."""
         mask = meta.get("ecg_lead_mask")
-        if mask is not None and sum(int(bool(m)) for m in mask) < self.min_leads:
-            raise UnreadableInput("ecg_too_few_leads", f"{sum(map(bool, mask))} real leads < min_leads {self.min_leads}")
+        if mask is None:
+            return torch.ones(self.leads, dtype=torch.bool)
+        if not isinstance(mask, list) or len(mask) != self.leads:
+            raise UnreadableInput("ecg_lead_mask_invalid", f"ecg_lead_mask {mask!r} is not {self.leads} flags")
+        mask = torch.tensor([bool(m) for m in mask])
+        if int(mask.sum()) < self.min_leads:
+            raise UnreadableInput("ecg_too_few_leads", f"{int(mask.sum())} real leads < min_leads {self.min_leads}")
+        return mask
+
+    def decode(self, sample, meta, rng, train):
+        mask = self.lead_mask(meta)
         signal = read_ecg_npy(sample[schema.ECG_EXT], self.leads)
         rate = float(meta.get("ecg_sampling_rate") or 0)
         if rate <= 0:
@@ -120,21 +136,26 @@ class ECGInput(ModalityInput):
         window = signal[:, start : start + self.n_samples]
         if window.shape[-1] < self.n_samples:
             window = np.pad(window, ((0, 0), (0, self.n_samples - window.shape[-1])))
-        return torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
+        return {"signal": torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)), "lead_mask": mask}
 
     def placeholder(self):
-        return torch.zeros(self.leads, self.n_samples)
+        return {
+            "signal": torch.zeros(self.leads, self.n_samples),
+            "lead_mask": torch.zeros(self.leads, dtype=torch.bool),
+        }
 
 
 @dataclass
 class EchoInput(ModalityInput):
-    """Echo cine → ``float32 [frames, 1, size, size]``, standardised as ``(x − 0.5) / 0.25``.
+    """Echo cine → ``{"frames": float32 [frames, 1, size, size]`` standardised as ``(x − 0.5) / 0.25``,
+    ``"frame_mask": bool [frames]}`` (batched: ``[B, T, 1, S, S]`` and ``[B, T]``; the echo tower's arguments).
 
     Frames are taken every ``stride`` stored frames, or — when ``fps`` is set — at ``fps`` frames per second of
     the cine's own time axis (``meta["echo_fps"]``): frame ``k`` of the clip is stored frame
     ``start + round(k · echo_fps / fps)``, so cines recorded at 30 and 60 frames/s give clips of the same duration.
     Training draws a random clip start; evaluation starts at frame 0. Short cines are padded by repeating their
-    last frame."""
+    last frame; those padding frames are False in ``frame_mask``, so the tower ignores them. A missing study's
+    placeholder has no frame kept."""
 
     frames: int = 16
     size: int = 64
@@ -159,12 +180,17 @@ class EchoInput(ModalityInput):
         offsets = self.offsets(meta)
         span = int(offsets[-1]) + 1
         start = int(rng.integers(cine.shape[0] - span + 1)) if (train and cine.shape[0] > span) else 0
-        index = np.minimum(start + offsets, cine.shape[0] - 1)
+        wanted = start + offsets
+        index = np.minimum(wanted, cine.shape[0] - 1)
         clip = _resize(torch.from_numpy(np.ascontiguousarray(cine[index])), self.size)
-        return ((clip - 0.5) / 0.25)[:, None].float()
+        real = torch.from_numpy(wanted < cine.shape[0])  # False: a repeated last frame standing in for padding
+        return {"frames": ((clip - 0.5) / 0.25)[:, None].float(), "frame_mask": real}
 
     def placeholder(self):
-        return torch.zeros(self.frames, 1, self.size, self.size)
+        return {
+            "frames": torch.zeros(self.frames, 1, self.size, self.size),
+            "frame_mask": torch.zeros(self.frames, dtype=torch.bool),
+        }
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 A *batch* (what the LightningModule receives) is a dict:
 
-- ``inputs``: ``{modality: model input}`` — tensors (``cxr [B, 1, S, S]``, ``ecg [B, leads, L]``,
-  ``echo [B, T, 1, S, S]``) or, for text, ``{"input_ids": [B, S], "attention_mask": [B, S]}``; a zero placeholder
-  stands in wherever the study lacks the modality;
+- ``inputs``: ``{modality: model input}`` — a tensor (``cxr [B, 1, S, S]``) or a dict of tensors passed to the
+  tower as keyword arguments (:mod:`probmed.encoders.tower_input`): ``ecg {"signal": [B, leads, L] mV,
+  "lead_mask": bool [B, leads]}``, ``echo {"frames": [B, T, 1, S, S], "frame_mask": bool [B, T]}``, ``text
+  {"input_ids": [B, S], "attention_mask": [B, S]}``; a zero placeholder (masks all False) stands in wherever the
+  study lacks the modality;
 - ``present``: ``{modality: bool [B]}``;
 - ``group``: ``int64 [B]`` positive-group id (hash of the study id, or of the patient id);
 - ``labels``: ``float32 [B, len(FINDINGS)]`` with NaN where a label is unknown;

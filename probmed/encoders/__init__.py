@@ -1,14 +1,16 @@
 """Per-modality encoder towers (trunks) and the Gaussian head.
 
-Each trunk is an ``nn.Module`` with an int ``output_dim`` (feature size F) and ``forward(x) -> [B, F]``; the
+Each trunk is an ``nn.Module`` with an int ``output_dim`` (feature size F) and ``forward(...) -> [B, F]``; the
 LightningModule keeps them in an ``nn.ModuleDict`` keyed by modality, each followed by a :class:`GaussianHead`.
+A modality's batch input is a tensor (the trunk's one argument) or a mapping of tensors (its keyword arguments;
+see :mod:`probmed.encoders.tower_input`):
 
 ========  ==================  ===========================================================================
 modality  trunk               input
 ========  ==================  ===========================================================================
 cxr       :class:`ImageEncoder`  ``[B, C, H, W]`` float (C=1, standardised)
-ecg       :class:`ECGEncoder`    ``[B, leads, L]`` float mV, optional ``lead_mask`` ``[B, leads]``
-echo      :class:`EchoEncoder`   ``[B, T, C, H, W]`` float, optional ``frame_mask`` ``[B, T]``
+ecg       :class:`ECGEncoder`    ``{"signal": [B, leads, L] float mV, "lead_mask": [B, leads] bool}``
+echo      :class:`EchoEncoder`   ``{"frames": [B, T, C, H, W] float, "frame_mask": [B, T] bool}``
 text      :class:`TextEncoder`   ``{"input_ids": [B, S], "attention_mask": [B, S]}`` long
 ========  ==================  ===========================================================================
 """

@@ -74,13 +74,13 @@ class ECGEncoder(nn.Module):
     (bottleneck, ``[3, 4, 23, 3]``, widths ``[64, 128, 256, 512]``, F = 4096 with concat pooling); a tiny demo
     variant is ``depth=None, expansion=1, layers=[1, 1, 1, 1], widths=[32, 64, 96, 128]`` (F = 256).
 
-    **Missing leads.** ``forward(x, lead_mask)`` takes an optional ``[B, leads]`` mask (1/True = lead recorded).
+    **Missing leads.** ``forward(signal, lead_mask)`` takes an optional ``[B, leads]`` mask (1/True = lead recorded).
     Masked leads are set to 0 (``torch.where``, so even NaN there is harmless) *before* the network, so their values never influence the output (a reader
     may leave garbage there), and — when ``lead_mask_channels`` — the mask itself is appended as ``leads`` extra
     constant input channels so the network can tell "lead missing" from "flat lead".  Without a mask every lead
     counts as present.
 
-    Input: ``x`` float ``[B, leads, L]`` in millivolts (any length L ≥ 32; typically 100 Hz × 10 s = 1000 or
+    Input: ``signal`` float ``[B, leads, L]`` in millivolts (any length L ≥ 32; typically 100 Hz × 10 s = 1000 or
     250 Hz × 10 s = 2500 samples).  Output: ``[B, output_dim]`` float.
 
     Args:
@@ -156,21 +156,24 @@ class ECGEncoder(nn.Module):
                     m.eval()
         return self
 
-    def forward(self, x: Tensor, lead_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, signal: Tensor, lead_mask: Optional[Tensor] = None) -> Tensor:
         """Encode ECGs.
 
         Args:
-            x: ``[B, leads, L]`` float, millivolts; missing leads may hold anything (zeros by convention).
+            signal: ``[B, leads, L]`` float, millivolts; missing leads may hold anything (zeros by convention).
             lead_mask: optional ``[B, leads]`` bool/float, 1 where the lead was recorded.
 
         Returns:
             ``[B, output_dim]`` float features.
         """
+        x = signal
         if x.ndim != 3 or x.shape[1] != self.in_leads:
-            raise ValueError(f"expected x of shape [B, {self.in_leads}, L], got {tuple(x.shape)}")
+            raise ValueError(f"expected signal of shape [B, {self.in_leads}, L], got {tuple(x.shape)}")
         if lead_mask is None:
             mask = x.new_ones(x.shape[0], x.shape[1])
         else:
+            if tuple(lead_mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"expected lead_mask of shape {tuple(x.shape[:2])}, got {tuple(lead_mask.shape)}")
             mask = lead_mask.to(dtype=x.dtype, device=x.device)
             x = torch.where(mask[:, :, None] > 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
         if self.lead_mask_channels:

@@ -25,13 +25,13 @@ class EchoEncoder(nn.Module):
     4. Pooling: ``"attention"`` — a learned query attends over the frames (``nn.MultiheadAttention``) followed by
        LayerNorm; or ``"mean"`` — masked mean.
 
-    **Dropped frames.** ``forward(x, frame_mask)`` takes an optional ``[B, T]`` mask (1/True = frame kept).
+    **Dropped frames.** ``forward(frames, frame_mask)`` takes an optional ``[B, T]`` mask (1/True = frame kept).
     Dropped frames are never encoded (only kept frames go through the frame encoder, so they do not even reach
     its BatchNorm statistics), are excluded as attention keys in the transformer and the pooling, and so cannot
     change the output.  A row with no kept frame at all (a missing study's zero placeholder) is treated as fully
     kept so the attention stays finite; such rows are excluded downstream by the presence mask.
 
-    Input: ``x`` float ``[B, T, C, H, W]``, ``C`` = frame encoder ``in_chans`` (1, grey), standardised
+    Input: ``frames`` float ``[B, T, C, H, W]``, ``C`` = frame encoder ``in_chans`` (1, grey), standardised
     intensities.  Output: ``[B, output_dim]`` float, ``output_dim = dim`` (or F).
 
     Args:
@@ -129,22 +129,26 @@ class EchoEncoder(nn.Module):
             frames = F.interpolate(frames, size=(self.frame_size, self.frame_size), mode="area")
         return self.frame_encoder(frames)
 
-    def forward(self, x: Tensor, frame_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, frames: Tensor, frame_mask: Optional[Tensor] = None) -> Tensor:
         """Encode cine clips.
 
         Args:
-            x: ``[B, T, C, H, W]`` float frames (standardised intensities).
-            frame_mask: optional ``[B, T]`` bool/float, 1 where the frame is kept.
+            frames: ``[B, T, C, H, W]`` float frames (standardised intensities).
+            frame_mask: optional ``[B, T]`` bool/float, 1 where the frame is kept (0: dropped, or padding of a
+                cine shorter than the clip).
 
         Returns:
             ``[B, output_dim]`` float features.
         """
+        x = frames
         if x.ndim != 5:
-            raise ValueError(f"expected x of shape [B, T, C, H, W], got {tuple(x.shape)}")
+            raise ValueError(f"expected frames of shape [B, T, C, H, W], got {tuple(x.shape)}")
         b, t = x.shape[:2]
         if frame_mask is None:
             valid = torch.ones(b, t, dtype=torch.bool, device=x.device)
         else:
+            if tuple(frame_mask.shape) != (b, t):
+                raise ValueError(f"expected frame_mask of shape {(b, t)}, got {tuple(frame_mask.shape)}")
             valid = frame_mask.to(device=x.device) > 0
             valid = valid | ~valid.any(dim=1, keepdim=True)  # all-dropped row → keep all (placeholder)
         if self.motion:  # x_t − x_{t−1}, zero for the first frame and wherever either frame is dropped

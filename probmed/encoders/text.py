@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +31,10 @@ class TextEncoder(nn.Module):
     Pooling over the last hidden states: ``"cls"`` (first token) or ``"mean"`` (mean over tokens with
     ``attention_mask == 1``; sentence-transformers' pooling).  Padding tokens never change either.
 
-    Input: ``x`` a mapping with ``input_ids`` ``LongTensor [B, S]`` and ``attention_mask`` ``LongTensor [B, S]``
-    (1 = real token, 0 = padding); other keys (e.g. ``token_type_ids``) are passed through when the model accepts
-    them.  Output: ``[B, output_dim]`` float, ``output_dim = config.hidden_size``.
+    Input: keyword arguments ``input_ids`` ``LongTensor [B, S]`` and ``attention_mask`` ``LongTensor [B, S]``
+    (1 = real token, 0 = padding) — the batch's text mapping, ``encoder(**batch["inputs"]["text"])``; other
+    keywords (e.g. ``token_type_ids``) are passed through when the model accepts them.
+    Output: ``[B, output_dim]`` float, ``output_dim = config.hidden_size``.
 
     Args:
         pretrained: local model spec (see above); exclusive with ``config``.
@@ -93,20 +94,21 @@ class TextEncoder(nn.Module):
             self.model.eval()
         return self
 
-    def forward(self, x: Mapping[str, Tensor]) -> Tensor:
-        """Encode tokenised text.
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, **extra: Tensor) -> Tensor:
+        """Encode tokenised text (the batch's ``{"input_ids", "attention_mask", ...}`` as keyword arguments).
 
         Args:
-            x: ``{"input_ids": LongTensor [B, S], "attention_mask": LongTensor [B, S], ...}``.
+            input_ids: ``LongTensor [B, S]`` token ids.
+            attention_mask: ``LongTensor [B, S]``, 1 = real token, 0 = padding (None: all real).
+            extra: further model inputs (e.g. ``token_type_ids [B, S]``), passed on when the model accepts them.
 
         Returns:
             ``[B, output_dim]`` float pooled features.
         """
-        input_ids = x["input_ids"]
-        mask = x.get("attention_mask")
+        mask = attention_mask
         if mask is None:
             mask = torch.ones_like(input_ids)
-        extra = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask") and k in self._accepted}
+        extra = {k: v for k, v in extra.items() if k in self._accepted}
         hidden = self.model(input_ids=input_ids, attention_mask=mask, **extra).last_hidden_state  # [B, S, H]
         if self.pooling == "cls":
             return hidden[:, 0]

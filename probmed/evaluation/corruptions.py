@@ -2,23 +2,27 @@
 
 Every function takes the batch input of its modality (as the data pipeline produces it, see
 :mod:`probmed.data.modalities`), a severity ``s ≥ 0`` (0 = unchanged) and a ``torch.Generator``, and returns a
-corrupted copy; it never changes its input in place. Units:
+corrupted copy; it never changes its input in place. ECG and echo inputs are ``{"signal", "lead_mask"}`` and
+``{"frames", "frame_mask"}``; a bare signal tensor is accepted too (then there is no mask to update). Units:
 
 * CXR ``[B, 1, S, S]`` standardised ``(pixel − 0.5) / 0.25``: ``noise`` adds Gaussian noise of ``0.05·s`` in pixel
   units (0–1); ``blur`` a Gaussian blur of σ = ``s`` pixels; ``contrast`` shrinks each image's deviation from its
   mean by ``1 / (1 + 0.5·s)``.
 * ECG ``[B, leads, T]`` in mV: ``noise`` adds white noise of ``0.05·s`` mV; ``baseline_wander`` adds per lead a
   sinusoid of ``0.2·s`` mV amplitude, one to three cycles per record, random phase; ``lead_dropout`` zeroes
-  ``min(leads − 1, 2·s)`` random leads per study.
+  ``min(leads − 1, 2·s)`` random leads per study and marks them missing in ``lead_mask`` (as a record lacking
+  those leads would be).
 * Echo ``[B, T, 1, S, S]`` standardised: ``frame_dropout`` blanks (mid grey) each frame with probability
-  ``min(0.9, 0.15·s)``; ``speckle`` multiplies pixel intensities by ``1 + 0.1·s·n``, n ~ N(0, 1).
+  ``min(0.9, 0.15·s)`` and marks it dropped in ``frame_mask`` (a clip left with no kept frame is, as the echo
+  tower treats any such row, encoded with all its frames: blanks included); ``speckle`` multiplies pixel
+  intensities by ``1 + 0.1·s·n``, n ~ N(0, 1).
 * Text ``{"input_ids", "attention_mask"}``: ``word_dropout`` masks out each token other than the first and the
   last attended one with probability ``min(0.9, 0.1·s)``.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -29,6 +33,18 @@ PIXEL_SCALE, PIXEL_SHIFT = 0.25, 0.5  # images are standardised as (pixel − 0.
 
 def _noise_like(x: Tensor, g: torch.Generator) -> Tensor:
     return torch.randn(x.shape, generator=g, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+
+
+def _signal(x: Tensor | Mapping[str, Tensor], key: str) -> Tensor:
+    """The signal of a modality input: ``x[key]`` of a mapping, or the tensor itself."""
+    return x[key] if isinstance(x, Mapping) else x
+
+
+def _replace(x: Tensor | Mapping[str, Tensor], key: str, signal: Tensor, **masks: Tensor) -> Any:
+    """``x`` with its signal replaced (and, for a mapping, the given masks): the input's own layout, a new object."""
+    if not isinstance(x, Mapping):
+        return signal
+    return {**x, key: signal, **masks}
 
 
 def cxr_noise(x: Tensor, s: float, g: torch.Generator) -> Tensor:
@@ -48,36 +64,50 @@ def cxr_contrast(x: Tensor, s: float, g: torch.Generator) -> Tensor:
     return mean + (x - mean) / (1.0 + 0.5 * s)
 
 
-def ecg_noise(x: Tensor, s: float, g: torch.Generator) -> Tensor:
-    return x + 0.05 * s * _noise_like(x, g)
+def ecg_noise(x: Any, s: float, g: torch.Generator) -> Any:
+    signal = _signal(x, "signal")
+    return _replace(x, "signal", signal + 0.05 * s * _noise_like(signal, g))
 
 
-def ecg_baseline_wander(x: Tensor, s: float, g: torch.Generator) -> Tensor:
-    b, leads, t = x.shape
+def ecg_baseline_wander(x: Any, s: float, g: torch.Generator) -> Any:
+    signal = _signal(x, "signal")
+    b, leads, t = signal.shape
     cycles = 1.0 + 2.0 * torch.rand(b, leads, 1, generator=g)
     phase = 2 * math.pi * torch.rand(b, leads, 1, generator=g)
     time = torch.linspace(0, 1, t)[None, None, :]
-    return x + (0.2 * s * torch.sin(2 * math.pi * cycles * time + phase)).to(device=x.device, dtype=x.dtype)
+    wander = (0.2 * s * torch.sin(2 * math.pi * cycles * time + phase)).to(device=signal.device, dtype=signal.dtype)
+    return _replace(x, "signal", signal + wander)
 
 
-def ecg_lead_dropout(x: Tensor, s: float, g: torch.Generator) -> Tensor:
-    b, leads, _ = x.shape
+def ecg_lead_dropout(x: Any, s: float, g: torch.Generator) -> Any:
+    signal = _signal(x, "signal")
+    b, leads, _ = signal.shape
     n_drop = min(leads - 1, int(round(2 * s)))
-    keep = torch.ones(b, leads, 1)
+    keep = torch.ones(b, leads, dtype=torch.bool)
     for i in range(b):
-        keep[i, torch.randperm(leads, generator=g)[:n_drop]] = 0
-    return x * keep.to(device=x.device, dtype=x.dtype)
+        keep[i, torch.randperm(leads, generator=g)[:n_drop]] = False
+    keep = keep.to(signal.device)
+    dropped = signal * keep[:, :, None].to(signal.dtype)
+    if not isinstance(x, Mapping):
+        return dropped
+    return _replace(x, "signal", dropped, lead_mask=(x["lead_mask"] > 0) & keep)
 
 
-def echo_frame_dropout(x: Tensor, s: float, g: torch.Generator) -> Tensor:
-    drop = torch.rand(x.shape[0], x.shape[1], generator=g) < min(0.9, 0.15 * s)
-    return torch.where(drop.to(x.device)[:, :, None, None, None], torch.zeros((), dtype=x.dtype, device=x.device), x)
+def echo_frame_dropout(x: Any, s: float, g: torch.Generator) -> Any:
+    frames = _signal(x, "frames")
+    drop = (torch.rand(frames.shape[0], frames.shape[1], generator=g) < min(0.9, 0.15 * s)).to(frames.device)
+    blank = torch.zeros((), dtype=frames.dtype, device=frames.device)
+    blanked = torch.where(drop[:, :, None, None, None], blank, frames)
+    if not isinstance(x, Mapping):
+        return blanked
+    return _replace(x, "frames", blanked, frame_mask=(x["frame_mask"] > 0) & ~drop)
 
 
-def echo_speckle(x: Tensor, s: float, g: torch.Generator) -> Tensor:
-    pixel = x * PIXEL_SCALE + PIXEL_SHIFT
-    pixel = pixel * (1.0 + 0.1 * s * _noise_like(x, g))
-    return (pixel - PIXEL_SHIFT) / PIXEL_SCALE
+def echo_speckle(x: Any, s: float, g: torch.Generator) -> Any:
+    frames = _signal(x, "frames")
+    pixel = frames * PIXEL_SCALE + PIXEL_SHIFT
+    pixel = pixel * (1.0 + 0.1 * s * _noise_like(frames, g))
+    return _replace(x, "frames", (pixel - PIXEL_SHIFT) / PIXEL_SCALE)
 
 
 def text_word_dropout(x: dict[str, Tensor], s: float, g: torch.Generator) -> dict[str, Tensor]:
