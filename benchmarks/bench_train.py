@@ -30,6 +30,15 @@ from probmed.module import ProbMedModule
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
+def random_like(example, gen: torch.Generator):
+    """Random float signal of a placeholder's shape; masks (bool) all set: every lead / frame recorded."""
+    if isinstance(example, dict):
+        return {k: random_like(v, gen) for k, v in example.items()}
+    if example.dtype == torch.bool:
+        return torch.ones_like(example)
+    return torch.randn(example.shape, generator=gen)
+
+
 def synthetic_batch(data: ProbMedDataModule, batch_size: int, present: float, gen: torch.Generator) -> dict:
     """A collated batch of ``batch_size`` studies with the data module's input shapes."""
     inputs, mask = {}, {}
@@ -38,7 +47,7 @@ def synthetic_batch(data: ProbMedDataModule, batch_size: int, present: float, ge
         if isinstance(example, str):
             items = ["no acute cardiopulmonary process. " * 64] * batch_size
         else:
-            items = [torch.randn(example.shape, generator=gen) for _ in range(batch_size)]
+            items = [random_like(example, gen) for _ in range(batch_size)]
         inputs[name] = modality.collate(items)
         keep = torch.rand(batch_size, generator=gen) < present
         keep[0] = True
