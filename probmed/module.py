@@ -20,6 +20,7 @@ from probmed.encoders import GaussianHead
 from probmed.evaluation.collect import EmbeddingCollector
 from probmed.evaluation.retrieval import format_table, retrieval_metrics
 from probmed.losses import Objective
+from probmed.optim import ParamGroups, apply_lr_scales
 
 
 class ProbMedModule(L.LightningModule):
@@ -37,6 +38,10 @@ class ProbMedModule(L.LightningModule):
         warmup_steps: linear learning-rate warm-up, then cosine decay to ``min_lr_ratio × lr`` at the last step.
         min_lr_ratio: final learning rate as a fraction of the peak.
         retrieval_ks: the K of Recall@K at validation/test.
+        shared: extra modality key → the key whose tower and head embed it (e.g. ``{cxr_view2: cxr,
+            text_impression: text}``: MedProbCLIP's second view and second report section, one tower each).
+        param_groups: builds the optimizer's parameter groups (per-tower learning rates, layer-wise decay; see
+            :class:`probmed.optim.ParamGroups`); None puts every trainable parameter in one group.
     """
 
     def __init__(
@@ -52,12 +57,19 @@ class ProbMedModule(L.LightningModule):
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.05,
         retrieval_ks: tuple[int, ...] = (1, 5, 10),
+        shared: dict[str, str] | None = None,
+        param_groups: ParamGroups | None = None,
     ):
         super().__init__()
-        missing = sorted(set(objective.modalities) - set(encoders))
+        self.shared = dict(shared or {})
+        unknown = {k: v for k, v in self.shared.items() if v not in encoders or k in encoders}
+        if unknown:
+            raise ValueError(f"shared maps keys to an encoder of another key; bad entries {unknown}, encoders: {sorted(encoders)}")
+        missing = sorted(set(objective.modalities) - set(encoders) - set(self.shared))
         if missing:
             raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
-        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer"])
+        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "param_groups"])
+        self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict({
             name: GaussianHead(
@@ -83,7 +95,8 @@ class ProbMedModule(L.LightningModule):
         if len(rows) == 0:  # keep every parameter in the graph so DDP sees the same graph on every rank
             rows = torch.arange(len(present), device=present.device)
         picked = {k: v[rows] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[rows]
-        mean_rows, log_var_rows = self.heads[name](self.encoders[name](picked))
+        tower = self.shared.get(name, name)
+        mean_rows, log_var_rows = self.heads[tower](self.encoders[tower](picked))
         keep = present[rows][:, None]  # all False when no row is present: zero values, zero gradients
 
         def scatter(values: Tensor) -> Tensor:  # each in its own dtype (under autocast mean and log_var may differ)
@@ -94,7 +107,8 @@ class ProbMedModule(L.LightningModule):
 
     def embed(self, batch: dict, modalities=None) -> dict[str, GaussianEmbedding]:
         """``{modality: GaussianEmbedding [B, D]}`` for the batch's modalities that have an encoder."""
-        names = [n for n in batch["inputs"] if n in self.encoders and (modalities is None or n in modalities)]
+        names = [n for n in batch["inputs"] if (n in self.encoders or n in self.shared)
+                 and (modalities is None or n in modalities)]
         return {n: self.embed_modality(n, batch["inputs"][n], batch["present"][n]) for n in names}
 
     def forward(self, batch: dict) -> dict[str, GaussianEmbedding]:
@@ -236,7 +250,8 @@ class ProbMedModule(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        groups = self.param_groups(self) if self.param_groups is not None else self.parameters()
+        optimizer = apply_lr_scales(self.optimizer_factory(groups))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.warmup_steps, max(0, total - 1))
         floor = self.min_lr_ratio
