@@ -21,7 +21,8 @@ optimizer's ``lr`` times ``lr_scale`` (times the layer factor below); the module
 the ``i``-th block (the first integer after ``layer.``, ``layers.``, ``blocks.`` or ``stages.`` in its name: BERT's
 ``encoder.layer.i``, ViT's ``blocks.i``, Swin's ``layers.i`` stage, XResNet1d's ``stages.i``), and ``L + 1`` for
 anything after the last block (final norms, poolers), where ``L`` is the number of blocks found in the rule; its
-factor is ``d ** (L + 1 - l)``. Frozen parameters (``requires_grad=False``) are left out of every group.
+factor is ``d ** (top - l)`` with ``top`` the largest depth present in the rule, so the output end trains at the
+rule's full rate. Frozen parameters (``requires_grad=False``) are left out of every group.
 """
 from __future__ import annotations
 
