@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if words and words[0] == "distill":  # M3Bind stage 2: `probmed distill fit --config ...`
         from probmed.distill import TextDistillation
 
-        LightningCLI(TextDistillation, ProbMedDataModule, args=words[1:], trainer_defaults=TRAINER_DEFAULTS,
-                     save_config_kwargs={"overwrite": True})
+        if argv is None:  # LightningCLI reads sys.argv itself: drop the `distill` word from it
+            sys.argv = [sys.argv[0], *words[1:]]
+        LightningCLI(TextDistillation, ProbMedDataModule, args=None if argv is None else words[1:],
+                     trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True})
         return 0
     ProbMedCLI(
         ProbMedModule,

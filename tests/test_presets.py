@@ -63,10 +63,12 @@ def test_tiny_preset_trains_through_the_cli(preset, smoke_corpus, tmp_path, monk
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~200 M parameters per preset on a shared 2-core CPU
 @pytest.mark.parametrize("preset", sorted(EXPECTED))
 def test_full_size_preset_builds_and_takes_one_step_on_cpu(preset, smoke_corpus, tmp_path, monkeypatch):
     scalars = _fit(["--config", str(PRESETS / f"{preset}.yaml"), "--data.data_dir", str(smoke_corpus),
-                    "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
+                    "--data.batch_size", "2", "--data.num_workers", "0",
+                    "--data.text.max_length", "64", "--data.text_impression.max_length", "64", "--trainer.accelerator", "cpu",
                     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
                     "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
                     "--trainer.enable_progress_bar", "false"], tmp_path, monkeypatch)
@@ -74,3 +76,19 @@ def test_full_size_preset_builds_and_takes_one_step_on_cpu(preset, smoke_corpus,
     for tag in EXPECTED[preset]:
         if tag.startswith("train/"):
             assert tag in scalars, f"{tag} missing; have {sorted(scalars)}"
+
+
+def test_a_hub_id_offline_names_what_to_download_and_where(smoke_corpus, tmp_path, monkeypatch):
+    """A preset pointed at a hub id on an offline machine stops before training with the download command."""
+    from probmed.encoders import PretrainedNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedNotFoundError) as err:
+        _fit(["--config", str(PRESETS / "clip.yaml"), "--config", str(PRESETS / "tiny" / "clip.yaml"),
+              "--data.data_dir", str(smoke_corpus), "--model.encoders.text.init_args.pretrained",
+              "dmis-lab/biobert-base-cased-v1.2", "--model.encoders.text.init_args.config", "null"],
+             tmp_path, monkeypatch)
+    message = str(err.value)
+    assert "huggingface-cli download dmis-lab/biobert-base-cased-v1.2 --local-dir" in message
+    assert "point the config at that directory" in message
+    assert not list(tmp_path.rglob("*.ckpt"))
