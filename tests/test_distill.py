@@ -28,7 +28,7 @@ def _teacher(preset: str, corpus, run_dir, monkeypatch) -> TeacherSpec:
     monkeypatch.chdir(run_dir)
     monkeypatch.setattr(sys, "argv", ["probmed"])
     assert main(["fit", "--config", str(PRESETS / f"{preset}.yaml"), "--config", str(PRESETS / "tiny" / f"{preset}.yaml"),
-                 "--data.data_dir", str(corpus), "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "0",
+                 "--data.data_dir", str(corpus), "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0",
                  "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir)]) == 0
     (version,) = (run_dir / "preset").glob("version_*")
     return TeacherSpec(str(version / "config.yaml"), str(version / "checkpoints" / "last.ckpt"))
@@ -78,7 +78,7 @@ def _distill_cli(teachers: dict[str, TeacherSpec], corpus, run_dir, monkeypatch)
     args = ["distill", "fit", "--config", str(PRESETS / "m3bind_distill.yaml"), "--data.data_dir", str(corpus),
             "--model.student", str(PRESETS / "tiny" / "towers" / "text.yaml"), "--data.batch_size", "8",
             "--data.num_workers", "0", "--data.text.max_length", "32", "--trainer.accelerator", "cpu",
-            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.max_epochs", "1", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir),
             "--trainer.logger.init_args.save_dir", str(run_dir)]
     for name, spec in teachers.items():

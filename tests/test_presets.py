@@ -69,7 +69,7 @@ def test_full_size_preset_builds_and_takes_one_step_on_cpu(preset, smoke_corpus,
     scalars = _fit(["--config", str(PRESETS / f"{preset}.yaml"), "--data.data_dir", str(smoke_corpus),
                     "--data.batch_size", "2", "--data.num_workers", "0",
                     "--data.text.max_length", "64", "--data.text_impression.max_length", "64", "--trainer.accelerator", "cpu",
-                    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                    "--trainer.max_epochs", "1", "--trainer.max_steps", "1",
                     "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
                     "--trainer.enable_progress_bar", "false"], tmp_path, monkeypatch)
     assert len(scalars["train/loss"]) == 1 and math.isfinite(scalars["train/loss"][0])
