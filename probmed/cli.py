@@ -7,6 +7,7 @@ Examples::
     probmed test --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt
     probmed fit --config configs/demo.yaml --print_config
     probmed predict --config configs/demo.yaml --ckpt_path last.ckpt --embeddings.path emb.npz   # means + variances
+    probmed distill fit --config configs/presets/m3bind_distill.yaml      (M3Bind stage 2, see probmed.distill)
 """
 from __future__ import annotations
 
@@ -86,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         from probmed.data.commands import main as data_main
 
         return data_main(words[1:])
+    if words and words[0] == "distill":  # M3Bind stage 2: `probmed distill fit --config ...`
+        from probmed.distill import TextDistillation
+
+        if argv is None:  # LightningCLI reads sys.argv itself: drop the `distill` word from it
+            sys.argv = [sys.argv[0], *words[1:]]
+        LightningCLI(TextDistillation, ProbMedDataModule, args=None if argv is None else words[1:],
+                     trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True})
+        return 0
     ProbMedCLI(
         ProbMedModule,
         ProbMedDataModule,

@@ -26,6 +26,7 @@ from probmed.losses import Objective
 from probmed.training.accumulation import refuse_gradient_accumulation
 from probmed.training.determinism import seed_step
 from probmed.training.nonfinite import NonFiniteGuard
+from probmed.optim import ParamGroups, apply_lr_scales
 
 
 class ProbMedModule(L.LightningModule):
@@ -47,6 +48,10 @@ class ProbMedModule(L.LightningModule):
         retrieval_ks: the K of Recall@K at validation/test.
         evaluation: what validation/test compute beyond Recall@K (zero-/few-shot, uncertainty, corruptions,
             prognosis, plots; see :class:`~probmed.evaluation.config.EvaluationConfig`).
+        shared: extra modality key → the key whose tower and head embed it (e.g. ``{cxr_view2: cxr,
+            text_impression: text}``: MedProbCLIP's second view and second report section, one tower each).
+        param_groups: builds the optimizer's parameter groups (per-tower learning rates, layer-wise decay; see
+            :class:`probmed.optim.ParamGroups`); None puts every trainable parameter in one group.
     """
 
     def __init__(
@@ -63,12 +68,19 @@ class ProbMedModule(L.LightningModule):
         min_lr_ratio: float = 0.05,
         retrieval_ks: tuple[int, ...] = (1, 5, 10),
         evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008 (jsonargparse needs an instance)
+        shared: dict[str, str] | None = None,
+        param_groups: ParamGroups | None = None,
     ):
         super().__init__()
-        missing = sorted(set(objective.modalities) - set(encoders))
+        self.shared = dict(shared or {})
+        unknown = {k: v for k, v in self.shared.items() if v not in encoders or k in encoders}
+        if unknown:
+            raise ValueError(f"shared maps keys to an encoder of another key; bad entries {unknown}, encoders: {sorted(encoders)}")
+        missing = sorted(set(objective.modalities) - set(encoders) - set(self.shared))
         if missing:
             raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
-        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation"])
+        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups"])
+        self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict({
             name: GaussianHead(
@@ -98,7 +110,8 @@ class ProbMedModule(L.LightningModule):
         if len(rows) == 0:  # keep every parameter in the graph so DDP sees the same graph on every rank
             rows = torch.arange(len(present), device=present.device)
         picked = select_rows(inputs, rows)
-        mean_rows, log_var_rows = self.heads[name](run_tower(self.encoders[name], picked))
+        tower = self.shared.get(name, name)
+        mean_rows, log_var_rows = self.heads[tower](run_tower(self.encoders[tower], picked))
         keep = present[rows][:, None]  # all False when no row is present: zero values, zero gradients
 
         def scatter(values: Tensor) -> Tensor:  # each in its own dtype (under autocast mean and log_var may differ)
@@ -109,7 +122,8 @@ class ProbMedModule(L.LightningModule):
 
     def embed(self, batch: dict, modalities=None) -> dict[str, GaussianEmbedding]:
         """``{modality: GaussianEmbedding [B, D]}`` for the batch's modalities that have an encoder."""
-        names = [n for n in batch["inputs"] if n in self.encoders and (modalities is None or n in modalities)]
+        names = [n for n in batch["inputs"] if (n in self.encoders or n in self.shared)
+                 and (modalities is None or n in modalities)]
         return {n: self.embed_modality(n, batch["inputs"][n], batch["present"][n]) for n in names}
 
     def forward(self, batch: dict) -> dict[str, GaussianEmbedding]:
@@ -271,7 +285,8 @@ class ProbMedModule(L.LightningModule):
         self.nonfinite.optimizer_step(optimizer, optimizer_closure)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        groups = self.param_groups(self) if self.param_groups is not None else self.parameters()
+        optimizer = apply_lr_scales(self.optimizer_factory(groups))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.warmup_steps, max(0, total - 1))
         floor = self.min_lr_ratio

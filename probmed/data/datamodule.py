@@ -10,7 +10,10 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
 from probmed.data import schema
-from probmed.data.modalities import INPUTS, CXRInput, ECGInput, EchoInput, ModalityInput, TextInput, check_modalities
+from probmed.data.modalities import (
+    INPUTS, CXRInput, CXRSecondViewInput, ECGInput, EchoInput, ImpressionInput, ModalityInput, TextInput,
+    check_modalities,
+)
 from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
 
@@ -30,6 +33,8 @@ class ProbMedDataModule(L.LightningDataModule):
         shuffle_buffer: studies held in each worker's shuffle buffer.
         seed: seeds shard order, shuffling and per-study random choices (with the epoch), identical on all ranks.
         cxr, ecg, echo, text: per-modality input options.
+        cxr_view2, text_impression: options of the second CXR view and the IMPRESSION section when they are
+            loaded as modality keys of their own (MedProbCLIP's multi-view / multi-section pairs).
     """
 
     def __init__(
@@ -46,6 +51,8 @@ class ProbMedDataModule(L.LightningDataModule):
         ecg: ECGInput = ECGInput(),  # noqa: B008
         echo: EchoInput = EchoInput(),  # noqa: B008
         text: TextInput = TextInput(),  # noqa: B008
+        cxr_view2: CXRSecondViewInput = CXRSecondViewInput(),  # noqa: B008
+        text_impression: ImpressionInput = ImpressionInput(),  # noqa: B008
     ):
         super().__init__()
         check_modalities(modalities)
@@ -56,7 +63,8 @@ class ProbMedDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.positives, self.seed = positives, seed
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
-        options: dict[str, ModalityInput] = {"cxr": cxr, "ecg": ecg, "echo": echo, "text": text}
+        options: dict[str, ModalityInput] = {"cxr": cxr, "ecg": ecg, "echo": echo, "text": text,
+                                             "cxr_view2": cxr_view2, "text_impression": text_impression}
         self.inputs = {name: options.get(name, INPUTS[name]()) for name in self.modalities}
         self.decoder = StudyDecoder(self.inputs, positives)
         self.collator = StudyCollator(self.inputs)
@@ -90,8 +98,9 @@ class ProbMedDataModule(L.LightningDataModule):
 
     # -- Lightning hooks -----------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if "text" in self.inputs:
-            self.inputs["text"].load_tokenizer()  # fail early (and once) on a wrong tokenizer path
+        for name in self.inputs:
+            if isinstance(self.inputs[name], TextInput):
+                self.inputs[name].load_tokenizer()  # fail early (and once) on a wrong tokenizer path
         if stage in (None, "fit"):
             urls, n_studies = self.shards("train")
             world = self.trainer.world_size if self.trainer is not None else 1

@@ -234,8 +234,35 @@ class TextInput(ModalityInput):
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
+@dataclass
+class CXRSecondViewInput(CXRInput):
+    """A study's second stored CXR view (e.g. the lateral beside the PA) as its own modality key ``cxr_view2``
+    (MedProbCLIP's multi-view pairs). Studies with a single view lack it (masked like any absent modality).
+    Output as :class:`CXRInput`; the modality key shares the ``cxr`` tower through the module's ``shared``."""
+
+    name: ClassVar[str] = "cxr_view2"
+
+    def stored(self, sample):
+        return sum(k.startswith(schema.CXR_PREFIX) for k in sample) >= 2
+
+    def decode(self, sample, meta, rng, train):
+        views = sorted(k for k in sample if k.startswith(schema.CXR_PREFIX))
+        return super().decode({views[1]: sample[views[1]]}, meta, rng, train)
+
+
+@dataclass
+class ImpressionInput(TextInput):
+    """The report's IMPRESSION section as its own modality key ``text_impression`` (MedProbCLIP's multi-section
+    pairs; set ``text.sections: [FINDINGS]`` for the other one). A report without the section lacks it."""
+
+    sections: list[str] = field(default_factory=lambda: ["IMPRESSION"])
+    name: ClassVar[str] = "text_impression"
+
+
 #: Modality name → its input pipeline class.
-INPUTS: dict[str, type[ModalityInput]] = {cls.name: cls for cls in (CXRInput, ECGInput, EchoInput, TextInput)}
+INPUTS: dict[str, type[ModalityInput]] = {
+    cls.name: cls for cls in (CXRInput, ECGInput, EchoInput, TextInput, CXRSecondViewInput, ImpressionInput)
+}
 
 
 def check_modalities(names: list[str] | tuple[str, ...]) -> None:

@@ -14,6 +14,7 @@ echo      :class:`EchoEncoder`   ``{"frames": [B, T, C, H, W] float, "frame_mask
 text      :class:`TextEncoder`   ``{"input_ids": [B, S], "attention_mask": [B, S]}`` long
 ========  ==================  ===========================================================================
 """
+from probmed.encoders.adapters import LoRA
 from probmed.encoders.ecg import ECGEncoder
 from probmed.encoders.echo import EchoEncoder
 from probmed.encoders.head import GaussianHead
@@ -31,6 +32,7 @@ __all__ = [
     "EchoEncoder",
     "GaussianHead",
     "ImageEncoder",
+    "LoRA",
     "PretrainedNotFoundError",
     "TextEncoder",
     "load_state_dict_file",

@@ -1,0 +1,195 @@
+"""M3Bind stage 2: distil several modality-specific text towers into one shared text encoder.
+
+Stage 1 (M3Bind) trains one CLIP-like model per imaging modality (here: any ProbMed preset trained with
+``probmed fit``, e.g. ``clip`` for CXR↔text and one with ECG↔text). Stage 2 trains a single *student* text trunk
+with one light :class:`~probmed.encoders.GaussianHead` per teacher so that, for every report, the student's
+embedding in teacher ``t``'s space matches teacher ``t``'s own text embedding. Each teacher's image/ECG tower stays
+as it is, so the student's text embeddings can be used against every teacher's other modality: one text encoder
+for all imaging modalities.
+
+Loss per batch (rows = reports present in the batch)::
+
+    L = sum_t [ mean_i ||mu_s,t(i) - mu_t(i)||^2 + log_var_weight * mean_i mean_d (lv_s,t(i)_d - lv_t(i)_d)^2 ]
+
+Run it with ``probmed distill fit --config configs/presets/m3bind_distill.yaml`` (LightningCLI; the datamodule loads
+only ``text``). Teachers are given by the ``config.yaml`` that ``probmed fit`` saved beside its run and a checkpoint
+of that run; only the teacher's text tower and head are kept (frozen).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from probmed.embedding import GaussianEmbedding
+from probmed.encoders import GaussianHead
+from probmed.encoders.pretrained import load_state_dict_file
+from probmed.evaluation.retrieval import rank_of_true, recall_at_k
+
+__all__ = ["TeacherSpec", "load_teacher", "TextDistillation", "distilled_retrieval"]
+
+
+@dataclass
+class TeacherSpec:
+    """Where a stage-1 model is: the ``config.yaml`` its ``probmed fit`` run saved and a checkpoint of it."""
+
+    config: str
+    checkpoint: str
+
+
+def load_teacher(spec: TeacherSpec):
+    """Rebuild a trained :class:`~probmed.module.ProbMedModule` from its saved config and checkpoint (eval mode,
+    frozen). The checkpoint is read with ``weights_only=True`` (its ``state_dict`` only)."""
+    from jsonargparse import ArgumentParser
+
+    from probmed.module import ProbMedModule
+
+    config = yaml.safe_load(Path(spec.config).read_text())
+    model_cfg = (config.get("fit") or config).get("model")
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"{spec.config}: no `model:` section (expected the config.yaml saved by `probmed fit`)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ProbMedModule, "model", fail_untyped=False)
+    module = parser.instantiate_classes(parser.parse_object({"model": model_cfg})).model
+    state = load_state_dict_file(spec.checkpoint)
+    module.load_state_dict(state, strict=True)
+    module.eval().requires_grad_(False)
+    if "text" not in module.encoders:
+        raise ValueError(f"teacher {spec.config} has no text tower; towers: {sorted(module.encoders)}")
+    return module
+
+
+class TextDistillation(L.LightningModule):
+    """One student text trunk + one Gaussian head per teacher, trained to reproduce each teacher's text embedding.
+
+    Args:
+        student: the shared text trunk (e.g. a :class:`~probmed.encoders.TextEncoder`), ``[B, F]`` features.
+        teachers: teacher name → :class:`TeacherSpec` (the name is free, e.g. the imaging modality: ``cxr``).
+        log_var_weight: weight of the log-variance matching term.
+        optimizer: optimizer factory over the student's parameters.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teachers: dict[str, TeacherSpec],
+        log_var_weight: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+    ) -> None:
+        super().__init__()
+        if not teachers:
+            raise ValueError("give at least one teacher")
+        self.save_hyperparameters(ignore=["student", "optimizer"])
+        self.student = student
+        loaded = {name: load_teacher(spec) for name, spec in teachers.items()}
+        # frozen teacher parts live outside the state dict's trainable set; kept as plain attributes per name
+        self.teachers = nn.ModuleDict(loaded)
+        self.heads = nn.ModuleDict({name: _head_like(t, student.output_dim) for name, t in loaded.items()})
+        self.log_var_weight = float(log_var_weight)
+        self.optimizer_factory = optimizer
+
+    def train(self, mode: bool = True) -> "TextDistillation":
+        super().train(mode)
+        self.teachers.eval()  # teachers never train (dropout off, norm statistics fixed)
+        return self
+
+    def student_embedding(self, name: str, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(mean, log_var)`` ``[B, D_t]`` of the student in teacher ``name``'s space."""
+        return self.heads[name](self.student(text))
+
+    @torch.no_grad()
+    def teacher_embedding(self, name: str, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(mean, log_var)`` ``[B, D_t]`` of teacher ``name``'s own text tower and head."""
+        teacher = self.teachers[name]
+        return teacher.heads["text"](teacher.encoders["text"](text))
+
+    def _loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        present = batch["present"]["text"]
+        text = {k: v[present] for k, v in batch["inputs"]["text"].items()}
+        total, parts = 0.0, {}
+        for name in self.teachers:
+            mean_t, lv_t = self.teacher_embedding(name, text)
+            mean_s, lv_s = self.student_embedding(name, text)
+            mean_term = (mean_s - mean_t).square().sum(1).mean()
+            lv_term = (lv_s - lv_t).square().mean()
+            parts[name] = mean_term.detach()
+            total = total + mean_term + self.log_var_weight * lv_term
+        return total, parts
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, parts = self._loss(batch)
+        n = int(batch["present"]["text"].sum())
+        self.log("distill/loss", loss.detach(), batch_size=n)
+        self.log_dict({f"distill/mean_mse/{k}": v for k, v in parts.items()}, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, parts = self._loss(batch)
+        n = int(batch["present"]["text"].sum())
+        self.log("val/distill_loss", loss, batch_size=n, sync_dist=True)
+        self.log_dict({f"val/mean_mse/{k}": v for k, v in parts.items()}, batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory([p for n, p in self.named_parameters() if not n.startswith("teachers.")])
+
+
+def _head_like(teacher, in_dim: int) -> GaussianHead:
+    """A fresh head with the teacher's text head's output space (D, variance kind, clamp, mean normalisation)."""
+    h = teacher.heads["text"]
+    return GaussianHead(in_dim, h.embed_dim, variance=h.variance, log_var_min=h.log_var_min,
+                        log_var_max=h.log_var_max, normalize_mean=h.normalize_mean, clamp=h.clamp)
+
+
+@torch.no_grad()
+def distilled_retrieval(model: TextDistillation, batches, partners: dict[str, str], ks=(1, 5)) -> dict[str, Any]:
+    """Text → partner-modality Recall@K of each teacher with its own text tower and with the distilled student.
+
+    Args:
+        model: the distillation module (teachers inside).
+        batches: iterable of ProbMed batches holding ``text`` and every partner modality (e.g. a test loader).
+        partners: teacher name → the modality its retrieval is measured against (e.g. ``{"cxr": "cxr"}``).
+        ks: the K of Recall@K.
+
+    Returns:
+        ``{teacher: {"teacher": {K: R@K}, "student": {K: R@K}, "queries": N, "mean_cosine": c,
+        "top1_agreement": a}}``: recalls in percent; ``c`` the mean cosine between the student's and the teacher's
+        text means; ``a`` the fraction of queries whose top-1 gallery item is the same for student and teacher.
+    """
+    model.eval()
+    store: dict[str, dict[str, list]] = {t: {"gal": [], "tea": [], "stu": []} for t in partners}
+    for batch in batches:
+        for t, modality in partners.items():
+            both = batch["present"]["text"] & batch["present"][modality]
+            if not bool(both.any()):
+                continue
+            teacher = model.teachers[t]
+            text = {k: v[both] for k, v in batch["inputs"]["text"].items()}
+            gal = batch["inputs"][modality][both]
+            store[t]["gal"].append(teacher.heads[modality](teacher.encoders[modality](gal)))
+            store[t]["tea"].append(model.teacher_embedding(t, text))
+            store[t]["stu"].append(model.student_embedding(t, text))
+    out = {}
+    for t, modality in partners.items():
+        def cat(parts):
+            mean, lv = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            return GaussianEmbedding(mean, lv, torch.ones(len(mean), dtype=torch.bool))
+
+        gallery, tea, stu = cat(store[t]["gal"]), cat(store[t]["tea"]), cat(store[t]["stu"])
+        truth = torch.arange(len(gallery))
+        objective = model.teachers[t].objective
+        result, top1 = {}, {}
+        for who, queries in (("teacher", tea), ("student", stu)):
+            scores = objective.score(queries, gallery, "text", modality)
+            result[who] = recall_at_k(rank_of_true(scores, truth), tuple(ks))
+            top1[who] = scores.argmax(1)
+        result["top1_agreement"] = float((top1["teacher"] == top1["student"]).float().mean())
+        result["queries"] = len(gallery)
+        result["mean_cosine"] = float(torch.nn.functional.cosine_similarity(tea.mean, stu.mean).mean())
+        out[t] = result
+    return out
