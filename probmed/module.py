@@ -82,6 +82,8 @@ class ProbMedModule(L.LightningModule):
         self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups"])
         self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)
+        self._has_batchnorm = {name: any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in enc.modules())
+                               for name, enc in encoders.items()}
         self.heads = nn.ModuleDict({
             name: GaussianHead(
                 enc.output_dim, embed_dim, variance=variance, log_var_min=log_var_min, log_var_max=log_var_max,
@@ -106,11 +108,14 @@ class ProbMedModule(L.LightningModule):
         masks) passed to the tower as keyword arguments (:mod:`probmed.encoders.tower_input`). Towers run on the
         studies that have the modality only (placeholders would pollute batch-norm statistics); missing rows get a
         zero mean and log-variance and ``present=False``."""
+        tower = self.shared.get(name, name)
         rows = present.nonzero().squeeze(1)
-        if len(rows) == 0:  # keep every parameter in the graph so DDP sees the same graph on every rank
+        # No present row: run on the placeholders anyway so DDP sees the same graph on every rank. One present row
+        # in a training batch-norm tower: batch statistics of a single row are undefined (torch raises), so the
+        # placeholders join that one forward; only the present row is kept.
+        if len(rows) == 0 or (len(rows) == 1 and self.training and self._has_batchnorm[tower]):
             rows = torch.arange(len(present), device=present.device)
         picked = select_rows(inputs, rows)
-        tower = self.shared.get(name, name)
         mean_rows, log_var_rows = self.heads[tower](run_tower(self.encoders[tower], picked))
         keep = present[rows][:, None]  # all False when no row is present: zero values, zero gradients
 

@@ -81,3 +81,31 @@ def test_head_outputs_of_different_dtypes_are_kept():
                            torch.arange(4))
     out.total.backward()
     assert torch.isfinite(out.total)
+
+
+class NormedRecorder(Recorder):
+    """A tower with batch norm: a training forward of a single row raises in torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return super().forward(self.norm(x))
+
+
+def test_a_single_present_row_in_a_batchnorm_tower_trains_and_keeps_only_that_row():
+    objective = Objective([ProbabilisticInfoNCE(["a", "b"], similarity="bhattacharyya")])
+    module = ProbMedModule({"a": NormedRecorder(), "b": Recorder()}, objective, embed_dim=5).train()
+    x = torch.randn(5, 4)
+    present = torch.tensor([False, False, True, False, False])
+    emb = module.embed_modality("a", x, present)  # BatchNorm1d alone would raise on one row
+    assert module.encoders["a"].seen == [5]  # the placeholders joined that one forward
+    assert torch.all(emb.mean[~present] == 0) and torch.any(emb.mean[present] != 0)
+    emb.mean[present].sum().backward()
+    assert module.encoders["a"].linear.weight.grad.abs().sum() > 0
+    # towers without batch norm still see only the present row; evaluation (running statistics) too
+    module.embed_modality("b", x, present)
+    assert module.encoders["b"].seen == [1]
+    module.eval().embed_modality("a", x, present)
+    assert module.encoders["a"].seen == [5, 1]
