@@ -28,7 +28,7 @@ fit: install data
 	$(BIN)/probmed fit --config $(DEMO_CONFIG)
 
 evaluate: install data
-	$(BIN)/probmed test --config $(DEMO_CONFIG) --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
+	$(BIN)/probmed test --config $(DEMO_CONFIG) --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt --verbose false
 
 demo: fit evaluate
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from probmed.embedding import GaussianEmbedding
 from probmed.encoders import GaussianHead
 from probmed.encoders.pretrained import load_state_dict_file
+from probmed.encoders.tower_input import run_tower, select_rows
 from probmed.evaluation.retrieval import rank_of_true, recall_at_k
 
 __all__ = ["TeacherSpec", "load_teacher", "TextDistillation", "distilled_retrieval"]
@@ -101,17 +102,17 @@ class TextDistillation(L.LightningModule):
 
     def student_embedding(self, name: str, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(mean, log_var)`` ``[B, D_t]`` of the student in teacher ``name``'s space."""
-        return self.heads[name](self.student(text))
+        return self.heads[name](run_tower(self.student, text))
 
     @torch.no_grad()
     def teacher_embedding(self, name: str, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(mean, log_var)`` ``[B, D_t]`` of teacher ``name``'s own text tower and head."""
         teacher = self.teachers[name]
-        return teacher.heads["text"](teacher.encoders["text"](text))
+        return teacher.heads["text"](run_tower(teacher.encoders["text"], text))
 
     def _loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         present = batch["present"]["text"]
-        text = {k: v[present] for k, v in batch["inputs"]["text"].items()}
+        text = select_rows(batch["inputs"]["text"], present.nonzero().squeeze(1))
         total, parts = 0.0, {}
         for name in self.teachers:
             mean_t, lv_t = self.teacher_embedding(name, text)
@@ -169,9 +170,10 @@ def distilled_retrieval(model: TextDistillation, batches, partners: dict[str, st
             if not bool(both.any()):
                 continue
             teacher = model.teachers[t]
-            text = {k: v[both] for k, v in batch["inputs"]["text"].items()}
-            gal = batch["inputs"][modality][both]
-            store[t]["gal"].append(teacher.heads[modality](teacher.encoders[modality](gal)))
+            rows = both.nonzero().squeeze(1)
+            text = select_rows(batch["inputs"]["text"], rows)
+            gal = select_rows(batch["inputs"][modality], rows)
+            store[t]["gal"].append(teacher.heads[modality](run_tower(teacher.encoders[modality], gal)))
             store[t]["tea"].append(model.teacher_embedding(t, text))
             store[t]["stu"].append(model.student_embedding(t, text))
     out = {}
