@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -318,7 +319,9 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
     bar = tqdm(total=len(entries), initial=sum(len(records[n]["planned"]) for n in records), unit="study",
                disable=not progress, file=sys.stderr, desc="probmed data build")
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: the caller may hold threads (torch / OpenMP / tokenizers) whose locks a forked child
+        # inherits locked — a fork-started pool deadlocked that way inside the test suite
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_job, job, str(out_dir), salt, options): job for job in todo}
             for future in as_completed(futures):
                 records[futures[future].name] = future.result()

@@ -126,8 +126,9 @@ def _render_task(args):
 
 
 def _mp_context():
-    methods = mp.get_all_start_methods()
-    return mp.get_context("fork" if "fork" in methods else "spawn")
+    """spawn, not fork: the caller may hold threads (torch / OpenMP) whose locks a forked child would inherit
+    locked and wait on forever."""
+    return mp.get_context("spawn")
 
 
 def generate_corpus(
