@@ -108,7 +108,6 @@ def render_study(plan: StudyPlan, cfg: RenderConfig, bank: ecg_mod.ECGBank | Non
         cine = echo_mod.render_echo(
             study_rng(cfg.seed, plan.index, "echo"), heart_rate=a["heart_rate"], rhythm=a["rhythm"], ef=a["ef"],
             lv_scale=a["lv_scale"], traits=tr, frames=cfg.echo_frames, size=cfg.echo_size, fps=cfg.echo_fps,
-            icd=bool(a.get("icd", False)),
         )
         sample[ECHO_EXT] = _npy_bytes(cine)
         timing["echo"] = time.process_time() - t0

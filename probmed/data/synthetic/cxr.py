@@ -17,8 +17,7 @@ Radiographic extras (``attributes`` sternotomy / granuloma / central_line / ecg_
 metal- or calcium-dense overlays: a column of sternotomy wire loops along the midline (along the sternum on the
 lateral), a calcified nodule in the named lobe, a catheter from the right neck or left subclavian region to the
 superior vena cava, ECG electrode snaps with their lead wires, a nasogastric tube running down the midline and
-ending under the left hemidiaphragm, and an ICD: a generator below the left clavicle with its lead running
-through the superior vena cava to the right-ventricular apex (a thicker shocking coil along its last part).
+ending under the left hemidiaphragm.
 
 Then contrast (gamma) and exposure-gradient jitter, quantum noise, slight blur. DICOM: Digital X-Ray (for
 presentation), explicit VR little endian, 12- or 16-bit stored in 16-bit words, MONOCHROME1 (inverted stored
@@ -218,8 +217,6 @@ def _extras_layout(view: str, attrs: dict, tw: float, lung_h: float, lung_cy: fl
         snaps = [(-0.62, -0.62), (0.62, -0.62), (0.64, base + 0.12)]
         snap_wires = [[(-0.62, -0.62), (-1.0, -0.8)], [(0.62, -0.62), (1.0, -0.8)], [(0.64, base + 0.12), (1.0, 0.5)]]
         tube = [(0.02, -1.0), (0.03, base + 0.2), (0.32, base + 0.42)]
-        generator = (0.5 * tw + jitter(0.03), -0.6)
-        icd_lead = [generator, (0.15, -0.62), (-0.06, lung_cy - 0.05), (0.0, base - 0.05), (0.2, base + 0.02)]
     else:  # lateral: anterior is image left
         wires = [(-0.73 - 0.05 * y, y) for y in np.linspace(apex + 0.1, apex + 0.7, 5)]
         granuloma_at = {"right upper": (0.05, apex + 0.2), "left upper": (0.15, apex + 0.15),
@@ -229,8 +226,6 @@ def _extras_layout(view: str, attrs: dict, tw: float, lung_h: float, lung_cy: fl
         snaps = [(-0.8, -0.35), (-0.78, 0.15)]
         snap_wires = [[(-0.8, -0.35), (-1.0, -0.5)], [(-0.78, 0.15), (-1.0, 0.05)]]
         tube = [(0.25, -1.0), (0.3, base + 0.2), (0.0, base + 0.4)]
-        generator = (-0.62 + jitter(0.03), -0.55)
-        icd_lead = [generator, (-0.35, -0.58), (-0.22, lung_cy), (-0.4, base)]
     if attrs.get("sternotomy"):
         items.append(("dots", (wires, 0.045, 0.02), 0.95))
     if attrs.get("granuloma", "none") != "none":
@@ -241,10 +236,6 @@ def _extras_layout(view: str, attrs: dict, tw: float, lung_h: float, lung_cy: fl
     if attrs.get("ecg_leads"):
         items.append(("dots", (snaps, 0.04, 0.04), 0.9))
         items.extend(("line", (w, 0.01), 0.7) for w in snap_wires)
-    if attrs.get("icd"):
-        items.append(("dots", ([generator], 0.1, 0.065), 0.97))
-        items.append(("line", (icd_lead, 0.014), 0.9))
-        items.append(("line", (icd_lead[-2:], 0.03), 0.95))  # the shocking coil
     if attrs.get("ng_tube"):
         items.append(("line", (tube, 0.016), 0.95))
     return items

@@ -13,7 +13,6 @@ mitral / tricuspid plane. Outside the sector everything is black.
   thickens. The cavity area change is therefore ≈ 1 − (1 − EF)^0.6: ~42 % at EF 60 %, ~19 % at EF 30 %.
 * **Timing:** the cine starts near end-diastole (ECG-gated, ±50 ms jitter); beats follow the heart rate with
   ±2 % variation in sinus rhythm and irregular (log-normal, CV ≈ 20 %) RR intervals in atrial fibrillation.
-* **Device lead:** with ``icd`` a bright, static lead crosses the right atrium into the right-ventricular apex.
 * **Appearance:** multiplicative speckle (a static pattern plus a per-frame decorrelating part), depth
   attenuation, gain jitter, a blurred sector edge; ``uint8`` frames.
 """
@@ -62,15 +61,6 @@ def _inside(U, W, cu, cw, au, aw, rot):
     return np.clip(0.5 + d / 0.012, 0.0, 1.0)
 
 
-def _segment(U, W, p0, p1, half_width: float) -> np.ndarray:
-    """Soft indicator of a straight segment from ``p0`` to ``p1`` ((lateral, depth) pairs)."""
-    (u0, w0), (u1, w1) = p0, p1
-    du, dw = u1 - u0, w1 - w0
-    t = np.clip(((U - u0) * du + (W - w0) * dw) / (du * du + dw * dw), 0.0, 1.0)
-    dist = np.sqrt((U - u0 - t * du) ** 2 + (W - w0 - t * dw) ** 2)
-    return np.clip(0.5 + (half_width - dist) / 0.01, 0.0, 1.0).astype(np.float32)
-
-
 def render_echo(
     rng: np.random.Generator,
     *,
@@ -82,7 +72,6 @@ def render_echo(
     frames: int = 16,
     size: int = 64,
     fps: float | None = None,
-    icd: bool = False,
 ) -> np.ndarray:
     """One study's cine, ``uint8 [frames, size, size]``."""
     fps = fps or default_fps(frames)
@@ -139,9 +128,6 @@ def render_echo(
     blood = np.clip(cavity + rv + (la + ra)[None], 0.0, 1.0)
     wallmask = np.clip(myo + rv_wall, 0.0, 1.0) * (1.0 - blood)
     amp = tissue_base * (1.0 - blood) + 0.04 * blood + 0.5 * wallmask
-    if icd:  # a strong specular reflector: from the right atrium to the RV apex, drawn over blood and wall
-        lead = _segment(U, W, (rv_cu - 0.02, base_w_ed + 0.12), (rv_cu + 0.01, apex_w + 0.08), 0.018)
-        amp = amp * (1.0 - lead) + 1.2 * lead
     out = amp * (0.55 * static[None] + 0.45 * dynamic)
     gain = rng.uniform(0.85, 1.15)
     att = (1.0 - 0.35 * R)[None]

@@ -20,10 +20,7 @@ Generative model (per patient, then per study):
   "right IJ line", "calcified granuloma in the left upper lobe"): per patient, sternotomy wires (p≈0.12, ↑ with
   cardiomegaly) and a calcified granuloma in one of four lobes (p≈0.25); per study, a central venous catheter
   (right internal jugular / left subclavian, p≈0.2), ECG monitoring leads (p≈0.35) and a nasogastric tube
-  (p≈0.1). They are not labels; they make a study's film and report identifiable beyond its findings class;
-* an implantable cardioverter-defibrillator (per patient, p≈0.35 with reduced EF, ≈0.02 without), whose
-  generator and right-ventricular lead show on the CXR, whose lead shows in the echo's right ventricle, and which
-  the report names: the one device shared by film, echo and report.
+  (p≈0.1). They are not labels; they make a study's film and report identifiable beyond its findings class.
 
 About 30 % of studies come out with no finding ("normal").
 """
@@ -150,8 +147,7 @@ def _patient_state(rng: np.random.Generator) -> dict[str, Any]:
     # permanent radiographic extras (drawn last so the draws above are those of earlier corpus versions)
     sternotomy = bool(rng.random() < 0.08 + 0.12 * cm)
     granuloma = GRANULOMA_LOBES[int(rng.integers(4))] if rng.random() < 0.25 else "none"
-    icd = bool(rng.random() < (0.35 if ref else 0.02))
-    traits |= {"cxr_sternotomy": sternotomy, "cxr_granuloma": granuloma, "icd": icd}
+    traits |= {"cxr_sternotomy": sternotomy, "cxr_granuloma": granuloma}
     return {"sex": sex, "age_factor": float(age_factor), "cm": bool(cm), "ref": bool(ref), "af": bool(af),
             "traits": traits}
 
@@ -221,7 +217,6 @@ def _study_devices(rng: np.random.Generator, pstate: dict[str, Any]) -> dict[str
         "central_line": line,
         "ecg_leads": bool(rng.random() < 0.35),
         "ng_tube": bool(rng.random() < 0.1),
-        "icd": traits["icd"],
     }
 
 

@@ -4,7 +4,7 @@ Every positive finding is mentioned at least once (in FINDINGS, IMPRESSION or bo
 phrasings and sometimes a number: heart rate, EF, cardiothoracic ratio, effusion side/size). Each negative
 finding is explicitly negated about half of the time ("No pleural effusion.", "without evidence of
 cardiomegaly"), otherwise not mentioned. Cardiomegaly is often graded (mild / moderate / marked, from the
-cardiothoracic ratio). The CXR's lines, tubes, leads, ICD, sternotomy wires and calcified granuloma are described
+cardiothoracic ratio). The CXR's lines, tubes, leads, sternotomy wires and calcified granuloma are described
 most of the time (lines and tubes with their position, the granuloma with its lobe), as real reports do. Normal studies get normal-study phrasings. Sentence order in FINDINGS is
 shuffled by topic group.
 """
@@ -45,12 +45,6 @@ def _extras(rng: np.random.Generator, attrs: dict) -> tuple[list[str], list[str]
                                 f"A {line} catheter is in place, tip at the cavoatrial junction."]))
         if rng.random() < 0.4:
             impression.append(f"{_cap(short)} line in satisfactory position")
-    if attrs.get("icd") and rng.random() < 0.95:
-        body.append(_pick(rng, ["Left-sided ICD with its lead in the right ventricle.",
-                                "An implantable cardioverter-defibrillator is present, lead tip at the RV apex.",
-                                "Left chest wall AICD with a single right ventricular lead."]))
-        if rng.random() < 0.5:
-            impression.append("ICD in place")
     if attrs.get("ng_tube") and rng.random() < 0.95:
         body.append(_pick(rng, ["Nasogastric tube courses below the diaphragm into the stomach.",
                                 "Enteric tube tip projects over the stomach.", "NG tube in the stomach."]))
