@@ -379,3 +379,15 @@ def test_image_encoder_open_clip_visual_tower(tmp_path):
     torch.save(enc.state_dict(), tmp_path / "visual.pth")
     again = ImageEncoder(**kw, pretrained_path=str(tmp_path / "visual.pth")).eval()
     assert torch.equal(again(x), y)
+
+
+def test_open_clip_hub_towers_fail_offline_with_what_to_download(monkeypatch):
+    """A hub id or a pretrained tag never reaches the network offline: a clear error says what to fetch."""
+    from probmed.encoders.pretrained import PretrainedNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    with pytest.raises(PretrainedNotFoundError, match="huggingface-cli download microsoft/BiomedCLIP"):
+        ImageEncoder(open_clip_model=hub, allow_download=True)  # opting in is not enough while offline
+    with pytest.raises(PretrainedNotFoundError, match="does not download"):
+        ImageEncoder(open_clip_model="RN50", open_clip_pretrained="openai")

@@ -9,7 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from probmed.encoders._common import apply_freeze
-from probmed.encoders.pretrained import load_state_dict_file, resolve_local_path
+from probmed.encoders.pretrained import (
+    PretrainedNotFoundError,
+    downloads_allowed,
+    load_state_dict_file,
+    resolve_local_path,
+)
 
 __all__ = ["ImageEncoder", "load_timm_weights"]
 
@@ -20,6 +25,21 @@ def _as_tuple(x: Any) -> tuple[str, ...]:
     if x is None:
         return ()
     return (x,) if isinstance(x, str) else tuple(x)
+
+
+def check_open_clip_hub_model(model: str, allow_download: bool) -> None:
+    """Fail before any network access when ``model`` is an open_clip hub id (``hf-hub:org/name``) and downloads
+    are not allowed, saying what to download and how to point the config at it."""
+    if not model.startswith("hf-hub:") or downloads_allowed(allow_download):
+        return
+    repo = model[len("hf-hub:"):]
+    raise PretrainedNotFoundError(
+        f"open_clip_model {model!r} would be downloaded from the Hugging Face hub, and ProbMed does not download at "
+        f"run time. Download it once while online:\n"
+        f"    huggingface-cli download {repo} --local-dir /path/to/models/{repo.replace('/', '--')}\n"
+        f"then set open_clip_model to the architecture named in its open_clip_config.json and open_clip_pretrained "
+        f"to the downloaded open_clip_pytorch_model.bin (or allow_download: true with HF_HUB_OFFLINE=0)."
+    )
 
 
 def load_timm_weights(
@@ -119,7 +139,10 @@ class ImageEncoder(nn.Module):
         pretrained_prefix: keep only keys under this prefix of the weights file (and strip it).
         pretrained_strict: raise on missing keys / shape mismatches when loading ``pretrained_path``.
         open_clip_model: open_clip model name; when set, the trunk is that model's visual tower instead of timm.
-        open_clip_pretrained: local checkpoint spec for ``open_clip_model`` (None: random init).
+        open_clip_pretrained: local checkpoint spec for ``open_clip_model`` (None: random init); an open_clip
+            pretrained tag (e.g. ``laion2b_s34b_b79k``) only with downloads allowed.
+        allow_download: let open_clip fetch a hub model (``open_clip_model: hf-hub:org/name``) or a pretrained tag;
+            honoured only when ``HF_HUB_OFFLINE=0`` (see :func:`probmed.encoders.pretrained.downloads_allowed`).
         open_clip_kwargs: extra keyword arguments for ``open_clip.create_model`` (e.g. ``force_image_size``).
         grad_checkpointing: enable the trunk's activation checkpointing (timm ``set_grad_checkpointing``).
         freeze: freeze the trunk's parameters (a fully frozen trunk also keeps its norm layers in eval mode).
@@ -139,6 +162,7 @@ class ImageEncoder(nn.Module):
         open_clip_model: Optional[str] = None,
         open_clip_pretrained: Optional[str] = None,
         open_clip_kwargs: Optional[dict[str, Any]] = None,
+        allow_download: bool = False,
         grad_checkpointing: bool = False,
         freeze: bool = False,
         unfreeze: Optional[list[str]] = None,
@@ -150,7 +174,8 @@ class ImageEncoder(nn.Module):
         if self.is_open_clip:
             import open_clip
 
-            oc_pre = str(resolve_local_path(open_clip_pretrained)) if open_clip_pretrained else None
+            oc_pre = str(resolve_local_path(open_clip_pretrained, allow_download)) if open_clip_pretrained else None
+            check_open_clip_hub_model(open_clip_model, allow_download)
             clip = open_clip.create_model(open_clip_model, pretrained=oc_pre, **dict(open_clip_kwargs or {}))
             self.trunk = clip.visual
             del clip
