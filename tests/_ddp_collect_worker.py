@@ -8,11 +8,9 @@ Run: ``python tests/_ddp_collect_worker.py --rank R --world-size W --port P --ou
 """
 from __future__ import annotations
 
-import argparse
-import os
-
 import torch
 
+from _gloo_worker import join_gloo_group
 from probmed.embedding import GaussianEmbedding
 
 N, D = 10, 4
@@ -43,14 +41,7 @@ def collect(rows: list[int]):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--world-size", type=int, required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--out", required=True)
-    a = p.parse_args()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(a.port))
-    torch.distributed.init_process_group("gloo", rank=a.rank, world_size=a.world_size)
+    a = join_gloo_group()
     gathered, labels = collect(SHARES[a.world_size][a.rank])
     if a.rank == 0:
         torch.save({"gathered": {m: (e.mean, e.log_var, ids) for m, (e, ids) in gathered.items()}, "labels": labels}, a.out)

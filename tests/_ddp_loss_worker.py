@@ -9,11 +9,12 @@ Run: ``python tests/_ddp_loss_worker.py --rank R --world-size W --port P --out F
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 from torch import nn
+
+from _gloo_worker import join_gloo_group
 
 GLOBAL_BATCH = 12
 FEATURES = 5
@@ -112,16 +113,9 @@ def single_process_reference():
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rank", type=int, required=True)
-    ap.add_argument("--world-size", type=int, required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
-                            world_size=args.world_size)
+    args = join_gloo_group()
     w, r = args.world_size, args.rank
     b = GLOBAL_BATCH // w
     rows = slice(r * b, (r + 1) * b)
