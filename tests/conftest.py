@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,3 +48,10 @@ def run_probmed(args: list[str], cwd: Path, timeout: float = 300, **env: str) ->
                           capture_output=True, timeout=timeout)
     proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
     return proc
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a gloo rendezvous of test processes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

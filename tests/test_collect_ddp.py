@@ -12,11 +12,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _ddp_collect_worker as worker  # noqa: E402
-from test_loss_ddp import _child_env, _free_port  # noqa: E402
+from conftest import free_port  # noqa: E402
+from test_loss_ddp import _child_env  # noqa: E402
 
 
 def _launch(world_size: int, out: Path) -> dict:
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(HERE / "_ddp_collect_worker.py"), "--rank", str(r), "--world-size",
                                str(world_size), "--port", str(port), "--out", str(out)],
                               env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

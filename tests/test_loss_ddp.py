@@ -6,7 +6,6 @@ missing on one rank only and positive groups that span ranks."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _ddp_loss_worker as worker  # noqa: E402
+from conftest import free_port  # noqa: E402
 
 SCRUB_PREFIXES = ("SLURM_",)
 SCRUB = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
          "MASTER_PORT", "TORCHELASTIC_RUN_ID"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _child_env() -> dict[str, str]:
@@ -39,7 +33,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _launch(world_size: int, out: Path, timeout: float = 240.0) -> dict:
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / "_ddp_loss_worker.py"), "--rank", str(r), "--world-size", str(world_size),

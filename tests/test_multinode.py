@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO, clean_env
+from conftest import REPO, clean_env, free_port
 from probmed.training.nonfinite import INJECT_ENV
 from test_cli import _overrides, _scalars
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.ddp
@@ -29,7 +22,7 @@ def test_two_nodes_one_job_and_a_nan_on_rank1_is_skipped_everywhere(smoke_corpus
             "--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1",
             "--data.batch_size", "4",
             "--trainer.callbacks+=_rank_weights.SaveRankWeights", f"--trainer.callbacks.out_dir={weights}"]
-    shared = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    shared = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
               "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
               INJECT_ENV: "1:1"}  # test-only: rank 1's loss at batch 1 becomes NaN
     nodes = [subprocess.Popen(args, cwd=tmp_path, env=clean_env(NODE_RANK=str(n), **shared), text=True,
