@@ -11,10 +11,17 @@ Usage::
     python benchmarks/bench_train.py --config configs/demo.yaml --batch-size 64 --steps 5
     python benchmarks/bench_train.py --config configs/reference.yaml --batch-size 8 --steps 3
     python benchmarks/bench_train.py --config configs/reference.yaml --device cuda --precision bf16-mixed
+    python benchmarks/bench_train.py --config configs/demo.yaml --batch-size 128 --micro-batch 32
+
+``--micro-batch N`` runs every tower in checkpointed chunks of N studies (``TowerCompute(micro_batch_size=...)``,
+the exact contrastive form of gradient accumulation); ``--no-step`` builds everything and runs one no-grad forward
+only (the memory baseline of ``benchmarks/bench_micro_batch.py``). The last line reports peak memory: the
+process's peak resident set on CPU, the peak allocated device memory on CUDA.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -26,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from probmed.cli import ProbMedCLI
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.module import ProbMedModule
+from probmed.training import TowerCompute
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -70,6 +78,8 @@ def main() -> None:
     ap.add_argument("--present", type=float, default=0.8, help="fraction of studies holding each modality")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default=None, help="32-true | bf16-mixed | 16-mixed (default: the config's)")
+    ap.add_argument("--micro-batch", type=int, default=None, help="studies per checkpointed tower chunk")
+    ap.add_argument("--no-step", action="store_true", help="one no-grad forward only: the memory baseline")
     args, overrides = ap.parse_known_args()
     sys.argv = sys.argv[:1]
     cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, run=False,
@@ -79,6 +89,8 @@ def main() -> None:
     precision = args.precision or str(cli.config.trainer.precision or "32-true")
     batch_size = args.batch_size or data.batch_size
     device = torch.device(args.device)
+    if args.micro_batch:
+        TowerCompute(micro_batch_size={name: args.micro_batch for name in model.encoders}).setup(None, model, "fit")
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     gen = torch.Generator().manual_seed(0)
@@ -98,6 +110,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if args.no_step:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model.objective(model.embed(batches[0], names), batches[0]["group"])
+        report_memory(device)
+        return
     for i in range(args.warmup):
         step(i)
     counter = FlopCounterMode(display=False)
@@ -119,6 +136,15 @@ def main() -> None:
           f"params {params / 1e6:.1f} M  batch {batch_size}  modality present {args.present:.0%}")
     print(f"step {t:.3f} s (median of {args.steps}; min {min(times):.3f})  samples/s {batch_size / t:.2f}  "
           f"GFLOP/step {flops / 1e9:.1f}  achieved TFLOP/s {flops / t / 1e12:.3f}  MFU {mfu}")
+    report_memory(device)
+
+
+def report_memory(device: torch.device) -> None:
+    """``peak memory <MiB> MiB (<what>)``: device allocations on CUDA, the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        print(f"peak memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB (CUDA allocated)")
+    else:  # ru_maxrss is in KiB on Linux
+        print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (process RSS)")
 
 
 if __name__ == "__main__":

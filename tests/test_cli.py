@@ -50,8 +50,12 @@ def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
 
 @pytest.mark.ddp
 def test_two_process_ddp_fit_on_cpu(smoke_corpus, tmp_path):
-    args = [*_overrides(smoke_corpus, tmp_path), "--trainer.strategy", "ddp", "--trainer.devices", "2",
-            "--data.batch_size", "4"]
+    """Two gloo ranks, with the CXR and text towers micro-batched (checkpointed chunks inside DDP's backward)."""
+    micro = tmp_path / "micro_batch.yaml"
+    micro.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
+        "class_path": "probmed.training.TowerCompute", "init_args": {"micro_batch_size": {"cxr": 2, "text": 3}}}]}}))
+    args = [*_overrides(smoke_corpus, tmp_path), "--config", str(micro), "--trainer.strategy", "ddp",
+            "--trainer.devices", "2", "--data.batch_size", "4"]
     fit = run_probmed(["fit", *args], cwd=tmp_path, timeout=400)
     assert fit.returncode == 0, fit.output[-4000:]
     assert "MEMBER: 1/2" in fit.output and "MEMBER: 2/2" in fit.output  # both ranks joined one process group

@@ -177,6 +177,8 @@ def test_ecg_grad_checkpointing_same_gradients():
         enc(x).square().sum().backward()
     for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), n
+    for (n, a), (_, b) in zip(plain.named_buffers(), ckpt.named_buffers()):  # recomputation: no second BN update
+        assert torch.equal(a, b), n
 
 
 def test_ecg_lead_mask_hides_masked_leads():

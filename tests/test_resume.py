@@ -26,8 +26,8 @@ STEPS_PER_EPOCH, EPOCHS = 4, 2
 
 def _config(tmp: Path, name: str) -> list[str]:
     """Smoke model, 2 epochs × 4 steps, a checkpoint after every step (step=N.ckpt), no validation; with the YAML
-    compute switches on (bf16-mixed, activation checkpointing, torch.compile, throughput/FLOP counting), so the
-    exact-resume check also shows that none of them breaks determinism."""
+    compute switches on (bf16-mixed, activation checkpointing, micro-batching, torch.compile, throughput/FLOP counting), so the
+    exact-resume check also shows that none of them breaks determinism (micro-batched CXR and text towers included)."""
     run_dir = tmp / name
     extra = {"trainer": {
         "max_epochs": EPOCHS, "limit_train_batches": STEPS_PER_EPOCH, "limit_val_batches": 0,
@@ -39,7 +39,8 @@ def _config(tmp: Path, name: str) -> list[str]:
                        "init_args": {"dirpath": str(run_dir / "ckpt"), "filename": "{step}",
                                      "every_n_train_steps": 1, "save_top_k": -1}},
                       {"class_path": "probmed.training.TowerCompute",
-                       "init_args": {"checkpoint": ["cxr", "echo"], "compile": ["ecg"],
+                       "init_args": {"checkpoint": ["echo"], "micro_batch_size": {"cxr": 3, "text": 3},
+                                     "compile": ["ecg"],
                                      "compile_kwargs": {"backend": "eager"}}},
                       {"class_path": "probmed.training.Throughput", "init_args": {"flop_steps": 2, "window_size": 2}}],
     }}

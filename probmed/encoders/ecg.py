@@ -5,9 +5,9 @@ from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from probmed.encoders._common import apply_freeze
+from probmed.training.compute import checkpoint_call
 
 __all__ = ["ECGEncoder", "XRESNET1D_DEPTHS"]
 
@@ -94,8 +94,8 @@ class ECGEncoder(nn.Module):
         stem_kernel_size: temporal kernel of the stem convolutions (odd).
         pool: ``"concat"`` (avg ‖ max, F = 2·last width) or ``"avg"`` (F = last width).
         lead_mask_channels: append the lead mask as extra input channels (see above).
-        grad_checkpointing: recompute each residual stage in backward (saves activation memory; as with any
-            checkpointed BatchNorm, running statistics are updated again during the recomputation).
+        grad_checkpointing: recompute each residual stage in backward (saves activation memory; the
+            recomputation leaves the batch-norm running statistics untouched).
         freeze: freeze all parameters (norm layers stay in eval mode).
         unfreeze: glob patterns of parameter names left trainable when ``freeze`` (e.g. ``["stages.3.*"]``).
     """
@@ -181,7 +181,7 @@ class ECGEncoder(nn.Module):
         h = self.stem(x)
         for stage in self.stages:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(stage, h, use_reentrant=False)
+                h = checkpoint_call(stage, stage, h)
             else:
                 h = stage(h)
         if self.pool == "concat":
