@@ -133,6 +133,16 @@ def test_micro_batched_batch_norm_updates_its_statistics_once_per_chunk():
 def test_micro_batch_configuration_errors_are_clear():
     with pytest.raises(ValueError, match="positive"):
         TowerCompute(micro_batch_size={"ecg": 0})
+    module = _tiny_module()
+    compute = TowerCompute(checkpoint=["text"], micro_batch_size={"ecg": 4})
+    compute.setup(None, module, "fit")
+    wrapped = {name: tower.forward for name, tower in module.encoders.items()}
+    for stage in ("validate", "test"):  # setup runs per stage: the towers are wrapped once
+        compute.setup(None, module, stage)
+    checkpoint_forward(module.encoders["ecg"], 4)
+    assert all(module.encoders[name].forward is forward for name, forward in wrapped.items())
+    with pytest.raises(ValueError, match="already checkpointed"):
+        checkpoint_forward(module.encoders["text"], 4)
     with pytest.raises(ValueError, match="both checkpoint and micro_batch_size"):
         TowerCompute(checkpoint=["ecg"], micro_batch_size={"ecg": 4})
     with pytest.raises(ValueError, match="batch-norm tower"):

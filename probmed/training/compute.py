@@ -92,9 +92,9 @@ def checkpoint_forward(tower: nn.Module, micro_batch_size: Optional[int] = None)
         raise ValueError(f"micro_batch_size must be a positive number of studies, got {micro_batch_size}")
     if micro_batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules()):
         raise ValueError("micro_batch_size=1 for a batch-norm tower: training batch statistics need >= 2 studies")
-    if getattr(tower, "_probmed_checkpointed", None) is not None:
-        if tower._probmed_checkpointed != micro_batch_size:
-            raise ValueError(f"tower already checkpointed with micro_batch_size={tower._probmed_checkpointed}")
+    if hasattr(tower, "_probmed_micro_batch_size"):  # already wrapped (setup runs once per stage)
+        if tower._probmed_micro_batch_size != micro_batch_size:
+            raise ValueError(f"tower already checkpointed with micro_batch_size={tower._probmed_micro_batch_size}")
         return
     forward = tower.forward
 
@@ -113,7 +113,7 @@ def checkpoint_forward(tower: nn.Module, micro_batch_size: Optional[int] = None)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     tower.forward = checkpointed
-    tower._probmed_checkpointed = micro_batch_size
+    tower._probmed_micro_batch_size = micro_batch_size
 
 
 class TowerCompute(L.Callback):
