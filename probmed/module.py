@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from probmed.embedding import GaussianEmbedding
 from probmed.encoders import GaussianHead
+from probmed.encoders._common import batch_norm_layers
 from probmed.encoders.tower_input import run_tower, select_rows
 from probmed.evaluation.collect import EmbeddingCollector
 from probmed.evaluation.config import EvaluationConfig
@@ -82,8 +83,7 @@ class ProbMedModule(L.LightningModule):
         self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups"])
         self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)
-        self._has_batchnorm = {name: any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in enc.modules())
-                               for name, enc in encoders.items()}
+        self._has_batchnorm = {name: bool(batch_norm_layers(enc)) for name, enc in encoders.items()}
         self.heads = nn.ModuleDict({
             name: GaussianHead(
                 enc.output_dim, embed_dim, variance=variance, log_var_min=log_var_min, log_var_max=log_var_max,

@@ -1,4 +1,4 @@
-"""Small helpers shared by the towers (freezing)."""
+"""Small helpers shared by the towers (freezing, batch-norm layers)."""
 from __future__ import annotations
 
 from fnmatch import fnmatch
@@ -21,3 +21,8 @@ def apply_freeze(module: nn.Module, freeze: bool, unfreeze: Sequence[str] = ()) 
         p.requires_grad_(keep)
         fully &= not keep
     return fully
+
+
+def batch_norm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers (any dimension, SyncBatchNorm included) inside ``module``, itself included."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

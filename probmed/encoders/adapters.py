@@ -26,6 +26,8 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
+from probmed.encoders._common import batch_norm_layers
+
 __all__ = ["LoRA"]
 
 
@@ -76,9 +78,8 @@ class LoRA(nn.Module):
     def train(self, mode: bool = True) -> "LoRA":
         super().train(mode)
         if mode and self.freeze_norm_stats:
-            for m in self.tower.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            for m in batch_norm_layers(self.tower):
+                m.eval()
         return self
 
     def forward(self, *args: Any, **kwargs: Any):

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from probmed.encoders._common import apply_freeze
+from probmed.encoders._common import apply_freeze, batch_norm_layers
 from probmed.training.compute import checkpoint_call
 
 __all__ = ["ECGEncoder", "XRESNET1D_DEPTHS"]
@@ -151,9 +151,8 @@ class ECGEncoder(nn.Module):
     def train(self, mode: bool = True) -> "ECGEncoder":
         super().train(mode)
         if self._fully_frozen:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            for m in batch_norm_layers(self):
+                m.eval()
         return self
 
     def forward(self, signal: Tensor, lead_mask: Optional[Tensor] = None) -> Tensor:

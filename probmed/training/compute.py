@@ -35,12 +35,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from probmed.encoders._common import batch_norm_layers
+
 
 @contextlib.contextmanager
 def restore_norm_statistics(tower: nn.Module) -> Iterator[None]:
     """Put the tower's batch-norm running statistics (mean, var, batch count) back as they were on entry."""
-    saved = [(buf, buf.clone()) for m in tower.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             for buf in m.buffers()]
+    saved = [(buf, buf.clone()) for m in batch_norm_layers(tower) for buf in m.buffers()]
     try:
         yield
     finally:
@@ -90,7 +91,7 @@ def checkpoint_forward(tower: nn.Module, micro_batch_size: Optional[int] = None)
     time (None: the whole batch as one chunk). Outputs ``[B, ...]`` tensors, concatenated over the chunks."""
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be a positive number of studies, got {micro_batch_size}")
-    if micro_batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules()):
+    if micro_batch_size == 1 and batch_norm_layers(tower):
         raise ValueError("micro_batch_size=1 for a batch-norm tower: training batch statistics need >= 2 studies")
     if hasattr(tower, "_probmed_micro_batch_size"):  # already wrapped (setup runs once per stage)
         if tower._probmed_micro_batch_size != micro_batch_size:
