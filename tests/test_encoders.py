@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from probmed.encoders import (
     load_tokenizer,
     resolve_local_path,
 )
+from probmed.encoders.echo import lag_similarity
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -45,7 +47,7 @@ def _image(**kw) -> ImageEncoder:
 
 
 def _echo(**kw) -> EchoEncoder:
-    return EchoEncoder({"model_name": "resnet18", "model_kwargs": MICRO_RESNET}, num_frames=6, num_heads=2, **kw)
+    return EchoEncoder({"model_name": "resnet18", "model_kwargs": MICRO_RESNET}, **{"num_frames": 6, "num_heads": 2, **kw})
 
 
 def _assert_all_grads(module: torch.nn.Module, loss: torch.Tensor) -> None:
@@ -228,10 +230,10 @@ def test_echo_motion_stream_sees_frame_differences():
     assert static_part(still).shape == enc(still).shape
 
 
-@pytest.mark.parametrize("motion", [False, True])
+@pytest.mark.parametrize("motion,self_similarity", [(False, None), (True, None), (True, "pixels"), (False, "features")])
 @pytest.mark.parametrize("train", [False, True])
-def test_echo_frame_mask_hides_dropped_frames(train, motion):
-    enc = _echo(motion=motion).train(train)
+def test_echo_frame_mask_hides_dropped_frames(train, motion, self_similarity):
+    enc = _echo(motion=motion, self_similarity=self_similarity).train(train)
     x = torch.randn(3, 6, 1, 32, 32)
     mask = torch.tensor([[1, 1, 0, 1, 0, 1], [1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0]], dtype=torch.bool)
     x2 = x.clone()
@@ -242,6 +244,72 @@ def test_echo_frame_mask_hides_dropped_frames(train, motion):
     # all frames dropped (a missing study's placeholder) stays finite
     out = enc(torch.zeros(2, 6, 1, 32, 32), frame_mask=torch.zeros(2, 6))
     assert torch.isfinite(out).all()
+
+
+def test_lag_similarity_matches_direct_computation():
+    seq = torch.randn(2, 4, 5, requires_grad=True)
+    valid = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.bool)
+    got = lag_similarity(seq, valid, max_lag=5)  # lags beyond the clip (T = 4) stay 0
+    assert got.shape == (2, 4, 11)
+    want = torch.zeros(2, 4, 11)
+    for b in range(2):
+        for i in range(4):
+            for lag in range(-5, 6):
+                j = i + lag
+                if 0 <= j < 4 and valid[b, i] and valid[b, j]:
+                    want[b, i, lag + 5] = F.cosine_similarity(seq[b, i], seq[b, j], dim=0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    got.square().sum().backward()
+    assert torch.isfinite(seq.grad).all() and seq.grad[1, 1].abs().sum() == 0  # a dropped frame gets no gradient
+
+
+@pytest.mark.parametrize("mode", ["pixels", "features"])
+def test_echo_similarity_rows_are_deviations_from_the_clip_mean(mode):
+    enc = _echo(self_similarity=mode, similarity_grid=4, similarity_dim=7)
+    frames = torch.randn(2, 6, 1, 32, 32)
+    feats = torch.randn(2, 6, enc.frame_encoder.output_dim)
+    valid = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    if mode == "pixels":
+        seq = F.avg_pool2d(frames.flatten(0, 1), 8).reshape(2, 6, 16)
+    else:
+        seq = enc.similarity_proj(feats)
+    for b in range(2):
+        seq[b] = seq[b] - seq[b][valid[b]].mean(0)
+    torch.testing.assert_close(enc.similarity_rows(frames, feats, valid), lag_similarity(seq, valid, 5))
+    if mode == "pixels":  # a static background (anatomy that does not move) cancels exactly
+        background = torch.randn(2, 1, 1, 32, 32) * 3
+        torch.testing.assert_close(enc.similarity_rows(frames + background, feats, valid),
+                                   enc.similarity_rows(frames, feats, valid), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("heart_rate", [60.0, 80.0, 110.0, 128.0])
+def test_echo_pixel_self_similarity_sees_the_heart_rate_of_a_synthetic_cine(heart_rate):
+    """The corpus's beating ventricle: frames one RR interval apart are more alike than frames half an RR apart
+    (opposite phases), in every clip — the period is in the rows before any training."""
+    from probmed.data.synthetic.echo import render_echo
+
+    frames, fps = 16, 12.8
+    enc = _echo(self_similarity="pixels", num_frames=frames)
+    rr = 60.0 / heart_rate * fps  # RR interval in frames
+    for seed in range(4):
+        clip = render_echo(np.random.default_rng(seed), heart_rate=heart_rate, rhythm="sinus", ef=45.0,
+                           lv_scale=1.0, traits={}, frames=frames, size=40, fps=fps)
+        x = torch.from_numpy(clip).float()[None, :, None] / 255.0
+        rows = enc.similarity_rows(x, None, torch.ones(1, frames, dtype=torch.bool))[0]
+        j = torch.arange(frames)[:, None] + torch.arange(1 - frames, frames)
+        inside = (j >= 0) & (j < frames)
+        per_lag = rows.sum(0) / inside.sum(0).clamp_min(1)  # mean similarity at each lag
+        one_beat, half_beat = per_lag[frames - 1 + round(rr)], per_lag[frames - 1 + round(rr / 2)]
+        assert one_beat > half_beat + 0.2, (seed, float(one_beat), float(half_beat))
+
+
+def test_echo_self_similarity_option_is_checked():
+    with pytest.raises(ValueError, match="self_similarity"):
+        _echo(self_similarity="pixel")
+    plain = _echo()
+    assert plain.similarity_proj is None and plain.lag_embed is None
+    pix = _echo(self_similarity="pixels")
+    assert pix.similarity_proj is None and pix.lag_embed.in_features == 2 * 6 - 1
 
 
 # ----------------------------------------------------------------------------------------------- text

@@ -1,4 +1,5 @@
-"""Echocardiogram tower: a 2-D frame encoder (an :class:`ImageEncoder`) + temporal attention pooling."""
+"""Echocardiogram tower: a 2-D frame encoder (an :class:`ImageEncoder`) + temporal attention pooling, optionally
+with lag-indexed temporal self-similarity tokens that make the beat period explicit."""
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
@@ -9,7 +10,30 @@ from torch import Tensor, nn
 
 from probmed.encoders.image import ImageEncoder
 
-__all__ = ["EchoEncoder"]
+__all__ = ["EchoEncoder", "lag_similarity"]
+
+
+def lag_similarity(seq: Tensor, valid: Tensor, max_lag: int) -> Tensor:
+    """Temporal self-similarity of a sequence, indexed by lag.
+
+    Args:
+        seq: ``[B, T, K]`` per-frame vectors.
+        valid: ``[B, T]`` bool, True where the frame is kept.
+        max_lag: largest lag |l| in frames.
+
+    Returns:
+        ``[B, T, 2·max_lag + 1]``: entry ``[b, i, max_lag + l]`` is the cosine similarity of ``seq[b, i]`` and
+        ``seq[b, i + l]``; 0 where ``i + l`` falls outside the clip or either frame is dropped.
+    """
+    b, t = valid.shape
+    z = F.normalize(seq, dim=-1)
+    sim = z @ z.transpose(1, 2)  # [B, T, T]
+    j = torch.arange(t, device=seq.device)[:, None] + torch.arange(-max_lag, max_lag + 1, device=seq.device)
+    inside = (j >= 0) & (j < t)  # [T, L]
+    j = j.clamp(0, t - 1)
+    out = sim.gather(2, j.expand(b, t, -1))
+    keep = inside & valid[:, :, None] & valid[:, j]
+    return out * keep.to(out.dtype)
 
 
 class EchoEncoder(nn.Module):
@@ -20,7 +44,8 @@ class EchoEncoder(nn.Module):
        gradient checkpointing) → ``[B, T, F]``.
     2. A linear projection to the temporal width ``dim`` (identity when ``dim`` is None or equals F), plus a
        learned positional embedding over time, created for ``num_frames`` frames and linearly interpolated when a
-       clip has a different T.
+       clip has a different T.  With ``self_similarity``, each frame token also gets a linear embedding of its row
+       of the clip's temporal self-similarity matrix, indexed by lag (:meth:`similarity_rows`).
     3. ``num_layers`` pre-norm transformer encoder layers over time (0 for none).
     4. Pooling: ``"attention"`` — a learned query attends over the frames (``nn.MultiheadAttention``) followed by
        LayerNorm; or ``"mean"`` — masked mean.
@@ -51,6 +76,18 @@ class EchoEncoder(nn.Module):
         frame_size: when set, frames are resized (area interpolation, i.e. average pooling for integer factors)
             to ``frame_size × frame_size`` before the frame encoder — a compute knob: frame-encoder cost grows
             with B·T·H·W, and 16 frames of 64×64 cost ~16 CXR images each.
+        self_similarity: add to every frame token its similarities to the frames at lags −(num_frames−1) …
+            num_frames−1 (the temporal self-similarity matrix of RepNet, Dwibedi et al., CVPR 2020, read along lags
+            instead of absolute frame indices), through a learned linear map.  A beating ventricle repeats every RR
+            interval, so every row peaks at lag ≈ RR·fps: heart rate and rhythm regularity become a linear read-out
+            instead of something the transformer must discover from positions.  Similarities are cosines between the
+            frames' deviations from the clip's mean (over kept frames), of
+            ``"pixels"``: the frames average-pooled to ``similarity_grid × similarity_grid`` (no learned part — the
+            cycle is visible from the first step, whatever the frame encoder learns), or
+            ``"features"``: a learned ``similarity_dim`` projection of the frame-encoder features (RepNet's choice).
+            None: off.
+        similarity_grid: pooled frame size for ``"pixels"`` (8: 64 values per grey frame).
+        similarity_dim: projection width for ``"features"``.
     """
 
     def __init__(
@@ -65,6 +102,9 @@ class EchoEncoder(nn.Module):
         pooling: Literal["attention", "mean"] = "attention",
         frame_size: Optional[int] = None,
         motion: bool = False,
+        self_similarity: Optional[Literal["pixels", "features"]] = None,
+        similarity_grid: int = 8,
+        similarity_dim: int = 32,
     ) -> None:
         super().__init__()
         self.motion = bool(motion)
@@ -114,6 +154,12 @@ class EchoEncoder(nn.Module):
             self.query = nn.Parameter(torch.zeros(1, 1, self.dim))
             nn.init.trunc_normal_(self.query, std=0.02)
             self.attn = nn.MultiheadAttention(self.dim, num_heads, dropout=dropout, batch_first=True)
+        if self_similarity not in (None, "pixels", "features"):
+            raise ValueError(f"self_similarity must be None, 'pixels' or 'features', got {self_similarity!r}")
+        self.self_similarity = self_similarity
+        self.similarity_grid = int(similarity_grid)
+        self.similarity_proj = nn.Linear(feat, int(similarity_dim)) if self_similarity == "features" else None
+        self.lag_embed = nn.Linear(2 * self.num_frames - 1, self.dim) if self_similarity else None
         self.norm = nn.LayerNorm(self.dim)
         self.output_dim = self.dim
 
@@ -122,6 +168,23 @@ class EchoEncoder(nn.Module):
         if t == self.num_frames:
             return self.pos_embed
         return F.interpolate(self.pos_embed.transpose(1, 2), size=t, mode="linear", align_corners=False).transpose(1, 2)
+
+    def similarity_rows(self, frames: Tensor, feats: Tensor, valid: Tensor) -> Tensor:
+        """Lag-indexed self-similarity rows ``[B, T, 2·num_frames − 1]`` of a clip (see ``self_similarity``).
+
+        Args:
+            frames: ``[B, T, C, H, W]`` input frames (used by ``"pixels"``).
+            feats: ``[B, T, F]`` frame-encoder features (used by ``"features"``).
+            valid: ``[B, T]`` bool, True where the frame is kept.
+        """
+        if self.self_similarity == "pixels":
+            b, t = valid.shape
+            seq = F.adaptive_avg_pool2d(frames.flatten(0, 1), self.similarity_grid).reshape(b, t, -1)
+        else:
+            seq = self.similarity_proj(feats)
+        w = valid.to(seq.dtype)[:, :, None]
+        seq = seq - (seq * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+        return lag_similarity(seq, valid, self.num_frames - 1)
 
     def _encode_frames(self, frames: Tensor) -> Tensor:
         """``[N, C, H, W]`` → ``[N, F]`` through the frame encoder (after the optional resize)."""
@@ -162,6 +225,8 @@ class EchoEncoder(nn.Module):
             feats = kept.new_zeros(b, t, kept.shape[-1])
             feats = feats.masked_scatter(valid[:, :, None], kept)
         h = self.proj(feats) + self.positional_embedding(t)
+        if self.lag_embed is not None:
+            h = h + self.lag_embed(self.similarity_rows(frames, feats, valid).to(h.dtype))
         pad = ~valid  # True = ignore
         if self.temporal is not None:
             h = self.temporal(h, src_key_padding_mask=pad)
