@@ -276,6 +276,10 @@ def test_echo_similarity_rows_are_deviations_from_the_clip_mean(mode):
     for b in range(2):
         seq[b] = seq[b] - seq[b][valid[b]].mean(0)
     torch.testing.assert_close(enc.similarity_rows(frames, feats, valid), lag_similarity(seq, valid, 5))
+    spoiled = frames.clone()
+    spoiled[1, 2] = float("nan")  # a dropped frame's content is never read
+    spoiled[1, 5] = 1e6
+    torch.testing.assert_close(enc.similarity_rows(spoiled, feats, valid), enc.similarity_rows(frames, feats, valid))
     if mode == "pixels":  # a static background (anatomy that does not move) cancels exactly
         background = torch.randn(2, 1, 1, 32, 32) * 3
         torch.testing.assert_close(enc.similarity_rows(frames + background, feats, valid),

@@ -182,8 +182,8 @@ class EchoEncoder(nn.Module):
             seq = F.adaptive_avg_pool2d(frames.flatten(0, 1), self.similarity_grid).reshape(b, t, -1)
         else:
             seq = self.similarity_proj(feats)
-        w = valid.to(seq.dtype)[:, :, None]
-        seq = seq - (seq * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+        seq = seq.masked_fill(~valid[:, :, None], 0.0)  # whatever a dropped frame holds (even NaN) never enters
+        seq = seq - seq.sum(1, keepdim=True) / valid.sum(1)[:, None, None].clamp_min(1).to(seq.dtype)
         return lag_similarity(seq, valid, self.num_frames - 1)
 
     def _encode_frames(self, frames: Tensor) -> Tensor:
