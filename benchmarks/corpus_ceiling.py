@@ -5,9 +5,11 @@ heart rate and rhythm (ECG, echo), heart size (CXR cardiothoracic ratio ``ctr``;
 1 + 1.6·(ctr − 0.44) + 0.08·[reduced EF] + N(0, 0.03²)), ejection fraction (echo), findings (all, in words in the
 report). This script prints, on one split:
 
-1. **Ceiling of CXR↔echo** — retrieval that knows both studies' hidden values exactly: a film's query is the LV size
-   its ctr implies, a cine's key its ``lv_scale`` minus the EF-dependent dilation (EF is visible in a cine). No model
-   can do better on average; the corpus noise (0.03) and the overlap of 200+ heart sizes keep it far from 100 %.
+1. **Ceiling of CXR↔echo's heart-size link** — retrieval that knows both studies' hidden values exactly: a film's
+   query is the LV size its ctr implies, a cine's key its ``lv_scale`` minus the EF-dependent dilation (EF is visible
+   in a cine). The corpus noise (0.03) and the overlap of 200+ heart sizes keep it far from 100 %; a model can only
+   beat it by chance or through a link the corpus did not mean to plant (at N ≈ 220 one query is 0.45 points, so
+   R@1 of a few percent is mostly noise: compare R@5).
 2. With ``--embeddings`` (``probmed predict ... --embeddings.path emb.npz``): **ridge probes** — how much of each
    hidden attribute a tower's embedding means carry (R², 5-fold cross-fitted closed-form ridge on standardised
    means), and CXR↔echo retrieval that matches the two towers' own LV-size read-outs (what the towers measure,
