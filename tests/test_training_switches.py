@@ -149,3 +149,14 @@ def test_micro_batch_configuration_errors_are_clear():
         checkpoint_forward(ECGEncoder(depth=None, layers=[1], widths=[8], expansion=1, stem_widths=[8]), 1)
     with pytest.raises(ValueError, match=r"\['eeg'\], which are not towers"):
         TowerCompute(micro_batch_size={"eeg": 4}).setup(None, _tiny_module(), "fit")
+
+
+@pytest.mark.parametrize("package", ["probmed.training", "probmed.encoders", "probmed.losses", "probmed.data",
+                                     "probmed.evaluation", "probmed.module"])
+def test_each_package_imports_first_in_a_fresh_interpreter(package):
+    """No import cycle depends on which package a user (or a test file) imports first."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

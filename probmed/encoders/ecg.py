@@ -6,8 +6,7 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from probmed.encoders._common import apply_freeze, batch_norm_layers
-from probmed.training.compute import checkpoint_call
+from probmed.encoders._common import apply_freeze, batch_norm_layers, checkpoint_call
 
 __all__ = ["ECGEncoder", "XRESNET1D_DEPTHS"]
 

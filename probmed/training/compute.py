@@ -26,42 +26,14 @@ recomputed batch-norm tower updates its statistics twice. Evaluation (no gradien
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from probmed.encoders._common import batch_norm_layers
-
-
-@contextlib.contextmanager
-def restore_norm_statistics(tower: nn.Module) -> Iterator[None]:
-    """Put the tower's batch-norm running statistics (mean, var, batch count) back as they were on entry."""
-    saved = [(buf, buf.clone()) for m in batch_norm_layers(tower) for buf in m.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
-
-
-def _recompute_contexts(tower: nn.Module):
-    """``context_fn`` of the checkpoint: nothing around the forward, statistics restored around the recomputation."""
-    if torch.compiler.is_compiling():  # a compiled checkpoint accepts only dispatch modes here
-        return contextlib.nullcontext(), contextlib.nullcontext()
-    return contextlib.nullcontext(), restore_norm_statistics(tower)
-
-
-def checkpoint_call(module: nn.Module, fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """``fn(*args, **kwargs)`` under non-reentrant activation checkpointing, the recomputation in the backward
-    leaving ``module``'s batch-norm running statistics as the forward set them."""
-    contexts = functools.partial(_recompute_contexts, module)
-    return activation_checkpoint(fn, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+from probmed.encoders._common import batch_norm_layers, checkpoint_call
 
 
 def _chunks(args: tuple, kwargs: dict, size: int) -> Iterator[tuple[tuple, dict]]:
