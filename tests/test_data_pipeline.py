@@ -228,6 +228,9 @@ def test_datamodule_real_dataloader_with_workers(dataset_dir):
     dm = ProbMedDataModule(str(dataset_dir), batch_size=4, num_workers=2, train_batches_per_epoch=4, **small_inputs())
     dm.setup("fit")
     loader = dm.train_dataloader()
+    # workers come from a fork server, never a plain fork of this (threaded) process: a fork while another thread
+    # holds an interpreter lock left a DDP rank's worker blocked in PyOS_AfterFork_Child for ever
+    assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
     batches = list(loader)
     assert len(batches) == len(loader) == 4
     assert all(b["inputs"]["ecg"]["signal"].shape == (4, 12, 500) for b in batches)

@@ -12,6 +12,7 @@ step (ProbMed gathers embeddings once, at epoch end).
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import warnings
@@ -183,8 +184,26 @@ class EpochAwareLoader(DataLoader):
         return super().__iter__()
 
 
+def worker_context():
+    """How loader workers start: ``forkserver`` (``spawn`` where the platform has no forkserver), never plain fork.
+
+    A training process has threads (gloo, TensorBoard's writer, the previous loader's queue feeders, which exit
+    just as the next epoch's loader starts its workers). Forking it while one of them holds an interpreter lock
+    leaves the child blocked for ever in ``PyOS_AfterFork_Child`` (seen: a 2-rank DDP fit hung, its worker stuck
+    in ``_PyThreadState_DeleteExcept`` right after ``os.fork``). The fork server is a fresh single-threaded process
+    that has imported this module (and so torch, webdataset and the readers) once; workers are forked from it, so
+    each starts in well under a second and receives the stream (pickled: plain configuration, no open files).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bool = False) -> DataLoader:
-    """The DataLoader for a stream (batches are built in the workers; ``batch_size=None``)."""
+    """The DataLoader for a stream (batches are built in the workers; ``batch_size=None``; workers started by
+    :func:`worker_context`)."""
     return EpochAwareLoader(
         dataset,
         epoch_source,
@@ -192,4 +211,5 @@ def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bo
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
+        multiprocessing_context=worker_context() if num_workers > 0 else None,
     )
