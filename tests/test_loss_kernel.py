@@ -69,3 +69,87 @@ def test_memory_stays_linear():
     assert sum(t.numel() for t in saved) == 2 * (32 + 1024) * 128
     out.sum().backward()
     assert mu_b.grad.shape == (1024, 128)
+
+
+def _needs_compiler():
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler on PATH: torch.compile's CPU backend needs one; the eager kernel is used instead")
+
+
+def test_fused_path_survives_many_shapes_in_one_process(monkeypatch):
+    """Evaluation scores blocks of every size (each pair's leftover query block differs), and training sees other
+    batch sizes: 14 row counts x both coefficient pairs x two log-variance spreads (two group sizes k) at D = 512,
+    forward and backward, in one process. Before, every new row count recompiled and the 9th raised
+    FailOnRecompileLimitHit; now rows are dynamic and alpha/beta are tensors, and the fused path stays on."""
+    _needs_compiler()
+    monkeypatch.setattr(K, "FUSED_MIN_TRIPLES", 0)
+    assert K._probe_fused("cpu")
+    g = torch.Generator().manual_seed(5)
+    cols = [torch.randn(300, 512, generator=g) for _ in range(2)]
+    for i, rows in enumerate([1, 3, 17, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257, 301]):
+        for alpha, beta, balanced in ((-0.25, -0.5, True), (0.5, 0.5, False)):
+            spread = 1.0 if i % 2 else 6.0
+            mu_a = torch.randn(rows, 512, generator=g).requires_grad_()
+            lv_a = (torch.randn(rows, 512, generator=g) * spread).requires_grad_()
+            mu_b, lv_b = [c.clone().requires_grad_() for c in (cols[0], cols[1] * spread)]
+            out = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced, fused=True)
+            grads = torch.autograd.grad(out.sum(), (mu_a, lv_a, mu_b, lv_b))
+            ref = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced, fused=False)
+            ref_grads = torch.autograd.grad(ref.sum(), (mu_a, lv_a, mu_b, lv_b))
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-2)
+            for x, y in zip(grads, ref_grads):
+                torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-3 * y.abs().max().item())
+    assert not K._compile_state.get("failed_cpu", False), "the fused path fell back to eager"
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    """Any error from the compiler (here: a forced one) redoes the call eagerly, warns once, and the fused path
+    stays off afterwards; forward and backward agree with the eager kernel."""
+    def broken(name):
+        raise RuntimeError("simulated inductor failure")
+
+    monkeypatch.setattr(K, "_compiled_fn", broken)
+    monkeypatch.setattr(K, "_compile_state", {"probed_cpu": True})
+    mu_a, lv_a, mu_b, lv_b = [t.float().requires_grad_() for t in _inputs(5, 9, 16, 4)]
+    with pytest.warns(RuntimeWarning, match="simulated inductor failure") as record:
+        out = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, True, fused=True)
+        out.sum().backward()
+        again = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, True, fused=True)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert K._compile_state["failed_cpu"] and not K.use_fused(mu_a, 10**9)
+    ref = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, True, fused=False)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(again, ref)
+
+
+def test_backward_compile_failure_falls_back(monkeypatch):
+    """A forward that compiled and a backward whose compilation fails: the gradient comes from the eager kernel."""
+    _needs_compiler()
+    assert K._probe_fused("cpu")
+    mu_a, lv_a, mu_b, lv_b = [t.float().requires_grad_() for t in _inputs(6, 10, 16, 6)]
+    out = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, 0.5, 0.5, False, fused=True)
+    real = K._compiled_fn
+
+    def fail_backward(name):
+        if name in ("rows", "cols"):
+            raise RuntimeError("simulated backward compile failure")
+        return real(name)
+
+    monkeypatch.setattr(K, "_compiled_fn", fail_backward)
+    monkeypatch.setattr(K, "_compile_state", {"probed_cpu": True})
+    with pytest.warns(RuntimeWarning, match="backward compile failure"):
+        grads = torch.autograd.grad(out.sum(), (mu_a, lv_a, mu_b, lv_b))
+    ref = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, 0.5, 0.5, False, fused=False)
+    ref_grads = torch.autograd.grad(ref.sum(), (mu_a, lv_a, mu_b, lv_b))
+    for x, y in zip(grads, ref_grads):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha,beta", [(-0.25, -0.5), (0.5, 0.5)])
+def test_gradcheck_balanced_float64(alpha, beta):
+    """The balanced form (log BC's) against finite differences, eager kernel, float64."""
+    mu_a, lv_a, mu_b, lv_b = [t.requires_grad_() for t in _inputs(3, 5, 4, 7)]
+    fn = lambda *x: K.pairwise_diag_kernel(*x, alpha, beta, True, chunk=2, fused=False)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (mu_a, lv_a, mu_b, lv_b))
+    ref = K.pairwise_diag_kernel_naive(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced=True)
+    torch.testing.assert_close(fn(mu_a, lv_a, mu_b, lv_b), ref, rtol=1e-12, atol=1e-12)

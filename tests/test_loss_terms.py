@@ -169,14 +169,15 @@ def _sym_ce(logits):
     return 0.5 * (F.cross_entropy(logits, lab) + F.cross_entropy(logits.t(), lab))
 
 
-@pytest.mark.parametrize("similarity", ["hellinger", "bhattacharyya", "csd", "medprob"])
+@pytest.mark.parametrize("similarity", ["hellinger", "hellinger_joint", "bhattacharyya", "csd", "medprob"])
 def test_probabilistic_infonce_matches_naive(similarity):
     a, b = _emb(6, 5, 12), _emb(6, 5, 13)
     term = ProbabilisticInfoNCE(["cxr", "text"], similarity=similarity, init_logit_scale=3.0)
     out = Objective([term]).double()({"cxr": a, "text": b}, torch.arange(6))
     lbc = log_bhattacharyya_naive(a.mean, a.log_var, b.mean, b.log_var)
     sim = {
-        "hellinger": hellinger_from_log_bc(lbc),
+        "hellinger": 1.0 - torch.sqrt(1.0 - torch.exp(lbc / a.mean.shape[1])),  # per-dimension BC^(1/D)
+        "hellinger_joint": 1.0 - torch.sqrt(1.0 - torch.exp(lbc)),
         "bhattacharyya": lbc,
         "csd": -((a.mean[:, None] - b.mean[None]) ** 2).sum(-1) - a.log_var.exp().sum(-1)[:, None]
         - b.log_var.exp().sum(-1)[None],
@@ -277,8 +278,8 @@ def test_score_uses_the_pair_term_and_falls_back_to_first():
     assert obj.scoring_term("ecg", "echo").name == "infonce/text-cxr"  # never trained together: first term
     s2 = obj.score(embs["ecg"].detach(), embs["echo"].detach(), "ecg", "echo")
     e, f = embs["ecg"], embs["echo"]
-    torch.testing.assert_close(s2, hellinger_from_log_bc(log_bhattacharyya_naive(e.mean, e.log_var, f.mean,
-                                                                                 f.log_var)).detach())
+    per_dim = log_bhattacharyya_naive(e.mean, e.log_var, f.mean, f.log_var) / e.mean.shape[1]
+    torch.testing.assert_close(s2, hellinger_from_log_bc(per_dim).detach())
 
 
 def test_objective_from_yaml_with_jsonargparse():

@@ -14,7 +14,7 @@ InfoNCE on the sub-batch of paired studies.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +30,15 @@ from probmed.losses.base import (
     positive_mask,
     soft_targets,
 )
-from probmed.losses.similarity import pairwise_similarity, csd, medprob_distance
-
-Similarity = Literal["hellinger", "bhattacharyya", "csd", "cosine", "medprob"]
-
-#: Initial logit scale (1 / temperature) per similarity, when not given. Chosen so that the logit range at
-#: initialisation is comparable with CLIP's (cosine in [-1, 1] times 1/0.07):
-#: hellinger PS is in [0, 1] (half the range of cosine) -> 2/0.07; CSD of unit means is 2 - 2 cos + sum v
-#: (twice as steep as cosine) -> 0.5/0.07; log BC and the MedProbCLIP distance are already sums over D
-#: dimensions of log-density-like terms -> 1.
-DEFAULT_INIT_SCALE: dict[str, float] = {
-    "cosine": 1.0 / 0.07,
-    "hellinger": 2.0 / 0.07,
-    "csd": 0.5 / 0.07,
-    "bhattacharyya": 1.0,
-    "medprob": 1.0,
-}
-
+from probmed.losses.similarity import (
+    DEFAULT_INIT_SCALE,
+    SIMILARITIES,
+    Similarity,
+    csd,
+    hellinger_similarity,
+    medprob_distance,
+    pairwise_similarity,
+)
 
 class LogitScale(nn.Module):
     """CLIP-style learnable scale ``exp(t)``, ``t`` clamped at ``log(max_value)`` in the forward pass."""
@@ -148,13 +140,11 @@ class ProbabilisticInfoNCE(PairTerm):
     Args:
         modalities: the two modality keys ``[a, b]`` (e.g. ``[text, cxr]``).
         weight: weight of this term in the objective's total.
-        similarity: ``hellinger`` (ProbMED's PS = 1 - sqrt(H^2) in [0, 1]), ``bhattacharyya`` (log BC, <= 0; does
-            not saturate in high dimension), ``csd`` (minus PCME++'s closed-form sampled distance), ``medprob``
-            (minus MedProbCLIP's distance) or ``cosine`` (of the means; deterministic CLIP).
-            Hellinger saturates when variances shrink (measured, D=512, unit means, positives at cosine ~0.9,
-            all log-variances equal): log_var -2: PS pos 0.58 / neg 0.08; log_var -4: PS pos 0.13, 81 % of
-            negatives have dPS/dlogBC < 1e-6; log_var -6: PS of positives and negatives ~0 (no signal). log BC
-            (``bhattacharyya``) keeps a usable logit at every variance; prefer it if variances get small.
+        similarity: one of :data:`~probmed.losses.similarity.SIMILARITIES`: ``hellinger`` (ProbMED: PS on the
+            per-dimension Bhattacharyya coefficient ``BC^(1/D)``, in [0, 1]), ``hellinger_joint`` (the paper's
+            literal ``PS = 1 - sqrt(1 - BC)``, which saturates at 0 in high dimension), ``bhattacharyya`` (log BC,
+            <= 0), ``csd`` (minus PCME++'s closed-form sampled distance), ``medprob`` (minus MedProbCLIP's
+            distance) or ``cosine`` (of the means; deterministic CLIP). docs/design.md compares them.
         init_logit_scale: initial scale ``1/tau``; default per similarity, see :data:`DEFAULT_INIT_SCALE`.
         max_logit_scale: clamp of the scale (CLIP: 100); ``<= 0`` disables the clamp.
         learn_logit_scale: learn the scale (else fixed at ``init_logit_scale``).
@@ -163,6 +153,8 @@ class ProbabilisticInfoNCE(PairTerm):
             Edge-Modality Contrastive Loss); by default rows need ``a`` present (and a present positive ``b``) and
             columns need ``b`` present.
         chunk: columns per chunk of the memory-linear diagonal kernel (default: automatic).
+        learn_hellinger_exponent: for the Hellinger similarities, learn a factor ``exp(e)`` (init 1) on the
+            exponent ``kappa`` of ``BC^kappa`` (``kappa = 1/D`` for ``hellinger``, 1 for ``hellinger_joint``).
         name: key of this term in the logged parts (default ``infonce/<a>-<b>``).
     """
 
@@ -179,18 +171,28 @@ class ProbabilisticInfoNCE(PairTerm):
         normalize: bool = True,
         paired_only: bool = False,
         chunk: int | None = None,
+        learn_hellinger_exponent: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(modalities, weight, name)
-        if similarity not in DEFAULT_INIT_SCALE:
-            raise ValueError(f"unknown similarity {similarity!r}; choose one of {tuple(DEFAULT_INIT_SCALE)}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r}; choose one of {SIMILARITIES}")
         self.kind = similarity
         init = DEFAULT_INIT_SCALE[similarity] if init_logit_scale is None else init_logit_scale
         self.logit_scale = LogitScale(init, max_logit_scale if max_logit_scale > 0 else None, learn_logit_scale)
         self.normalize = normalize
         self.paired_only = paired_only
         self.chunk = chunk
+        if learn_hellinger_exponent and not similarity.startswith("hellinger"):
+            raise ValueError(f"learn_hellinger_exponent needs a Hellinger similarity, not {similarity!r}")
+        self.log_exponent_factor = nn.Parameter(torch.zeros(())) if learn_hellinger_exponent else None
 
+    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
+        if self.log_exponent_factor is None:
+            return super().similarity(a, b)
+        base = 1.0 if self.kind == "hellinger_joint" else 1.0 / a.mean.shape[-1]
+        kappa = base * self.log_exponent_factor.exp().to(a.mean.dtype)
+        return hellinger_similarity(a.mean, a.log_var, b.mean, b.log_var, kappa, chunk=self.chunk)
 
     def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
         scale = self.logit_scale()
@@ -200,16 +202,17 @@ class ProbabilisticInfoNCE(PairTerm):
             return scale.to(sim.dtype) * sim
 
         loss, pos_logit = symmetric_infonce(ctx, self.a, self.b, logits_fn, self.paired_only)
-        return loss, {
-            f"logit_scale/{self.name}": scale.detach(),
-            f"pos_logit/{self.name}": pos_logit.detach(),
-        }
+        extras = {f"logit_scale/{self.name}": scale.detach(), f"pos_logit/{self.name}": pos_logit.detach()}
+        if self.log_exponent_factor is not None:
+            extras[f"hellinger_exponent_factor/{self.name}"] = self.log_exponent_factor.detach().exp()
+        return loss, extras
 
 
 class EdgeModalityContrastive(ProbabilisticInfoNCE):
     """MEDBind's Edge-Modality Contrastive Loss: CLIP InfoNCE between two non-text modalities (e.g. CXR <-> ECG)
-    restricted to the studies that have both (rows and columns). Same arguments as
-    :class:`ProbabilisticInfoNCE` with ``similarity="cosine"`` and ``paired_only=True`` by default.
+    restricted to the studies that have both (rows and columns). :class:`ProbabilisticInfoNCE` with other
+    defaults: ``modalities=[cxr, ecg]``, ``similarity="cosine"``, ``paired_only=True``; every other argument is
+    :class:`ProbabilisticInfoNCE`'s.
 
     MEDBind's text-anchored part is :class:`ProbabilisticInfoNCE` with ``similarity: cosine`` for
     ``[text, cxr]`` and ``[text, ecg]``.
@@ -220,20 +223,11 @@ class EdgeModalityContrastive(ProbabilisticInfoNCE):
     def __init__(
         self,
         modalities: tuple[str, str] | list[str] = ("cxr", "ecg"),
-        weight: float = 1.0,
         similarity: Similarity = "cosine",
-        init_logit_scale: float | None = None,
-        max_logit_scale: float = 100.0,
-        learn_logit_scale: bool = True,
-        normalize: bool = True,
         paired_only: bool = True,
-        chunk: int | None = None,
-        name: str | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            modalities, weight, similarity, init_logit_scale, max_logit_scale, learn_logit_scale, normalize,
-            paired_only, chunk, name,
-        )
+        super().__init__(modalities, similarity=similarity, paired_only=paired_only, **kwargs)
 
 
 class SigLIP(PairTerm):

@@ -1,38 +1,51 @@
 """Memory-linear pairwise kernel between two sets of diagonal Gaussians.
 
-Both the Bhattacharyya coefficient and the MedProbCLIP distance between diagonal Gaussians are built from one
-pairwise reduction over the embedding dimension,
+Both the Bhattacharyya coefficient and the MedProbCLIP distance between diagonal Gaussians are one pairwise
+reduction over the embedding dimension,
 
-    K_ij = sum_d [ alpha * (mu_id - mu_jd)^2 / s_ijd  +  beta * log s_ijd ],   s_ijd = v_id + v_jd,
+    K_ij = sum_d [ alpha * (mu_id - mu_jd)^2 / s_ijd  +  beta * L_ijd ],   s_ijd = v_id + v_jd,
 
-    log BC_ij = D/2 log 2 + 1/4 (sum_d log v_id + sum_d log v_jd) + K_ij(alpha=-1/4, beta=-1/2)
-    d^MedProbCLIP_ij = K_ij(alpha=1/2, beta=1/2).
+    L_ijd = log s_ijd                                          (plain)
+    L_ijd = log( s_ijd / (2 sqrt(v_id v_jd)) ) = log cosh((log v_id - log v_jd) / 2)      (balanced)
+
+    log BC_ij            = K_ij(alpha=-1/4, beta=-1/2, balanced)
+    d^MedProbCLIP_ij     = K_ij(alpha=1/2,  beta=1/2,  plain).
+
+*Balanced* is the form in which every per-dimension term is exactly zero for two identical Gaussians
+(``s / (2 sqrt(v_i v_j))`` is evaluated as ``(u_i^2 + u_j^2) / (2 u_i u_j)`` with ``u = exp(log v / 2)``, which is
+exactly 1 when ``u_i == u_j``), so log BC of identical inputs is exactly 0 in float32. Splitting it instead into
+per-sample sums and ``sum_d log s`` adds two numbers of size ~D (about +-600 at D = 512) and leaves a float32
+error of ~1e-4 in log BC — enough to move ``1 - sqrt(1 - BC)`` from 1 to 0.99.
 
 A naive broadcast materialises several ``[B, N, D]`` tensors (256 x 4096 x 512 fp32 = 2 GiB each) for autograd.
 :class:`PairwiseDiagKernel` computes ``K`` in column chunks and saves only its ``[B, D]`` / ``[N, D]`` inputs;
 the backward pass recomputes each chunk and applies the analytic gradient
 
     dK/dmu_i = 2 alpha T,   dK/dmu_j = -2 alpha T,   dK/dv_i = dK/dv_j = beta r - alpha T^2,
-    with r = 1/s and T = (mu_i - mu_j) r      (then dK/dlog v = v dK/dv),
+    with r = 1/s and T = (mu_i - mu_j) r      (then dK/dlog v = v dK/dv; balanced adds -beta/2 per pair),
 
 contracted with the incoming ``[B, N]`` gradient ``G``: ``grad mu_i = 2 alpha sum_j G_ij T_ijd`` etc.
 
 Speed (CPU). The cost is elementwise work on B x N x D triples, dominated by the logarithm. Two tricks:
 
-* **Fewer logarithms.** ``sum_d log s_d = sum_groups log(prod_{d in group} s_d)``: the dimensions are split in
-  ``k`` (1, 2, 4 or 8) interleaved blocks and ``k`` factors are multiplied before one ``log``. To keep the
-  product inside the float range, both variances are rescaled by ``exp(-c)`` with ``c`` the mid-point of the
-  log-variance range of the call (and the means by ``exp(-c/2)``, which leaves ``(mu_i - mu_j)^2 / s`` unchanged),
-  so that ``|log s'| <= (max lv - min lv) / 2``; ``k`` is the largest power of two with
-  ``k * (max lv - min lv) / 2 <= 80`` (fp32 normal range is about e^+-87). ``D c`` is added back outside.
+* **Fewer logarithms.** ``sum_d L_d = sum_groups log(prod_{d in group} exp(L_d))``: the dimensions are split in
+  ``k`` (1, 2, 4 or 8) interleaved blocks and ``k`` factors are multiplied before one ``log``. Balanced factors
+  are ``cosh`` values in ``[1, exp(|log v_i - log v_j| / 2)]``; plain factors ``s`` are rescaled by ``exp(-c)``
+  with ``c`` the mid-point of the log-variance range of the call (means by ``exp(-c/2)``, which leaves
+  ``(mu_i - mu_j)^2 / s`` unchanged, and ``D c`` added back outside). Either way ``|log factor| <= (max log v -
+  min log v) / 2``, and ``k`` is the largest power of two with ``k * (max - min) / 2 <= 80`` (fp32 normal range
+  is about e^+-87).
 * **Fusion without temporaries.** On CPU (float32) the chunk functions are compiled with ``torch.compile``
   (inductor emits one vectorised C++ reduction loop per output, no ``[B, chunk, D]`` buffer). The backward is
   split into a row-side function (reduce over columns j) and a column-side function (reduce over rows i), each
-  recomputing ``r`` and ``T`` in registers: recomputation is cheaper than writing and re-reading a buffer.
+  recomputing ``r`` and ``T`` in registers. The row count is a dynamic dimension and ``alpha``/``beta`` are
+  tensor inputs, so any batch size, evaluation block or coefficient pair reuses one compiled graph per
+  ``(k, D / k)``; columns are padded to one fixed chunk size.
 
-Elsewhere (float64, CUDA unless ``PROBMED_LOSS_COMPILE_CUDA=1`` or ``fused=True``, small problems, or when
-compilation fails) an eager chunked
-implementation of the same maths runs, with chunks sized to keep ``[B, chunk, D]`` temporaries near 1 MiB.
+Elsewhere (float64, CUDA unless ``PROBMED_LOSS_COMPILE_CUDA=1`` or ``fused=True``, small problems) an eager
+chunked implementation of the same maths runs, with chunks sized to keep ``[B, chunk, D]`` temporaries near
+1 MiB. A compiled call that fails for any reason (no compiler, recompile limit, backend error) is redone eagerly,
+with one warning, and the fused path stays off for the rest of the process: a compiler never ends a run.
 Set ``PROBMED_LOSS_COMPILE=0`` to force the eager path.
 """
 from __future__ import annotations
@@ -48,10 +61,29 @@ LOG2 = math.log(2.0)
 
 #: Below this many B x N x D triples the eager path is used (compiling would cost more than it saves).
 FUSED_MIN_TRIPLES = 1 << 24
-#: Columns per compiled chunk (forward and backward); the last chunk is padded to this size (one compilation).
+#: Columns per compiled chunk (forward and backward); the last chunk is padded to this size.
 FUSED_CHUNK = 256
-#: Bound on |log of a product of k rescaled s values| (fp32 normal numbers reach about e^-87.3 .. e^88.7).
+#: Bound on |log of a product of k factors| (fp32 normal numbers reach about e^-87.3 .. e^88.7).
 _LOG_RANGE = 80.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# per-dimension log term
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _log_factor(v_a: Tensor, u_a: Tensor, v_b: Tensor, u_b: Tensor, balanced: bool) -> Tensor:
+    """``exp(L)`` for broadcastable rows/columns: ``s`` (plain) or ``s / (2 u_a u_b)`` >= 1 (balanced)."""
+    s = v_a + v_b
+    if not balanced:
+        return s
+    return (s / (2.0 * u_a * u_b)).clamp_min(1.0)
+
+
+def _sqrt_var(lv: Tensor) -> tuple[Tensor, Tensor]:
+    """``(v, u)`` with ``u = exp(lv / 2)`` and ``v = u * u`` (so that ``v_i + v_j == 2 u_i u_j`` when equal)."""
+    u = torch.exp(0.5 * lv)
+    return u * u, u
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -59,19 +91,19 @@ _LOG_RANGE = 80.0
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _fwd_chunk_eager(mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, alpha: float, beta: float) -> Tensor:
-    """``K`` for rows ``a`` [B, D] x columns ``b`` [Nc, D] -> [B, Nc] (plain, in-place ops)."""
-    s = v_a[:, None, :] + v_b[None, :, :]
-    out = torch.log(s).sum(-1).mul_(beta)
+def _fwd_chunk_eager(mu_a, v_a, u_a, mu_b, v_b, u_b, alpha: float, beta: float, balanced: bool) -> Tensor:
+    """``K`` for rows ``a`` [B, D] x columns ``b`` [Nc, D] -> [B, Nc]."""
+    f = _log_factor(v_a[:, None, :], u_a[:, None, :], v_b[None, :, :], u_b[None, :, :], balanced)
+    out = torch.log(f).sum(-1).mul_(beta)
     t = mu_a[:, None, :] - mu_b[None, :, :]
-    t.square_().div_(s)
+    t.square_().div_(v_a[:, None, :] + v_b[None, :, :])
     return out.add_(t.sum(-1), alpha=alpha)
 
 
 def _bwd_chunk_eager(
     mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, g: Tensor, alpha: float, beta: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``sum(g * K)`` w.r.t. ``mu_a, v_a`` [B, D] and ``mu_b, v_b`` [Nc, D]."""
+    """Gradients of ``sum(g * K_plain)`` w.r.t. ``mu_a, v_a`` [B, D] and ``mu_b, v_b`` [Nc, D]."""
     r = (v_a[:, None, :] + v_b[None, :, :]).reciprocal_()  # [B, Nc, D]
     t = (mu_a[:, None, :] - mu_b[None, :, :]).mul_(r)  # T = delta / s
     g_mu_a = torch.bmm(g[:, None, :], t).squeeze(1).mul_(2 * alpha)
@@ -88,12 +120,40 @@ def default_chunk(rows: int, dim: int, itemsize: int = 4, budget_bytes: int = 1 
     return max(1, min(4096, budget_bytes // max(1, rows * dim * itemsize)))
 
 
+def _eager_forward(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced, chunk):
+    (v_a, u_a), (v_b, u_b) = _sqrt_var(lv_a), _sqrt_var(lv_b)
+    n = mu_b.shape[0]
+    out = mu_a.new_empty(mu_a.shape[0], n)
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        out[:, c0:c1] = _fwd_chunk_eager(mu_a, v_a, u_a, mu_b[c0:c1], v_b[c0:c1], u_b[c0:c1], alpha, beta, balanced)
+    return out
+
+
+def _eager_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, chunk):
+    n = mu_b.shape[0]
+    g_mu_a = torch.zeros_like(mu_a)
+    g_v_a = torch.zeros_like(v_a)
+    g_mu_b = torch.empty_like(mu_b)
+    g_v_b = torch.empty_like(v_b)
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        gma, gva, gmb, gvb = _bwd_chunk_eager(
+            mu_a, v_a, mu_b[c0:c1], v_b[c0:c1], grad[:, c0:c1].contiguous(), alpha, beta
+        )
+        g_mu_a += gma
+        g_v_a += gva
+        g_mu_b[c0:c1] = gmb
+        g_v_b[c0:c1] = gvb
+    return g_mu_a, g_v_a, g_mu_b, g_v_b
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# fused (torch.compile) chunk functions
+# fused (torch.compile) chunk functions; alpha and beta arrive as 0-dim tensors (no recompile per value)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _fwd_grouped(ma: Tensor, va: Tensor, mb: Tensor, vb: Tensor, alpha: float, beta: float) -> Tensor:
+def _fwd_grouped(ma, va, mb, vb, alpha, beta):
     """``alpha sum t^2/s + beta sum log s`` on grouped ``[., k, D/k]`` (rescaled) inputs -> ``[B, Nc]``."""
     k = ma.shape[1]
     q = None
@@ -107,15 +167,30 @@ def _fwd_grouped(ma: Tensor, va: Tensor, mb: Tensor, vb: Tensor, alpha: float, b
     return (alpha * q + beta * torch.log(p)).sum(-1)
 
 
-def _bwd_rows(mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, g: Tensor, alpha: float, beta: float):
-    """Row-side gradients ``(d/dmu_a, d/dv_a)`` [B, D] of ``sum(g * K)``; reduces over the chunk's columns."""
+def _fwd_grouped_balanced(ma, va, ua, mb, vb, ub, alpha, beta):
+    """As :func:`_fwd_grouped` with the balanced factor ``s / (2 u_a u_b)`` (``ua`` ``[B, k, D/k]`` holds 2 u)."""
+    k = ma.shape[1]
+    q = None
+    p = None
+    for i in range(k):
+        s = va[:, None, i] + vb[None, :, i]
+        t = ma[:, None, i] - mb[None, :, i]
+        qi = t * t / s
+        q = qi if q is None else q + qi
+        c = torch.clamp_min(s / (ua[:, None, i] * ub[None, :, i]), 1.0)
+        p = c if p is None else p * c
+    return (alpha * q + beta * torch.log(p)).sum(-1)
+
+
+def _bwd_rows(mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, g: Tensor, alpha, beta):
+    """Row-side gradients ``(d/dmu_a, d/dv_a)`` [B, D] of ``sum(g * K_plain)``; reduces over the chunk's columns."""
     r = 1.0 / (v_a[:, None, :] + v_b[None, :, :])
     t = (mu_a[:, None, :] - mu_b[None, :, :]) * r
     gg = g[:, :, None]
     return (2 * alpha) * (gg * t).sum(1), (gg * (beta * r - alpha * t * t)).sum(1)
 
 
-def _bwd_cols(mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, g_t: Tensor, alpha: float, beta: float):
+def _bwd_cols(mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, g_t: Tensor, alpha, beta):
     """Column-side gradients ``(d/dmu_b, d/dv_b)`` [Nc, D]; ``g_t`` is the transposed gradient [Nc, B]."""
     r = 1.0 / (v_b[:, None, :] + v_a[None, :, :])
     t = (mu_a[None, :, :] - mu_b[:, None, :]) * r
@@ -123,15 +198,21 @@ def _bwd_cols(mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, g_t: Tensor,
     return (-2 * alpha) * (gg * t).sum(1), (gg * (beta * r - alpha * t * t)).sum(1)
 
 
+_FUSED_FNS = {"fwd": _fwd_grouped, "fwd_balanced": _fwd_grouped_balanced, "rows": _bwd_rows, "cols": _bwd_cols}
 _compiled: dict[str, object] = {}
 _compile_state: dict[str, bool] = {}
 
 
 def _compiled_fn(name: str):
     if name not in _compiled:
-        fn = {"fwd": _fwd_grouped, "rows": _bwd_rows, "cols": _bwd_cols}[name]
-        _compiled[name] = torch.compile(fn, dynamic=False, fullgraph=True)
+        _compiled[name] = torch.compile(_FUSED_FNS[name], dynamic=False, fullgraph=True)
     return _compiled[name]
+
+
+def _rows_dynamic(*xs: Tensor) -> None:
+    """Mark dim 0 (rows: local batch, evaluation block) of each tensor dynamic: one graph for every row count."""
+    for x in xs:
+        torch._dynamo.maybe_mark_dynamic(x, 0)
 
 
 def _group_plan(lv_a: Tensor, lv_b: Tensor, dim: int) -> tuple[int, float]:
@@ -153,30 +234,42 @@ def _pad_rows(x: Tensor, n: int, value: float) -> Tensor:
 
 
 def fused_available() -> bool:
-    """Whether the compiled CPU path may be used (not disabled, not failed before)."""
+    """Whether the compiled CPU path may be used (not disabled by ``PROBMED_LOSS_COMPILE=0``)."""
     return os.environ.get("PROBMED_LOSS_COMPILE", "1") != "0"
 
 
-def _fused_forward(mu_a, lv_a, mu_b, lv_b, alpha, beta, chunk):
+def _fused_forward(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced, chunk):
+    mu_a, lv_a, mu_b, lv_b = (x.detach() for x in (mu_a, lv_a, mu_b, lv_b))  # requires_grad is a compile guard
     dim = mu_a.shape[1]
     k, c = _group_plan(lv_a, lv_b, dim)
-    ma = (mu_a * math.exp(-0.5 * c)).reshape(mu_a.shape[0], k, dim // k)
-    va = torch.exp(lv_a - c).reshape(mu_a.shape[0], k, dim // k)
-    mb = mu_b * math.exp(-0.5 * c)
-    vb = torch.exp(lv_b - c)
-    fwd = _compiled_fn("fwd")
-    n = mu_b.shape[0]
-    out = mu_a.new_empty(mu_a.shape[0], n)
+    rows, n = mu_a.shape[0], mu_b.shape[0]
+    al, be = mu_a.new_tensor(alpha), mu_a.new_tensor(beta)
+    if balanced:  # scale-free factor: no rescaling; ua holds 2 u so that the kernel divides by ua * ub
+        (va, ua), (vb, ub) = _sqrt_var(lv_a), _sqrt_var(lv_b)
+        ma, ua, mb = mu_a, 2.0 * ua, mu_b
+        shift = 0.0
+    else:
+        ma, mb = mu_a * math.exp(-0.5 * c), mu_b * math.exp(-0.5 * c)
+        va, vb = torch.exp(lv_a - c), torch.exp(lv_b - c)
+        shift = beta * dim * c
+    group = lambda x, m: x.reshape(m, k, dim // k)  # noqa: E731
+    row_args = [group(ma, rows), group(va, rows)] + ([group(ua, rows)] if balanced else [])
+    _rows_dynamic(*row_args)
+    fwd = _compiled_fn("fwd_balanced" if balanced else "fwd")
+    out = mu_a.new_empty(rows, n)
     for c0 in range(0, n, chunk):
         c1 = min(n, c0 + chunk)
-        mbc = _pad_rows(mb[c0:c1], chunk, 0.0).reshape(chunk, k, dim // k)
-        vbc = _pad_rows(vb[c0:c1], chunk, 1.0).reshape(chunk, k, dim // k)
-        out[:, c0:c1] = fwd(ma, va, mbc, vbc, alpha, beta)[:, : c1 - c0]
-    return out.add_(beta * dim * c)
+        col_args = [group(_pad_rows(mb[c0:c1], chunk, 0.0), chunk), group(_pad_rows(vb[c0:c1], chunk, 1.0), chunk)]
+        if balanced:
+            col_args.append(group(_pad_rows(ub[c0:c1], chunk, 1.0), chunk))
+        out[:, c0:c1] = fwd(*row_args, *col_args, al, be)[:, : c1 - c0]
+    return out.add_(shift) if shift else out
 
 
 def _fused_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, chunk):
+    mu_a, v_a, mu_b, v_b, grad = (x.detach() for x in (mu_a, v_a, mu_b, v_b, grad))
     rows, cols = _compiled_fn("rows"), _compiled_fn("cols")
+    al, be = mu_a.new_tensor(alpha), mu_a.new_tensor(beta)
     n = mu_b.shape[0]
     g_mu_a = torch.zeros_like(mu_a)
     g_v_a = torch.zeros_like(v_a)
@@ -188,13 +281,25 @@ def _fused_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, chunk):
         mbc = _pad_rows(mu_b[c0:c1], chunk, 0.0)
         vbc = _pad_rows(v_b[c0:c1], chunk, 1.0)
         gtc = _pad_rows(grad_t[c0:c1], chunk, 0.0)
-        gma, gva = rows(mu_a, v_a, mbc, vbc, gtc.t().contiguous(), alpha, beta)
+        g_c = gtc.t().contiguous()
+        _rows_dynamic(mu_a, v_a, g_c)
+        gma, gva = rows(mu_a, v_a, mbc, vbc, g_c, al, be)
         g_mu_a += gma
         g_v_a += gva
-        gmb, gvb = cols(mu_a, v_a, mbc, vbc, gtc, alpha, beta)
+        torch._dynamo.maybe_mark_dynamic(gtc, 1)  # [chunk, rows]
+        gmb, gvb = cols(mu_a, v_a, mbc, vbc, gtc, al, be)
         g_mu_b[c0:c1] = gmb[: c1 - c0]
         g_v_b[c0:c1] = gvb[: c1 - c0]
     return g_mu_a, g_v_a, g_mu_b, g_v_b
+
+
+def _disable_fused(dev: str, exc: BaseException) -> None:
+    """Turn the compiled path off for this process on ``dev``, with one warning naming the cause."""
+    if not _compile_state.get(f"failed_{dev}", False):
+        warnings.warn(f"probmed.losses: the compiled pairwise kernel failed on {dev} ({type(exc).__name__}: "
+                      f"{str(exc)[:300]}); using the eager kernel from now on", RuntimeWarning, stacklevel=3)
+    _compile_state[f"failed_{dev}"] = True
+    _compile_state[f"probed_{dev}"] = True
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,21 +308,22 @@ def _fused_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, chunk):
 
 
 class PairwiseDiagKernel(torch.autograd.Function):
-    """``K_ij = sum_d [alpha (mu_a_id - mu_b_jd)^2 / s + beta log s]``, ``s = exp(lv_a_id) + exp(lv_b_jd)``."""
+    """``K_ij = sum_d [alpha (mu_a_id - mu_b_jd)^2 / s + beta L]`` (see module docstring for ``L``)."""
 
     @staticmethod
-    def forward(ctx, mu_a, lv_a, mu_b, lv_b, alpha: float, beta: float, chunk: int, fused: bool):
+    def forward(ctx, mu_a, lv_a, mu_b, lv_b, alpha: float, beta: float, balanced: bool, chunk: int, fused: bool):
+        out = None
+        fused = fused and mu_a.shape[0] >= 2  # dynamo specialises a row count of 1: one row is eager anyway
         if fused:
-            out = _fused_forward(mu_a, lv_a, mu_b, lv_b, alpha, beta, chunk)
-        else:
-            v_a, v_b = lv_a.exp(), lv_b.exp()
-            n = mu_b.shape[0]
-            out = mu_a.new_empty(mu_a.shape[0], n)
-            for c0 in range(0, n, chunk):
-                c1 = min(n, c0 + chunk)
-                out[:, c0:c1] = _fwd_chunk_eager(mu_a, v_a, mu_b[c0:c1], v_b[c0:c1], alpha, beta)
+            try:
+                out = _fused_forward(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced, chunk)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: redo eagerly
+                _disable_fused(mu_a.device.type, exc)
+                fused, chunk = False, default_chunk(mu_a.shape[0], mu_a.shape[1], mu_a.element_size())
+        if out is None:
+            out = _eager_forward(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced, chunk)
         ctx.save_for_backward(mu_a, lv_a, mu_b, lv_b)
-        ctx.alpha, ctx.beta, ctx.chunk, ctx.fused = alpha, beta, chunk, fused
+        ctx.alpha, ctx.beta, ctx.balanced, ctx.chunk, ctx.fused = alpha, beta, balanced, chunk, fused
         return out
 
     @staticmethod
@@ -226,25 +332,21 @@ class PairwiseDiagKernel(torch.autograd.Function):
         alpha, beta, chunk = ctx.alpha, ctx.beta, ctx.chunk
         v_a, v_b = lv_a.exp(), lv_b.exp()
         grad = grad.contiguous()
-        if ctx.fused:
-            g_mu_a, g_v_a, g_mu_b, g_v_b = _fused_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, chunk)
-        else:
-            n = mu_b.shape[0]
-            g_mu_a = torch.zeros_like(mu_a)
-            g_v_a = torch.zeros_like(v_a)
-            g_mu_b = torch.empty_like(mu_b)
-            g_v_b = torch.empty_like(v_b)
-            for c0 in range(0, n, chunk):
-                c1 = min(n, c0 + chunk)
-                gma, gva, gmb, gvb = _bwd_chunk_eager(
-                    mu_a, v_a, mu_b[c0:c1], v_b[c0:c1], grad[:, c0:c1].contiguous(), alpha, beta
-                )
-                g_mu_a += gma
-                g_v_a += gva
-                g_mu_b[c0:c1] = gmb
-                g_v_b[c0:c1] = gvb
-        # chain rule through v = exp(log_var)
-        return g_mu_a, g_v_a * v_a, g_mu_b, g_v_b * v_b, None, None, None, None
+        result = None
+        if ctx.fused and not _compile_state.get(f"failed_{mu_a.device.type}", False):
+            try:
+                result = _fused_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, chunk)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: redo eagerly
+                _disable_fused(mu_a.device.type, exc)
+        if result is None:
+            eager_chunk = default_chunk(mu_a.shape[0], mu_a.shape[1], mu_a.element_size()) if ctx.fused else chunk
+            result = _eager_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, eager_chunk)
+        g_mu_a, g_v_a, g_mu_b, g_v_b = result
+        g_lv_a, g_lv_b = g_v_a * v_a, g_v_b * v_b  # chain rule through v = exp(log_var)
+        if ctx.balanced:  # L = log s - log 2 - (lv_a + lv_b) / 2
+            g_lv_a -= (0.5 * beta) * grad.sum(1, keepdim=True)
+            g_lv_b -= (0.5 * beta) * grad.sum(0)[:, None]
+        return g_mu_a, g_lv_a, g_mu_b, g_lv_b, None, None, None, None, None
 
 
 def _probe_fused(device: torch.device | str = "cpu") -> bool:
@@ -258,12 +360,12 @@ def _probe_fused(device: torch.device | str = "cpu") -> bool:
         with torch.inference_mode(False), torch.enable_grad():
             g = torch.Generator().manual_seed(0)
             args = [torch.randn(4, 16, generator=g).to(dev).requires_grad_() for _ in range(4)]
-            out = PairwiseDiagKernel.apply(*args, -0.25, -0.5, FUSED_CHUNK, True)
-            out.sum().backward()
-    except Exception as exc:  # pragma: no cover - depends on the machine's compiler
-        warnings.warn(f"probmed.losses: torch.compile of the pairwise kernel failed on {dev} ({exc!r}); "
-                      "using eager chunks")
-        _compile_state[f"failed_{dev}"] = True
+            _fused_forward(*[a.detach() for a in args], -0.25, -0.5, True, FUSED_CHUNK)
+            out = _fused_forward(*[a.detach() for a in args], 0.5, 0.5, False, FUSED_CHUNK)
+            _fused_backward(args[0].detach(), args[1].detach().exp(), args[2].detach(), args[3].detach().exp(),
+                            torch.ones_like(out), -0.25, -0.5, FUSED_CHUNK)
+    except Exception as exc:  # noqa: BLE001 - depends on the machine's compiler
+        _disable_fused(dev, exc)
     _compile_state[key] = True
     return not _compile_state.get(f"failed_{dev}", False)
 
@@ -290,12 +392,14 @@ def pairwise_diag_kernel(
     lv_b: Tensor,
     alpha: float,
     beta: float,
+    balanced: bool = False,
     chunk: int | None = None,
     fused: bool | None = None,
 ) -> Tensor:
     """Memory-linear ``[B, N]`` kernel ``K`` (see module docstring); ``lv_*`` must be ``[., D]`` (diagonal).
 
     Args:
+        balanced: use ``L = log(s / (2 sqrt(v_a v_b)))`` (exactly 0 for equal variances) instead of ``log s``.
         chunk: columns per chunk (default: :data:`FUSED_CHUNK` fused, about 1 MiB temporaries eager).
         fused: use the ``torch.compile``-fused chunk functions (default: :func:`use_fused`).
     """
@@ -304,11 +408,18 @@ def pairwise_diag_kernel(
     if chunk is None:
         budget = (64 << 20) if mu_a.device.type == "cuda" else (1 << 20)
         chunk = FUSED_CHUNK if fused else default_chunk(mu_a.shape[0], mu_a.shape[1], mu_a.element_size(), budget)
-    return PairwiseDiagKernel.apply(mu_a, lv_a, mu_b, lv_b, float(alpha), float(beta), int(chunk), bool(fused))
+    return PairwiseDiagKernel.apply(
+        mu_a, lv_a, mu_b, lv_b, float(alpha), float(beta), bool(balanced), int(chunk), bool(fused)
+    )
 
 
-def pairwise_diag_kernel_naive(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor, alpha: float, beta: float):
+def pairwise_diag_kernel_naive(
+    mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor, alpha: float, beta: float, balanced: bool = False
+) -> Tensor:
     """Reference broadcast implementation (materialises ``[B, N, D]``; for tests and benchmarks)."""
     s = lv_a.exp()[:, None, :] + lv_b.exp()[None, :, :]
     d2 = (mu_a[:, None, :] - mu_b[None, :, :]) ** 2
-    return (alpha * d2 / s + beta * torch.log(s)).sum(-1)
+    log_term = torch.log(s)
+    if balanced:
+        log_term = log_term - LOG2 - 0.5 * (lv_a[:, None, :] + lv_b[None, :, :])
+    return (alpha * d2 / s + beta * log_term).sum(-1)

@@ -10,8 +10,17 @@ Every function takes rows ``a`` (``mu_a`` [B, D], ``lv_a`` [B, D] or [B, 1] log-
 
   diagonal: memory-linear chunked kernel (:mod:`probmed.losses.kernels`); isotropic (both ``[., 1]``):
   matmul + per-sample terms, ``||mu_i - mu_j||^2 = |mu_i|^2 + |mu_j|^2 - 2 mu_i.mu_j``.
-* Hellinger similarity (ProbMED) ``PS = 1 - sqrt(H^2)``, ``H^2 = 1 - BC = -expm1(log BC)`` with a square root
-  whose gradient is capped near ``H^2 = 0`` (:class:`SafeSqrt`).
+* Hellinger similarity (ProbMED) on the Bhattacharyya coefficient raised to a power ``kappa``::
+
+      PS_ij = 1 - sqrt(1 - BC_ij^kappa) = 1 - sqrt(-expm1(kappa log BC_ij))
+
+  ``kappa = 1`` is the paper's ``PS = 1 - sqrt(H^2)`` with ``H^2 = 1 - BC`` (``hellinger_joint``). With diagonal
+  Gaussians ``BC = prod_d BC_d`` falls to ~0 for any mismatch once D is in the hundreds (the variance-mismatch
+  part alone is about ``-D Var(log v_i - log v_j) / 16``), so PS saturates at 0 and its gradient vanishes.
+  ``kappa = 1/D`` (``hellinger``, ProbMED's loss in this project) uses the geometric mean of the per-dimension
+  coefficients, ``BC^(1/D) = (prod_d BC_d)^(1/D)``: the Hellinger similarity of the "average dimension". It is
+  the paper's PS for D = 1, equals the per-dimension Hellinger similarity when every dimension matches alike, and
+  stays in a usable range at any D (see docs/design.md, "The ProbMED similarity").
 * PCME++ closed-form sampled distance ``CSD_ij = ||mu_i - mu_j||^2 + sum_d (v_id + v_jd)`` (matmul + sums).
 * MedProbCLIP distance ``d_ij = 1/2 sum_d [(mu_id - mu_jd)^2 / (v_id + v_jd) + log(v_id + v_jd)]``
   (same chunked kernel as log BC; isotropic closed form).
@@ -25,6 +34,7 @@ Every function takes rows ``a`` (``mu_a`` [B, D], ``lv_a`` [B, D] or [B, 1] log-
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,11 +71,17 @@ def log_bhattacharyya(
     dim = mu_a.shape[-1]
     if _is_iso(lv_a, mu_a) and _is_iso(lv_b, mu_b):
         la, lb = lv_a[:, 0][:, None], lv_b[:, 0][None, :]
-        log_s = torch.logaddexp(la, lb)  # log(v_i + v_j)
-        return dim * (0.5 * LOG2 + 0.25 * (la + lb) - 0.5 * log_s) - 0.25 * _sq_dist(mu_a, mu_b) * torch.exp(-log_s)
+        inv_s = torch.exp(-torch.logaddexp(la, lb))  # 1 / (v_i + v_j)
+        return -0.5 * dim * log_cosh(0.5 * (la - lb)) - 0.25 * _sq_dist(mu_a, mu_b) * inv_s
     lv_a, lv_b = _diag(lv_a, mu_a), _diag(lv_b, mu_b)
-    per_sample = 0.5 * dim * LOG2 + 0.25 * (lv_a.sum(-1)[:, None] + lv_b.sum(-1)[None, :])
-    return per_sample + pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, chunk=chunk, fused=fused)
+    return pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, balanced=True, chunk=chunk, fused=fused)
+
+
+def log_cosh(x: Tensor) -> Tensor:
+    """``log cosh x``, exactly 0 at 0 and finite for any ``x``: ``log1p(2 sinh^2(x/2))``, ``|x| - log 2`` far out."""
+    small = x.abs() < 20.0
+    xs = torch.where(small, x, torch.zeros_like(x))
+    return torch.where(small, torch.log1p(2.0 * torch.sinh(0.5 * xs) ** 2), x.abs() - LOG2)
 
 
 def log_bhattacharyya_naive(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor) -> Tensor:
@@ -92,14 +108,18 @@ class SafeSqrt(torch.autograd.Function):
         return g / (2.0 * y.clamp_min(ctx.floor)), None
 
 
-def hellinger_from_log_bc(log_bc: Tensor) -> Tensor:
-    """ProbMED similarity ``PS = 1 - sqrt(1 - BC)`` from ``log BC``; in ``[0, 1]``, 1 for identical Gaussians."""
-    h2 = -torch.expm1(log_bc)  # 1 - BC, accurate near BC = 1
+def hellinger_from_log_bc(log_bc: Tensor, exponent: float | Tensor = 1.0) -> Tensor:
+    """``PS = 1 - sqrt(1 - BC^exponent)`` from ``log BC``; in ``[0, 1]``, exactly 1 for identical Gaussians."""
+    h2 = -torch.expm1(exponent * log_bc)  # 1 - BC^kappa, accurate near BC = 1
     return 1.0 - SafeSqrt.apply(h2, SQRT_GRAD_FLOOR)
 
 
-def hellinger_similarity(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor, **kw) -> Tensor:
-    return hellinger_from_log_bc(log_bhattacharyya(mu_a, lv_a, mu_b, lv_b, **kw))
+def hellinger_similarity(
+    mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor, exponent: float | Tensor | None = None, **kw
+) -> Tensor:
+    """``[B, N]`` ProbMED Hellinger similarity with ``BC^exponent`` (default ``1/D``, the per-dimension form)."""
+    kappa = 1.0 / mu_a.shape[-1] if exponent is None else exponent
+    return hellinger_from_log_bc(log_bhattacharyya(mu_a, lv_a, mu_b, lv_b, **kw), kappa)
 
 
 def csd(mu_a: Tensor, lv_a: Tensor, mu_b: Tensor, lv_b: Tensor) -> Tensor:
@@ -142,7 +162,26 @@ def gaussian_log_likelihood(z: Tensor, mu: Tensor, lv: Tensor) -> Tensor:
     return -0.5 * (dim * LOG2PI + lv.sum(-1)[None, :] + quad)
 
 
-SIMILARITIES = ("hellinger", "bhattacharyya", "csd", "cosine", "medprob")
+#: name -> (similarity function, initial logit scale). The scale is chosen so that the logit range at
+#: initialisation is comparable with CLIP's (cosine in [-1, 1] times 1/0.07): both Hellinger similarities are in
+#: [0, 1] (half the range of cosine) -> 2/0.07; -CSD of unit means is -(2 - 2 cos + sum v) (twice as steep as
+#: cosine) -> 0.5/0.07; log BC and the MedProbCLIP distance are sums over D dimensions of log-density-like terms
+#: -> 1.
+_SIMILARITIES = {
+    "hellinger": (lambda ma, la, mb, lb, normalize, chunk: hellinger_similarity(ma, la, mb, lb, chunk=chunk), 2 / 0.07),
+    "hellinger_joint": (
+        lambda ma, la, mb, lb, normalize, chunk: hellinger_similarity(ma, la, mb, lb, 1.0, chunk=chunk), 2 / 0.07
+    ),
+    "bhattacharyya": (lambda ma, la, mb, lb, normalize, chunk: log_bhattacharyya(ma, la, mb, lb, chunk=chunk), 1.0),
+    "csd": (lambda ma, la, mb, lb, normalize, chunk: -csd(ma, la, mb, lb), 0.5 / 0.07),
+    "medprob": (lambda ma, la, mb, lb, normalize, chunk: -medprob_distance(ma, la, mb, lb, chunk=chunk), 1.0),
+    "cosine": (lambda ma, la, mb, lb, normalize, chunk: cosine(ma, mb, normalize), 1 / 0.07),
+}
+#: The similarity names, in one place (configs are validated against it).
+SIMILARITIES = tuple(_SIMILARITIES)
+Similarity = Literal[SIMILARITIES]  # type: ignore[valid-type]  # Literal["hellinger", ...] for jsonargparse
+#: Initial logit scale ``1 / tau`` per similarity.
+DEFAULT_INIT_SCALE: dict[str, float] = {k: v[1] for k, v in _SIMILARITIES.items()}
 
 
 def pairwise_similarity(
@@ -154,16 +193,9 @@ def pairwise_similarity(
     normalize: bool = True,
     chunk: int | None = None,
 ) -> Tensor:
-    """``[B, N]`` similarity (higher = more similar) of kind ``hellinger`` (PS in [0, 1]), ``bhattacharyya``
-    (log BC <= 0), ``csd`` (-CSD), ``medprob`` (-MedProbCLIP distance) or ``cosine`` (of the means)."""
-    if kind == "cosine":
-        return cosine(mu_a, mu_b, normalize)
-    if kind == "hellinger":
-        return hellinger_similarity(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
-    if kind == "bhattacharyya":
-        return log_bhattacharyya(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
-    if kind == "csd":
-        return -csd(mu_a, lv_a, mu_b, lv_b)
-    if kind == "medprob":
-        return -medprob_distance(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
-    raise ValueError(f"unknown similarity {kind!r}; choose one of {SIMILARITIES}")
+    """``[B, N]`` similarity (higher = more similar) of kind ``hellinger`` (ProbMED, PS on ``BC^(1/D)``, in
+    [0, 1]), ``hellinger_joint`` (the paper's PS on ``BC``), ``bhattacharyya`` (log BC <= 0), ``csd`` (-CSD),
+    ``medprob`` (-MedProbCLIP distance) or ``cosine`` (of the means)."""
+    if kind not in _SIMILARITIES:
+        raise ValueError(f"unknown similarity {kind!r}; choose one of {SIMILARITIES}")
+    return _SIMILARITIES[kind][0](mu_a, lv_a, mu_b, lv_b, normalize, chunk)
