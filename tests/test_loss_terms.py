@@ -93,6 +93,18 @@ def test_vib_matches_torch_distributions(iso):
     torch.testing.assert_close(out.total, ref)
 
 
+def test_vib_dim_mean_is_pcmepp_kl():
+    """``dim_reduction: mean`` is PCME++'s ``-0.5 * (1 + log_var - mu^2 - exp(log_var)).mean()`` per modality
+    (naver-ai/pcmepp ClosedFormSampledDistanceLoss.kl_divergence), written out here on the present rows."""
+    e = _emb(6, 5, 4, present=[1, 0, 1, 1, 0, 1])
+    out = Objective([VIB(["cxr"], weight=1.0, dim_reduction="mean")])({"cxr": e}, torch.arange(6))
+    mu, lv = e.mean[e.present], e.log_var[e.present]
+    ref = -0.5 * (1 + lv - mu.pow(2) - lv.exp()).mean()
+    torch.testing.assert_close(out.total, ref)
+    with pytest.raises(ValueError, match="dim_reduction"):
+        VIB(["cxr"], dim_reduction="max")
+
+
 def _batch(b=8, d=6, seed=0):
     pres = {
         "cxr": [1, 1, 0, 1, 1, 1, 0, 1],

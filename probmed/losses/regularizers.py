@@ -32,13 +32,18 @@ class VIB(LossTerm):
     Args:
         modalities: modality keys to regularise.
         weight: weight in the objective (beta).
+        dim_reduction: ``sum`` over the D dimensions (the KL itself; MedProbCLIP) or ``mean`` (the KL / D, as
+            PCME++'s code computes it with ``.mean()`` over batch and dimensions: D times weaker).
         name: logged name (default ``vib``).
     """
 
     def __init__(self, modalities: list[str] = ["cxr", "ecg", "echo", "text"], weight: float = 1e-4,  # noqa: B006
-                 name: str | None = None) -> None:
+                 dim_reduction: Literal["sum", "mean"] = "sum", name: str | None = None) -> None:
         super().__init__(weight, name)
+        if dim_reduction not in ("sum", "mean"):
+            raise ValueError(f"dim_reduction must be 'sum' or 'mean', got {dim_reduction!r}")
         self.keys = tuple(modalities)
+        self.dim_reduction = dim_reduction
 
     def default_name(self) -> str:
         return "vib"
@@ -53,6 +58,8 @@ class VIB(LossTerm):
         for m in self.keys:
             emb = ctx.local[m]
             kl = kl_to_standard_normal(emb.mean, emb.log_var)
+            if self.dim_reduction == "mean":
+                kl = kl / emb.mean.shape[-1]
             part = global_mean(kl, emb.present, ctx.world[m].present.sum(), ctx.world_size)
             extras[f"kl/{m}"] = part.detach()
             total = total + part
