@@ -225,3 +225,29 @@ def test_evaluation_config_errors_are_reported_when_the_module_is_built():
         Evaluator(EvaluationConfig(zero_shot=ZeroShotConfig(prompts={"bradycardia": {"positive": ["slow"]}})))
     with pytest.raises(ValueError, match="prognosis label"):
         Evaluator(EvaluationConfig(prognosis=PrognosisConfig(label="mortality")))
+
+
+def test_robustness_reports_spearman_of_variance_with_severity():
+    """``variance_spearman`` per corruption = scipy's Spearman of (per-sample mean variance, severity) pooled over
+    severities 0, 1, 3; the mean over corruptions is logged too."""
+    from probmed.evaluation.suite import Evaluator
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 40, 8
+
+    def emb(shift):
+        lv = torch.randn(n, d, generator=g) * 0.3 + shift
+        return GaussianEmbedding(torch.randn(n, d, generator=g), lv, torch.ones(n, dtype=torch.bool))
+
+    ids = [f"s{i}" for i in range(n)]
+    clean = {"ecg": (emb(-2.0), ids)}
+    corrupted = {("ecg", "noise", 1.0): {"ecg": (emb(-1.8), ids)}, ("ecg", "noise", 3.0): {"ecg": (emb(-1.0), ids)}}
+    scalars: dict = {}
+    Evaluator()._robustness(clean, corrupted, None, "test", scalars)
+    var = torch.cat([clean["ecg"][0].log_var.exp().mean(1)]
+                    + [corrupted[k]["ecg"][0].log_var.exp().mean(1) for k in sorted(corrupted)])
+    sev = [0.0] * n + [1.0] * n + [3.0] * n
+    ref = spearmanr(var.numpy(), sev).statistic
+    assert scalars["test/robustness/ecg/noise/variance_spearman"] == pytest.approx(ref, abs=1e-6)
+    assert scalars["test/robustness/mean_variance_spearman"] == pytest.approx(ref, abs=1e-6)
+    assert ref > 0.5

@@ -260,8 +260,11 @@ class Evaluator:
 
     def _robustness(self, embeddings, corrupted, score, stage, scalars) -> dict:
         """Per corruption and severity: mean R@1 of the corrupted modality as query against every other modality's
-        clean gallery, and the corrupted modality's mean variance (severity 0 = clean)."""
+        clean gallery, and the corrupted modality's mean variance (severity 0 = clean). Per corruption also the
+        Spearman correlation of each sample's predicted variance (mean over dimensions) with the severity, pooled
+        over all severities including 0 (``variance_spearman``: +1 when the variance rises with every step)."""
         out: dict[str, dict[float, dict[str, float]]] = {}
+        per_sample: dict[str, dict[float, Tensor]] = {}
 
         def measure(emb_dict: dict, m: str) -> dict[str, float]:
             r1 = []
@@ -279,10 +282,20 @@ class Evaluator:
             name = f"{m}/{kind}"
             by = out.setdefault(name, {0.0: measure(embeddings, m)})
             by[severity] = measure({**embeddings, m: gathered[m]}, m)
+            samples = per_sample.setdefault(name, {0.0: embeddings[m][0].log_var.float().exp().mean(dim=1)})
+            samples[severity] = gathered[m][0].log_var.float().exp().mean(dim=1)
+        rhos = []
         for name, by in out.items():
             for severity, v in by.items():
                 scalars[f"{stage}/robustness/{name}/s{severity:g}/mean_R@1"] = v["mean_R@1"]
                 scalars[f"{stage}/robustness/{name}/s{severity:g}/variance"] = v["variance"]
+            sev = torch.cat([torch.full_like(v, s, dtype=torch.float64) for s, v in per_sample[name].items()])
+            var = torch.cat([v.double() for v in per_sample[name].values()])
+            rho = spearman(var, sev) if len(var) > 2 else math.nan
+            scalars[f"{stage}/robustness/{name}/variance_spearman"] = rho
+            rhos.append(rho)
+        if rhos:
+            scalars[f"{stage}/robustness/mean_variance_spearman"] = _nanmean(rhos)
         return out
 
     # -- outputs (rank 0) ------------------------------------------------------------------------------------------
