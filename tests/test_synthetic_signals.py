@@ -77,8 +77,8 @@ def test_ecg_rate_and_rhythm_follow_findings(studies):
 
 
 def pq_referenced(lead: np.ndarray, r: int, fs: int, lo_s: float, hi_s: float) -> np.ndarray:
-    """Samples ``lo_s``…``hi_s`` seconds from R, minus the PQ level (median of R − 85 … 65 ms), in mV."""
-    base = np.median(lead[r - int(round(0.085 * fs)):r - int(round(0.065 * fs)) + 1])
+    """Samples ``lo_s``…``hi_s`` seconds from R, minus the PQ level (median of R − 90 … 70 ms), in mV."""
+    base = np.median(lead[r - int(round(0.09 * fs)):r - int(round(0.07 * fs)) + 1])
     return lead[r + int(round(lo_s * fs)):r + int(round(hi_s * fs)) + 1] - base
 
 
@@ -118,8 +118,8 @@ def test_ecg_voltage_and_strain_follow_lvh(studies):
 
 def test_ecg_remodel_sets_the_voltage_exactly(tmp_path_factory):
     """On a bank record: SV1 + max(RV5, RV6) after the remodelling equals the target (to float precision on the
-    beat it is measured on), and nothing outside the QRS windows moves; strain turns V5's ST-T negative; P mitrale adds a terminal
-    negative P in V1 and a second P hump in II."""
+    beat it is measured on), and nothing outside the QRS windows moves; strain turns V5's ST-T negative; P mitrale
+    adds a terminal negative P in V1 and a second P hump in II."""
     from probmed.data.synthetic import ecg as E
 
     fs = 500

@@ -29,8 +29,9 @@ leads on a 2-core machine, i.e. ~0.6 s per 10 s record — far too slow for thou
 4. **Cardiac structure** (the link to the film, see :mod:`.plan`), applied to the assembled beats after the
    lead gains, with no random draw of its own (so the rest of the record is the same with or without it):
 
-   * *QRS voltage:* the QRS complexes of V1-V6 are scaled by one factor (lead I by half as much) so that the
-     Sokolow-Lyon voltage SV1 + max(RV5, RV6) of the record equals ``sokolow_lyon_mv`` (> 3.5 mV is LVH);
+   * *QRS voltage:* the QRS complexes of V1-V6 are scaled about their PQ level by one factor (lead I by half as
+     much) so that the Sokolow-Lyon voltage SV1 + max(RV5, RV6) of the record equals ``sokolow_lyon_mv``
+     (> 3.5 mV is LVH; measured from the PQ level, :func:`sokolow_lyon`);
    * *strain* (``lv_strain``): in I, V5, V6 (V4 half) the ST-T segment is inverted (T at −0.4…−0.7 of its
      height, by the voltage) and depressed by 0.08-0.15 mV, so aVL (= I − II/2) shows it too;
    * *P mitrale* (``la_enlarged`` in sinus rhythm): a second P hump 45 ms after the first in I and II (a
@@ -242,10 +243,16 @@ def _bumps(n: int, centres: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(-0.5 * ((t - centres[:, None]) / sigma) ** 2).sum(axis=0)
 
 
+def _pq_window(r: np.ndarray, fs: int) -> np.ndarray:
+    """``int [len(r), m]`` sample indices of each beat's PQ segment, R − 90 … 70 ms."""
+    lo = np.round(np.asarray(r, dtype=np.float64) - 0.09 * fs).astype(np.int64)
+    return lo[:, None] + np.arange(int(round(0.09 * fs)) - int(round(0.07 * fs)) + 1)[None, :]
+
+
 def pq_level(beat: np.ndarray, r: float, fs: int) -> np.ndarray:
-    """``[leads]`` isoelectric (PQ-segment) level of the beat whose R peak is sample ``r``: median of R − 85 … 65 ms."""
-    lo, hi = max(0, int(round(r - 0.085 * fs))), max(0, int(round(r - 0.065 * fs)) + 1)
-    return np.median(beat[:, lo:hi], axis=1) if hi > lo else np.zeros(beat.shape[0])
+    """``[leads]`` isoelectric (PQ-segment) level of the beat with R at sample ``r``: mean of R − 90 … 70 ms."""
+    idx = _pq_window(np.array([r]), fs)[0]
+    return beat[:, np.clip(idx, 0, beat.shape[1] - 1)].mean(axis=1)
 
 
 def sokolow_lyon(beat: np.ndarray, r: int, fs: int, gains: np.ndarray | None = None) -> float:
@@ -263,17 +270,20 @@ _QRS_HALF_S, _QRS_TAPER_S = 0.045, 0.02
 
 
 def _scale_qrs(sig: np.ndarray, r_at: np.ndarray, fs: int, lead_factor: np.ndarray) -> None:
-    """In place: scale each beat's QRS about its PQ level, lead ``l`` by ``lead_factor[l]``."""
-    half, taper = _QRS_HALF_S * fs, _QRS_TAPER_S * fs
+    """In place: scale each beat's QRS about its PQ level, lead ``l`` by ``lead_factor[l]`` (beats ≥ 0.27 s apart,
+    so the windows never overlap)."""
     n = sig.shape[1]
-    for r in r_at:
-        lo, hi = max(0, int(np.floor(r - half - taper))), min(n, int(np.ceil(r + half + taper)) + 1)
-        if hi - lo < 2:
-            continue
-        d = np.abs(np.arange(lo, hi) - r) - half
-        w = np.where(d <= 0, 1.0, 0.5 * (1.0 + np.cos(np.pi * np.clip(d / taper, 0.0, 1.0))))
-        seg = sig[:, lo:hi]
-        seg += (lead_factor - 1.0)[:, None] * w[None, :] * (seg - pq_level(sig, r, fs)[:, None])
+    half, taper = _QRS_HALF_S * fs, _QRS_TAPER_S * fs
+    reach = int(np.ceil(half + taper)) + 1
+    pos = np.floor(r_at).astype(np.int64)[:, None] + np.arange(-reach, reach + 1)[None, :]  # [beats, L]
+    d = np.abs(pos - r_at[:, None]) - half
+    w = np.where(d <= 0, 1.0, 0.5 * (1.0 + np.cos(np.pi * np.clip(d / taper, 0.0, 1.0))))
+    base = sig[:, np.clip(_pq_window(r_at, fs), 0, n - 1)].mean(axis=2)  # [leads, beats]
+    inside = (pos >= 0) & (pos < n)
+    beat = np.broadcast_to(np.arange(len(r_at))[:, None], pos.shape)[inside]
+    pos, w = pos[inside], w[inside]
+    seg = sig[:, pos]
+    sig[:, pos] = seg + (lead_factor - 1.0)[:, None] * w[None, :] * (seg - base[:, beat])
 
 
 def _remodel(sig: np.ndarray, rec: np.ndarray, peaks: np.ndarray, fs: int, gains: np.ndarray, r_at: np.ndarray,
