@@ -142,7 +142,7 @@ def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict)
         g.append(_pick(rng, ["The lungs are clear.", "No focal consolidation.", "Lungs are well expanded.",
                              "No pneumothorax."]))
     if attrs.get("la_enlarged") and rng.random() < 0.85:
-        g.append(_pick(rng, ["Double density behind the right heart border: enlarged left atrium.",
+        g.append(_pick(rng, ["Double density along the right cardiac border: left atrial enlargement.",
                              "Splayed carina, left atrial enlargement.", "Left atrial enlargement."]))
         if rng.random() < 0.4:
             impression.append("Left atrial enlargement")
