@@ -2,7 +2,9 @@
 
 The synthetic corpus links modalities only through hidden attributes (``meta.attributes`` in every shard sample):
 heart rate and rhythm (ECG, echo), heart size (CXR cardiothoracic ratio ``ctr``; echo LV size ``lv_scale`` =
-1 + 1.6·(ctr − 0.44) + 0.08·[reduced EF] + N(0, 0.03²)), ejection fraction (echo), findings (all, in words in the
+1 + 1.6·(ctr − 0.44) + 0.08·[reduced EF] + N(0, 0.03²)), ejection fraction (echo), cardiac structure (LV
+hypertrophy: ECG voltage and strain, echo wall, with cardiomegaly on the film; left-atrial enlargement: film, echo,
+P mitrale, with atrial fibrillation; see :mod:`probmed.data.synthetic.plan`), findings (all, in words in the
 report). This script prints, on one split:
 
 1. **Ceiling of CXR↔echo's heart-size link** — retrieval that knows both studies' hidden values exactly: a film's
@@ -15,11 +17,22 @@ report). This script prints, on one split:
    means), and CXR↔echo retrieval that matches the two towers' own LV-size read-outs (what the towers measure,
    without the shared embedding space).
 
+3. With ``--probe``: **what simple features of the rendered studies carry** — every study of the split(s) is
+   decoded by the demo's own input pipelines (CXR 64 px, ECG 100 Hz × 10 s, echo 16 frames × 40 px) and
+   reduced to honest, hand-made features: the film average-pooled to 16 × 16; per ECG lead the QRS maximum and
+   minimum, ST-T and P-wave means about the PQ level of a median beat, plus heart rate and RR variability; the cine's
+   mean and standard-deviation images pooled to 10 × 10 and the autocorrelation of its frame-difference energy;
+   the report's word counts. A logistic probe (standardised features, L2, 5-fold cross-fitting grouped by patient)
+   predicts each finding and the left-atrial-enlargement attribute; the table prints out-of-fold AUROC per
+   modality (rows) and target (columns). A pair shares a finding when both rows reach it: e.g. CXR↔ECG through
+   ``lvh`` / ``cardiomegaly`` and ``atrial_fibrillation`` / ``la_enlarged``.
+
 Recalls use :func:`probmed.evaluation.retrieval.rank_of_true` (ties count against), in percent.
 
 Usage::
 
     python benchmarks/corpus_ceiling.py --data data_shards/demo
+    python benchmarks/corpus_ceiling.py --data data_shards/demo --split all --probe
     probmed predict --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt --embeddings.path emb.npz
     python benchmarks/corpus_ceiling.py --data data_shards/demo --embeddings emb.npz
 """
@@ -40,10 +53,14 @@ from probmed.evaluation.retrieval import rank_of_true, recall_at_k
 ATTRIBUTES = ("heart_rate", "ef", "lv_scale", "ctr")
 
 
+def _shards(data: Path, split: str) -> list[Path]:
+    return sorted(data.glob("*-*.tar" if split == "all" else f"{split}-*.tar"))
+
+
 def read_meta(data: Path, split: str) -> dict[str, dict]:
     """``{study_id: meta}`` of every sample in ``<data>/<split>-*.tar`` (JSON only; nothing is unpickled)."""
     out = {}
-    for shard in sorted(data.glob(f"{split}-*.tar")):
+    for shard in _shards(data, split):
         with tarfile.open(shard) as tf:
             for member in tf:
                 if member.isfile() and member.name.endswith("." + META_EXT):
@@ -79,12 +96,162 @@ def r2(pred: np.ndarray, y: np.ndarray) -> float:
     return float(1.0 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
+# ---------------------------------------------------------------------------------------------------- probes
+PROBE_TARGETS = ("cardiomegaly", "pleural_effusion", "la_enlarged", "atrial_fibrillation", "bradycardia",
+                 "tachycardia", "lvh", "reduced_ef")
+
+
+def read_studies(data: Path, split: str) -> list[tuple[dict, dict[str, bytes]]]:
+    """``[(meta, {ext: bytes})]`` of every sample of the split(s), read with plain tarfile."""
+    rows: dict[str, dict[str, bytes]] = {}
+    for shard in _shards(data, split):
+        with tarfile.open(shard) as tf:
+            for member in tf:
+                if member.isfile():
+                    key, ext = member.name.split(".", 1)
+                    rows.setdefault(key, {})[ext] = tf.extractfile(member).read()
+    return [(json.loads(files[META_EXT]), files) for _, files in sorted(rows.items())]
+
+
+def cxr_features(image: np.ndarray) -> np.ndarray:
+    """``[256]``: the ``[1, 64, 64]`` model input average-pooled to 16 × 16."""
+    x = image[0]
+    return x.reshape(16, x.shape[0] // 16, 16, x.shape[1] // 16).mean(axis=(1, 3)).ravel()
+
+
+def ecg_features(signal: np.ndarray, rate: float) -> np.ndarray:
+    """``[12·4 + 3]``: per lead QRS max / min, ST-T mean and P mean of the median beat about its PQ level (mV);
+    heart rate (bpm), RR mean (s) and RR coefficient of variation. ``signal``: ``[12, samples]`` mV at ``rate``."""
+    from scipy import ndimage
+    from scipy.signal import find_peaks
+
+    fs = float(rate)
+    x = signal - ndimage.uniform_filter1d(signal, int(0.8 * fs), axis=1)  # baseline wander out
+    energy = ndimage.uniform_filter1d(np.abs(np.gradient(x, axis=1)).sum(0), max(1, int(0.05 * fs)))
+    peaks, _ = find_peaks(energy, height=0.4 * np.percentile(energy, 99), distance=int(0.27 * fs))
+    pre, post = int(0.3 * fs), int(0.45 * fs)
+    peaks = peaks[(peaks >= pre) & (peaks < x.shape[1] - post)]
+    if len(peaks) < 2:
+        return np.zeros(12 * 4 + 3)
+    # align each beat on the largest |deflection| of its summed QRS
+    lead_sum = np.abs(x).sum(0)
+    peaks = np.array([p - 3 + int(np.argmax(lead_sum[p - 3:p + 4])) for p in peaks])
+    peaks = peaks[(peaks >= pre) & (peaks < x.shape[1] - post)]
+    beats = np.stack([x[:, p - pre:p + post] for p in peaks])  # [beats, 12, pre + post]
+    beat = np.median(beats, axis=0)
+    t = (np.arange(pre + post) - pre) / fs
+    base = beat[:, (t >= -0.09) & (t <= -0.06)].mean(1, keepdims=True)
+    b = beat - base
+    qrs = (t >= -0.06) & (t <= 0.06)
+    feats = [b[:, qrs].max(1), b[:, qrs].min(1), b[:, (t >= 0.1) & (t <= 0.3)].mean(1),
+             b[:, (t >= -0.25) & (t <= -0.1)].mean(1)]
+    rr = np.diff(peaks) / fs
+    return np.concatenate([*feats, [60.0 / rr.mean(), rr.mean(), rr.std() / rr.mean()]])
+
+
+def echo_features(frames: np.ndarray) -> np.ndarray:
+    """``[208]``: mean and standard-deviation images of ``[T, 1, 40, 40]`` pooled to 10 × 10, and the
+    autocorrelation at lags 1-8 of the frame-difference energy."""
+    x = frames[:, 0]
+    pool = lambda im: im.reshape(10, im.shape[0] // 10, 10, im.shape[1] // 10).mean(axis=(1, 3)).ravel()  # noqa
+    e = np.abs(np.diff(x, axis=0)).mean(axis=(1, 2))
+    e = e - e.mean()
+    ac = np.array([(e[:-k] * e[k:]).mean() / max((e * e).mean(), 1e-9) for k in range(1, 9)])
+    return np.concatenate([pool(x.mean(0)), pool(x.std(0)), ac])
+
+
+def modality_features(studies) -> dict[str, tuple[list[int], np.ndarray]]:
+    """``{modality: (study rows, features [n, F])}`` through the demo's input pipelines."""
+    from probmed.data.modalities import CXRInput, ECGInput, EchoInput
+
+    pipes = {"cxr": CXRInput(size=64), "ecg": ECGInput(rate=100.0, seconds=10.0),
+             "echo": EchoInput(frames=16, size=40)}
+    rng = np.random.default_rng(0)
+    out: dict[str, tuple[list[int], list[np.ndarray]]] = {m: ([], []) for m in pipes}
+    for i, (meta, files) in enumerate(studies):
+        for name, pipe in pipes.items():
+            if not pipe.stored(files):
+                continue
+            item = pipe.decode(files, meta, rng, train=False)
+            if name == "cxr":
+                f = cxr_features(item.numpy())
+            elif name == "ecg":
+                f = ecg_features(item["signal"].numpy().astype(np.float64), pipe.rate)
+            else:
+                f = echo_features(item["frames"].numpy())
+            out[name][0].append(i)
+            out[name][1].append(f)
+    feats = {m: (rows, np.stack(f)) for m, (rows, f) in out.items() if rows}
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    rows = [i for i, (_, files) in enumerate(studies) if "report.txt" in files]
+    if rows:
+        texts = [studies[i][1]["report.txt"].decode("utf-8") for i in rows]
+        feats["text"] = (rows, CountVectorizer(min_df=3, binary=True).fit_transform(texts).toarray().astype(float))
+    return feats
+
+
+def probe_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> float:
+    """Out-of-fold AUROC of an L2 logistic probe on standardised ``x`` (folds grouped by patient)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    if y.min() == y.max():
+        return float("nan")
+    score = np.zeros(len(y))
+    for tr, te in GroupKFold(n_splits=folds).split(x, y, groups):
+        mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+        clf = LogisticRegression(C=0.05, max_iter=2000).fit((x[tr] - mu) / sd, y[tr])
+        score[te] = clf.decision_function((x[te] - mu) / sd)
+    return float(roc_auc_score(y, score))
+
+
+def target_values(meta: dict, name: str) -> float:
+    """A probe target of one study: a finding (0/1), an attribute, or NaN when the corpus lacks it."""
+    if name in meta["findings"]:
+        return float(meta["findings"][name])
+    value = meta.get("attributes", {}).get(name)
+    return float("nan") if value is None else float(value)
+
+
+def probe_table(studies) -> dict[str, dict[str, float]]:
+    """``{modality: {target: AUROC}}`` (NaN where the corpus has no such target)."""
+    feats = modality_features(studies)
+    table: dict[str, dict[str, float]] = {}
+    for mod, (rows, x) in feats.items():
+        groups = np.array([studies[i][0]["patient_id"] for i in rows])
+        table[mod] = {}
+        for name in PROBE_TARGETS:
+            y = np.array([target_values(studies[i][0], name) for i in rows])
+            table[mod][name] = float("nan") if np.isnan(y).any() else probe_auroc(x, y.astype(int), groups)
+    return table
+
+
+def print_probe_table(table: dict[str, dict[str, float]], n: int) -> None:
+    print(f"probe AUROC from simple features of {n} rendered studies (rows: features, columns: target)")
+    print("        " + "".join(f"{t[:11]:>12}" for t in PROBE_TARGETS))
+    for mod, cells in table.items():
+        print(f"{mod:<8}" + "".join(f"{cells[t]:>12.3f}" if np.isfinite(cells[t]) else f"{'-':>12}"
+                                    for t in PROBE_TARGETS))
+    if {"cxr", "ecg"} <= set(table):
+        c, e = table["cxr"], table["ecg"]
+        print(f"CXR->ECG-side  lvh {c['lvh']:.3f}  atrial_fibrillation {c['atrial_fibrillation']:.3f}   "
+              f"ECG->CXR-side  cardiomegaly {e['cardiomegaly']:.3f}  la_enlarged {e['la_enlarged']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("data_shards/demo"))
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", help="a split name, or `all`")
     ap.add_argument("--embeddings", type=Path, help="a `probmed predict` .npz of the same split")
+    ap.add_argument("--probe", action="store_true", help="print the simple-feature probe table (section 3)")
     args = ap.parse_args()
+    if args.probe:
+        studies = read_studies(args.data, args.split)
+        if not studies:
+            raise SystemExit(f"no {args.split}-*.tar samples under {args.data}")
+        print_probe_table(probe_table(studies), len(studies))
     meta = read_meta(args.data, args.split)
     both = sorted(s for s, m in meta.items() if {"cxr", "echo"} <= set(m["modalities"]))
     attr = {k: np.array([meta[s]["attributes"][k] for s in both], float) for k in ("ctr", "lv_scale")}

@@ -159,6 +159,30 @@ def test_plan_statistics():
         assert (p.attributes["effusion_side"] != "none") == bool(p.findings["pleural_effusion"])
 
 
+
+def test_plan_cardiac_structure_links_film_and_ecg():
+    """LV hypertrophy goes with cardiomegaly and left-atrial enlargement with AF, at the documented rates; the
+    continuous attributes sit on the right side of their clinical thresholds; a patient's studies agree."""
+    plans = plan_corpus(4000, seed=12)
+    f = {k: np.array([p.findings[k] for p in plans]) == 1 for k in schema.FINDINGS}
+    a = {k: np.array([p.attributes[k] for p in plans]) for k in
+         ("sokolow_lyon_mv", "lv_strain", "lv_wall_mm", "la_enlarged", "la_diameter_mm")}
+    cm, lvh, af, lae = f["cardiomegaly"], f["lvh"], f["atrial_fibrillation"], a["la_enlarged"].astype(bool)
+    assert 0.62 < lvh[cm].mean() < 0.78 and 0.08 < lvh[~cm].mean() < 0.17
+    assert 0.68 < lae[af].mean() < 0.82 and 0.04 < lae[~af].mean() < 0.16
+    assert 0.2 < lvh.mean() < 0.4 and 0.12 < lae.mean() < 0.3
+    assert (a["sokolow_lyon_mv"][lvh] > 3.5).all() and (a["sokolow_lyon_mv"][~lvh] < 3.5).all()
+    assert a["sokolow_lyon_mv"][lvh].min() >= 3.8 and a["sokolow_lyon_mv"][~lvh].max() <= 3.2
+    assert (a["lv_wall_mm"][lvh] >= 12.5).all() and (a["lv_wall_mm"][~lvh] <= 10.5).all()
+    assert (a["la_diameter_mm"][lae] >= 44).all() and (a["la_diameter_mm"][~lae] <= 39).all()
+    assert not a["lv_strain"][~lvh].any() and 0.5 < a["lv_strain"][lvh].mean() < 0.7
+    # same patient, same cardiomegaly state -> same LVH state (one latent per patient)
+    seen: dict[tuple[str, bool], bool] = {}
+    for p in plans:
+        key = (p.patient_id, bool(p.findings["cardiomegaly"]))
+        assert seen.setdefault(key, bool(p.findings["lvh"])) == bool(p.findings["lvh"])
+
+
 def _digest(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.iterdir()) if p.suffix in (".tar", ".json")}

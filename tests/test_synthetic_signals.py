@@ -76,6 +76,92 @@ def test_ecg_rate_and_rhythm_follow_findings(studies):
     assert auc(cv_af, cv_sinus) > 0.95
 
 
+def pq_referenced(lead: np.ndarray, r: int, fs: int, lo_s: float, hi_s: float) -> np.ndarray:
+    """Samples ``lo_s``…``hi_s`` seconds from R, minus the PQ level (median of R − 90 … 70 ms), in mV."""
+    base = np.median(lead[r - int(round(0.09 * fs)):r - int(round(0.07 * fs)) + 1])
+    return lead[r + int(round(lo_s * fs)):r + int(round(hi_s * fs)) + 1] - base
+
+
+def voltage_and_st(ecg: np.ndarray, fs: int) -> tuple[float, float]:
+    """Median over beats of SV1 + max(RV5, RV6) and of V5's ST-T mean (R + 100 … 300 ms), both in mV."""
+    x = ecg.astype(float) / 1000.0
+    v1, v5, v6 = x[6], x[10], x[11]
+    sl, st = [], []
+    for p in r_peaks(ecg[10], fs):
+        if p < 0.3 * fs or p > x.shape[1] - 0.35 * fs:
+            continue
+        w = int(0.04 * fs)
+        r = p - w + int(np.argmax(np.abs(v5[p - w:p + w] - np.median(v5[p - int(0.1 * fs):p]))))  # R of V5
+        sl.append(-pq_referenced(v1, r, fs, -0.06, 0.06).min()
+                  + max(pq_referenced(v5, r, fs, -0.06, 0.06).max(), pq_referenced(v6, r, fs, -0.06, 0.06).max()))
+        st.append(pq_referenced(v5, r, fs, 0.1, 0.3).mean())
+    return float(np.median(sl)), float(np.median(st))
+
+
+def test_ecg_voltage_and_strain_follow_lvh(studies):
+    """The Sokolow-Lyon voltage measured on the record matches the plan's and separates LVH; strain inverts the
+    lateral ST-T."""
+    err, lvh, non, strain, no_strain = [], [], [], [], []
+    for meta, files in studies:
+        ecg = np.load(io.BytesIO(files["ecg.npy"]), allow_pickle=False)
+        sl, st = voltage_and_st(ecg, FS)
+        a = meta["attributes"]
+        err.append(sl - a["sokolow_lyon_mv"])
+        (lvh if meta["findings"]["lvh"] else non).append(sl)
+        (strain if a["lv_strain"] else no_strain).append(st)
+    err = np.abs(np.array(err))
+    assert len(lvh) >= 10 and len(strain) >= 5
+    assert err.max() < 0.3 and err.mean() < 0.12, err
+    assert min(lvh) > 3.5 > max(non)
+    assert max(strain) < 0 and auc(no_strain, strain) > 0.95
+
+
+def test_ecg_remodel_sets_the_voltage_exactly(tmp_path_factory):
+    """On a bank record: SV1 + max(RV5, RV6) after the remodelling equals the target (to float precision on the
+    beat it is measured on), and nothing outside the QRS windows moves; strain turns V5's ST-T negative; P mitrale
+    adds a terminal negative P in V1 and a second P hump in II."""
+    from probmed.data.synthetic import ecg as E
+
+    fs = 500
+    key = E.TemplateKey("sinus", E.nearest_bin("sinus", 75.0), 0, fs)
+    bank = E.ECGBank.build([key], cache_dir=tmp_path_factory.getbasetemp() / "probmed_ecg_bank")
+    rec, peaks, rr = bank.records[key], bank.peaks[key], bank.rr[key] / fs
+    gains = np.random.default_rng(0).uniform(0.7, 1.3, size=8)
+    r_at, rr_at = peaks.astype(float), np.full(len(peaks), rr)
+    for target in (2.1, 4.4):
+        out = E._remodel(rec, rec, peaks, fs, gains, r_at, rr_at, False,
+                         {"sokolow_lyon_mv": target, "lv_strain": False, "la_enlarged": False})
+        # exact on the beat the factor is measured on; the bank's other beats differ by their start transient
+        assert E.sokolow_lyon(out, int(peaks[0]), fs, gains) == pytest.approx(target, abs=1e-9)
+        for p in peaks[1:]:
+            assert E.sokolow_lyon(out, int(p), fs, gains) == pytest.approx(target, rel=0.02)
+        qrs = np.zeros(rec.shape[1], bool)
+        for p in peaks:
+            qrs[int(p - 0.066 * fs):int(p + 0.066 * fs) + 1] = True
+        assert np.array_equal(out[:, ~qrs], rec[:, ~qrs]) and np.array_equal(out[1], rec[1])  # II has no QRS change
+    out = E._remodel(rec, rec, peaks, fs, gains, r_at, rr_at, False,
+                     {"sokolow_lyon_mv": 4.4, "lv_strain": True, "la_enlarged": False})
+    p = int(peaks[0])
+    for lead in (0, 6, 7):  # I, V5, V6
+        assert pq_referenced(rec[lead], p, fs, 0.1, 0.3).mean() > 0.05 > -0.05 > pq_referenced(out[lead], p, fs, 0.1,
+                                                                                                  0.3).mean()
+    assert np.array_equal(out[2:5], E._remodel(rec, rec, peaks, fs, gains, r_at, rr_at, False, {
+        "sokolow_lyon_mv": 4.4, "lv_strain": False, "la_enlarged": False})[2:5])  # V1-V3 keep their ST-T
+    out = E._remodel(rec, rec, peaks, fs, gains, r_at, rr_at, False,
+                     {"sokolow_lyon_mv": 4.4, "lv_strain": False, "la_enlarged": True})
+    diff = out - E._remodel(rec, rec, peaks, fs, gains, r_at, rr_at, False,
+                            {"sokolow_lyon_mv": 4.4, "lv_strain": False, "la_enlarged": False})
+    p_wave = p - int(0.3 * fs) + int(np.argmax(rec[1, p - int(0.3 * fs):p - int(0.07 * fs)]))  # P peak in II
+    assert diff[2].min() == pytest.approx(-0.1, abs=0.01)  # terminal negative P in V1, 50 ms after the P peak
+    assert abs(int(np.argmin(diff[2, :p + 1])) - (p_wave + 0.05 * fs)) <= 2
+    assert abs(int(np.argmax(diff[1, :p + 1])) - (p_wave + 0.045 * fs)) <= 2  # second hump in II: a notched P
+    assert diff[1].max() == pytest.approx(0.8 * rec[1, p_wave], rel=0.1)
+    assert not diff[3:].any()  # V2-V6 untouched
+    af = E._remodel(rec, rec, peaks, fs, gains, r_at, rr_at, True,
+                    {"sokolow_lyon_mv": 4.4, "lv_strain": False, "la_enlarged": True})
+    assert np.array_equal(af[1], rec[1])  # no P wave to change in AF
+
+
 def test_ecg_einthoven_consistent(studies):
     meta, files = next((m, f) for m, f in studies if "ecg.npy" in f)
     ecg = np.load(io.BytesIO(files["ecg.npy"]), allow_pickle=False).astype(float)
@@ -95,6 +181,22 @@ def lv_area_change(cine: np.ndarray) -> float:
     region = dark[:, int(0.05 * s):int(0.7 * s), s // 2:]  # LV: upper right of the sector
     area = region.sum(axis=(1, 2)).astype(float)
     return float((area.max() - area.min()) / max(area.max(), 1.0))
+
+
+def test_echo_wall_and_atrium_follow_structure():
+    """A thicker wall brightens the cine (bright myocardium replaces darker tissue); a larger atrium darkens it
+    (blood pool); same generator, everything else equal."""
+    from probmed.data.synthetic.echo import render_echo
+
+    def cine(**kw):
+        return render_echo(np.random.default_rng(1), heart_rate=70.0, rhythm="sinus", ef=60.0, lv_scale=1.0,
+                           traits={}, frames=8, size=40, **kw).astype(float)
+
+    base = cine()
+    assert np.array_equal(base, cine(lv_wall_mm=9.0, la_diameter_mm=35.0))  # the defaults are a normal heart
+    assert cine(lv_wall_mm=15.0).mean() > base.mean() + 0.3
+    lower = slice(20, 40)
+    assert cine(la_diameter_mm=52.0)[:, lower].mean() < base[:, lower].mean() - 0.3
 
 
 def test_echo_contraction_follows_ef(studies):
@@ -163,6 +265,7 @@ def test_reports_mention_positive_findings(studies):
         "bradycardia": ("bradycardia", "slow"),
         "tachycardia": ("tachycardia", "rapid", "fast"),
         "reduced_ef": ("reduced", "depressed", "lvef", "dysfunction", "hypokinesis"),
+        "lvh": ("lvh", "hypertrophy"),
     }
     for meta, files in studies:
         text = files["report.txt"].decode("utf-8").lower()
@@ -171,6 +274,43 @@ def test_reports_mention_positive_findings(studies):
                 assert any(w in text for w in words), (name, text)
         if not meta["findings"]["pleural_effusion"]:
             assert "there is a" not in text or "effusion" not in text.split("there is a", 1)[1][:40]
+
+
+def test_cxr_left_atrial_enlargement_is_on_the_film():
+    """At the demo's 64 px: an enlarged atrium adds density at the upper right heart border (patient's right,
+    image left) and the appendage on the left border; the rest of the film is unchanged but for the bronchi."""
+    from probmed.data.synthetic.cxr import render_cxr
+    from probmed.data.synthetic.plan import plan_corpus
+
+    plan = plan_corpus(1, seed=3)[0]
+    attrs = plan.attributes | {"effusion_side": "none", "effusion_size": "none", "ctr": 0.45}
+    for view in ("PA", "LATERAL"):
+        def render(la):
+            return render_cxr(np.random.default_rng(0), view, attrs | {"la_diameter_mm": la}, plan.patient_traits, 64)
+
+        normal = render(32.0)
+        assert np.array_equal(normal, render(38.0))  # no visible change below 40 mm
+        diff = render(56.0) - normal
+        denser = diff > 0.02
+        assert 15 < denser.sum() < 200, (view, denser.sum())
+        rows, cols = np.nonzero(denser)
+        assert 22 <= rows.mean() <= 42, (view, rows.mean())  # heart level (upper heart)
+        if view == "PA":
+            assert (cols < 32).sum() > 10 and (cols > 36).sum() > 2  # right border bulge and appendage
+        assert np.abs(diff[:, :8]).max() < 1e-6 and np.abs(diff[:, -8:]).max() < 1e-6  # lateral chest untouched
+
+
+def test_reports_state_cardiac_structure_only_when_present(studies):
+    """LVH and left-atrial enlargement are named only when the plan has them; LVH always when it has."""
+    for meta, files in studies:
+        text = files["report.txt"].decode("utf-8").lower()
+        a = meta["attributes"]
+        if not meta["findings"]["lvh"]:
+            assert not any(w in text for w in ("hypertrophy", "sokolow", "lvh (", "lvh with", "wall thickness 1")), text
+        if not a["la_enlarged"]:
+            assert not any(w in text for w in ("left atrial", "left atrium", "p mitrale", "la ")), text
+        if not a["lv_strain"]:
+            assert "strain" not in text and "st-t" not in text
 
 
 def _extras(meta) -> dict:

@@ -35,6 +35,7 @@ FINDINGS: tuple[str, ...] = (
     "bradycardia",
     "tachycardia",
     "reduced_ef",
+    "lvh",
 )
 
 #: Standard 12-lead order used by the corpus and expected by the ECG encoder.

@@ -44,6 +44,10 @@ DEFAULT_PROMPTS: dict[str, dict[str, list[str]]] = {
         "positive": ["Reduced left ventricular ejection fraction.", "Ejection fraction of 30 %.", "Systolic dysfunction."],
         "negative": ["Normal left ventricular systolic function.", "Ejection fraction of 60 %.", "Normal ejection fraction."],
     },
+    "lvh": {
+        "positive": ["Left ventricular hypertrophy.", "LVH by voltage criteria.", "LVH with strain."],
+        "negative": ["No LVH.", "Normal QRS voltage.", "Normal LV wall thickness."],
+    },
 }
 
 Stage = Literal["val", "test"]

@@ -99,7 +99,7 @@ def render_study(plan: StudyPlan, cfg: RenderConfig, bank: ecg_mod.ECGBank | Non
             raise RuntimeError("render_study needs the ECG bank")
         sig = ecg_mod.synthesize_ecg(
             bank, study_rng(cfg.seed, plan.index, "ecg"), heart_rate=a["heart_rate"], rhythm=a["rhythm"],
-            traits=tr, sampling_rate=cfg.ecg_rate, seconds=cfg.ecg_seconds,
+            traits=tr, sampling_rate=cfg.ecg_rate, seconds=cfg.ecg_seconds, structure=a,
         )
         sample[ECG_EXT] = _npy_bytes(sig)
         timing["ecg"] = time.process_time() - t0
@@ -108,6 +108,7 @@ def render_study(plan: StudyPlan, cfg: RenderConfig, bank: ecg_mod.ECGBank | Non
         cine = echo_mod.render_echo(
             study_rng(cfg.seed, plan.index, "echo"), heart_rate=a["heart_rate"], rhythm=a["rhythm"], ef=a["ef"],
             lv_scale=a["lv_scale"], traits=tr, frames=cfg.echo_frames, size=cfg.echo_size, fps=cfg.echo_fps,
+            lv_wall_mm=a["lv_wall_mm"], la_diameter_mm=a["la_diameter_mm"],
         )
         sample[ECHO_EXT] = _npy_bytes(cine)
         timing["echo"] = time.process_time() - t0

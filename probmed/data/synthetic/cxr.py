@@ -13,6 +13,14 @@ The phantom is drawn in "density" (0 = air/black … 1 = bone/white on a standar
 * LATERAL view: one lung field, spine posteriorly, sternum anteriorly, the heart anterior-inferiorly (size
   following the CTR), effusion filling the posterior costophrenic sulcus.
 
+Left-atrial size (``attributes["la_diameter_mm"]``, :func:`la_enlargement` maps it to 0 … 1): the left atrium
+is an ellipse in the upper posterior heart shadow, slightly right of the midline, that grows with its diameter.
+Normal, it stays inside the cardiac silhouette and is not seen. Enlarged, it gives the signs radiologists read
+(PA): a *double density* (the atrium's extra density overlapping the heart) whose edge bulges past the right heart
+border, a left-atrial-appendage convexity on the upper left heart border (*straightening*), and a *splayed carina*
+(the angle between the main bronchi, drawn on every film, widens from 65° to 110°); on the lateral, a posterior
+bulge of the upper heart border.
+
 Radiographic extras (``attributes`` sternotomy / granuloma / central_line / ecg_leads / ng_tube) are drawn as
 metal- or calcium-dense overlays: a column of sternotomy wire loops along the midline (along the sternum on the
 lateral), a calcified nodule in the named lobe, a catheter from the right neck or left subclavian region to the
@@ -43,6 +51,11 @@ from pydicom.uid import (
 )
 
 FIELD_OF_VIEW_MM = 430.0
+
+
+def la_enlargement(la_diameter_mm: float | None) -> float:
+    """0 for a left atrium of ≤ 40 mm (or unknown), rising linearly to 1 at 55 mm."""
+    return 0.0 if la_diameter_mm is None else float(np.clip((float(la_diameter_mm) - 40.0) / 15.0, 0.0, 1.0))
 
 
 @lru_cache(maxsize=8)
@@ -90,10 +103,11 @@ def render_cxr(rng: np.random.Generator, view: str, attrs: dict, traits: dict, s
     side = attrs.get("effusion_side", "none")
     esize = attrs.get("effusion_size", "none")
     lung_cy = -0.08
+    la = la_enlargement(attrs.get("la_diameter_mm"))
     if view == "PA":
-        img = _render_pa(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits)
+        img = _render_pa(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits, la)
     else:
-        img = _render_lateral(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits)
+        img = _render_lateral(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits, la)
     img = _overlay_extras(img, rng, view, u, v, eps, attrs, tw, lung_h, lung_cy)
     # exposure gradient, contrast, noise, blur
     img = img * (1.0 + _smooth_noise(rng, work, 4, 0.04)) * traits.get("cxr_brightness", 1.0)
@@ -106,7 +120,7 @@ def render_cxr(rng: np.random.Generator, view: str, attrs: dict, traits: dict, s
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def _render_pa(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize, traits):
+def _render_pa(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize, traits, la):
     body = _sig(_ellipse(u, v, 0.0, 0.2, tw + 0.16, 1.25), eps)
     neck = _sig(0.2 - np.abs(u), eps) * (v < -0.6)
     tissue = np.maximum(body, neck)
@@ -130,7 +144,11 @@ def _render_pa(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize, trai
     cu_h = a_h / 3.0
     cv_h = dome_base - 0.1 - b_h  # rests on the left hemidiaphragm
     heart = _sig(_ellipse(u, v, cu_h, cv_h, a_h, b_h), eps)
-    lungs = lungs * (1.0 - heart)
+    # left atrium (upper posterior heart, right of midline) and, when enlarged, its appendage on the left border
+    atrium = _sig(_ellipse(u, v, cu_h - 0.55 * a_h, cv_h - 0.4 * b_h, (0.1 + 0.1 * la) * tw / 0.78,
+                           0.08 + 0.05 * la), eps)
+    appendage = la * _sig(_ellipse(u, v, cu_h + 0.8 * a_h, cv_h - 0.62 * b_h, 0.02 + 0.05 * la, 0.06), eps)
+    lungs = lungs * (1.0 - np.maximum(heart, np.maximum(atrium, appendage)))
     # pleural effusion: fluid below a meniscus rising laterally
     fluid = np.zeros_like(u)
     if side != "none":
@@ -145,9 +163,13 @@ def _render_pa(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize, trai
     hila = sum(np.exp(-(((u - s * 0.2) / 0.12) ** 2 + ((v + 0.02) / 0.15) ** 2)) for s in (-1.0, 1.0))
     lung_density = 0.13 + texture + 0.12 * hila
     img = img * (1.0 - lungs) + lung_density * lungs
-    img = img + 0.04 * heart * (1.0 - lungs)
-    # trachea (dark column), spine (bright column), clavicles and ribs
+    img = img + 0.04 * heart * (1.0 - lungs) + 0.06 * la * atrium
+    # trachea (dark column) and main bronchi (carinal angle 65° … 110°), spine (bright column), clavicles, ribs
     img = img - 0.12 * _sig(0.035 - np.abs(u + 0.01), eps) * _sig(-0.2 - v, eps) * _sig(v + 0.95, eps)
+    half_angle = np.deg2rad(32.5 + 22.5 * la)
+    for s in (-1.0, 1.0):
+        end = (-0.01 + s * 0.16 * np.sin(half_angle), -0.2 + 0.16 * np.cos(half_angle))
+        img = img - 0.09 * _polyline(u, v, [(-0.01, -0.2), end], 0.022, eps)
     vert = 0.5 + 0.5 * np.cos(v * np.pi * 9.0)
     img = img + (0.1 + 0.05 * vert) * _sig(0.065 - np.abs(u), eps) * tissue
     ribs = np.zeros_like(u)
@@ -164,7 +186,7 @@ def _render_pa(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize, trai
     return img
 
 
-def _render_lateral(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize, traits):
+def _render_lateral(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize, traits, la):
     body = _sig(_ellipse(u, v, 0.0, 0.2, 0.8, 1.25), eps)
     img = 0.04 + 0.46 * body
     dome_base = lung_cy + lung_h * 0.92
@@ -172,8 +194,10 @@ def _render_lateral(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize,
     lung = _sig(_ellipse(u, v, 0.02, lung_cy, 0.6, lung_h), eps) * _sig(dome - v, eps)
     a_h = 0.2 + 0.9 * (ctr - 0.4)
     b_h = 0.26 * traits.get("cxr_heart_height", 1.0) * (1.0 + 0.8 * (ctr - 0.45))
-    heart = _sig(_ellipse(u, v, -0.3 + 0.5 * a_h, dome_base - 0.1 - 0.5 * b_h, a_h, b_h), eps)
-    lung = lung * (1.0 - heart)
+    hu, hv = -0.3 + 0.5 * a_h, dome_base - 0.1 - 0.5 * b_h
+    heart = _sig(_ellipse(u, v, hu, hv, a_h, b_h), eps)
+    atrium = _sig(_ellipse(u, v, hu + 0.6 * a_h, hv - 0.55 * b_h, 0.04 + 0.09 * la, 0.07 + 0.04 * la), eps)
+    lung = lung * (1.0 - np.maximum(heart, atrium))
     fluid = np.zeros_like(u)
     if side != "none":
         level = {"small": 0.0, "moderate": 0.33, "large": 0.5}[esize]
@@ -189,7 +213,7 @@ def _render_lateral(rng, u, v, eps, size, tw, lung_h, lung_cy, ctr, side, esize,
     img = img + (0.18 + 0.08 * vert) * spine
     sternum = _sig(0.015 - np.abs(u + 0.72 + 0.05 * v), eps) * _sig(0.3 - v, eps) * _sig(v + 0.6, eps)
     img = img + 0.15 * sternum
-    img = img + 0.04 * heart + 0.03 * fluid
+    img = img + 0.04 * np.maximum(heart, atrium) + 0.03 * fluid
     return img
 
 

@@ -26,7 +26,17 @@ leads on a 2-core machine, i.e. ~0.6 s per 10 s record — far too slow for thou
    each lead to a typical amplitude, and derive III, aVR, aVL, aVF by Einthoven/Goldberger
    (III = II − I, aVR = −(I+II)/2, aVL = I − II/2, aVF = II − I/2). Patient-level gains on I and II vary the
    electrical axis; a patient-level mix of the two morphology variants varies QRS width / T amplitude.
-4. **Noise:** baseline wander (0.05-0.5 Hz), EMG-like white noise, sometimes mains hum; int16 microvolts.
+4. **Cardiac structure** (the link to the film, see :mod:`.plan`), applied to the assembled beats after the
+   lead gains, with no random draw of its own (so the rest of the record is the same with or without it):
+
+   * *QRS voltage:* the QRS complexes of V1-V6 are scaled about their PQ level by one factor (lead I by half as
+     much) so that the Sokolow-Lyon voltage SV1 + max(RV5, RV6) of the record equals ``sokolow_lyon_mv``
+     (> 3.5 mV is LVH; measured from the PQ level, :func:`sokolow_lyon`);
+   * *strain* (``lv_strain``): in I, V5, V6 (V4 half) the ST-T segment is inverted (T at −0.4…−0.7 of its
+     height, by the voltage) and depressed by 0.08-0.15 mV, so aVL (= I − II/2) shows it too;
+   * *P mitrale* (``la_enlarged`` in sinus rhythm): a second P hump 45 ms after the first in I and II (a
+     notched P of ≥ 120 ms) and a terminal negative P of 0.1 mV in V1.
+5. **Noise:** baseline wander (0.05-0.5 Hz), EMG-like white noise, sometimes mains hum; int16 microvolts.
 """
 from __future__ import annotations
 
@@ -213,6 +223,102 @@ def _beat_times(rr: np.ndarray, start: float) -> np.ndarray:
     return start + np.concatenate([[0.0], np.cumsum(rr)])
 
 
+#: Independent-lead rows of the assembled record (see :data:`INDEPENDENT_LEADS`).
+_I, _II, _V1, _V4, _V5, _V6 = 0, 1, 2, 5, 6, 7
+
+
+def _plateau(n: int, starts: np.ndarray, ends: np.ndarray, taper: float) -> np.ndarray:
+    """``[n]`` window: 1 on each ``[start, end]`` (samples), falling to 0 over ``taper`` samples (raised cosine)."""
+    if len(starts) == 0:
+        return np.zeros(n)
+    t = np.arange(n, dtype=np.float64)[None, :]
+    d = np.maximum(starts[:, None] - t, t - ends[:, None])  # > 0 outside the interval
+    w = np.where(d <= 0, 1.0, 0.5 * (1.0 + np.cos(np.pi * np.clip(d / taper, 0.0, 1.0))))
+    return w.max(axis=0)
+
+
+def _bumps(n: int, centres: np.ndarray, sigma: float) -> np.ndarray:
+    """``[n]`` sum of unit Gaussians (width ``sigma`` samples) at ``centres``."""
+    t = np.arange(n, dtype=np.float64)[None, :]
+    return np.exp(-0.5 * ((t - centres[:, None]) / sigma) ** 2).sum(axis=0)
+
+
+def _pq_window(r: np.ndarray, fs: int) -> np.ndarray:
+    """``int [len(r), m]`` sample indices of each beat's PQ segment, R − 90 … 70 ms."""
+    lo = np.round(np.asarray(r, dtype=np.float64) - 0.09 * fs).astype(np.int64)
+    return lo[:, None] + np.arange(int(round(0.09 * fs)) - int(round(0.07 * fs)) + 1)[None, :]
+
+
+def pq_level(beat: np.ndarray, r: float, fs: int) -> np.ndarray:
+    """``[leads]`` isoelectric (PQ-segment) level of the beat with R at sample ``r``: mean of R − 90 … 70 ms."""
+    idx = _pq_window(np.array([r]), fs)[0]
+    return beat[:, np.clip(idx, 0, beat.shape[1] - 1)].mean(axis=1)
+
+
+def sokolow_lyon(beat: np.ndarray, r: int, fs: int, gains: np.ndarray | None = None) -> float:
+    """SV1 + max(RV5, RV6) in mV of the beat whose R peak is sample ``r`` of ``beat`` (``[8 independent leads,
+    samples]``), after per-lead ``gains``: extremes within ±60 ms of R, from the PQ level (:func:`pq_level`)."""
+    g = np.ones(len(INDEPENDENT_LEADS)) if gains is None else gains
+    win = slice(max(0, r - int(0.06 * fs)), r + int(0.06 * fs) + 1)
+    base = pq_level(beat, r, fs)
+    s_v1 = (base[_V1] - beat[_V1, win].min()) * g[_V1]
+    return float(s_v1 + max((beat[_V5, win].max() - base[_V5]) * g[_V5], (beat[_V6, win].max() - base[_V6]) * g[_V6]))
+
+
+#: QRS scaling window: flat ±45 ms around R, raised-cosine taper over 20 ms (clear of the PQ level's samples).
+_QRS_HALF_S, _QRS_TAPER_S = 0.045, 0.02
+
+
+def _scale_qrs(sig: np.ndarray, r_at: np.ndarray, fs: int, lead_factor: np.ndarray) -> None:
+    """In place: scale each beat's QRS about its PQ level, lead ``l`` by ``lead_factor[l]`` (beats ≥ 0.27 s apart,
+    so the windows never overlap)."""
+    n = sig.shape[1]
+    half, taper = _QRS_HALF_S * fs, _QRS_TAPER_S * fs
+    reach = int(np.ceil(half + taper)) + 1
+    pos = np.floor(r_at).astype(np.int64)[:, None] + np.arange(-reach, reach + 1)[None, :]  # [beats, L]
+    d = np.abs(pos - r_at[:, None]) - half
+    w = np.where(d <= 0, 1.0, 0.5 * (1.0 + np.cos(np.pi * np.clip(d / taper, 0.0, 1.0))))
+    base = sig[:, np.clip(_pq_window(r_at, fs), 0, n - 1)].mean(axis=2)  # [leads, beats]
+    inside = (pos >= 0) & (pos < n)
+    beat = np.broadcast_to(np.arange(len(r_at))[:, None], pos.shape)[inside]
+    pos, w = pos[inside], w[inside]
+    seg = sig[:, pos]
+    sig[:, pos] = seg + (lead_factor - 1.0)[:, None] * w[None, :] * (seg - base[:, beat])
+
+
+def _remodel(sig: np.ndarray, rec: np.ndarray, peaks: np.ndarray, fs: int, gains: np.ndarray, r_at: np.ndarray,
+             rr_at: np.ndarray, af: bool, structure: dict) -> np.ndarray:
+    """Apply the study's QRS voltage, strain and P mitrale to the assembled ``[8, n]`` record (mV, before gains).
+
+    ``rec``/``peaks``: the bank record the beats came from and its R peaks (samples); ``r_at``: R peak of every
+    assembled beat in samples of ``sig``; ``rr_at``: each beat's cycle length (s) as its ST-T was laid out.
+    """
+    sig = sig.copy()
+    n = sig.shape[1]
+    p0 = int(peaks[0])
+    target = float(structure["sokolow_lyon_mv"])
+    k = target / max(sokolow_lyon(rec, p0, fs, gains), 1e-6)
+    factor = np.ones(len(INDEPENDENT_LEADS))
+    factor[_V1:] = k
+    factor[_I] = 1.0 + 0.5 * (k - 1.0)
+    _scale_qrs(sig, r_at, fs, factor)
+    if structure.get("lv_strain"):
+        severity = float(np.clip((target - 3.8) / 1.8, 0.0, 1.0))
+        invert, depress = 0.4 + 0.3 * severity, 0.08 + 0.07 * severity
+        ends = r_at + np.minimum(0.42 * np.sqrt(rr_at), 0.5 * rr_at) * fs
+        wt = _plateau(n, r_at + 0.08 * fs, ends, 0.03 * fs)
+        for lead, weight in ((_I, 1.0), (_V4, 0.5), (_V5, 1.0), (_V6, 1.0)):
+            sig[lead] = sig[lead] * (1.0 - weight * (1.0 + invert) * wt) - weight * depress * wt
+    if structure.get("la_enlarged") and not af:
+        lo = max(0, p0 - int(0.3 * fs))
+        p_at = lo + int(np.argmax(rec[_II, lo:p0 - int(0.07 * fs)]))  # P peak of lead II
+        second = _bumps(n, r_at - (p0 - p_at) + 0.045 * fs, 0.02 * fs)
+        sig[_II] += 0.8 * rec[_II, p_at] * second
+        sig[_I] += 0.8 * rec[_I, p_at] * second
+        sig[_V1] -= 0.1 * _bumps(n, r_at - (p0 - p_at) + 0.05 * fs, 0.025 * fs)
+    return sig
+
+
 def synthesize_ecg(
     bank: ECGBank,
     rng: np.random.Generator,
@@ -222,8 +328,13 @@ def synthesize_ecg(
     traits: dict,
     sampling_rate: int = 250,
     seconds: float = 10.0,
+    structure: dict | None = None,
 ) -> np.ndarray:
-    """One study's ECG: ``int16`` microvolts ``[12, sampling_rate * seconds]`` in :data:`ECG_LEADS` order."""
+    """One study's ECG: ``int16`` microvolts ``[12, sampling_rate * seconds]`` in :data:`ECG_LEADS` order.
+
+    ``structure``: the study's ``sokolow_lyon_mv`` (mV), ``lv_strain`` and ``la_enlarged`` (plan attributes);
+    ``None`` leaves the bank's QRS voltage, ST-T and P waves as they are.
+    """
     fs = int(sampling_rate)
     n_out = int(round(seconds * fs))
     af = rhythm == "atrial_fibrillation"
@@ -269,10 +380,14 @@ def synthesize_ecg(
     sig = np.zeros((rec.shape[0], total))
     j = int(rng.integers(len(peaks)))
     taper_n = max(2, int(0.03 * fs))
+    r_at = np.full(n_beats, np.nan)  # R peak of each beat, in samples of the output record
+    rr_at = np.zeros(n_beats)  # the beat's cycle length as its ST-T sees it, seconds
     for kbeat in range(n_beats):
         n_k = int(bounds[kbeat + 1] - bounds[kbeat])
         if n_k <= 0:
             continue
+        r_at[kbeat] = bounds[kbeat] + cut * (rr_t if af else n_k)
+        rr_at[kbeat] = (rr_t if af else n_k) / fs
         r = float(peaks[j % len(peaks)])
         j += 1
         a0 = r - cut * rr_t
@@ -304,16 +419,21 @@ def synthesize_ecg(
         sig = np.pad(sig, ((0, 0), (0, n_out - sig.shape[1])))
     time = np.arange(n_out) / fs
 
+    fwave = 0.0
     if af:  # fibrillatory waves
         f0 = rng.uniform(4.0, 8.0)
         drift = np.cumsum(rng.normal(0.0, 0.08, size=n_out))
         fw = np.sin(2 * np.pi * f0 * time + drift) + 0.4 * np.sin(2 * np.pi * 1.7 * f0 * time + 1.3 * drift)
-        sig += rng.uniform(0.03, 0.07) * _FWAVE_WEIGHT[:, None] * fw[None, :]
+        fwave = rng.uniform(0.03, 0.07) * _FWAVE_WEIGHT[:, None] * fw[None, :]
 
     # patient-level gains (electrical axis, precordial amplitudes) with study jitter
     gains = np.array([traits.get("ecg_gain_I", 1.0), traits.get("ecg_gain_II", 1.0),
                       *traits.get("ecg_gain_V", [1.0] * 6)])
     gains = gains * rng.uniform(0.93, 1.07, size=gains.shape)
+    if structure is not None:
+        beats = np.isfinite(r_at)
+        sig = _remodel(sig, rec, peaks, fs, gains, r_at[beats], rr_at[beats], af, structure)
+    sig = sig + fwave
     sig = sig * gains[:, None]
     lead_i, lead_ii, v = sig[0], sig[1], sig[2:]
     limb = np.stack([lead_i, lead_ii, lead_ii - lead_i, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2,

@@ -7,6 +7,8 @@ mitral / tricuspid plane. Outside the sector everything is black.
 
 * **Size:** the end-diastolic LV length and width scale with ``attributes["lv_scale"]`` (which follows the
   cardiothoracic ratio: dilated LV with cardiomegaly).
+* **Structure:** the end-diastolic myocardial wall is ``lv_wall_mm`` thick (9 mm ↔ 0.028 of the image depth,
+  ±0.004 jitter; LV hypertrophy 12.5-17 mm), the left atrium's two axes scale with ``la_diameter_mm`` / 35.
 * **Contraction:** LV volume follows V(t) = V_ED · (1 − EF · c(t)) with a contraction curve c(t) ∈ [0, 1]
   (raised-cosine systole of ~0.16 + 0.15·RR s, relaxation, diastasis); with the length ∝ s^0.6 and width ∝
   s^1.2 for s = (V/V_ED)^(1/3), the long axis shortens (the base moves towards the fixed apex) and the wall
@@ -72,8 +74,10 @@ def render_echo(
     frames: int = 16,
     size: int = 64,
     fps: float | None = None,
+    lv_wall_mm: float = 9.0,
+    la_diameter_mm: float = 35.0,
 ) -> np.ndarray:
-    """One study's cine, ``uint8 [frames, size, size]``."""
+    """One study's cine, ``uint8 [frames, size, size]``; wall thickness and LA diameter in millimetres."""
     fps = fps or default_fps(frames)
     U, W, R, sector = _geometry(size)
     rr_mean = 60.0 / heart_rate
@@ -96,7 +100,7 @@ def render_echo(
     w_ed = 0.095 * lv_scale * aspect
     apex_w = 0.1 + shift_w
     lv_u = 0.1 + shift_u
-    wall_ed = 0.028 + float(rng.uniform(-0.004, 0.004))
+    wall_ed = 0.028 * float(lv_wall_mm) / 9.0 + float(rng.uniform(-0.004, 0.004))
 
     # static speckle pattern + per-frame part (Rayleigh-like magnitudes, lightly smoothed)
     def speckle(shape):
@@ -123,7 +127,9 @@ def render_echo(
     rv_cw = apex_w + 0.05 + 0.3 * l_ed * srv
     rv = _inside(U, W, rv_cu, rv_cw, 0.07 * srv, 0.3 * l_ed * srv, tilt + 0.15)
     rv_wall = _inside(U, W, rv_cu, rv_cw, 0.07 * srv + 0.015, 0.3 * l_ed * srv + 0.015, tilt + 0.15) * (1.0 - rv)
-    la = _inside(U, W, lv_u + 0.02, base_w_ed + 0.13, 0.09 * lv_scale, 0.11, tilt)
+    la_scale = float(la_diameter_mm) / 35.0
+    la = _inside(U, W, lv_u + 0.02, base_w_ed + 0.02 + 0.11 * la_scale, 0.09 * lv_scale * la_scale, 0.11 * la_scale,
+                 tilt)
     ra = _inside(U, W, rv_cu - 0.02, base_w_ed + 0.1, 0.07, 0.09, tilt)
     blood = np.clip(cavity + rv + (la + ra)[None], 0.0, 1.0)
     wallmask = np.clip(myo + rv_wall, 0.0, 1.0) * (1.0 - blood)

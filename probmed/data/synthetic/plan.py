@@ -16,6 +16,24 @@ Generative model (per patient, then per study):
 * continuous attributes consistent with the labels, with a gap around each clinical threshold so labels are
   learnable: heart rate (brady 38-57, normal 62-97, tachy 104-150 bpm), cardiothoracic ratio (normal
   0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size;
+* cardiac structure shared by the film, the ECG, the cine and the report (what links CXR and ECG, as in real
+  studies). Each patient carries two uniform latents ``u_lvh``, ``u_lae``; a study has the state when its latent
+  falls below the study's probability, so a patient's studies agree unless the findings behind them changed:
+
+  - **LV hypertrophy** (label ``lvh``, defined on the ECG): P = 0.08 + 0.08·age + 0.57·[cardiomegaly], i.e.
+    ≈ 0.70 with cardiomegaly and ≈ 0.12 without (prevalence ≈ 0.3). ECG: Sokolow-Lyon voltage
+    SV1 + max(RV5, RV6) ``sokolow_lyon_mv`` 3.8-5.6 mV with LVH, 1.5-3.2 mV without (criterion: > 3.5 mV),
+    from a patient-level voltage trait plus study jitter; lateral strain (down-sloping ST depression and T
+    inversion in I, aVL, V5, V6; ``lv_strain``) in 60 % of LVH studies. Echo: end-diastolic wall thickness
+    ``lv_wall_mm`` 12.5-17 mm with LVH, 7-10.5 mm without. CXR: through the cardiomegaly it goes with;
+  - **left-atrial enlargement** (attribute ``la_enlarged``, not a label): P = 0.75 with atrial fibrillation, else
+    0.05 + 0.1·[cardiomegaly] + 0.1·[reduced EF] + 0.05·[LVH] (prevalence ≈ 0.2). LA diameter ``la_diameter_mm``
+    44-58 mm enlarged, 28-39 mm not. CXR: a double density behind the right heart border that bulges past it,
+    a left-atrial-appendage convexity straightening the upper left heart border, a splayed carina (wider angle
+    between the main bronchi); on the lateral a posterior bulge of the upper heart border. ECG in sinus rhythm:
+    P mitrale (a notched, broad P in the limb leads and a deep terminal negative P in V1). Echo: a larger LA;
+* the study-level draws of this structure use their own generator (``[seed, 10, study index]``), so the other
+  findings and attributes of every study are those of the corpus without it;
 * radiographic extras that only the CXR and its report share, as in real reports ("median sternotomy wires",
   "right IJ line", "calcified granuloma in the left upper lobe"): per patient, sternotomy wires (p≈0.12, ↑ with
   cardiomegaly) and a calcified granuloma in one of four lobes (p≈0.25); per study, a central venous catheter
@@ -148,6 +166,8 @@ def _patient_state(rng: np.random.Generator) -> dict[str, Any]:
     sternotomy = bool(rng.random() < 0.08 + 0.12 * cm)
     granuloma = GRANULOMA_LOBES[int(rng.integers(4))] if rng.random() < 0.25 else "none"
     traits |= {"cxr_sternotomy": sternotomy, "cxr_granuloma": granuloma}
+    # cardiac-structure latents and the ECG voltage trait (drawn last, for the same reason)
+    traits |= {"u_lvh": float(rng.random()), "u_lae": float(rng.random()), "ecg_voltage": float(rng.random())}
     return {"sex": sex, "age_factor": float(age_factor), "cm": bool(cm), "ref": bool(ref), "af": bool(af),
             "traits": traits}
 
@@ -168,6 +188,7 @@ def _study_findings(rng: np.random.Generator, pstate: dict[str, Any]) -> dict[st
     tachy = u < p_tachy
     brady = (not tachy) and u < p_tachy + p_brady
     values = {
+        "lvh": pstate["traits"]["u_lvh"] < p_lvh(cm, pstate["age_factor"]),
         "cardiomegaly": cm,
         "pleural_effusion": eff,
         "atrial_fibrillation": af,
@@ -176,6 +197,40 @@ def _study_findings(rng: np.random.Generator, pstate: dict[str, Any]) -> dict[st
         "reduced_ef": ref,
     }
     return {name: int(values[name]) for name in FINDINGS}
+
+
+def p_lvh(cardiomegaly: bool, age_factor: float) -> float:
+    """P(LV hypertrophy) of a study: ≈ 0.70 with cardiomegaly, ≈ 0.12 without."""
+    return 0.08 + 0.08 * age_factor + 0.57 * bool(cardiomegaly)
+
+
+def p_lae(f: dict[str, int]) -> float:
+    """P(left-atrial enlargement) of a study: 0.75 with atrial fibrillation, else 0.05-0.3."""
+    if f["atrial_fibrillation"]:
+        return 0.75
+    return 0.05 + 0.1 * f["cardiomegaly"] + 0.1 * f["reduced_ef"] + 0.05 * f["lvh"]
+
+
+def _study_structure(rng: np.random.Generator, f: dict[str, int], pstate: dict[str, Any]) -> dict[str, Any]:
+    """LV wall, LA size and ECG voltage of one study (its own generator: the other draws stay as they were)."""
+    traits = pstate["traits"]
+    lae = traits["u_lae"] < p_lae(f)
+    voltage = float(np.clip(traits["ecg_voltage"] + rng.normal(0.0, 0.06), 0.0, 1.0))
+    if f["lvh"]:
+        sokolow_lyon = 3.8 + 1.8 * voltage
+        wall = rng.uniform(12.5, 17.0)
+    else:
+        sokolow_lyon = 1.5 + 1.7 * voltage
+        wall = rng.uniform(7.0, 10.5)
+    la = rng.uniform(44.0, 58.0) if lae else rng.uniform(28.0, 39.0)
+    strain = bool(f["lvh"]) and bool(rng.random() < 0.6)
+    return {
+        "sokolow_lyon_mv": round(float(sokolow_lyon), 3),
+        "lv_strain": strain,
+        "lv_wall_mm": round(float(wall), 1),
+        "la_enlarged": bool(lae),
+        "la_diameter_mm": round(float(la), 1),
+    }
 
 
 def _study_attributes(rng: np.random.Generator, f: dict[str, int], pstate: dict[str, Any]) -> dict[str, Any]:
@@ -292,6 +347,7 @@ def plan_corpus(
             photometric = ["MONOCHROME1" if srng.random() < 0.4 else "MONOCHROME2" for _ in views]
             bits = 12 if srng.random() < 0.6 else 16
             attrs |= _study_devices(srng, pstate)
+            attrs |= _study_structure(np.random.default_rng([int(seed), 10, index]), findings, pstate)
             phi = phi_p | fake_study_phi(seed, index, phi_p["PatientBirthDate"]) | {"PatientSex": pstate["sex"]}
             plans.append(
                 StudyPlan(

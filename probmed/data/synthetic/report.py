@@ -5,8 +5,12 @@ phrasings and sometimes a number: heart rate, EF, cardiothoracic ratio, effusion
 finding is explicitly negated about half of the time ("No pleural effusion.", "without evidence of
 cardiomegaly"), otherwise not mentioned. Cardiomegaly is often graded (mild / moderate / marked, from the
 cardiothoracic ratio). The CXR's lines, tubes, leads, sternotomy wires and calcified granuloma are described
-most of the time (lines and tubes with their position, the granuloma with its lobe), as real reports do. Normal studies get normal-study phrasings. Sentence order in FINDINGS is
-shuffled by topic group.
+most of the time (lines and tubes with their position, the granuloma with its lobe), as real reports do.
+Cardiac structure: LV hypertrophy (a label) is always stated on the ECG side (by voltage criteria, sometimes with
+the Sokolow-Lyon voltage and the strain pattern) and often on the echo side (wall thickness); left-atrial
+enlargement (not a label) is described on the film most of the time (double density, splayed carina), on the
+echo (LA diameter) and sometimes as P mitrale on a sinus ECG. Normal studies get normal-study phrasings. Sentence
+order in FINDINGS is shuffled by topic group.
 """
 from __future__ import annotations
 
@@ -66,6 +70,25 @@ def _extras(rng: np.random.Generator, attrs: dict) -> tuple[list[str], list[str]
     return body, impression
 
 
+def _lvh_ecg(rng: np.random.Generator, f: dict[str, int], attrs: dict, impression: list[str], where) -> list[str]:
+    """FINDINGS sentences on QRS voltage (LVH always stated when present); appends to ``impression``."""
+    if not f["lvh"]:
+        if rng.random() < 0.15:
+            return [_pick(rng, ["No LVH.", "Normal QRS voltage."])]
+        return []
+    mm = float(attrs.get("sokolow_lyon_mv", 4.0)) * 10.0
+    strain = bool(attrs.get("lv_strain"))
+    phr = _pick(rng, ["LV hypertrophy by voltage criteria", f"LVH (Sokolow-Lyon {mm:.0f} mm)",
+                      "left ventricular hypertrophy"])
+    if strain:
+        phr += _pick(rng, [" with strain", " with lateral ST-T changes"])
+    w = where()
+    out = [_cap(phr) + "."] if w in ("both", "findings") else []
+    if w in ("both", "impression"):
+        impression.append("LVH with strain" if strain else _pick(rng, ["Left ventricular hypertrophy", "LVH"]))
+    return out
+
+
 def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict) -> str:
     hr = int(round(float(attrs["heart_rate"])))
     ef = int(round(float(attrs["ef"])))
@@ -118,6 +141,11 @@ def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict)
     if rng.random() < 0.5:
         g.append(_pick(rng, ["The lungs are clear.", "No focal consolidation.", "Lungs are well expanded.",
                              "No pneumothorax."]))
+    if attrs.get("la_enlarged") and rng.random() < 0.85:
+        g.append(_pick(rng, ["Double density along the right cardiac border: left atrial enlargement.",
+                             "Splayed carina, left atrial enlargement.", "Left atrial enlargement."]))
+        if rng.random() < 0.4:
+            impression.append("Left atrial enlargement")
     extra_body, extra_impression = _extras(rng, attrs)
     g.extend(extra_body)
     impression.extend(extra_impression)
@@ -173,6 +201,9 @@ def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict)
             g.append(_pick(rng, ["No bradycardia or tachycardia.", "Heart rate within normal limits."]))
         if rng.random() < 0.3:
             g.append("No atrial fibrillation.")
+        if attrs.get("la_enlarged") and rng.random() < 0.3:
+            g.append(_pick(rng, ["P mitrale.", "Left atrial abnormality."]))
+    g.extend(_lvh_ecg(rng, f, attrs, impression, where))
     if g:
         body.append(g)
 
@@ -199,6 +230,13 @@ def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict)
                              "Preserved ejection fraction.", f"LVEF {ef}%.",
                              "Left ventricular size and systolic function are normal.",
                              "No regional wall motion abnormality; normal EF."]))
+    wall = float(attrs.get("lv_wall_mm", 9.0))
+    if f["lvh"] and rng.random() < 0.4:
+        g.append(_pick(rng, [f"LV wall thickness {wall:.0f} mm.", "Concentric LV hypertrophy."]))
+    elif not f["lvh"] and rng.random() < 0.1:
+        g.append("Normal LV wall thickness.")
+    if attrs.get("la_enlarged") and rng.random() < 0.4:
+        g.append(_pick(rng, [f"LA {float(attrs.get('la_diameter_mm', 50.0)):.0f} mm.", "Dilated left atrium."]))
     if g:
         body.append(g)
 
