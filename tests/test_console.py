@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichModelSummary, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, RichModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities.model_summary import summarize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -58,7 +58,7 @@ def test_captured_fit_prints_one_line_per_epoch_and_none_of_lightnings_noise(smo
 
 
 def _trainer(**kwargs) -> Trainer:
-    return Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", **kwargs)
+    return Trainer(**{"logger": False, "enable_checkpointing": False, "accelerator": "cpu", **kwargs})
 
 
 def _kinds(trainer: Trainer) -> list[type]:
@@ -76,6 +76,10 @@ def test_not_a_tty_swaps_the_default_bar_for_epoch_lines_and_a_terminal_keeps_it
     adapt_console(in_log, [], progress_bar_requested=False, tty=False)
     assert in_log.progress_bar_callback is None
     assert sum(isinstance(cb, EpochLine) for cb in in_log.callbacks) == 1
+
+    with_checkpoint = _trainer(enable_checkpointing=True)
+    adapt_console(with_checkpoint, [], progress_bar_requested=False, tty=False)
+    assert isinstance(with_checkpoint.callbacks[-1], ModelCheckpoint)  # checkpoints still run last
 
     asked = _trainer(enable_progress_bar=True)  # the config asked for the bar: it stays, and the lines come too
     adapt_console(asked, [], progress_bar_requested=True, tty=False)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 import torch
-from lightning.pytorch.callbacks import Callback, ModelSummary, RichModelSummary
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelSummary, RichModelSummary
 from lightning.pytorch.callbacks.model_summary import log as summary_log
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.utilities.model_summary.model_summary import get_formatted_model_size, get_human_readable_count
@@ -165,5 +165,7 @@ def adapt_console(trainer, configured: list, progress_bar_requested: bool, tty: 
             continue  # a default bar draws nothing in a log; EpochLine below replaces it
         callbacks.append(cb)
     if not tty and not any(isinstance(cb, EpochLine) for cb in callbacks):
-        callbacks.append(EpochLine())
+        # before the checkpoint callbacks, which Lightning keeps last
+        first_checkpoint = next((i for i, cb in enumerate(callbacks) if isinstance(cb, Checkpoint)), len(callbacks))
+        callbacks.insert(first_checkpoint, EpochLine())
     trainer.callbacks[:] = callbacks
