@@ -30,9 +30,11 @@ def _marks(decorators: list[ast.expr]) -> set[str]:
 
 
 def _launches(fn: ast.AST, launchers: set[str]) -> bool:
+    compared = {id(c) for node in ast.walk(fn) if isinstance(node, ast.Compare)
+                for c in (node.left, *node.comparators)}
     for node in ast.walk(fn):
-        if isinstance(node, ast.Constant) and node.value in LAUNCH_STRINGS:
-            return True
+        if isinstance(node, ast.Constant) and node.value in LAUNCH_STRINGS and id(node) not in compared:
+            return True  # an argument or command word, not a name compared against (`program == "sbatch"`)
         if isinstance(node, ast.Call):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
             if name in LAUNCH_CALLS or name in launchers:
