@@ -1,5 +1,6 @@
 """The README is a guide that stays true: every command in its shell blocks (and in docs/results.md's) parses against
-the real CLI, Makefile, sbatch templates and scripts; its links resolve; it stays short and free of run history."""
+the real CLI, Makefile, sbatch templates and scripts; every YAML example (README, docs/design.md) resolves as a
+config; its links resolve; it stays short and free of run history."""
 from __future__ import annotations
 
 import functools
@@ -60,7 +61,7 @@ def _lightning_cli_parses(args: list[str], monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", ["probmed"])
     for i, word in enumerate(args):  # every --config file the command names exists
         if word in ("--config", "-c"):
-            assert (REPO / args[i + 1]).is_file(), f"{args[i + 1]} does not exist"
+            assert (REPO / args[i + 1]).is_file(), f"{args[i + 1]} does not exist"  # (absolute paths stay absolute)
     with pytest.raises(SystemExit) as done:
         main([*args, *([] if "--print_config" in args else ["--print_config"])])
     out = capsys.readouterr()
@@ -115,6 +116,27 @@ def test_every_documented_command_runs_or_parses(where, env, words, monkeypatch,
         _script_accepts([sys.executable, args[0]], _options(args[1:]))
     else:
         pytest.fail(f"{where}: teach this test to check `{program}` commands, or show one it knows")
+
+
+def yaml_snippets(path: Path) -> list[tuple[str, str]]:
+    """``(where, text)`` of each ```yaml block."""
+    found, lines = [], path.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() == "```yaml":
+            end = next(i for i in range(number + 1, len(lines)) if lines[i].strip() == "```")
+            found.append((f"{path.name}:{number + 1}", "\n".join(lines[number + 1:end])))
+    return found
+
+
+SNIPPETS = [s for doc in (README, REPO / "docs" / "design.md") for s in yaml_snippets(doc)]
+
+
+@pytest.mark.parametrize("where,text", SNIPPETS, ids=[w for w, _ in SNIPPETS])
+def test_every_documented_config_snippet_parses(where, text, tmp_path, monkeypatch, capsys):
+    """Each YAML example, laid over configs/smoke.yaml, resolves (class paths and their arguments exist)."""
+    snippet = tmp_path / "snippet.yaml"
+    snippet.write_text(text + "\n")
+    _lightning_cli_parses(["fit", "--config", "configs/smoke.yaml", "--config", str(snippet)], monkeypatch, capsys)
 
 
 def test_the_readme_is_a_short_guide_without_run_history():
