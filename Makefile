@@ -1,6 +1,7 @@
 # ProbMed — the two commands of the README, and the steps they are made of.
 #   make demo   install (if needed) → embedded corpus (if missing) → train → evaluate on the test split
 #   make test   install (if needed) → the test suite (what CI runs)
+#   make test-fast   the inner loop: the suite without its multi-process DDP and Slurm tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ DEMO_CONFIG ?= configs/demo.yaml
 DEMO_RUN ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data fit evaluate bench clean
+.PHONY: demo test test-fast install data fit evaluate bench clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +35,9 @@ demo: fit evaluate
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not ddp and not slurm" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/bench_loss.py --quick

@@ -22,6 +22,7 @@ from probmed.data.datamodule import ProbMedDataModule
 from probmed.evaluation.export import EmbeddingWriter
 from probmed.module import ProbMedModule
 from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
+from probmed.training.console import adapt_console, silence_lightning_noise
 from probmed.training.requeue import SlurmRequeue, slurm_requeue_wanted
 
 TRAINER_DEFAULTS = {
@@ -72,16 +73,22 @@ class ProbMedCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
-        """The configured trainer, with checkpoints written atomically unless the config chose its own IO."""
+        """The configured trainer, with checkpoints written atomically unless the config chose its own IO, and its
+        console output fitted to where stdout goes (one line per epoch in a log: ``probmed.training.console``)."""
+        config = self._get(self.config_init, "trainer", default={}) or {}
+        listed = config.get("callbacks") or []  # copied now: Lightning appends its defaults to this very list
+        configured = list(listed) if isinstance(listed, list) else [listed]
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if slurm_requeue_wanted(trainer):
             trainer.callbacks.append(SlurmRequeue())
+        adapt_console(trainer, configured, progress_bar_requested=config.get("enable_progress_bar") is True)
         return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
+    silence_lightning_noise()
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] == "data":
         from probmed.data.commands import main as data_main
