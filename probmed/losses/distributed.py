@@ -42,9 +42,9 @@ def gather_with_grad(x: Tensor) -> Tensor:
     rank, world = dist_world()
     if world == 1:
         return x
-    import torch.distributed.nn.functional as dist_fn
+    from torch.distributed import _functional_collectives as fc
 
-    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+    return fc.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD).wait()
 
 
 def gather_no_grad(x: Tensor) -> Tensor:
