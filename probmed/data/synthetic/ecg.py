@@ -287,11 +287,12 @@ def _scale_qrs(sig: np.ndarray, r_at: np.ndarray, fs: int, lead_factor: np.ndarr
 
 
 def _remodel(sig: np.ndarray, rec: np.ndarray, peaks: np.ndarray, fs: int, gains: np.ndarray, r_at: np.ndarray,
-             rr_at: np.ndarray, af: bool, structure: dict) -> np.ndarray:
+             rr_at: np.ndarray, end_at: np.ndarray, af: bool, structure: dict) -> np.ndarray:
     """Apply the study's QRS voltage, strain and P mitrale to the assembled ``[8, n]`` record (mV, before gains).
 
     ``rec``/``peaks``: the bank record the beats came from and its R peaks (samples); ``r_at``: R peak of every
-    assembled beat in samples of ``sig``; ``rr_at``: each beat's cycle length (s) as its ST-T was laid out.
+    assembled beat in samples of ``sig``; ``rr_at``: each beat's cycle length (s) as its ST-T was laid out;
+    ``end_at``: the sample where each beat's cycle ends (the strain never reaches past it).
     """
     sig = sig.copy()
     n = sig.shape[1]
@@ -305,7 +306,7 @@ def _remodel(sig: np.ndarray, rec: np.ndarray, peaks: np.ndarray, fs: int, gains
     if structure.get("lv_strain"):
         severity = float(np.clip((target - 3.8) / 1.8, 0.0, 1.0))
         invert, depress = 0.4 + 0.3 * severity, 0.08 + 0.07 * severity
-        ends = r_at + np.minimum(0.42 * np.sqrt(rr_at), 0.5 * rr_at) * fs
+        ends = np.minimum(r_at + np.minimum(0.42 * np.sqrt(rr_at), 0.5 * rr_at) * fs, end_at - 0.03 * fs)
         wt = _plateau(n, r_at + 0.08 * fs, ends, 0.03 * fs)
         for lead, weight in ((_I, 1.0), (_V4, 0.5), (_V5, 1.0), (_V6, 1.0)):
             sig[lead] = sig[lead] * (1.0 - weight * (1.0 + invert) * wt) - weight * depress * wt
@@ -386,8 +387,9 @@ def synthesize_ecg(
         n_k = int(bounds[kbeat + 1] - bounds[kbeat])
         if n_k <= 0:
             continue
-        r_at[kbeat] = bounds[kbeat] + cut * (rr_t if af else n_k)
-        rr_at[kbeat] = (rr_t if af else n_k) / fs
+        if cut * (rr_t if af else n_k) + 0.06 * fs < n_k:  # a very short AF cycle may end before its QRS
+            r_at[kbeat] = bounds[kbeat] + cut * (rr_t if af else n_k)
+            rr_at[kbeat] = (rr_t if af else n_k) / fs
         r = float(peaks[j % len(peaks)])
         j += 1
         a0 = r - cut * rr_t
@@ -432,7 +434,8 @@ def synthesize_ecg(
     gains = gains * rng.uniform(0.93, 1.07, size=gains.shape)
     if structure is not None:
         beats = np.isfinite(r_at)
-        sig = _remodel(sig, rec, peaks, fs, gains, r_at[beats], rr_at[beats], af, structure)
+        sig = _remodel(sig, rec, peaks, fs, gains, r_at[beats], rr_at[beats], bounds[1:][beats].astype(np.float64),
+                       af, structure)
     sig = sig + fwave
     sig = sig * gains[:, None]
     lead_i, lead_ii, v = sig[0], sig[1], sig[2:]
