@@ -68,7 +68,7 @@ def test_tiny_preset_trains_through_the_cli(preset, smoke_corpus, tmp_path, monk
 def test_full_size_preset_builds_and_takes_one_step_on_cpu(preset, smoke_corpus, tmp_path, monkeypatch):
     scalars = _fit(["--config", str(PRESETS / f"{preset}.yaml"), "--data.data_dir", str(smoke_corpus),
                     "--data.batch_size", "2", "--data.num_workers", "0",
-                    "--data.text.max_length", "64", "--data.text_impression.max_length", "64", "--trainer.accelerator", "cpu",
+                    "--data.inputs.text.init_args.max_length", "64", "--data.inputs.text_impression.init_args.max_length", "64", "--trainer.accelerator", "cpu",
                     "--trainer.max_epochs", "1", "--trainer.max_steps", "1",
                     "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
                     "--trainer.enable_progress_bar", "false"], tmp_path, monkeypatch)
