@@ -20,8 +20,10 @@ class ProbMedDataModule(L.LightningDataModule):
 
     Args:
         data_dir: directory holding the shards and ``sizes.json`` (written by ``probmed data synth|build``).
-        modalities: which modalities to load; default: every key of ``inputs``, or — without ``inputs`` — the
-            registry's stored modalities (:func:`probmed.data.registry.stored_modalities`).
+        modalities: which modalities to load; default: the registry's stored modalities (``cxr, ecg, echo, text``,
+            :func:`probmed.data.registry.stored_modalities`) plus every modality ``inputs`` adds that the registry
+            does not know (e.g. ``ct``). Views of a stored modality (``cxr_view2``, ``text_impression``) and subsets
+            are loaded by listing them.
         batch_size: studies per batch per device.
         num_workers: DataLoader worker processes per device (0 decodes in the training process).
         positives: ``"study"``: only a study's own modalities are positives; ``"patient"``: all studies of a patient.
@@ -160,7 +162,9 @@ class ProbMedDataModule(L.LightningDataModule):
 def resolve_inputs(modalities: list[str] | None, inputs: dict[str, ModalityInput] | None) -> dict[str, ModalityInput]:
     """The pipelines to load, by modality name (see :class:`ProbMedDataModule`'s ``modalities`` and ``inputs``)."""
     inputs = dict(inputs or {})
-    names = list(modalities) if modalities is not None else (list(inputs) or list(registry.stored_modalities()))
+    if modalities is None:
+        modalities = [*registry.stored_modalities(), *(n for n in inputs if n not in registry.SPECS)]
+    names = list(modalities)
     registry.check_names(names)
     out: dict[str, ModalityInput] = {}
     for name in names:
