@@ -6,7 +6,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -81,7 +81,8 @@ class ProbMedModule(L.LightningModule):
             raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
         unknown_heads = sorted(set(heads or {}) - set(encoders))
         if unknown_heads:
-            raise ValueError(f"heads gives settings for {unknown_heads}, which have no encoder; encoders: {sorted(encoders)}")
+            raise ValueError(f"heads gives settings for {unknown_heads}, which have no encoder; "
+                             f"encoders: {sorted(encoders)}")
         self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups"])
         self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)

@@ -84,8 +84,8 @@ def _build(preset: str, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["probmed"])
     cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, run=False, trainer_defaults=TRAINER_DEFAULTS,
-                     args=["--config", str(PRESETS / f"{preset}.yaml"), "--config", str(PRESETS / "tiny" / f"{preset}.yaml"),
-                           "--trainer.logger", "false"])
+                     args=["--config", str(PRESETS / f"{preset}.yaml"),
+                           "--config", str(PRESETS / "tiny" / f"{preset}.yaml"), "--trainer.logger", "false"])
     return cli.model, cli.datamodule
 
 

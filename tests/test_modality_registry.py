@@ -66,7 +66,7 @@ def test_a_registered_modality_joins_every_derived_list(tmp_path):
             registry.register(spec)
         from PIL import Image
 
-        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "eye.png")
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 3).save(tmp_path / "eye.png")
         manifest.write_manifest(tmp_path / "m.csv", [{"study_id": "s1", "patient_id": "p1", "split": "train",
                                                      "retina": "eye.png", "report_text": "FINDINGS: ok."}])
         from probmed.data.builder import build_dataset

@@ -69,7 +69,7 @@ class Evaluator:
         self.config = config or EvaluationConfig()
         self.findings = list(findings)
         for spec in self.config.corruptions:
-            get_corruption(spec.modality, spec.kind, spec.like)  # unknown names fail at construction, not after training
+            get_corruption(spec.modality, spec.kind, spec.like)  # unknown names fail at construction
             if any(s < 0 for s in spec.severities):
                 raise ValueError(f"corruption severities must be ≥ 0, got {spec.severities}")
         if self.config.zero_shot is not None:
@@ -234,7 +234,8 @@ class Evaluator:
             return {"skipped": f"no {self.config.zero_shot.modality} encoder or input pipeline to embed prompts"}
         zs = self.config.zero_shot
         scale = {
-            m: zs.temperature if zs.temperature is not None else term_logit_scale(module.objective.scoring_term(m, zs.modality))
+            m: zs.temperature if zs.temperature is not None
+            else term_logit_scale(module.objective.scoring_term(m, zs.modality))
             for m in embeddings
         }
         res = zero_shot(embeddings, labels, self.findings, prompts, score, scale, text=zs.modality)
