@@ -179,3 +179,17 @@ def test_a_fifth_modality_trains_from_config_and_shards_alone(tmp_path, monkeypa
     hparams = yaml.safe_load((version / "hparams.yaml").read_text())
     assert hparams["heads"] == {"ct": {"log_var_init": -1.0, "clamp": "hard"}}
     assert ckpt.stat().st_size > 0
+
+
+def test_a_config_modality_is_corrupted_like_a_registered_one():
+    import torch
+
+    from probmed.evaluation.corruptions import corrupt, get_corruption
+
+    assert get_corruption("ct", "blur", like="cxr") is registry.SPECS["cxr"].corruptions["blur"]
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(corrupt("ct", "noise", x, 1.0, seed=3, like="cxr"), corrupt("cxr", "noise", x, 1.0, seed=3))
+    with pytest.raises(ValueError, match="no corruptions registered for modality 'ct'.*set `like:`"):
+        get_corruption("ct", "noise")
+    with pytest.raises(ValueError, match="unknown cxr corruption 'lead_dropout'"):
+        get_corruption("ct", "lead_dropout", like="cxr")
