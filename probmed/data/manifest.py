@@ -1,6 +1,8 @@
 """The study manifest that ``probmed data build`` reads: one CSV row per study, files per modality, labels.
 
-Columns (paths are relative to the manifest's directory unless absolute; several paths are joined with ``;``):
+Columns (paths are relative to the manifest's directory unless absolute; several paths are joined with ``;``); the
+modality columns are those of the registered modalities (:mod:`probmed.data.registry`, one path column each plus
+the value columns its converter reads):
 
 ==================  ================================================================================================
 column              content

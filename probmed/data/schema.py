@@ -19,7 +19,9 @@ file (``<key>.<ext>``)  content
 ``report.txt``         free-text report (UTF-8) with ``FINDINGS:`` and ``IMPRESSION:`` sections
 =====================  =========================================================================================
 
-Any subset of the modalities may be present; ``json`` always is. Extensions that could execute code when
+These are the files of the modalities registered by default (:mod:`probmed.data.registry`); a data config can read
+others (e.g. ``ct.<i>.dcm`` through ``data.inputs.ct``). Any subset of the modalities may be present; ``json``
+always is. Extensions that could execute code when
 decoded (pickle and friends) are refused by the decoder, never decoded.
 """
 from __future__ import annotations
