@@ -66,3 +66,31 @@ def test_bad_head_settings_are_clear_errors():
         HeadOptions(layers="tied").build(3, 2)
     with pytest.raises(ValueError, match="must lie strictly inside"):
         _module(head=HeadOptions(log_var_min=-1.0, log_var_max=1.0))  # log_var_init -2 outside
+
+
+def test_a_checkpoint_with_the_old_head_arguments_is_evaluated_with_them(smoke_corpus, tmp_path, monkeypatch):
+    """Checkpoints written when the module took normalize_mean / log_var_min / log_var_max / variance itself:
+    ``probmed test --ckpt_path`` reads those settings into ``model.head`` instead of refusing the checkpoint."""
+    import sys
+
+    import lightning
+
+    from conftest import REPO
+    from probmed.cli import TRAINER_DEFAULTS, ProbMedCLI
+    from probmed.data.datamodule import ProbMedDataModule
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["probmed"])
+    args = ["--config", str(REPO / "configs" / "smoke.yaml"), "--data.data_dir", str(smoke_corpus),
+            "--trainer.logger", "false"]
+    built = ProbMedCLI(ProbMedModule, ProbMedDataModule, run=False, trainer_defaults=TRAINER_DEFAULTS, args=args)
+    legacy = {"embed_dim": 16, "variance": "diagonal", "normalize_mean": False, "log_var_min": -6.0,
+              "log_var_max": 6.0, "warmup_steps": 1, "min_lr_ratio": 0.05, "retrieval_ks": [1, 5, 10], "shared": None,
+              "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": built.model.state_dict(), "hyper_parameters": legacy, "epoch": 0, "global_step": 0,
+                "pytorch-lightning_version": lightning.__version__}, path)
+    cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                     args=["test", *args, "--trainer.limit_test_batches", "1", "--ckpt_path", str(path)])
+    assert {n: (h.normalize_mean, h.log_var_min, h.log_var_max) for n, h in cli.model.heads.items()} == {
+        n: (False, -6.0, 6.0) for n in ("cxr", "ecg", "echo", "text")}
