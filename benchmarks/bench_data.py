@@ -36,7 +36,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from probmed.data import schema
-from probmed.data.builder import downsized_png
+from probmed.data.converters import downsized_png
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.data.readers import read_cxr_dicom
 from probmed.data.modalities import CXRInput, ECGInput, EchoInput, TextInput
@@ -137,7 +137,7 @@ def decode_rates(samples: list[dict]) -> dict[str, float]:
 
 def end_to_end(data_dir: Path, batch_size: int, workers: int, batches: int) -> float:
     dm = ProbMedDataModule(str(data_dir), batch_size=batch_size, num_workers=workers,
-                           train_batches_per_epoch=batches, shuffle_buffer=8, **inputs())
+                           train_batches_per_epoch=batches, shuffle_buffer=8, inputs=inputs())
     dm.setup("fit")
     loader = dm.train_dataloader()
 
@@ -157,7 +157,7 @@ def rss_mib() -> float:
 
 
 def memory(data_dir: Path, batch_size: int, epochs: int) -> list[float]:
-    dm = ProbMedDataModule(str(data_dir), batch_size=batch_size, num_workers=0, shuffle_buffer=8, **inputs())
+    dm = ProbMedDataModule(str(data_dir), batch_size=batch_size, num_workers=0, shuffle_buffer=8, inputs=inputs())
     dm.setup("fit")
     stream = dm._streams["train"]
     trace = [rss_mib()]

@@ -25,6 +25,9 @@ from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_
 from probmed.training.console import adapt_console, silence_lightning_noise
 from probmed.training.requeue import SlurmRequeue, slurm_requeue_wanted
 
+#: Module arguments of checkpoints written before the Gaussian heads were configured as ``model.head``.
+LEGACY_HEAD_ARGS = ("variance", "normalize_mean", "log_var_min", "log_var_max")
+
 TRAINER_DEFAULTS = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -70,7 +73,22 @@ class ProbMedCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and Path(ckpt_path).is_file():
             check_checkpoint_file(ckpt_path)
+            if self._parse_legacy_head_hparams(subcommand, ckpt_path):
+                return
         super()._parse_ckpt_path()
+
+    def _parse_legacy_head_hparams(self, subcommand: str, ckpt_path: str) -> bool:
+        """A checkpoint whose module took the head settings as its own arguments (``normalize_mean``,
+        ``log_var_min``, ...) is read with them moved under ``model.head``; False for any other checkpoint."""
+        import torch
+
+        hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {})
+        if "_class_path" in hparams or not any(k in hparams for k in LEGACY_HEAD_ARGS):
+            return False
+        hparams.pop("_instantiator", None)
+        hparams["head"] = {k: hparams.pop(k) for k in LEGACY_HEAD_ARGS if k in hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        return True
 
     def instantiate_trainer(self, **kwargs):
         """The configured trainer, with checkpoints written atomically unless the config chose its own IO, and its

@@ -44,7 +44,7 @@ class TeacherSpec:
     checkpoint: str
 
 
-def load_teacher(spec: TeacherSpec):
+def load_teacher(spec: TeacherSpec, modality: str = "text"):
     """Rebuild a trained :class:`~probmed.module.ProbMedModule` from its saved config and checkpoint (eval mode,
     frozen). The checkpoint is read with ``weights_only=True`` (its ``state_dict`` only)."""
     from jsonargparse import ArgumentParser
@@ -61,8 +61,8 @@ def load_teacher(spec: TeacherSpec):
     state = load_state_dict_file(spec.checkpoint)
     module.load_state_dict(state, strict=True)
     module.eval().requires_grad_(False)
-    if "text" not in module.encoders:
-        raise ValueError(f"teacher {spec.config} has no text tower; towers: {sorted(module.encoders)}")
+    if modality not in module.encoders:
+        raise ValueError(f"teacher {spec.config} has no {modality} tower; towers: {sorted(module.encoders)}")
     return module
 
 
@@ -74,6 +74,7 @@ class TextDistillation(L.LightningModule):
         teachers: teacher name → :class:`TeacherSpec` (the name is free, e.g. the imaging modality: ``cxr``).
         log_var_weight: weight of the log-variance matching term.
         optimizer: optimizer factory over the student's parameters.
+        modality: the batch key the student and the teachers' towers read (the report text).
     """
 
     def __init__(
@@ -82,16 +83,19 @@ class TextDistillation(L.LightningModule):
         teachers: dict[str, TeacherSpec],
         log_var_weight: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
+        modality: str = "text",
     ) -> None:
         super().__init__()
         if not teachers:
             raise ValueError("give at least one teacher")
         self.save_hyperparameters(ignore=["student", "optimizer"])
         self.student = student
-        loaded = {name: load_teacher(spec) for name, spec in teachers.items()}
+        self.modality = modality
+        loaded = {name: load_teacher(spec, modality) for name, spec in teachers.items()}
         # frozen teacher parts live outside the state dict's trainable set; kept as plain attributes per name
         self.teachers = nn.ModuleDict(loaded)
-        self.heads = nn.ModuleDict({name: _head_like(t, student.output_dim) for name, t in loaded.items()})
+        self.heads = nn.ModuleDict({name: _head_like(t.heads[modality], student.output_dim)
+                                    for name, t in loaded.items()})
         self.log_var_weight = float(log_var_weight)
         self.optimizer_factory = optimizer
 
@@ -108,11 +112,11 @@ class TextDistillation(L.LightningModule):
     def teacher_embedding(self, name: str, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(mean, log_var)`` ``[B, D_t]`` of teacher ``name``'s own text tower and head."""
         teacher = self.teachers[name]
-        return teacher.heads["text"](run_tower(teacher.encoders["text"], text))
+        return teacher.heads[self.modality](run_tower(teacher.encoders[self.modality], text))
 
     def _loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
-        present = batch["present"]["text"]
-        text = select_rows(batch["inputs"]["text"], present.nonzero().squeeze(1))
+        present = batch["present"][self.modality]
+        text = select_rows(batch["inputs"][self.modality], present.nonzero().squeeze(1))
         total, parts = 0.0, {}
         for name in self.teachers:
             mean_t, lv_t = self.teacher_embedding(name, text)
@@ -125,14 +129,14 @@ class TextDistillation(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, parts = self._loss(batch)
-        n = int(batch["present"]["text"].sum())
+        n = int(batch["present"][self.modality].sum())
         self.log("distill/loss", loss.detach(), batch_size=n)
         self.log_dict({f"distill/mean_mse/{k}": v for k, v in parts.items()}, batch_size=n)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, parts = self._loss(batch)
-        n = int(batch["present"]["text"].sum())
+        n = int(batch["present"][self.modality].sum())
         self.log("val/distill_loss", loss, batch_size=n, sync_dist=True)
         self.log_dict({f"val/mean_mse/{k}": v for k, v in parts.items()}, batch_size=n, sync_dist=True)
 
@@ -140,11 +144,9 @@ class TextDistillation(L.LightningModule):
         return self.optimizer_factory([p for n, p in self.named_parameters() if not n.startswith("teachers.")])
 
 
-def _head_like(teacher, in_dim: int) -> GaussianHead:
-    """A fresh head with the teacher's text head's output space (D, variance kind, clamp, mean normalisation)."""
-    h = teacher.heads["text"]
-    return GaussianHead(in_dim, h.embed_dim, variance=h.variance, log_var_min=h.log_var_min,
-                        log_var_max=h.log_var_max, normalize_mean=h.normalize_mean, clamp=h.clamp)
+def _head_like(head: GaussianHead, in_dim: int) -> GaussianHead:
+    """A fresh head with a teacher head's output space and settings (D, variance kind, clamp, normalisation)."""
+    return head.options.build(in_dim, head.embed_dim)
 
 
 @torch.no_grad()
@@ -164,14 +166,15 @@ def distilled_retrieval(model: TextDistillation, batches, partners: dict[str, st
     """
     model.eval()
     store: dict[str, dict[str, list]] = {t: {"gal": [], "tea": [], "stu": []} for t in partners}
+    key = model.modality
     for batch in batches:
         for t, modality in partners.items():
-            both = batch["present"]["text"] & batch["present"][modality]
+            both = batch["present"][key] & batch["present"][modality]
             if not bool(both.any()):
                 continue
             teacher = model.teachers[t]
             rows = both.nonzero().squeeze(1)
-            text = select_rows(batch["inputs"]["text"], rows)
+            text = select_rows(batch["inputs"][key], rows)
             gal = select_rows(batch["inputs"][modality], rows)
             store[t]["gal"].append(teacher.heads[modality](run_tower(teacher.encoders[modality], gal)))
             store[t]["tea"].append(model.teacher_embedding(t, text))
@@ -187,7 +190,7 @@ def distilled_retrieval(model: TextDistillation, batches, partners: dict[str, st
         objective = model.teachers[t].objective
         result, top1 = {}, {}
         for who, queries in (("teacher", tea), ("student", stu)):
-            scores = objective.score(queries, gallery, "text", modality)
+            scores = objective.score(queries, gallery, key, modality)
             result[who] = recall_at_k(rank_of_true(scores, truth), tuple(ks))
             top1[who] = scores.argmax(1)
         result["top1_agreement"] = float((top1["teacher"] == top1["student"]).float().mean())

@@ -6,7 +6,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from probmed.embedding import GaussianEmbedding
-from probmed.encoders import GaussianHead
+from probmed.encoders import HeadOptions
 from probmed.encoders._common import batch_norm_layers
 from probmed.encoders.tower_input import run_tower, select_rows
 from probmed.evaluation.collect import EmbeddingCollector
@@ -39,9 +39,10 @@ class ProbMedModule(L.LightningModule):
             ``signal``/``lead_mask``; see :mod:`probmed.encoders.tower_input`).
         objective: the loss terms and which modality pairs they contrast.
         embed_dim: D, the size of the shared embedding space.
-        variance: ``"diagonal"`` (one variance per dimension) or ``"isotropic"`` (one per embedding).
-        normalize_mean: L2-normalise means onto the unit sphere.
-        log_var_min, log_var_max: clamp range of log σ².
+        head: every modality's :class:`~probmed.encoders.GaussianHead` settings (variance kind, mean normalisation,
+            log-variance clamp kind and range, initial log-variance, separate or shared layers; see
+            :class:`~probmed.encoders.HeadOptions`).
+        heads: per modality, the settings that differ from ``head`` (e.g. ``{ecg: {log_var_init: -1.0}}``).
         optimizer: builds the optimizer from the parameters (default ``torch.optim.AdamW`` with its defaults;
             configs set ``class_path``/``init_args``).
         warmup_steps: linear learning-rate warm-up, then cosine decay to ``min_lr_ratio × lr`` at the last step.
@@ -60,10 +61,8 @@ class ProbMedModule(L.LightningModule):
         encoders: dict[str, nn.Module],
         objective: Objective,
         embed_dim: int = 128,
-        variance: Literal["diagonal", "isotropic"] = "diagonal",
-        normalize_mean: bool = True,
-        log_var_min: float = -10.0,
-        log_var_max: float = 5.0,
+        head: HeadOptions = HeadOptions(),  # noqa: B008 (jsonargparse needs an instance)
+        heads: dict[str, dict[str, Any]] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.05,
@@ -80,15 +79,16 @@ class ProbMedModule(L.LightningModule):
         missing = sorted(set(objective.modalities) - set(encoders) - set(self.shared))
         if missing:
             raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
+        unknown_heads = sorted(set(heads or {}) - set(encoders))
+        if unknown_heads:
+            raise ValueError(f"heads gives settings for {unknown_heads}, which have no encoder; "
+                             f"encoders: {sorted(encoders)}")
         self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups"])
         self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)
         self._has_batchnorm = {name: bool(batch_norm_layers(enc)) for name, enc in encoders.items()}
         self.heads = nn.ModuleDict({
-            name: GaussianHead(
-                enc.output_dim, embed_dim, variance=variance, log_var_min=log_var_min, log_var_max=log_var_max,
-                normalize_mean=normalize_mean,
-            )
+            name: head.override((heads or {}).get(name), f"heads.{name}").build(enc.output_dim, embed_dim)
             for name, enc in encoders.items()
         })
         self.objective = objective

@@ -69,9 +69,9 @@ def test_print_config_resolves_the_whole_tree(tmp_path):
     assert out.returncode == 0, out.output[-3000:]
     config = yaml.safe_load(out.stdout)
     assert config["model"]["encoders"]["cxr"]["class_path"] == "probmed.encoders.ImageEncoder"
-    terms = config["model"]["objective"]["init_args"]["terms"]
-    assert terms[0]["class_path"] == "probmed.losses.ProbabilisticInfoNCE"
-    assert config["data"]["cxr"]["size"] == 32
+    pairs = config["model"]["objective"]["init_args"]["pairs"]
+    assert pairs[0]["term"] == "probmed.losses.ProbabilisticInfoNCE"
+    assert config["data"]["inputs"]["cxr"]["init_args"]["size"] == 32  # from presets/tiny/_data.yaml
 
 
 def test_config_errors_are_reported_not_crashed(smoke_corpus, tmp_path):

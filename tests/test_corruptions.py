@@ -4,7 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probmed.evaluation.corruptions import CORRUPTIONS, PIXEL_SCALE, corrupt, get_corruption
+from probmed.data.registry import SPECS
+from probmed.evaluation.corruptions import PIXEL_SCALE, corrupt, get_corruption
+
+CORRUPTIONS = {name: spec.corruptions for name, spec in SPECS.items() if spec.view_of is None}
 
 
 def _inputs():

@@ -100,7 +100,7 @@ def test_build_writes_deidentified_shards_the_loader_reads(hospital, tmp_path):
     ds = pydicom.dcmread(io.BytesIO(members[f"{key0}.cxr.0.dcm"]))
     assert ds.PatientIdentityRemoved == "YES" and ds.PatientID == pseudo.id("patient", entries[0].patient_id)
     assert not any(elem.tag.is_private for elem in ds) and "StudyDate" not in ds and "InstitutionName" not in ds
-    original = pydicom.dcmread(tmp_path / entries[0].cxr[0].relative_to(tmp_path))
+    original = pydicom.dcmread(tmp_path / entries[0].paths["cxr"][0].relative_to(tmp_path))
     np.testing.assert_array_equal(ds.pixel_array, original.pixel_array)  # pixels kept bit for bit
     meta = json.loads(members[f"{key0}.json"])
     assert meta["study_id"] == key0 and meta["cxr_views"] == ["PA"] and meta["findings"] == {"cardiomegaly": 0}
@@ -115,8 +115,8 @@ def test_build_writes_deidentified_shards_the_loader_reads(hospital, tmp_path):
     assert stored.shape == (12, 10000) and json.loads(members[f"{ecg_dicom_key}.json"])["ecg_sampling_rate"] == 1000
 
     dm = ProbMedDataModule(str(out), batch_size=2, num_workers=0, train_batches_per_epoch=2,
-                           cxr=CXRInput(size=32), ecg=ECGInput(rate=100, seconds=2),
-                           echo=EchoInput(frames=4, size=16, fps=25), text=TextInput(max_length=16))
+                           inputs=dict(cxr=CXRInput(size=32), ecg=ECGInput(rate=100, seconds=2),
+                                       echo=EchoInput(frames=4, size=16, fps=25), text=TextInput(max_length=16)))
     dm.setup("fit")
     batches = list(dm.train_dataloader()) + list(dm.val_dataloader())
     assert all(b["present"][m].all() for b in batches for m in schema.MODALITIES)
@@ -147,8 +147,8 @@ def test_bad_inputs_are_skipped_with_reasons(hospital, tmp_path):
     rows = []
     for e in entries:
         rows.append({"study_id": e.study_id, "patient_id": e.patient_id, "split": e.split,
-                     "cxr": ";".join(str(p) for p in e.cxr), "ecg": str(e.ecg), "echo": str(e.echo),
-                     "report_text": e.report_text})
+                     "cxr": ";".join(str(p) for p in e.paths["cxr"]), "ecg": str(e.paths["ecg"][0]),
+                     "echo": str(e.paths["echo"][0]), "report_text": e.values["report_text"]})
     (tmp_path / "corrupt.dcm").write_bytes(b"DICM but not really")
     (tmp_path / "clip.webm").write_bytes(b"\0" * 64)
     rows[0]["cxr"] = str(tmp_path / "corrupt.dcm")
@@ -182,7 +182,7 @@ def test_cli_build_needs_a_salt_and_reports(hospital, tmp_path, monkeypatch, cap
     key = Pseudonymizer(SALT).id("study", read_manifest(hospital)[0].study_id)
     assert f"{key}.cxr.0.png" in members and f"{key}.cxr.0.dcm" not in members  # 64² DICOM stored as 32² PNG
     small, _ = read_cxr(f"{key}.cxr.0.png", members[f"{key}.cxr.0.png"])
-    full, _ = read_cxr_dicom(cxr_bytes(read_manifest(hospital)[0].cxr[0]))
+    full, _ = read_cxr_dicom(cxr_bytes(read_manifest(hospital)[0].paths["cxr"][0]))
     from PIL import Image  # Pillow's anti-aliased bilinear resize: an independent implementation of the shrink
 
     expected = np.asarray(Image.fromarray(full).resize((32, 32), Image.Resampling.BILINEAR))

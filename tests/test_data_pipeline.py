@@ -163,7 +163,7 @@ def _iterate_as(stream, rank, world, workers):
 
 @pytest.mark.parametrize("world, workers", [(1, 0), (2, 1), (3, 2), (2, 4)])
 def test_eval_stream_reads_every_study_exactly_once(dataset_dir, world, workers):
-    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, **small_inputs())
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, inputs=small_inputs())
     seen = Counter()
     for rank in range(world):
         for batch in _iterate_as(_stream(EvalStream, dm, "val"), rank, world, workers):
@@ -174,7 +174,7 @@ def test_eval_stream_reads_every_study_exactly_once(dataset_dir, world, workers)
 
 @pytest.mark.parametrize("world, workers", [(1, 1), (3, 2), (4, 2)])
 def test_train_stream_gives_every_rank_the_same_number_of_full_batches(dataset_dir, world, workers):
-    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, num_workers=workers, **small_inputs())
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, num_workers=workers, inputs=small_inputs())
     counts = []
     for rank in range(world):
         stream = _stream(TrainStream, dm, "train", batches_per_worker=3, num_workers=workers)
@@ -186,7 +186,7 @@ def test_train_stream_gives_every_rank_the_same_number_of_full_batches(dataset_d
 
 
 def test_train_stream_is_deterministic_per_epoch(dataset_dir):
-    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, **small_inputs())
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, inputs=small_inputs())
 
     def order(epoch):
         stream = _stream(TrainStream, dm, "train", batches_per_worker=4, num_workers=1)
@@ -201,7 +201,7 @@ def test_truncated_shard_is_skipped_and_counted(dataset_dir):
     path = dataset_dir / "val-000001.tar"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2 + 100])
-    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, **small_inputs())
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, inputs=small_inputs())
     batches = _iterate_as(_stream(EvalStream, dm, "val"), 0, 1, 0)
     ids = [s for b in batches for s in b["study_id"]]
     skipped = Counter()
@@ -219,13 +219,13 @@ def test_config_errors_are_clear(dataset_dir, tmp_path):
         ProbMedDataModule(str(tmp_path / "nowhere")).setup("fit")
     os.remove(dataset_dir / "train-000002.tar")
     with pytest.raises(FileNotFoundError, match="missing"):
-        ProbMedDataModule(str(dataset_dir), **small_inputs()).setup("fit")
+        ProbMedDataModule(str(dataset_dir), inputs=small_inputs()).setup("fit")
     with pytest.raises(ValueError, match="not a local file"):
         EvalStream(["pipe:curl http://x"], None, None, 1, 0)
 
 
 def test_datamodule_real_dataloader_with_workers(dataset_dir):
-    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, num_workers=2, train_batches_per_epoch=4, **small_inputs())
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, num_workers=2, train_batches_per_epoch=4, inputs=small_inputs())
     dm.setup("fit")
     loader = dm.train_dataloader()
     # workers come from a fork server, never a plain fork of this (threaded) process: a fork while another thread

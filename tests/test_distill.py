@@ -49,7 +49,7 @@ def test_distilled_text_encoder_keeps_each_teachers_retrieval(smoke_corpus, tmp_
     model = TextDistillation(student, teachers, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     assert not any(p.requires_grad for p in model.teachers.parameters())
     texts = ProbMedDataModule(str(smoke_corpus), modalities=["text"], batch_size=8, num_workers=0,
-                              text=TextInput(max_length=32))
+                              inputs={"text": TextInput(max_length=32)})
     trainer = L.Trainer(max_epochs=12, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     teacher_before = {k: v.clone() for k, v in model.teachers.state_dict().items()}
@@ -77,7 +77,7 @@ def _distill_cli(teachers: dict[str, TeacherSpec], corpus, run_dir, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["probmed"])
     args = ["distill", "fit", "--config", str(PRESETS / "m3bind_distill.yaml"), "--data.data_dir", str(corpus),
             "--model.student", str(PRESETS / "tiny" / "towers" / "text.yaml"), "--data.batch_size", "8",
-            "--data.num_workers", "0", "--data.text.max_length", "32", "--trainer.accelerator", "cpu",
+            "--data.num_workers", "0", "--data.inputs.text.init_args.max_length", "32", "--trainer.accelerator", "cpu",
             "--trainer.max_epochs", "1", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir),
             "--trainer.logger.init_args.save_dir", str(run_dir)]
@@ -91,4 +91,5 @@ def _held_out(corpus) -> ProbMedDataModule:
     from probmed.data.modalities import CXRInput, ECGInput
 
     return ProbMedDataModule(str(corpus), modalities=["cxr", "ecg", "text"], batch_size=8, num_workers=0,
-                             cxr=CXRInput(size=32), ecg=ECGInput(rate=100, seconds=5), text=TextInput(max_length=32))
+                             inputs=dict(cxr=CXRInput(size=32), ecg=ECGInput(rate=100, seconds=5),
+                                         text=TextInput(max_length=32)))

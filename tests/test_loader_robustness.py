@@ -69,7 +69,7 @@ def hostile(tmp_path) -> tuple[Path, Path]:
 
 def test_every_bad_input_is_skipped_and_counted_over_ranks_and_workers(hostile):
     data, marker = hostile
-    dm = ProbMedDataModule(str(data), batch_size=4, **small_inputs())
+    dm = ProbMedDataModule(str(data), batch_size=4, inputs=small_inputs())
     urls, _ = dm.shards("train")
     world, workers = 2, 2
     counts, per_worker = Counter(), []
@@ -96,7 +96,7 @@ def test_every_bad_input_is_skipped_and_counted_over_ranks_and_workers(hostile):
 
 def test_a_dataset_with_no_usable_study_fails_clearly_instead_of_hanging(tmp_path):
     write_split(tmp_path, "train", [[], []])
-    dm = ProbMedDataModule(str(tmp_path), batch_size=2, **small_inputs())
+    dm = ProbMedDataModule(str(tmp_path), batch_size=2, inputs=small_inputs())
     stream = TrainStream(dm.shards("train")[0], dm.decoder, dm.collator, 2, 0, batches_per_worker=1, num_workers=1,
                          shuffle_buffer=1)
     with pytest.raises(RuntimeError, match="no usable study"):
@@ -109,7 +109,7 @@ def test_two_rank_ddp_fit_on_hostile_shards_completes_and_logs_skips(hostile, tm
     args = ["fit", "--config", SMOKE, "--data.data_dir", str(data), "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.strategy", "ddp",
             "--trainer.devices", "2", "--data.batch_size", "4", "--data.num_workers", "2",
-            "--data.shuffle_buffer", "4", "--data.ecg.rate", "50", "--data.ecg.seconds", "10"]
+            "--data.shuffle_buffer", "4", "--data.inputs.ecg.init_args.rate", "50", "--data.inputs.ecg.init_args.seconds", "10"]
     fit = run_probmed(args, cwd=tmp_path, timeout=400)
     assert fit.returncode == 0, fit.output[-4000:]
     assert "MEMBER: 1/2" in fit.output and "MEMBER: 2/2" in fit.output

@@ -65,9 +65,9 @@ def test_mimic_cxr_dicom_tree(tmp_path):
     assert main(["manifest", "mimic-cxr", "--root", str(root), "--out", str(manifest)]) == 0
     entries = {e.study_id: e for e in read_manifest(manifest)}
     first = entries["50414267"]
-    assert first.patient_id == "10000032" and first.split == "train" and first.cxr_views == ["PA", "LATERAL"]
-    assert [p.stem for p in first.cxr] == studies[("10000032", "50414267")]
-    assert first.report.name == "s50414267.txt"
+    assert first.patient_id == "10000032" and first.split == "train" and first.values_of("cxr_views") == ["PA", "LATERAL"]
+    assert [p.stem for p in first.paths["cxr"]] == studies[("10000032", "50414267")]
+    assert first.paths["report"][0].name == "s50414267.txt"
     assert first.findings == {"cardiomegaly": 1}
     assert entries["57375967"].split == "val" and entries["57375967"].findings == {"cardiomegaly": 0}  # -1 unknown
     summary = _build(manifest, tmp_path / "out")
@@ -85,7 +85,7 @@ def test_mimic_cxr_jpg_tree_without_tables(tmp_path):
     manifest = tmp_path / "jpg.csv"
     main(["manifest", "mimic-cxr", "--root", str(root), "--out", str(manifest)])
     (entry,) = read_manifest(manifest)
-    assert entry.cxr[0].suffix == ".jpg" and entry.split in ("train", "val", "test") and entry.cxr_views == []
+    assert entry.paths["cxr"][0].suffix == ".jpg" and entry.split in ("train", "val", "test") and "cxr_views" not in entry.values
     assert _build(manifest, tmp_path / "out")["written"] == 1
 
 
@@ -105,13 +105,13 @@ def test_mimic_iv_ecg_tree(tmp_path):
     main(["manifest", "mimic-iv-ecg", "--root", str(root), "--out", str(manifest)])
     entries = read_manifest(manifest)
     assert [e.study_id for e in entries] == [st for _, st in records]
-    assert entries[0].report_text == "FINDINGS: Sinus rhythm. Possible right atrial abnormality."
-    assert entries[0].ecg.name == "40689238.hea"
+    assert entries[0].values["report_text"] == "FINDINGS: Sinus rhythm. Possible right atrial abnormality."
+    assert entries[0].paths["ecg"][0].name == "40689238.hea"
     assert entries[0].split == entries[1].split  # one patient, one split
     out = tmp_path / "out"
     assert _build(manifest, out)["written"] == 3
     # MIMIC-IV-ECG stores aVF before aVL: the shards hold the standard order
-    source = read_ecg_source(entries[0].ecg).signal
+    source = read_ecg_source(entries[0].paths["ecg"][0]).signal
     key = Pseudonymizer(SALT).id("study", "40689238")
     stored = {}
     for shard in out.glob("*.tar"):
@@ -146,8 +146,8 @@ def test_ptbxl_tree(tmp_path):
     main(["manifest", "ptb-xl", "--root", str(root), "--out", str(manifest)])
     e1, e2, e3 = read_manifest(manifest)
     assert (e1.split, e2.split, e3.split) == ("train", "val", "test")
-    assert e1.patient_id == "15709" and e1.ecg.name == "00001_hr.hea"
-    assert e1.report_text == ("FINDINGS: sinusrhythmus periphere niederspannung. normal ECG. low QRS voltages in "
+    assert e1.patient_id == "15709" and e1.paths["ecg"][0].name == "00001_hr.hea"
+    assert e1.values["report_text"] == ("FINDINGS: sinusrhythmus periphere niederspannung. normal ECG. low QRS voltages in "
                               "the frontal and horizontal leads. sinus rhythm.")
     assert e1.findings["norm"] == 1 and e1.findings["mi"] == 0
     assert e2.findings["mi"] == 1 and e2.findings["atrial_fibrillation"] == 1 and e2.findings["norm"] == 0
@@ -172,7 +172,7 @@ def test_echonet_dynamic_tree(tmp_path, with_extension):
     main(["manifest", "echonet-dynamic", "--root", str(root), "--out", str(manifest)])
     entries = read_manifest(manifest)
     assert [e.study_id for e in entries] == names and [e.split for e in entries] == ["train", "val", "test"]
-    assert [e.findings["reduced_ef"] for e in entries] == [0, 1, 0] and entries[0].echo_fps == 50.0
+    assert [e.findings["reduced_ef"] for e in entries] == [0, 1, 0] and float(entries[0].values["echo_fps"]) == 50.0
     summary = _build(manifest, tmp_path / "out")
     assert summary["written"] == 3
     sizes = json.loads((tmp_path / "out" / "sizes.json").read_text())

@@ -15,7 +15,8 @@ from probmed.data.readers import UnreadableInput
 from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder
 from probmed.encoders import ECGEncoder, EchoEncoder
 from probmed.encoders.tower_input import select_rows
-from probmed.evaluation.corruptions import CORRUPTIONS, corrupt
+from probmed.data.registry import SPECS
+from probmed.evaluation.corruptions import corrupt
 from probmed.losses import Objective, ProbabilisticInfoNCE
 from probmed.module import ProbMedModule
 
@@ -49,8 +50,8 @@ def test_shards_built_from_a_record_without_v3_give_a_batch_lead_mask_with_v3_of
     assert summary["written"] == 2 and summary["skipped"] == {}
 
     dm = ProbMedDataModule(str(tmp_path / "shards"), modalities=["ecg", "echo"], batch_size=1, num_workers=0,
-                           train_batches_per_epoch=1, ecg=ECGInput(rate=100, seconds=2),
-                           echo=EchoInput(frames=8, size=16))
+                           train_batches_per_epoch=1,
+                           inputs=dict(ecg=ECGInput(rate=100, seconds=2), echo=EchoInput(frames=8, size=16)))
     dm.setup("fit")
     train, val = next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
     expected = [[i != V3 for i in range(12)]]
@@ -135,7 +136,7 @@ def test_lead_and_frame_dropout_mark_what_they_drop_in_the_masks():
     assert torch.equal(corrupt("echo", "speckle", echo, 1.0, seed=3)["frame_mask"], frame_mask)
 
 
-@pytest.mark.parametrize("modality,kind", [(m, k) for m in ("ecg", "echo") for k in CORRUPTIONS[m]])
+@pytest.mark.parametrize("modality,kind", [(m, k) for m in ("ecg", "echo") for k in SPECS[m].corruptions])
 def test_corruptions_of_dict_inputs_are_deterministic_pure_and_identity_at_severity_zero(modality, kind):
     g = torch.Generator().manual_seed(0)
     x = ({"signal": torch.randn(3, 12, 100, generator=g), "lead_mask": torch.rand(3, 12, generator=g) > 0.2}

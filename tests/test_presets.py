@@ -66,9 +66,10 @@ def test_tiny_preset_trains_through_the_cli(preset, smoke_corpus, tmp_path, monk
 @pytest.mark.timeout(3600)  # ~200 M parameters per preset on a shared 2-core CPU
 @pytest.mark.parametrize("preset", sorted(EXPECTED))
 def test_full_size_preset_builds_and_takes_one_step_on_cpu(preset, smoke_corpus, tmp_path, monkeypatch):
+    texts = ["text", "text_impression"] if preset == "medprobclip" else ["text"]
+    short = [arg for key in texts for arg in (f"--data.inputs.{key}.init_args.max_length", "64")]
     scalars = _fit(["--config", str(PRESETS / f"{preset}.yaml"), "--data.data_dir", str(smoke_corpus),
-                    "--data.batch_size", "2", "--data.num_workers", "0",
-                    "--data.text.max_length", "64", "--data.text_impression.max_length", "64", "--trainer.accelerator", "cpu",
+                    "--data.batch_size", "2", "--data.num_workers", "0", *short, "--trainer.accelerator", "cpu",
                     "--trainer.max_epochs", "1", "--trainer.max_steps", "1",
                     "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
                     "--trainer.enable_progress_bar", "false"], tmp_path, monkeypatch)

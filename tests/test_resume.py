@@ -187,7 +187,7 @@ def test_restored_loader_with_two_workers_continues_exactly_where_the_epoch_stop
 
     def data_module():
         dm = ProbMedDataModule(str(smoke_corpus), modalities=["ecg"], batch_size=8, num_workers=2,
-                               ecg=ECGInput(rate=100, seconds=5))
+                               inputs={"ecg": ECGInput(rate=100, seconds=5)})
         dm.setup("fit")
         return dm
 

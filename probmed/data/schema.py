@@ -19,13 +19,12 @@ file (``<key>.<ext>``)  content
 ``report.txt``         free-text report (UTF-8) with ``FINDINGS:`` and ``IMPRESSION:`` sections
 =====================  =========================================================================================
 
-Any subset of the modalities may be present; ``json`` always is. Extensions that could execute code when
+These are the files of the modalities registered by default (:mod:`probmed.data.registry`); a data config can read
+others (e.g. ``ct.<i>.dcm`` through ``data.inputs.ct``). Any subset of the modalities may be present; ``json``
+always is. Extensions that could execute code when
 decoded (pickle and friends) are refused by the decoder, never decoded.
 """
 from __future__ import annotations
-
-#: The modalities ProbMed knows, in a fixed order used for logging and tables.
-MODALITIES: tuple[str, ...] = ("cxr", "ecg", "echo", "text")
 
 #: The hidden clinical findings of the embedded corpus, in label-vector order (multi-label, 0/1).
 FINDINGS: tuple[str, ...] = (
@@ -54,7 +53,8 @@ META_FIELDS: tuple[str, ...] = (
     "echo_fps",
 )
 
-#: Shard file extensions per modality (``cxr`` views are numbered: ``cxr.0.dcm``, ``cxr.1.dcm``, ...).
+#: Default shard file names of the registered modalities (``cxr`` views are numbered: ``cxr.0.dcm``, ...); the
+#: pipelines of :mod:`probmed.data.modalities` take them as defaults, a config may name others.
 CXR_PREFIX = "cxr."
 ECG_EXT = "ecg.npy"
 ECHO_EXT = "echo.npy"
@@ -72,7 +72,18 @@ SHARD_PATTERN = "{split}-%06d.tar"
 
 
 def modality_of(ext: str) -> str | None:
-    """The modality a shard file extension belongs to (``"cxr.1.dcm"`` → ``"cxr"``), or None for metadata."""
-    if ext.startswith(CXR_PREFIX):
-        return "cxr"
-    return {ECG_EXT: "ecg", ECHO_EXT: "echo", REPORT_EXT: "text"}.get(ext)
+    """The registered modality a shard file name belongs to (``"cxr.1.dcm"`` → ``"cxr"``), or None (metadata or a
+    file no registered modality reads); see :func:`probmed.data.registry.modality_of`."""
+    from probmed.data.registry import modality_of as of
+
+    return of(ext)
+
+
+def __getattr__(name: str):
+    # MODALITIES — the registered modalities with shard files of their own, in table order — is derived from the
+    # registry (probmed.data.registry), which imports the pipelines that import this module: resolved on first use.
+    if name == "MODALITIES":
+        from probmed.data.registry import stored_modalities
+
+        return stored_modalities()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -185,17 +185,9 @@ class EpochAwareLoader(DataLoader):
 
 
 def worker_context():
-    """How loader workers start: ``forkserver`` (``spawn`` where the platform has no forkserver), never plain fork.
-
-    A training process has threads (gloo, TensorBoard's writer, the previous loader's queue feeders, which exit
-    just as the next epoch's loader starts its workers). Forking it while one of them holds an interpreter lock
-    leaves the child blocked for ever in ``PyOS_AfterFork_Child`` (seen: a 2-rank DDP fit hung, its worker stuck
-    in ``_PyThreadState_DeleteExcept`` right after ``os.fork``). The fork server is a fresh single-threaded process
-    that has imported this module (and so torch, webdataset and the readers) once; workers are forked from it and
-    receive the stream pickled (plain configuration, no open files). The price is start-up time on every loader
-    start, since workers are not persistent: measured on 2 cores, 4 short demo epochs took 72 s against 30 s with
-    plain fork (README, "Training").
-    """
+    """How loader workers start: ``forkserver`` (``spawn`` where the platform has no forkserver), never plain fork
+    of the (multi-threaded) training process. The fork server has imported this module once; workers are forked
+    from it and receive the stream pickled. Why, and what it costs: docs/design.md, "Data loading"."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")

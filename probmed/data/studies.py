@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from fnmatch import fnmatchcase
 from collections import Counter
 from typing import Any, Iterable, Iterator
 
@@ -61,13 +62,26 @@ class StudyDecoder:
         inputs: modality name → its input pipeline.
         positives: ``"study"`` (a study's own modalities are its positives) or ``"patient"`` (every study of the
             same patient is a positive).
+        known_files: glob patterns of shard files that are expected though not loaded (default: every registered
+            modality's, :mod:`probmed.data.registry`); any other file no input reads is counted as
+            ``unknown_extension``.
     """
 
-    def __init__(self, inputs: dict[str, ModalityInput], positives: str = "study"):
+    def __init__(self, inputs: dict[str, ModalityInput], positives: str = "study",
+                 known_files: tuple[str, ...] | None = None):
         if positives not in ("study", "patient"):
             raise ValueError(f"positives must be 'study' or 'patient', got {positives!r}")
         self.inputs = inputs
         self.positives = positives
+        if known_files is None:
+            from probmed.data.registry import SPECS
+
+            known_files = tuple(p for spec in SPECS.values() for p in spec.files)
+        self.known_files = tuple(known_files)
+
+    def _known(self, file_name: str) -> bool:
+        return (any(m.owns(file_name) for m in self.inputs.values())
+                or any(fnmatchcase(file_name, p) for p in self.known_files))
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator, train: bool, skips: SkipCounter):
         key = sample.get("__key__", "?")
@@ -83,7 +97,7 @@ class StudyDecoder:
             skips.add("meta_invalid", f"{key}: {type(exc).__name__}: {exc}")
             return None
         for ext in sample:
-            if not ext.startswith("__") and ext != schema.META_EXT and schema.modality_of(ext) is None:
+            if not ext.startswith("__") and ext != schema.META_EXT and not self._known(ext):
                 skips.add("unknown_extension", f"{key}: ignored file .{ext} (no reader for it)")
         study = {"study_id": str(meta.get("study_id", key)), "inputs": {}, "present": {}}
         for name, modality in self.inputs.items():

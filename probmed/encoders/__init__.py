@@ -17,7 +17,7 @@ text      :class:`TextEncoder`   ``{"input_ids": [B, S], "attention_mask": [B, S
 from probmed.encoders.adapters import LoRA
 from probmed.encoders.ecg import ECGEncoder
 from probmed.encoders.echo import EchoEncoder
-from probmed.encoders.head import GaussianHead
+from probmed.encoders.head import GaussianHead, HeadOptions
 from probmed.encoders.image import ImageEncoder
 from probmed.encoders.pretrained import (
     PretrainedNotFoundError,
@@ -31,6 +31,7 @@ __all__ = [
     "ECGEncoder",
     "EchoEncoder",
     "GaussianHead",
+    "HeadOptions",
     "ImageEncoder",
     "LoRA",
     "PretrainedNotFoundError",

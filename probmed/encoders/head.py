@@ -2,19 +2,48 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GaussianHead"]
+__all__ = ["GaussianHead", "HeadOptions"]
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """A :class:`GaussianHead`'s settings (everything but its input and output sizes), as configs give them:
+    ``model.head`` for every modality, ``model.heads.<modality>`` to change some of them for one modality.
+    Fields are :class:`GaussianHead`'s arguments of the same names."""
+
+    variance: Literal["diagonal", "isotropic"] = "diagonal"
+    normalize_mean: bool = True
+    log_var_min: float = -10.0
+    log_var_max: float = 5.0
+    log_var_init: float = -2.0
+    clamp: Literal["soft", "hard"] = "soft"
+    log_var_weight_std: float = 0.01
+    layers: Literal["separate", "shared"] = "separate"
+
+    def override(self, changes: dict[str, Any] | None, where: str = "heads") -> "HeadOptions":
+        """A copy with ``changes`` applied; an unknown field is a clear error naming the known ones."""
+        unknown = sorted(set(changes or {}) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"{where}: unknown head option(s) {unknown}; known: {[f.name for f in fields(self)]}")
+        return replace(self, **(changes or {}))
+
+    def build(self, in_dim: int, embed_dim: int) -> "GaussianHead":
+        return GaussianHead(in_dim, embed_dim, **asdict(self))
 
 
 class GaussianHead(nn.Module):
     """Two parallel linear heads on the tower features (ProbMED): μ and log σ².
 
-    * ``mean = Linear(in_dim, embed_dim)(features)``, L2-normalised to unit length when ``normalize_mean``.
+    * ``mean = Linear(in_dim, embed_dim)(h)``, L2-normalised to unit length when ``normalize_mean``; ``h`` is the
+      tower features (``layers="separate"``: mean and log-variance are two parallel linear maps, ProbMED) or one
+      hidden layer ``GELU(Linear(in_dim, in_dim)(features))`` that both read (``layers="shared"``).
     * ``log_var = clamp(Linear(in_dim, k)(features))`` with ``k = embed_dim`` (diagonal) or ``k = 1`` (isotropic:
       one variance shared by every dimension).  The log-variance layer is separate from the mean layer and
       randomly initialised (ProbMED: "one randomly initialised layer"); its weights are drawn with a small
@@ -47,6 +76,7 @@ class GaussianHead(nn.Module):
         log_var_init: log-variance every sample starts near (see above); must lie inside the bounds.
         clamp: ``"soft"`` (tanh) or ``"hard"`` clamping (see above).
         log_var_weight_std: standard deviation of the normal init of the log-variance layer's weights.
+        layers: ``"separate"`` (two linear maps on the features) or ``"shared"`` (a hidden layer both read).
     """
 
     def __init__(
@@ -60,10 +90,13 @@ class GaussianHead(nn.Module):
         log_var_init: float = -2.0,
         clamp: Literal["soft", "hard"] = "soft",
         log_var_weight_std: float = 0.01,
+        layers: Literal["separate", "shared"] = "separate",
     ) -> None:
         super().__init__()
         if variance not in ("diagonal", "isotropic"):
             raise ValueError(f"variance must be 'diagonal' or 'isotropic', got {variance!r}")
+        if layers not in ("separate", "shared"):
+            raise ValueError(f"layers must be 'separate' or 'shared', got {layers!r}")
         if clamp not in ("soft", "hard"):
             raise ValueError(f"clamp must be 'soft' or 'hard', got {clamp!r}")
         if not log_var_min < log_var_init < log_var_max:
@@ -73,10 +106,14 @@ class GaussianHead(nn.Module):
         self.in_dim = int(in_dim)
         self.embed_dim = int(embed_dim)
         self.variance = variance
+        self.log_var_init, self.log_var_weight_std = float(log_var_init), float(log_var_weight_std)
         self.log_var_min = float(log_var_min)
         self.log_var_max = float(log_var_max)
         self.normalize_mean = bool(normalize_mean)
         self.clamp = clamp
+        self.layers = layers
+        self.hidden = (nn.Sequential(nn.Linear(self.in_dim, self.in_dim), nn.GELU()) if layers == "shared"
+                       else nn.Identity())
         self.mean = nn.Linear(self.in_dim, self.embed_dim)
         self.log_var = nn.Linear(self.in_dim, self.embed_dim if variance == "diagonal" else 1)
         nn.init.normal_(self.log_var.weight, std=log_var_weight_std)
@@ -113,14 +150,21 @@ class GaussianHead(nn.Module):
             ``(mean, log_var)``: ``mean`` ``[B, D]`` (unit L2 norm when ``normalize_mean``), ``log_var`` ``[B, D]``
             (diagonal) or ``[B, 1]`` (isotropic), natural log of the variance, inside the clamp range.
         """
-        mean = self.mean(features)
+        hidden = self.hidden(features)
+        mean = self.mean(hidden)
         if self.normalize_mean:
             mean = F.normalize(mean, dim=-1)
-        log_var = self.clamp_log_var(self.log_var(features))
+        log_var = self.clamp_log_var(self.log_var(hidden))
         return mean, log_var
 
     def extra_repr(self) -> str:
         return (
             f"variance={self.variance}, log_var∈[{self.log_var_min}, {self.log_var_max}] ({self.clamp}), "
-            f"normalize_mean={self.normalize_mean}"
+            f"normalize_mean={self.normalize_mean}, layers={self.layers}"
         )
+
+    @property
+    def options(self) -> HeadOptions:
+        """This head's settings (e.g. to build another head with the same output space)."""
+        return HeadOptions(self.variance, self.normalize_mean, self.log_var_min, self.log_var_max,
+                           self.log_var_init, self.clamp, self.log_var_weight_std, self.layers)

@@ -64,11 +64,13 @@ class ZeroShotConfig:
         temperature: multiplies ``s_pos − s_neg`` before the sigmoid that gives P(finding); ``None`` takes the
             scoring term's own logit scale (so ECE measures the model's own calibration).
         stages: when to run.
+        modality: the modality whose tower and input pipeline embed the prompts (the report text).
     """
 
     prompts: dict[str, dict[str, list[str]]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PROMPTS.items()})
     temperature: Optional[float] = None
     stages: list[Stage] = field(default_factory=lambda: ["val", "test"])
+    modality: str = "text"
 
 
 @dataclass
@@ -96,11 +98,20 @@ class FewShotConfig:
 
 @dataclass
 class CorruptionConfig:
-    """One test-time corruption (see :data:`probmed.evaluation.corruptions.CORRUPTIONS` for kinds)."""
+    """One test-time corruption (the kinds per modality are in :mod:`probmed.data.registry`).
+
+    Args:
+        modality: the modality to corrupt.
+        kind: the corruption (e.g. ``noise``, ``lead_dropout``).
+        severities: severities to evaluate (0 = clean).
+        like: for a modality added in the config alone (e.g. ``ct``), the registered modality whose corruptions
+            apply (e.g. ``cxr``: the same image layout).
+    """
 
     modality: str
     kind: str
     severities: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
+    like: Optional[str] = None
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Test-time input corruptions with severities, registered by modality (adding one = one registry entry).
+"""Test-time input corruptions with severities; which apply to which modality is :mod:`probmed.data.registry`.
 
 Every function takes the batch input of its modality (as the data pipeline produces it, see
 :mod:`probmed.data.modalities`), a severity ``s ≥ 0`` (0 = unchanged) and a ``torch.Generator``, and returns a
@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 
 PIXEL_SCALE, PIXEL_SHIFT = 0.25, 0.5  # images are standardised as (pixel − 0.5) / 0.25 by the data pipeline
 
@@ -56,6 +55,8 @@ def cxr_blur(x: Tensor, s: float, g: torch.Generator) -> Tensor:
         return x.clone()
     radius = max(1, math.ceil(3 * s))
     size = min(2 * radius + 1, 2 * ((x.shape[-1] - 1) // 2) + 1)
+    from torchvision.transforms.functional import gaussian_blur  # only when blurring: keeps data workers light
+
     return gaussian_blur(x, [size, size], [float(s), float(s)])
 
 
@@ -119,27 +120,25 @@ def text_word_dropout(x: dict[str, Tensor], s: float, g: torch.Generator) -> dic
     return {**x, "attention_mask": mask.masked_fill(drop, 0)}
 
 
-#: modality → corruption kind → function(input, severity, generator) → corrupted input.
-CORRUPTIONS: dict[str, dict[str, Callable[[Any, float, torch.Generator], Any]]] = {
-    "cxr": {"noise": cxr_noise, "blur": cxr_blur, "contrast": cxr_contrast},
-    "ecg": {"noise": ecg_noise, "baseline_wander": ecg_baseline_wander, "lead_dropout": ecg_lead_dropout},
-    "echo": {"frame_dropout": echo_frame_dropout, "speckle": echo_speckle},
-    "text": {"word_dropout": text_word_dropout},
-}
+def get_corruption(modality: str, kind: str, like: str | None = None) -> Callable:
+    """The registered function for ``kind`` on ``modality`` (or on the registered modality ``like``, for a
+    modality added in the config alone, e.g. ``ct`` corrupted like ``cxr``), or a clear error naming what exists."""
+    from probmed.data.registry import SPECS
+
+    name = like or modality
+    if name not in SPECS or not SPECS[name].corruptions:
+        have = sorted(n for n, s in SPECS.items() if s.corruptions)
+        raise ValueError(f"no corruptions registered for modality {name!r}; have {have} (for a modality added in "
+                         f"the config, set `like:` to a registered one whose input has the same layout)")
+    kinds = SPECS[name].corruptions
+    if kind not in kinds:
+        raise ValueError(f"unknown {name} corruption {kind!r}; choose one of {sorted(kinds)}")
+    return kinds[kind]
 
 
-def get_corruption(modality: str, kind: str) -> Callable:
-    """The registered function, or a clear error naming what exists."""
-    if modality not in CORRUPTIONS:
-        raise ValueError(f"no corruptions registered for modality {modality!r}; have {sorted(CORRUPTIONS)}")
-    if kind not in CORRUPTIONS[modality]:
-        raise ValueError(f"unknown {modality} corruption {kind!r}; choose one of {sorted(CORRUPTIONS[modality])}")
-    return CORRUPTIONS[modality][kind]
-
-
-def corrupt(modality: str, kind: str, inputs: Any, severity: float, seed: int) -> Any:
+def corrupt(modality: str, kind: str, inputs: Any, severity: float, seed: int, like: str | None = None) -> Any:
     """Apply one corruption at one severity with a generator seeded by ``seed`` (deterministic per batch)."""
     if severity < 0:
         raise ValueError(f"severity must be ≥ 0, got {severity}")
-    fn = get_corruption(modality, kind)
+    fn = get_corruption(modality, kind, like)
     return fn(inputs, float(severity), torch.Generator().manual_seed(int(seed)))

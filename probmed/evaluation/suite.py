@@ -69,7 +69,7 @@ class Evaluator:
         self.config = config or EvaluationConfig()
         self.findings = list(findings)
         for spec in self.config.corruptions:
-            get_corruption(spec.modality, spec.kind)  # unknown names fail at construction, not after training
+            get_corruption(spec.modality, spec.kind, spec.like)  # unknown names fail at construction
             if any(s < 0 for s in spec.severities):
                 raise ValueError(f"corruption severities must be ≥ 0, got {spec.severities}")
         if self.config.zero_shot is not None:
@@ -98,7 +98,7 @@ class Evaluator:
                 if severity == 0:
                     continue  # severity 0 is the clean evaluation itself
                 seed = stable_hash(f"{m}:{spec.kind}:{severity}:{batch['study_id'][0]}")
-                x = corrupt(m, spec.kind, batch["inputs"][m], severity, seed)
+                x = corrupt(m, spec.kind, batch["inputs"][m], severity, seed, spec.like)
                 emb = module.embed_modality(m, x, batch["present"][m])
                 key = (m, spec.kind, float(severity))
                 self.corrupted.setdefault(key, EmbeddingCollector()).add({m: emb}, batch["study_id"], batch["labels"])
@@ -217,26 +217,28 @@ class Evaluator:
 
     def _embed_prompts(self, module) -> dict[str, tuple[GaussianEmbedding, GaussianEmbedding]] | None:
         datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
-        text_input = getattr(datamodule, "inputs", {}).get("text") if datamodule is not None else None
-        if "text" not in module.encoders or text_input is None:
+        key = self.config.zero_shot.modality
+        text_input = getattr(datamodule, "inputs", {}).get(key) if datamodule is not None else None
+        if key not in module.encoders or text_input is None:
             return None
 
         def embed(texts: list[str]) -> GaussianEmbedding:
             tokens = {k: v.to(module.device) for k, v in text_input.collate(list(texts)).items()}
-            return module.embed_modality("text", tokens, torch.ones(len(texts), dtype=torch.bool, device=module.device))
+            return module.embed_modality(key, tokens, torch.ones(len(texts), dtype=torch.bool, device=module.device))
 
         return {f: (embed(s["positive"]), embed(s["negative"])) for f, s in self.config.zero_shot.prompts.items()}
 
     def _zero_shot(self, module, embeddings, labels, score, stage, scalars, figures) -> dict:
         prompts = self._embed_prompts(module)
         if prompts is None:
-            return {"skipped": "no text encoder or no text input pipeline to tokenise prompts"}
+            return {"skipped": f"no {self.config.zero_shot.modality} encoder or input pipeline to embed prompts"}
         zs = self.config.zero_shot
         scale = {
-            m: zs.temperature if zs.temperature is not None else term_logit_scale(module.objective.scoring_term(m, "text"))
+            m: zs.temperature if zs.temperature is not None
+            else term_logit_scale(module.objective.scoring_term(m, zs.modality))
             for m in embeddings
         }
-        res = zero_shot(embeddings, labels, self.findings, prompts, score, scale)
+        res = zero_shot(embeddings, labels, self.findings, prompts, score, scale, text=zs.modality)
         out, bins = {}, {}
         for m, per_finding in res.items():
             out[m] = {f: {"auroc": v["auroc"], "balanced_accuracy": v["balanced_accuracy"], "n": len(v["target"])}

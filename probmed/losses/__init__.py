@@ -25,7 +25,7 @@ from probmed.losses.contrastive import (
     ProbabilisticInfoNCE,
     SigLIP,
 )
-from probmed.losses.objective import LossOutput, Objective, gather_embeddings
+from probmed.losses.objective import LossOutput, Objective, TermOver, gather_embeddings
 from probmed.losses.regularizers import VIB, SyntheticSampling, kl_to_standard_normal
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "ProbabilisticInfoNCE",
     "SigLIP",
     "SyntheticSampling",
+    "TermOver",
     "VIB",
     "gather_embeddings",
     "kl_to_standard_normal",

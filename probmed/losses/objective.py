@@ -16,8 +16,9 @@ batch. The returned parts are rank values whose mean over ranks is the global lo
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -70,17 +71,58 @@ def gather_embeddings(
     return out, ints_w[:, 0], rank, world
 
 
+@dataclass
+class TermOver:
+    """The same loss term over several modality pairs (or modalities): mmlearn's ``LossPairSpec`` as a shorthand.
+
+    ``TermOver("probmed.losses.ProbabilisticInfoNCE", [["text", "cxr"], ["text", "ecg"]], {"similarity":
+    "cosine"})`` builds ``ProbabilisticInfoNCE(modalities=["text", "cxr"], similarity="cosine")`` and the same for
+    ``text``–``ecg``. In YAML, under the objective's ``pairs:``::
+
+        - {term: probmed.losses.SyntheticSampling, argument: modality, over: [cxr, ecg], args: {weight: 0.1}}
+
+    Args:
+        term: class path of a :class:`~probmed.losses.base.LossTerm`.
+        over: one entry per term built: the value of ``argument`` (a pair ``[a, b]`` for pair terms).
+        args: the other constructor arguments, the same for every entry.
+        argument: the constructor argument ``over``'s entries go to (``modalities``; ``modality`` for
+            single-modality terms such as :class:`~probmed.losses.SyntheticSampling`).
+    """
+
+    term: str
+    over: list[Any]
+    args: dict[str, Any] = field(default_factory=dict)
+    argument: str = "modalities"
+
+    def build(self) -> list[LossTerm]:
+        module_name, _, class_name = self.term.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ValueError(f"pairs: cannot import loss term {self.term!r} ({exc})") from exc
+        if not (isinstance(cls, type) and issubclass(cls, LossTerm)):
+            raise ValueError(f"pairs: {self.term!r} is not a LossTerm class")
+        if not self.over:
+            raise ValueError(f"pairs: {self.term} lists no pair in `over`")
+        if self.argument in self.args:
+            raise ValueError(f"pairs: give {self.argument!r} in `over`, not in args")
+        return [cls(**{self.argument: entry}, **self.args) for entry in self.over]
+
+
 class Objective(nn.Module):
     """Weighted sum of :class:`~probmed.losses.base.LossTerm` s, with the cross-rank gather done once per step.
 
     Args:
         terms: the loss terms (each carries its own ``weight`` and ``name``).
+        pairs: terms repeated over several pairs (:class:`TermOver`), built before ``terms`` in their order.
         distributed: ``auto`` gathers across ranks when torch.distributed is initialised with more than one
             rank; ``local`` never gathers (each rank's loss uses only its own batch: a different objective).
     """
 
-    def __init__(self, terms: list[LossTerm], distributed: Literal["auto", "local"] = "auto") -> None:
+    def __init__(self, terms: list[LossTerm] | None = None, distributed: Literal["auto", "local"] = "auto",
+                 pairs: list[TermOver] | None = None) -> None:
         super().__init__()
+        terms = [t for spec in pairs or [] for t in spec.build()] + list(terms or [])
         if not terms:
             raise ValueError("Objective needs at least one loss term")
         self.terms = nn.ModuleList(terms)

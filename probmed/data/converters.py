@@ -1,0 +1,144 @@
+"""``probmed data build``'s per-modality conversions: a manifest row's source files → the modality's shard files.
+
+Each converter is ``convert(entry, ctx) → (files {shard file name: bytes}, meta {key: value})`` and raises
+:class:`~probmed.data.readers.UnreadableInput` for an unusable source (the builder counts it and goes on). The
+registry (:mod:`probmed.data.registry`) names which converter builds which modality from which manifest column.
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from probmed.data import schema
+from probmed.data.deid import Pseudonymizer, deidentify_dicom, strip_image_metadata
+from probmed.data.readers.cxr import CXR_READERS
+from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
+from probmed.data.readers.echo_sources import read_echo_source
+from probmed.data.readers.errors import UnreadableInput
+
+INT16_MAX_UV = 32767
+
+
+@dataclass
+class BuildContext:
+    """What a converter may use besides the row: the study's pseudonyms, the build options, and where to count.
+
+    ``attempt(modality, fn)`` runs one part of a conversion (e.g. one radiograph view) and records its failure as a
+    skipped input instead of failing the whole modality; ``notes`` counts remarks (``ecg_clipped``, ...).
+    """
+
+    key: str
+    patient: str
+    pseudo: Pseudonymizer
+    opts: Any
+    notes: Counter
+    attempt: Callable[[str, Callable], Any]
+
+
+# -- chest X-ray views ------------------------------------------------------------------------------------------------
+def _cxr_view(path: Path, ctx: BuildContext):
+    """One radiograph → ``(stored extension, de-identified bytes, header view)``; decoded once to check it."""
+    ext = path.suffix.lower().lstrip(".")
+    ext = "jpg" if ext == "jpeg" else ext
+    if ext not in CXR_READERS:
+        raise UnreadableInput("cxr_unknown_format", f"{path.name}: no CXR reader for .{ext}")
+    data = path.read_bytes()
+    if ext == "dcm":
+        data, report = deidentify_dicom(data, ctx.pseudo, ctx.patient)
+        if report.burned_in_annotation:
+            ctx.notes["cxr_burned_in_annotation"] += 1
+            if ctx.opts.drop_burned_in:
+                raise UnreadableInput("cxr_burned_in_annotation", f"{path.name} declares burned-in text")
+    else:
+        data = strip_image_metadata(data, ext)
+    image, header_view = CXR_READERS[ext](data)
+    if ctx.opts.cxr_size and max(image.shape) > ctx.opts.cxr_size:
+        return "png", downsized_png(image, ctx.opts.cxr_size), header_view
+    return ext, data, header_view
+
+
+def downsized_png(image: np.ndarray, max_side: int) -> bytes:
+    """A decoded radiograph (``float32 [H, W]`` in [0, 1], LUTs applied, MONOCHROME1 already inverted) shrunk so its
+    longer side is ``max_side`` (anti-aliased, aspect kept), as a lossless 16-bit grey PNG."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    scale = max_side / max(image.shape)
+    size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+    small = F.interpolate(torch.from_numpy(image)[None, None], size=size, mode="bilinear", antialias=True,
+                          align_corners=False)[0, 0].clamp(0, 1).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(small * 65535).astype(np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def cxr_views(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
+    """The readable views as ``cxr.<i>.<ext>`` (renumbered over the readable ones) and ``meta["cxr_views"]``
+    (the manifest's ``cxr_views`` column, else each header's ViewPosition); an unreadable view is skipped alone."""
+    files, views = {}, []
+    given = entry.values_of("cxr_views")
+    for position, path in enumerate(entry.paths.get("cxr", [])):
+        got = ctx.attempt("cxr", lambda path=path: _cxr_view(path, ctx))
+        if got is not None:
+            ext, data, header_view = got
+            files[f"{schema.CXR_PREFIX}{len(files)}.{ext}"] = data
+            views.append(given[position] if position < len(given) else header_view)
+    return files, ({"cxr_views": views} if files else {})
+
+
+# -- ECG, echo, report ----------------------------------------------------------------------------------------------
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def ecg_record(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
+    """DICOM / WFDB / MUSE XML → standard 12-lead order, optional resampling and cleaning → ``ecg.npy`` (int16 µV)
+    with the lead mask in ``meta["ecg_lead_mask"]``."""
+    opts = ctx.opts
+    (source,) = entry.paths["ecg"]
+    signal, mask, rate = standardize_ecg(read_ecg_source(source), schema.ECG_LEADS, opts.ecg_rate, opts.ecg_clean)
+    microvolts = np.rint(signal * 1000.0)
+    if np.abs(microvolts).max() > INT16_MAX_UV:
+        ctx.notes["ecg_clipped"] += 1
+    if not mask.all():
+        ctx.notes["ecg_missing_leads"] += 1
+    meta = {"ecg_leads": list(schema.ECG_LEADS), "ecg_sampling_rate": rate,
+            "ecg_lead_mask": [int(m) for m in mask]}
+    return {schema.ECG_EXT: _npy(np.clip(microvolts, -INT16_MAX_UV, INT16_MAX_UV).astype(np.int16))}, meta
+
+
+def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
+    """Multi-frame DICOM / AVI / MP4 → grey ``uint8 [frames, size, size]`` ``echo.npy`` at its own frame rate
+    (``meta["echo_fps"]``: the file's, else the manifest's ``echo_fps``, else ``--echo-fps``)."""
+    import torch
+
+    from probmed.data.modalities import _resize
+
+    (source,) = entry.paths["echo"]
+    cine, fps = read_echo_source(source)
+    given = entry.values_of("echo_fps")
+    fps = fps or (float(given[0]) if given else None) or ctx.opts.echo_fps
+    if not fps:
+        raise UnreadableInput("echo_no_frame_rate", f"{source.name}: no frame rate in the file, manifest "
+                                                    "(echo_fps) or --echo-fps")
+    if ctx.opts.echo_size:
+        resized = _resize(torch.from_numpy(cine).float(), ctx.opts.echo_size)
+        cine = resized.round().clamp(0, 255).to(torch.uint8).numpy()
+    return {schema.ECHO_EXT: _npy(np.ascontiguousarray(cine, dtype=np.uint8))}, {"echo_fps": float(fps)}
+
+
+def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
+    """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``."""
+    paths = entry.paths.get("report", [])
+    text = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
+    if not text.strip():
+        raise UnreadableInput("text_empty", "empty report")
+    return {schema.REPORT_EXT: text.encode("utf-8")}, {}

@@ -1,0 +1,165 @@
+"""The modalities ProbMed knows by default: one :class:`ModalitySpec` per name, the list every other one derives from.
+
+A spec says everything the data side needs about one modality: its default input pipeline (which names its shard
+files, reader, options and placeholder: :mod:`probmed.data.modalities`), its test-time corruptions
+(:mod:`probmed.evaluation.corruptions`), and how ``probmed data build`` makes its shard files from a manifest
+column (:mod:`probmed.data.converters`). Derived from :data:`SPECS`:
+
+* :data:`probmed.data.schema.MODALITIES` — the stored modalities (own shard files), in table order;
+* :func:`probmed.data.schema.modality_of` — which modality a shard file belongs to;
+* the data module's default pipelines (``data.modalities`` without ``data.inputs``);
+* :data:`probmed.data.manifest.COLUMNS` and the builder's conversions;
+* the corruptions a ``evaluation.corruptions`` entry may name.
+
+**Adding a modality.** One stored in a format a pipeline already reads needs no code: give it in the data config,
+e.g. a CT slice stored as ``ct.<i>.dcm`` (or ``.png``) beside the radiographs::
+
+    data:
+      inputs:
+        ct: {class_path: probmed.data.modalities.ImageInput, init_args: {prefix: ct, size: 64}}
+
+plus a tower under ``model.encoders.ct`` and the pairs that contrast it in ``model.objective``. A new format
+needs a :class:`~probmed.data.modalities.ModalityInput` subclass (and, to build it from a manifest, a converter);
+:func:`register` then makes it a default modality with its corruptions and manifest column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from probmed.data import converters
+from probmed.data.modalities import (
+    CXRInput,
+    CXRSecondViewInput,
+    ECGInput,
+    EchoInput,
+    ImpressionInput,
+    ModalityInput,
+    TextInput,
+)
+from probmed.evaluation import corruptions as C
+
+__all__ = ["BuildSpec", "ModalitySpec", "SPECS", "register", "spec", "stored_modalities", "modality_of",
+           "default_input", "check_names", "build_specs"]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How ``probmed data build`` makes a modality's shard files from one manifest row.
+
+    Args:
+        path_column: the manifest column holding its source file(s) (``;``-separated when ``many``).
+        value_columns: further columns its converter reads (e.g. ``cxr_views``, ``echo_fps``, ``report_text``).
+        convert: ``convert(entry, ctx) → (files {name: bytes}, meta {key: value})``; raises
+            :class:`~probmed.data.readers.UnreadableInput` (counted by the builder) for an unusable source.
+        many: the path column lists several files (e.g. radiograph views).
+        inline_column: a value column that can stand in for the file (a report given inline): a row with either
+            has the modality.
+    """
+
+    path_column: str
+    convert: Callable
+    value_columns: tuple[str, ...] = ()
+    many: bool = False
+    inline_column: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.path_column, *self.value_columns)
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality.
+
+    Args:
+        name: the modality key in batches, configs, loss pairs and logs.
+        pipeline: its default input pipeline (a :class:`~probmed.data.modalities.ModalityInput` class; its
+            constructor defaults are the default options, overridden by ``data.inputs.<name>``).
+        corruptions: test-time corruption kind → function(batch input, severity, generator).
+        view_of: the stored modality whose files it reads (``cxr_view2`` is a second view of ``cxr``); None for a
+            modality with shard files of its own.
+        build: how ``probmed data build`` writes it (None: not built from a manifest, e.g. a view).
+    """
+
+    name: str
+    pipeline: type[ModalityInput]
+    corruptions: Mapping[str, Callable] = field(default_factory=dict)
+    view_of: str | None = None
+    build: BuildSpec | None = None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Glob patterns of its shard file names (from the default pipeline)."""
+        return self.pipeline().files
+
+
+IMAGE_CORRUPTIONS = {"noise": C.cxr_noise, "blur": C.cxr_blur, "contrast": C.cxr_contrast}
+TEXT_CORRUPTIONS = {"word_dropout": C.text_word_dropout}
+
+#: Name → spec, in the fixed order used for logging and tables.
+SPECS: dict[str, ModalitySpec] = {}
+
+
+def register(new: ModalitySpec) -> ModalitySpec:
+    """Add a modality (a name already registered is an error: two specs for one name would disagree)."""
+    if new.name in SPECS:
+        raise ValueError(f"modality {new.name!r} is already registered")
+    if new.view_of is not None and new.view_of not in SPECS:
+        raise ValueError(f"{new.name!r} is a view of {new.view_of!r}, which is not registered")
+    SPECS[new.name] = new
+    return new
+
+
+register(ModalitySpec(
+    "cxr", CXRInput, IMAGE_CORRUPTIONS,
+    build=BuildSpec("cxr", converters.cxr_views, value_columns=("cxr_views",), many=True)))
+register(ModalitySpec(
+    "ecg", ECGInput,
+    {"noise": C.ecg_noise, "baseline_wander": C.ecg_baseline_wander, "lead_dropout": C.ecg_lead_dropout},
+    build=BuildSpec("ecg", converters.ecg_record)))
+register(ModalitySpec(
+    "echo", EchoInput, {"frame_dropout": C.echo_frame_dropout, "speckle": C.echo_speckle},
+    build=BuildSpec("echo", converters.echo_cine, value_columns=("echo_fps",))))
+register(ModalitySpec(
+    "text", TextInput, TEXT_CORRUPTIONS,
+    build=BuildSpec("report", converters.report_text, value_columns=("report_text",), inline_column="report_text")))
+register(ModalitySpec("cxr_view2", CXRSecondViewInput, IMAGE_CORRUPTIONS, view_of="cxr"))
+register(ModalitySpec("text_impression", ImpressionInput, TEXT_CORRUPTIONS, view_of="text"))
+
+
+def build_specs() -> list[ModalitySpec]:
+    """The registered modalities ``probmed data build`` writes from a manifest, in table order."""
+    return [s for s in SPECS.values() if s.build is not None]
+
+
+def spec(name: str) -> ModalitySpec:
+    """The spec of a registered modality, or a clear error listing the known ones."""
+    if name not in SPECS:
+        raise ValueError(f"unknown modality {name!r}; registered: {sorted(SPECS)} (a modality the registry does "
+                         f"not know needs its pipeline in the data config: data.inputs.{name}.class_path)")
+    return SPECS[name]
+
+
+def stored_modalities() -> tuple[str, ...]:
+    """The registered modalities with shard files of their own (not views of another), in table order."""
+    return tuple(name for name, s in SPECS.items() if s.view_of is None)
+
+
+def modality_of(file_name: str) -> str | None:
+    """The stored modality a shard file belongs to (``"cxr.1.dcm"`` → ``"cxr"``), or None (metadata, unknown)."""
+    for name in stored_modalities():
+        if SPECS[name].pipeline().owns(file_name):
+            return name
+    return None
+
+
+def default_input(name: str, **options) -> ModalityInput:
+    """A registered modality's default pipeline, with ``options`` overriding its defaults."""
+    return spec(name).pipeline(**options)
+
+
+def check_names(names: list[str] | tuple[str, ...]) -> None:
+    """Raise a clear error for a name listed twice."""
+    if len(set(names)) != len(names):
+        raise ValueError(f"modality listed twice in config: {list(names)}")

@@ -1,0 +1,175 @@
+"""Every YAML under configs/ parses (``--print_config``), names only files that exist, and each preset builds its
+method's defining settings: distance, clamp, mean normalisation, term weights."""
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+
+CONFIGS = REPO / "configs"
+PRESETS = CONFIGS / "presets"
+
+
+def _print_config(args: list[str], capsys, monkeypatch, prefix: tuple[str, ...] = ()) -> dict:
+    """``probmed [prefix] fit ARGS --print_config`` in this process; the printed config, parsed."""
+    from probmed.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["probmed"])
+    with pytest.raises(SystemExit) as done:
+        main([*prefix, "fit", *args, "--print_config"])
+    out = capsys.readouterr()
+    assert done.value.code in (0, None), out.err[-3000:]
+    return yaml.safe_load(out.out)
+
+
+def _how_to_load(path, tmp_path) -> list[str]:
+    """The ``probmed fit`` arguments that load one YAML file: a whole config, an overlay on its base, or a fragment
+    (tower, trainer, data block) in its place in the smoke config."""
+    rel = path.relative_to(CONFIGS)
+    smoke = ["--config", str(CONFIGS / "smoke.yaml")]
+    if rel.parts[:2] == ("presets", "tiny") and len(rel.parts) == 3 and not rel.name.startswith("_"):
+        return ["--config", str(PRESETS / rel.name), "--config", str(path)]
+    if rel.name == "demo_minilm.yaml":
+        return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(path)]
+    if "towers" in rel.parts:  # a tower file is the value of an encoders entry (a path inside a config file)
+        overlay = tmp_path / "tower.yaml"
+        overlay.write_text(yaml.safe_dump({"model": {"encoders": {"cxr": str(path)}}}))
+        return [*smoke, "--config", str(overlay)]
+    if rel.name == "_trainer.yaml":
+        return [*smoke, "--trainer", str(path)]
+    if rel.name == "_data.yaml":
+        return [*smoke, "--data", str(path)]
+    return ["--config", str(path)]
+
+
+ALL_YAML = sorted(p for p in CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=[str(p.relative_to(CONFIGS)) for p in ALL_YAML])
+def test_every_yaml_under_configs_parses_with_print_config(path, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    if path.name == "m3bind_distill.yaml":  # the M3Bind stage-2 model: `probmed distill fit`
+        config = _print_config(["--config", str(path)], capsys, monkeypatch, prefix=("distill",))
+        assert config["model"]["log_var_weight"] == 0.1
+        return
+    config = _print_config(_how_to_load(path, tmp_path), capsys, monkeypatch)
+    assert {"trainer", "model", "data"} <= set(config)
+    own = yaml.safe_load(path.read_text())
+    if "towers" in path.parts:  # the fragment is what the parsed config holds in its place
+        assert config["model"]["encoders"]["cxr"]["class_path"] == own["class_path"]
+
+
+def test_config_comments_name_only_files_that_exist():
+    """Headers cite configs to combine (``--config configs/presets/tiny/probmed.yaml``): each must exist."""
+    cited = set()
+    for path in ALL_YAML:
+        for match in re.finditer(r"configs/[\w/.-]+\.(?:yaml|sbatch)", path.read_text()):
+            cited.add(match.group(0))
+    missing = sorted(c for c in cited if not (REPO / c).is_file())
+    assert cited and not missing, missing
+
+
+# -- each preset's defining settings, built from its YAML ------------------------------------------------------------
+def _build(preset: str, monkeypatch):
+    """The preset's module and data module, instantiated from its YAML and its tiny variant (tiny towers; the
+    objective, heads and input options are the preset's own)."""
+    from probmed.cli import TRAINER_DEFAULTS, ProbMedCLI
+    from probmed.data.datamodule import ProbMedDataModule
+    from probmed.module import ProbMedModule
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["probmed"])
+    cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, run=False, trainer_defaults=TRAINER_DEFAULTS,
+                     args=["--config", str(PRESETS / f"{preset}.yaml"),
+                           "--config", str(PRESETS / "tiny" / f"{preset}.yaml"), "--trainer.logger", "false"])
+    return cli.model, cli.datamodule
+
+
+def _terms(model) -> list[tuple]:
+    """``(type, name, weight, similarity)`` of every term in order (similarity: the pair terms' ``kind``)."""
+    return [(type(t).__name__, t.name, t.weight, getattr(t, "kind", None)) for t in model.objective.terms]
+
+
+def _heads(model) -> dict[str, tuple]:
+    return {n: (h.clamp, h.log_var_min, h.log_var_max, h.normalize_mean, h.variance) for n, h in model.heads.items()}
+
+
+SOFT_DEFAULT = ("soft", -10.0, 5.0, True, "diagonal")
+
+
+def test_probmed_preset(monkeypatch):
+    """ProbMED: InfoNCE over the Hellinger similarity for all six pairs of four modalities, synthetic instance
+    sampling (0.1, K = 4) per modality, VIB 1e-4; soft-clamped diagonal heads with unit means."""
+    model, data = _build("probmed", monkeypatch)
+    pairs = [("text", "cxr"), ("text", "ecg"), ("text", "echo"), ("cxr", "ecg"), ("cxr", "echo"), ("ecg", "echo")]
+    assert _terms(model) == (
+        [("ProbabilisticInfoNCE", f"infonce/{a}-{b}", 1.0, "hellinger") for a, b in pairs]
+        + [("SyntheticSampling", f"synthetic/{m}", 0.1, None) for m in ("cxr", "ecg", "echo", "text")]
+        + [("VIB", "vib", 1e-4, None)])
+    assert all(t.num_samples == 4 for t in model.objective.terms if type(t).__name__ == "SyntheticSampling")
+    assert _heads(model) == {m: SOFT_DEFAULT for m in ("cxr", "ecg", "echo", "text")}
+    assert list(data.inputs) == ["cxr", "ecg", "echo", "text"]
+
+
+def test_clip_preset(monkeypatch):
+    """CLIP: cosine InfoNCE CXR<->text, temperature 0.07 learnable, scale clamped at 100."""
+    model, _ = _build("clip", monkeypatch)
+    assert _terms(model) == [("ProbabilisticInfoNCE", "infonce/cxr-text", 1.0, "cosine"), ("VIB", "vib", 1e-4, None)]
+    scale = model.objective.terms[0].logit_scale
+    assert math.isclose(float(scale().detach()), 1 / 0.07, rel_tol=1e-6) and math.isclose(scale.max_log, math.log(100))
+    assert _heads(model) == {"cxr": SOFT_DEFAULT, "text": SOFT_DEFAULT}
+
+
+def test_siglip_preset(monkeypatch):
+    """SigLIP: sigmoid loss over cosine, scale 10 and bias -10 at initialisation."""
+    model, _ = _build("siglip", monkeypatch)
+    assert _terms(model) == [("SigLIP", "siglip/cxr-text", 1.0, "cosine"), ("VIB", "vib", 1e-4, None)]
+    term = model.objective.terms[0]
+    assert math.isclose(float(term.logit_scale().detach()), 10.0, rel_tol=1e-6) and float(term.bias) == -10.0
+
+
+def test_pcmepp_preset(monkeypatch):
+    """PCME++: closed-form sampled distance, match logit -a d + b with a = b = 5 at init, 0.1 x pseudo-positives."""
+    model, _ = _build("pcmepp", monkeypatch)
+    assert _terms(model) == [("PCMEpp", "pcmepp/cxr-text", 1.0, None), ("VIB", "vib", 1e-4, None)]
+    term = model.objective.terms[0]
+    assert float(term.scale) == 5.0 and float(term.shift) == 5.0 and term.pseudo_weight == 0.1
+    assert _heads(model) == {"cxr": SOFT_DEFAULT, "text": SOFT_DEFAULT}
+
+
+def test_medbind_preset(monkeypatch):
+    """MEDBind: text-anchored cosine InfoNCE (text<->CXR, text<->ECG) plus the Edge-Modality loss CXR<->ECG on the
+    studies that have both."""
+    model, _ = _build("medbind", monkeypatch)
+    assert _terms(model) == [("ProbabilisticInfoNCE", "infonce/text-cxr", 1.0, "cosine"),
+                             ("ProbabilisticInfoNCE", "infonce/text-ecg", 1.0, "cosine"),
+                             ("EdgeModalityContrastive", "emcl/cxr-ecg", 1.0, "cosine"), ("VIB", "vib", 1e-4, None)]
+    assert model.objective.terms[2].paired_only and not model.objective.terms[0].paired_only
+
+
+def test_medprobclip_preset_clamps_hard_to_plus_minus_six(monkeypatch):
+    """MedProbCLIP: log sigma^2 hard-clamped to [-6, 6] (so 7 -> 6, not the soft clamp's 4.94), means not
+    normalised; two views x two sections with weights 1/4 image-text, 1 image-image, 0.1 text-text."""
+    model, data = _build("medprobclip", monkeypatch)
+    hard = ("hard", -6.0, 6.0, False, "diagonal")
+    assert _heads(model) == {"cxr": hard, "text": hard}
+    clamped = model.heads["cxr"].clamp_log_var(torch.tensor([7.0, -7.0, 3.0]))
+    assert clamped.tolist() == [6.0, -6.0, 3.0]
+    (term, vib) = model.objective.terms
+    assert (term.image_keys, term.text_keys) == (("cxr", "cxr_view2"), ("text", "text_impression"))
+    assert (term.lambda_image, term.lambda_text, vib.weight) == (1.0, 0.1, 1e-4)
+    assert model.shared == {"cxr_view2": "cxr", "text_impression": "text"}
+    assert data.inputs["cxr"].view == "first" and data.inputs["text"].sections == ["FINDINGS"]
+    assert data.inputs["text_impression"].sections == ["IMPRESSION"]
+
+
+def test_m3bind_distill_preset_distils_text_with_a_log_variance_term():
+    own = yaml.safe_load((PRESETS / "m3bind_distill.yaml").read_text())
+    assert own["model"]["log_var_weight"] == 0.1 and own["model"]["student"] == "towers/text_bert_base.yaml"
+    assert own["data"]["modalities"] == ["text"]
