@@ -22,7 +22,7 @@ from probmed.data.datamodule import ProbMedDataModule
 from probmed.evaluation.export import EmbeddingWriter
 from probmed.module import ProbMedModule
 from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
-from probmed.training.requeue import SlurmRequeue, slurm_requeue_wanted
+from probmed.training.requeue import SlurmRequeue, catch_early_requeue_signal, requeue_signal, slurm_requeue_wanted
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -77,12 +77,14 @@ class ProbMedCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if slurm_requeue_wanted(trainer):
-            trainer.callbacks.append(SlurmRequeue())
+            trainer.callbacks.append(SlurmRequeue(requeue_signal(trainer)))
         return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("SLURM_JOB_ID") and words[:1] == ["fit"]:  # a requeue signal during start-up must not kill
+        catch_early_requeue_signal()
     if words and words[0] == "data":
         from probmed.data.commands import main as data_main
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import shuffle
 from webdataset.tariterators import tarfile_samples
 
+from probmed.data.child_processes import init_worker, requeue_signals_blocked, start_fork_server
 from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder, batches, stable_hash
 
 
@@ -181,7 +182,8 @@ class EpochAwareLoader(DataLoader):
             else:
                 self.dataset.skip_batches = 0
             self.resume_at = None
-        return super().__iter__()
+        with requeue_signals_blocked():  # workers started now never act on Slurm's requeue signal
+            return super().__iter__()
 
 
 def worker_context():
@@ -195,11 +197,15 @@ def worker_context():
     receive the stream pickled (plain configuration, no open files). The price is start-up time on every loader
     start, since workers are not persistent: measured on 2 cores, 4 short demo epochs took 72 s against 30 s with
     plain fork (README, "Training").
+
+    The fork server first imports :mod:`probmed.data.child_processes` (it dies with the process that started it)
+    and is started here, from the calling (main) thread, with Slurm's requeue signals blocked.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload(["probmed.data.child_processes", __name__])
+    start_fork_server(ctx)
     return ctx
 
 
@@ -214,4 +220,5 @@ def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bo
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context=worker_context() if num_workers > 0 else None,
+        worker_init_fn=init_worker if num_workers > 0 else None,
     )
