@@ -35,7 +35,7 @@ def _wait(condition, what: str, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def _descendants(root: int) -> set[int]:
+def descendants(root: int) -> set[int]:
     """Live descendant processes of ``root`` (from /proc; zombies count as dead)."""
     parents = {}
     for entry in Path("/proc").iterdir():
@@ -66,11 +66,11 @@ class StepGate(L.Callback):
         if trainer.global_step != self.at_step:
             return
         requeue = _requeue(trainer)
-        children = _descendants(os.getpid())
+        children = descendants(os.getpid())
         self._mark(trainer, f"step{self.at_step}", len(children))
         _wait(lambda: requeue.received, "the requeue signal during training", self.timeout_s)
         time.sleep(1.0)  # Slurm signals the step's processes one after the other
-        dead = children - _descendants(os.getpid())
+        dead = children - descendants(os.getpid())
         if dead:
             raise RuntimeError(f"{len(dead)} of {len(children)} child processes died of the requeue signal")
 
