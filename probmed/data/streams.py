@@ -63,8 +63,9 @@ class _ShardStream(IterableDataset):
 
     def _studies(self, urls: Iterator[str], train: bool, skips: SkipCounter, shuffle_rng: random.Random | None,
                  buffer: int) -> Iterator[dict]:
-        """Decoded studies of ``urls`` in order (or through a shuffle buffer). An empty shard is counted
-        (``empty_shard``); ``2 × len(self.urls) + 1 + buffer`` shards in a row without one usable study (the buffer
+        """Decoded studies of ``urls`` in order (or through a shuffle buffer). A shard that fails to read, wholly or
+        part-way, is counted once (``shard_read_error``; the samples read before the failure are used), one that
+        reads cleanly but holds no sample once as ``empty_shard``; ``2 × len(self.urls) + 1 + buffer`` shards in a row without one usable study (the buffer
         term: a full shuffle buffer is read before the first study comes out) raise a clear error instead of looping
         forever on an endless training sequence (which would hang every other rank)."""
         barren = {"shards": 0}
@@ -75,11 +76,22 @@ class _ShardStream(IterableDataset):
                 if barren["shards"] >= limit:
                     raise RuntimeError(f"no usable study in {limit} shards in a row (all empty or unreadable; "
                                        f"skipped so far: {dict(skips)}): check the dataset")
-                count = 0
-                for sample in tarfile_samples([{"url": url}], handler=skips):
+                count, errors = 0, []
+
+                def read_error(exc: BaseException, url=url, errors=errors) -> bool:
+                    # webdataset reports one broken tar once per layer it passes (tar reader, expander): count the
+                    # shard once, as unreadable (never also as empty)
+                    if not errors:
+                        skips.add("shard_read_error", f"{url}: {type(exc).__name__}: {exc}")
+                    errors.append(exc)
+                    return True
+
+                for sample in tarfile_samples([{"url": url}], handler=read_error):
+                    if errors:  # the incomplete sample at the break: part of this shard's one read error
+                        continue
                     count += 1
                     yield sample
-                if count == 0:
+                if count == 0 and not errors:
                     skips.add("empty_shard", url)
                 barren["shards"] += 1
 
