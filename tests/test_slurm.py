@@ -173,3 +173,24 @@ def test_sigusr1_with_loader_workers_checkpoints_requeues_and_resumes_bit_exactl
     assert reference.keys() == resumed.keys()
     differing = [k for k in reference if not torch.equal(reference[k], resumed[k])]
     assert not differing, f"resumed weights differ from the uninterrupted run's in {differing[:10]}"
+
+
+def test_requeue_signal_during_start_up_is_kept_and_after_training_is_ignored():
+    """No cluster needed: the handlers themselves, in a child process (they change process-wide signal state)."""
+    code = """if True:
+        import os, signal
+        from probmed.training.requeue import SlurmRequeue, catch_early_requeue_signal
+        catch_early_requeue_signal()                 # what `probmed fit` does first under Slurm
+        os.kill(os.getpid(), signal.SIGUSR1)         # arrives while the process imports and builds the trainer
+        callback = SlurmRequeue()
+        callback.setup(None, None, "fit")
+        print("received at setup:", callback.received)
+        callback.on_fit_end(None, None)
+        os.kill(os.getpid(), signal.SIGUSR1)         # arrives after training ended
+        print("after training:", callback.after_training)
+    """
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # neither signal killed the process
+    assert "received at setup: True" in proc.stdout and "after training: 1" in proc.stdout
+    assert "SIGUSR1 after training ended: nothing left to checkpoint, ignored" in proc.stdout
