@@ -21,7 +21,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, clean_env
+from conftest import REPO, clean_env, free_port
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 TEMPLATE = REPO / "configs" / "slurm" / "one_node.sbatch"
@@ -46,7 +46,9 @@ def slurm(tmp_path_factory):
         if install.returncode != 0:
             pytest.skip(f"slurm-wlm/munge could not be installed: {install.stderr[-500:]}")
     state = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run([str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=120)
+    ports = {"SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port())}  # another test cluster may run
+    started = subprocess.run([str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **ports})
     try:
         if started.returncode != 0:
             pytest.skip(f"Slurm daemons did not start: {(started.stdout + started.stderr)[-1500:]}")
