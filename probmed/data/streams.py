@@ -65,9 +65,10 @@ class _ShardStream(IterableDataset):
                  buffer: int) -> Iterator[dict]:
         """Decoded studies of ``urls`` in order (or through a shuffle buffer). A shard that fails to read, wholly or
         part-way, is counted once (``shard_read_error``; the samples read before the failure are used), one that
-        reads cleanly but holds no sample once as ``empty_shard``; ``2 × len(self.urls) + 1 + buffer`` shards in a row without one usable study (the buffer
-        term: a full shuffle buffer is read before the first study comes out) raise a clear error instead of looping
-        forever on an endless training sequence (which would hang every other rank)."""
+        reads cleanly but holds no sample once as ``empty_shard``; ``2 × len(self.urls) + 1 + buffer`` shards in a
+        row without one usable study (the buffer term: a full shuffle buffer is read before the first study comes
+        out) raise a clear error instead of looping forever on an endless training sequence (which would hang every
+        other rank)."""
         barren = {"shards": 0}
         limit = 2 * len(self.urls) + 1 + max(buffer, 0)
 

@@ -1,9 +1,9 @@
 """Skip a training step whose loss — or any buffer — is NaN/inf on *any* rank, on every rank, so DDP never diverges,
 hangs or keeps poisoned statistics.
 
-Each rank all-reduces a 0/1 "my loss and my buffers are finite" flag with MIN. The backward still runs on every rank (Lightning
-forbids returning ``None`` under DDP, and a backward on some ranks only would leave DDP's gradient all-reduce
-waiting), then, if any rank's loss was non-finite, every rank drops its gradients before the optimizer update:
+Each rank all-reduces 0/1 "my loss is finite" and "my buffers are finite" flags with MIN. The backward still runs on
+every rank (Lightning forbids returning ``None`` under DDP, and a backward on some ranks only would leave DDP's
+gradient all-reduce waiting), then, if any rank was non-finite, every rank drops its gradients before the update:
 AdamW/SGD skip parameters without a gradient, so weights and moments stay untouched. The learning-rate schedule
 and ``global_step`` still advance. The module's buffers (batch-norm running statistics) are copied before the
 forward (:meth:`NonFiniteGuard.snapshot`) and, when the step is skipped, put back on every rank: an input with
@@ -14,8 +14,8 @@ needs no scaler). Skipped steps are counted and logged, cumulative and identical
 but a buffer was not); the skipped step's loss values are logged as NaN, never as the previous step's.
 
 Fault injection (tests only): ``PROBMED_INJECT_NONFINITE="RANK:BATCH[:buffers][,...]"`` turns the loss of those
-(global rank, batch index) steps into NaN — or, with ``:buffers``, the first batch-norm ``running_var`` into inf after the forward
-— to test the all-ranks agreement without corrupting data.
+(global rank, batch index) steps into NaN — or, with ``:buffers``, the first batch-norm ``running_var`` into inf
+after the forward — to test the all-ranks agreement without corrupting data.
 """
 from __future__ import annotations
 
