@@ -101,3 +101,32 @@ def test_a_shard_with_twenty_ecgs_of_1e30_microvolts_is_read_with_each_one_skipp
     assert counts["ecg_implausible_amplitude"] == 20
     assert {sid for sid, p in ecg_present.items() if p} == {f"ok{i}" for i in range(4)}
     assert {f"p{i}" for i in range(20)} <= set(ecg_present)  # the studies themselves are kept (other modalities)
+
+
+def test_source_readers_apply_the_same_bounds_at_build_time(tmp_path):
+    """`probmed data build` reads source files through these readers: a record whose units are wrong by 10^6 (µV
+    values labelled volts) and a blank cine (one grey level: a video of nothing) are refused there, before they reach
+    a shard. (A lossy video of a still scene is not "frozen": the codec makes its frames differ.)"""
+    import av
+    import wfdb
+
+    from probmed.data.readers.ecg_sources import read_ecg_source
+    from probmed.data.readers.echo_sources import read_echo_source
+
+    uv = np.random.default_rng(4).normal(0, 500, (2000, 12))
+    names = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    wfdb.wrsamp("volts", fs=500, units=["V"] * 12, sig_name=names, p_signal=uv, fmt=["16"] * 12, adc_gain=[1.0] * 12,
+                baseline=[0] * 12, write_dir=str(tmp_path))
+    assert _reason(lambda: read_ecg_source(tmp_path / "volts.hea")) == "ecg_implausible_amplitude"
+    wfdb.wrsamp("uvolts", fs=500, units=["uV"] * 12, sig_name=names, p_signal=uv, fmt=["16"] * 12,
+                adc_gain=[1.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    assert read_ecg_source(tmp_path / "uvolts.hea").signal.shape == (12, 2000)  # the same numbers, right units
+
+    frame = np.full((64, 64, 3), 90, np.uint8)
+    with av.open(str(tmp_path / "blank.avi"), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuvj420p"
+        for _ in range(8):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    assert _reason(lambda: read_echo_source(tmp_path / "blank.avi")) == "echo_constant"
