@@ -23,7 +23,9 @@ from probmed.evaluation.export import EmbeddingWriter
 from probmed.module import ProbMedModule
 from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from probmed.training.console import adapt_console, silence_lightning_noise
-from probmed.training.requeue import SlurmRequeue, slurm_requeue_wanted
+from probmed.training.requeue import SlurmRequeue, catch_early_requeue_signal, requeue_signal, slurm_requeue_wanted
+from probmed.training.resume import (candidate_checkpoints, hparams_differences, newest_complete_checkpoint,
+                                     require_lightning_checkpoint, stale_temp_files)
 
 #: Module arguments of checkpoints written before the Gaussian heads were configured as ``model.head``.
 LEGACY_HEAD_ARGS = ("variance", "normalize_mean", "log_var_min", "log_var_max")
@@ -48,6 +50,36 @@ def one_tensorboard_version_per_slurm_job(config) -> None:
         logger.init_args.version = f"job_{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
 
 
+def _init_args(entry) -> dict:
+    """``init_args`` of a ``class_path``/``init_args`` config entry as a dict ({} for anything else)."""
+    args = entry.get("init_args") if hasattr(entry, "get") else None
+    return dict(args.items()) if hasattr(args, "items") else {}
+
+
+def checkpoint_locations(trainer_config) -> tuple[list[str], Path]:
+    """Where the configured run writes checkpoints: directory globs (every ``ModelCheckpoint``'s ``dirpath``, and
+    Lightning's default ``<save_dir>/<name>/*/checkpoints`` for those without one, over all logger versions) and
+    ``default_root_dir`` (Slurm's ``hpc_ckpt_N.ckpt``)."""
+    root = Path(trainer_config.get("default_root_dir") or os.getcwd())
+    logger = trainer_config.get("logger")
+    logger = logger[0] if isinstance(logger, (list, tuple)) and logger else logger
+    if logger is True:
+        default = str(root / "lightning_logs" / "*" / "checkpoints")
+    elif logger:
+        args = _init_args(logger)
+        default = str(Path(args.get("save_dir") or root) / str(args.get("name") or "lightning_logs") / "*" /
+                      "checkpoints")
+    else:
+        default = str(root / "checkpoints")
+    dirs = [default]
+    for callback in trainer_config.get("callbacks") or []:
+        if "ModelCheckpoint" in str(callback.get("class_path", "") if hasattr(callback, "get") else callback):
+            dirpath = _init_args(callback).get("dirpath")
+            if dirpath:
+                dirs.append(str(dirpath))
+    return dirs, root
+
+
 class ProbMedCLI(LightningCLI):
     """LightningCLI with ProbMed's module and data module fixed and TensorBoard logging by default."""
 
@@ -68,21 +100,61 @@ class ProbMedCLI(LightningCLI):
         one_tensorboard_version_per_slurm_job(config)
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a truncated ``--ckpt_path`` with a clear error before LightningCLI reads its hyperparameters."""
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and Path(ckpt_path).is_file():
-            check_checkpoint_file(ckpt_path)
-            if self._parse_legacy_head_hparams(subcommand, ckpt_path):
-                return
-        super()._parse_ckpt_path()
-
-    def _parse_legacy_head_hparams(self, subcommand: str, ckpt_path: str) -> bool:
-        """A checkpoint whose module took the head settings as its own arguments (``normalize_mean``,
-        ``log_var_min``, ...) is read with them moved under ``model.head``; False for any other checkpoint."""
+        """Before LightningCLI reads the checkpoint's hyperparameters into the configuration: remove temporary
+        files of killed checkpoint writes (``fit``), resolve ``--ckpt_path last`` to the run's newest complete
+        checkpoint (:mod:`probmed.training.resume`), refuse a truncated file or one that is not a Lightning
+        checkpoint, and compare the model settings asked for with the checkpoint's: ``fit`` refuses to resume a
+        different model, evaluation warns that it uses the checkpoint's."""
         import torch
 
-        hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {})
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return super()._parse_ckpt_path()
+        config = self.config[subcommand]
+        dirs, root = checkpoint_locations(config.get("trainer") or {})
+        if subcommand == "fit":
+            for stale in stale_temp_files([*dirs, root]):
+                stale.unlink(missing_ok=True)
+                print(f"[probmed] removed {stale}, left by an interrupted checkpoint write", file=sys.stderr)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            found, notes = newest_complete_checkpoint(candidate_checkpoints(dirs, root))
+            for note in notes:
+                print(f"[probmed] --ckpt_path last: {note}", file=sys.stderr)
+            where = ", ".join([*dirs, str(root / "hpc_ckpt_*.ckpt")])
+            if found is None:
+                print(f"[probmed] --ckpt_path last: no complete checkpoint in {where}: starting from step 0",
+                      file=sys.stderr)
+                config.ckpt_path = None
+                return None
+            print(f"[probmed] --ckpt_path last: using {found} (the newest complete checkpoint in {where})",
+                  file=sys.stderr)
+            config.ckpt_path = ckpt_path = str(found)
+        if not ckpt_path or ckpt_path in ("best", "hpc", "registry") or not Path(ckpt_path).is_file():
+            return super()._parse_ckpt_path()
+        check_checkpoint_file(ckpt_path)
+        checkpoint = require_lightning_checkpoint(
+            torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True), ckpt_path)
+        if self._parse_legacy_head_hparams(subcommand, checkpoint):
+            return None
+        model = config.get("model")
+        requested = dict(model.items()) if hasattr(model, "items") else {}
+        differing = hparams_differences(requested, checkpoint.get("hyper_parameters") or {})
+        if differing:
+            listed = "; ".join(f"model.{k}: config {a!r}, checkpoint {b!r}" for k, a, b in
+                               ((k, *v) for k, v in sorted(differing.items())))
+            if subcommand == "fit":
+                raise ValueError(f"refusing to resume {ckpt_path}: the configured model differs from the "
+                                 f"checkpoint's ({listed}). Resume with the settings it was trained with, or start "
+                                 "a new run without --ckpt_path.")
+            print(f"[probmed] WARNING: {ckpt_path} was trained with other model settings than configured; "
+                  f"using the checkpoint's ({listed})", file=sys.stderr)
+        super()._parse_ckpt_path()
+
+    def _parse_legacy_head_hparams(self, subcommand: str, checkpoint: dict) -> bool:
+        """A checkpoint whose module took the head settings as its own arguments (``normalize_mean``,
+        ``log_var_min``, ...) is read with them moved under ``model.head``; False for any other checkpoint."""
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
         if "_class_path" in hparams or not any(k in hparams for k in LEGACY_HEAD_ARGS):
             return False
         hparams.pop("_instantiator", None)
@@ -100,7 +172,7 @@ class ProbMedCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if slurm_requeue_wanted(trainer):
-            trainer.callbacks.append(SlurmRequeue())
+            trainer.callbacks.append(SlurmRequeue(requeue_signal(trainer)))
         adapt_console(trainer, configured, progress_bar_requested=config.get("enable_progress_bar") is True)
         return trainer
 
@@ -108,6 +180,8 @@ class ProbMedCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> int:
     silence_lightning_noise()
     words = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("SLURM_JOB_ID") and words[:1] == ["fit"]:  # a requeue signal during start-up must not kill
+        catch_early_requeue_signal()
     if words and words[0] == "data":
         from probmed.data.commands import main as data_main
 

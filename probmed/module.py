@@ -97,7 +97,7 @@ class ProbMedModule(L.LightningModule):
         self.retrieval_ks = tuple(retrieval_ks)
         self.collector = EmbeddingCollector()
         self.evaluator = Evaluator(evaluation)
-        self.skipped: Counter = Counter()
+        self.skipped: dict[str, Counter] = {"train": Counter(), "val": Counter(), "test": Counter()}
         self._batch_end_time: float | None = None
         self._data_wait = 0.0
         self.nonfinite = NonFiniteGuard()
@@ -145,27 +145,30 @@ class ProbMedModule(L.LightningModule):
             self._data_wait = self._batch_start_time - self._batch_end_time
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        self._count_skipped(batch)
+        self._count_skipped(batch, "train")
         missing = sorted(set(self.objective.modalities) - set(batch["inputs"]))
         if missing:
             raise ValueError(f"the objective needs {missing} but the data module does not load them")
+        self.nonfinite.snapshot(self)  # batch-norm statistics before this step's forward (restored if skipped)
         embeddings = self.embed(batch, self.objective.modalities)
         out = self.objective(embeddings, batch["group"])
         batch_size = len(batch["group"])
-        finite = self.nonfinite.all_finite(self.nonfinite.loss(out.total, self.global_rank, batch_idx))
-        self.log("train/skipped_nonfinite", float(self.nonfinite.skipped), on_step=True, on_epoch=False,
-                 rank_zero_only=True, batch_size=batch_size)
-        if not finite:  # all ranks agree: backward as usual (DDP), then no update on any rank (optimizer_step)
-            return out.total
-        logs = {"train/loss": out.total.detach()}
+        total = self.nonfinite.loss(out.total, self.global_rank, batch_idx, self)
+        finite = self.nonfinite.all_finite(total, self)
+        self.log_dict({"train/skipped_nonfinite": float(self.nonfinite.skipped),
+                       "train/skipped_nonfinite_buffers": float(self.nonfinite.skipped_buffers)},
+                      on_step=True, on_epoch=False, rank_zero_only=True, batch_size=batch_size)
+        logs = {"train/loss": total.detach()}
         logs.update({f"train/{k}": v for k, v in out.parts.items()})
         logs.update({f"train/{k}": v for k, v in out.extras.items()})
         for name, emb in embeddings.items():
             var = emb.log_var.detach().exp().mean(dim=1)
             present = emb.present.float()
             logs[f"variance/{name}"] = (var * present).sum() / present.sum().clamp_min(1)
+        if not finite:  # all ranks agree: log NaN (not the previous step's values again), no update on any rank
+            logs = {k: torch.full_like(torch.as_tensor(v, dtype=torch.float32), float("nan")) for k, v in logs.items()}
         self.log_dict(logs, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
-        return out.total
+        return total  # backward as usual on every rank (DDP); optimizer_step drops the gradients of a skipped step
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         now = time.perf_counter()
@@ -179,19 +182,19 @@ class ProbMedModule(L.LightningModule):
         self._batch_end_time = now
 
     def on_train_epoch_end(self):
-        self._log_skipped()
+        self._log_skipped("train")
         self._batch_end_time = None
 
     # -- evaluation ------------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict) -> None:
-        self._count_skipped(batch)
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        self._count_skipped(batch, stage)
         self.collector.add(self.embed(batch), batch["study_id"], batch["labels"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "test")
         self.evaluator.add_corrupted(self, batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -243,7 +246,7 @@ class ProbMedModule(L.LightningModule):
         scalars, rows = result
         # identical on every rank after the broadcast: the synced mean is exact
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in scalars.items()}, sync_dist=True)
-        self._log_skipped()
+        self._log_skipped(stage)
         return rows
 
     def on_validation_epoch_end(self):
@@ -260,24 +263,27 @@ class ProbMedModule(L.LightningModule):
                 (Path(log_dir) / "test_retrieval.json").write_text(json.dumps(rows, indent=2))
 
     # -- data accounting -------------------------------------------------------------------------------------------
-    def _count_skipped(self, batch: dict) -> None:
-        self.skipped.update(batch.get("skipped") or {})
+    def _count_skipped(self, batch: dict, stage: str) -> None:
+        self.skipped[stage].update(batch.get("skipped") or {})
 
-    def _log_skipped(self) -> None:
-        """Log skipped-input counts summed over ranks (object gather: causes differ between ranks)."""
-        counts = [dict(self.skipped)]
+    def _log_skipped(self, stage: str) -> None:
+        """Log the epoch's skipped-input counts of ``stage`` (train / val / test: separate series), summed over
+        ranks (object gather: causes differ between ranks): ``data/<stage>/skipped_total`` and
+        ``data/<stage>/skipped/<cause>``."""
+        mine = dict(self.skipped[stage])
+        self.skipped[stage].clear()
+        counts = [mine]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             counts = [None] * dist.get_world_size()
-            dist.all_gather_object(counts, dict(self.skipped))
-        self.skipped.clear()
+            dist.all_gather_object(counts, mine)
         total = Counter()
         for c in counts:
             total.update(c)
         if self.trainer.is_global_zero and self.logger is not None:
             step = self.global_step
-            self.logger.log_metrics({"data/skipped_total": float(sum(total.values()))}, step=step)
+            self.logger.log_metrics({f"data/{stage}/skipped_total": float(sum(total.values()))}, step=step)
             if total:
-                self.logger.log_metrics({f"data/skipped/{k}": float(v) for k, v in total.items()}, step=step)
+                self.logger.log_metrics({f"data/{stage}/skipped/{k}": float(v) for k, v in total.items()}, step=step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite"] = self.nonfinite.state_dict()
@@ -287,7 +293,7 @@ class ProbMedModule(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------------------
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        self.nonfinite.optimizer_step(optimizer, optimizer_closure)
+        self.nonfinite.optimizer_step(optimizer, optimizer_closure, self)
 
     def configure_optimizers(self):
         groups = self.param_groups(self) if self.param_groups is not None else self.parameters()

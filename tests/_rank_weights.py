@@ -18,7 +18,9 @@ class SaveRankWeights(L.Callback):
         # parameters only: DDP broadcasts buffers (batch-norm statistics) from rank 0 at the next forward, so after
         # the last step each rank still holds its own
         state = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
+        buffers = {k: v.detach().cpu().clone() for k, v in pl_module.named_buffers()}
         info = {"global_rank": trainer.global_rank, "world_size": trainer.world_size, "node_rank": trainer.node_rank,
-                "skipped_nonfinite": pl_module.nonfinite.skipped, "global_step": trainer.global_step,
+                "skipped_nonfinite": pl_module.nonfinite.skipped,
+                "skipped_nonfinite_buffers": pl_module.nonfinite.skipped_buffers, "global_step": trainer.global_step,
                 "pid": os.getpid()}
-        torch.save({"state": state, "info": info}, self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save({"state": state, "buffers": buffers, "info": info}, self.out_dir / f"rank{trainer.global_rank}.pt")

@@ -33,9 +33,12 @@ def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
     assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
     for tag in ("train/infonce/text-cxr", "train/synthetic/cxr", "train/vib", "train/logit_scale/infonce/text-cxr",
                 "variance/cxr", "variance/text", "perf/samples_per_s", "perf/data_wait_fraction",
-                "val/mean_R@1", "val/R@1/cxr->text", "data/skipped_total"):
+                "val/mean_R@1", "val/R@1/cxr->text", "data/train/skipped_total", "data/val/skipped_total"):
         assert tag in scalars, f"{tag} missing from TensorBoard; have {sorted(scalars)}"
     assert all(0 < v < 1 for v in scalars["variance/cxr"])
+    # one series per stage, one value per epoch each (they shared a counter, logged twice, the second time as 0)
+    assert len(scalars["data/train/skipped_total"]) == 1 and len(scalars["data/val/skipped_total"]) == 1
+    assert "data/skipped_total" not in scalars
 
     (ckpt,) = (tmp_path / "smoke").glob("version_0/checkpoints/*.ckpt")
     test = run_probmed(["test", *_overrides(smoke_corpus, tmp_path), "--ckpt_path", str(ckpt)], cwd=tmp_path)

@@ -207,9 +207,21 @@ def test_truncated_shard_is_skipped_and_counted(dataset_dir):
     skipped = Counter()
     for b in batches:
         skipped.update(b["skipped"])
-    assert skipped["shard_read_error"] >= 1
+    assert skipped == {"shard_read_error": 1}  # one shard, one count (webdataset reports it once per layer)
     assert all(f"v0x{i}" in ids and f"v2x{i}" in ids for i in range(5))  # the intact shards are read whole
     assert 10 <= len(ids) < 15
+
+
+def test_an_all_garbage_shard_is_one_read_error_not_also_an_empty_shard(dataset_dir):
+    (dataset_dir / "val-000001.tar").write_bytes(b"\x8b garbage, not a tar archive " * 40)
+    (dataset_dir / "val-000002.tar").write_bytes(b"")  # a zero-byte file: a valid, empty tar? no: unreadable too
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, **small_inputs())
+    batches = _iterate_as(_stream(EvalStream, dm, "val"), 0, 1, 0)
+    skipped = Counter()
+    for b in batches:
+        skipped.update(b["skipped"])
+    assert skipped == {"shard_read_error": 2}, skipped
+    assert sorted(s for b in batches for s in b["study_id"]) == sorted(f"v0x{i}" for i in range(5))
 
 
 def test_config_errors_are_clear(dataset_dir, tmp_path):

@@ -118,7 +118,8 @@ def test_two_rank_ddp_fit_on_hostile_shards_completes_and_logs_skips(hostile, tm
     events.Reload()
     scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     assert all(math.isfinite(v) for v in scalars["train/loss"])
-    logged = {tag.split("/", 2)[2] for tag in scalars if tag.startswith("data/skipped/")}
-    assert {"unsafe_sample", "empty_shard", "shard_read_error"} <= logged, sorted(logged)
-    assert sum(scalars["data/skipped_total"]) >= 5
+    logged = {tag.split("/", 3)[3] for tag in scalars if tag.startswith("data/train/skipped/")}
+    assert {"unsafe_sample", "empty_shard"} <= logged, sorted(logged)
+    assert sum(scalars["data/train/skipped_total"]) >= 5
+    assert "shard_read_error" in {tag.split("/", 3)[3] for tag in scalars if tag.startswith("data/val/skipped/")}
     assert not marker.exists()

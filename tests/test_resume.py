@@ -197,3 +197,137 @@ def test_restored_loader_with_two_workers_continues_exactly_where_the_epoch_stop
     resumed.load_state_dict({"seed": 0, "epoch": 0, "batches_done": done, "epoch_batches": 12, "world_size": 1,
                              "num_workers": 2})
     assert [b["study_id"] for b in resumed.train_dataloader()] == full[done:]
+
+
+# -- resume never silently starts over -------------------------------------------------------------------------------
+def _short_config(tmp: Path, steps: int) -> list[str]:
+    """Smoke model, ``steps`` steps, no validation, a checkpoint after every step (step=N.ckpt) and last.ckpt."""
+    extra = {"trainer": {
+        "max_epochs": 1, "limit_train_batches": steps, "limit_val_batches": 0, "default_root_dir": str(tmp),
+        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                   "init_args": {"save_dir": str(tmp), "name": "smoke"}},
+        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                       "init_args": {"dirpath": str(tmp / "ckpt"), "filename": "{step}", "every_n_train_steps": 1,
+                                     "save_top_k": -1, "save_last": True}}],
+    }}
+    path = tmp / f"short{steps}.yaml"
+    path.write_text(yaml.safe_dump(extra))
+    return ["--config", SMOKE, "--config", str(path)]
+
+
+@pytest.fixture(scope="module")
+def three_steps(smoke_corpus, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A finished 3-step smoke run: (its directory, the data arguments)."""
+    tmp = tmp_path_factory.mktemp("three_steps")
+    data = ["--data.data_dir", str(smoke_corpus)]
+    out = run_probmed(["fit", *_short_config(tmp, 3), *data], cwd=tmp)
+    assert out.returncode == 0, out.output[-4000:]
+    assert sorted(p.name for p in (tmp / "ckpt").iterdir()) == ["last.ckpt", "step=1.ckpt", "step=2.ckpt",
+                                                                 "step=3.ckpt"]
+    return tmp, data
+
+
+def test_last_after_a_kill_during_the_first_write_of_last_ckpt_resumes_from_the_newest_complete_one(three_steps):
+    tmp, data = three_steps
+    ckpt = tmp / "ckpt"
+    # what a kill during the first write of last.ckpt (atomic: a temporary file), and during a non-atomic write
+    # of step=3.ckpt (a truncated final file, the newest) leave behind
+    (ckpt / "last.ckpt").unlink()
+    temp = ckpt / ".last.ckpt.x1y2z3.tmp"
+    temp.write_bytes((ckpt / "step=2.ckpt").read_bytes()[:5000])
+    (ckpt / "step=3.ckpt").write_bytes((ckpt / "step=3.ckpt").read_bytes()[:7000])
+    out = run_probmed(["fit", *_short_config(tmp, 3), *data, "--ckpt_path", "last"], cwd=tmp)
+    assert out.returncode == 0, out.output[-4000:]
+    assert "no last checkpoint available" not in out.output
+    assert f"--ckpt_path last: passed over {ckpt / 'step=3.ckpt'}" in out.output, out.output[-3000:]
+    assert f"--ckpt_path last: using {ckpt / 'step=2.ckpt'}" in out.output, out.output[-3000:]
+    assert f"Restored all states from the checkpoint at {ckpt / 'step=2.ckpt'}" in out.output
+    assert f"removed {temp}" in out.output and not temp.exists()
+    events = EventAccumulator(str(tmp / "smoke" / "version_1"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2]  # only the third step was trained
+
+
+def test_last_with_no_checkpoint_says_it_starts_from_step_0(smoke_corpus, tmp_path):
+    out = run_probmed(["fit", *_short_config(tmp_path, 1), "--data.data_dir", str(smoke_corpus),
+                       "--ckpt_path", "last"], cwd=tmp_path)
+    assert out.returncode == 0, out.output[-4000:]
+    said = [line for line in out.output.splitlines() if "--ckpt_path last: no complete checkpoint in" in line]
+    assert len(said) == 1 and str(tmp_path / "ckpt") in said[0] and said[0].endswith("starting from step 0")
+
+
+def test_resuming_a_different_model_is_refused_listing_the_keys(three_steps):
+    from probmed.cli import main
+
+    tmp, data = three_steps
+    args = ["fit", *_short_config(tmp, 3), *data, "--trainer.logger", "false", "--ckpt_path",
+            str(tmp / "ckpt" / "step=2.ckpt")]
+    with pytest.raises(ValueError, match=r"refusing to resume .*model\.embed_dim: config 32, checkpoint 16.*"
+                                         r"model\.warmup_steps: config 7, checkpoint 1"):
+        main([*args, "--model.embed_dim", "32", "--model.warmup_steps", "7"])
+
+
+def test_evaluating_with_other_model_settings_warns_and_uses_the_checkpoints(three_steps, capsys):
+    from probmed.cli import TRAINER_DEFAULTS, ProbMedCLI
+    from probmed.data.datamodule import ProbMedDataModule
+    from probmed.module import ProbMedModule
+
+    tmp, data = three_steps
+    ckpt = tmp / "ckpt" / "step=2.ckpt"
+    cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, trainer_defaults=TRAINER_DEFAULTS, args=[
+        "validate", *_short_config(tmp, 2), *data, "--trainer.logger", "false", "--model.warmup_steps", "7",
+        "--ckpt_path", str(ckpt)])
+    assert cli.model.hparams.warmup_steps == 1  # the checkpoint's, as LightningCLI does ...
+    err = capsys.readouterr().err  # ... but no longer silently
+    assert f"WARNING: {ckpt} was trained with other model settings than configured" in err
+    assert "model.warmup_steps: config 7, checkpoint 1" in err
+
+
+def test_a_torch_save_file_that_is_not_a_lightning_checkpoint_is_a_clear_error(smoke_corpus, tmp_path):
+    from probmed.cli import main
+    from probmed.training.resume import NotALightningCheckpointError
+
+    bare = tmp_path / "weights.pt"
+    torch.save({"encoders.ecg.stem.0.weight": torch.zeros(3)}, bare)
+    with pytest.raises(NotALightningCheckpointError, match=r"weights\.pt is a torch\.save file but not a Lightning "
+                                                           r"checkpoint.*a bare state_dict"):
+        main(["test", "--config", SMOKE, "--data.data_dir", str(smoke_corpus), "--trainer.logger", "false",
+              "--ckpt_path", str(bare)])
+
+
+def test_killing_the_trainer_takes_its_fork_server_and_loader_workers_down(smoke_corpus, tmp_path):
+    """The OOM killer's way: SIGKILL to the training process alone. Its fork server and loader workers (which
+    watch only the fork server) must not outlive it."""
+    from _slurm_gate import descendants
+
+    cmd = [sys.executable, "-m", "probmed", "fit", "--config", SMOKE, "--data.data_dir", str(smoke_corpus),
+           "--data.num_workers", "2", "--trainer.limit_train_batches", "1000", "--trainer.limit_val_batches", "0",
+           "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while len(children) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # resource tracker, fork server and two workers
+            children = descendants(proc.pid)
+        assert len(children) >= 4, f"the run never started its loader workers (exit code {proc.poll()})"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while (alive := {p for p in children if _proc_state(p) != "Z"}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"{len(alive)} of {len(children)} child processes outlived the killed trainer"
+    finally:
+        proc.kill()
+        for pid in children:  # only this test's own processes, by pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"

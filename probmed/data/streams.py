@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import shuffle
 from webdataset.tariterators import tarfile_samples
 
+from probmed.data.child_processes import init_worker, requeue_signals_blocked, start_fork_server
 from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder, batches, stable_hash
 
 
@@ -62,10 +63,12 @@ class _ShardStream(IterableDataset):
 
     def _studies(self, urls: Iterator[str], train: bool, skips: SkipCounter, shuffle_rng: random.Random | None,
                  buffer: int) -> Iterator[dict]:
-        """Decoded studies of ``urls`` in order (or through a shuffle buffer). An empty shard is counted
-        (``empty_shard``); ``2 × len(self.urls) + 1 + buffer`` shards in a row without one usable study (the buffer
-        term: a full shuffle buffer is read before the first study comes out) raise a clear error instead of looping
-        forever on an endless training sequence (which would hang every other rank)."""
+        """Decoded studies of ``urls`` in order (or through a shuffle buffer). A shard that fails to read, wholly or
+        part-way, is counted once (``shard_read_error``; the samples read before the failure are used), one that
+        reads cleanly but holds no sample once as ``empty_shard``; ``2 × len(self.urls) + 1 + buffer`` shards in a
+        row without one usable study (the buffer term: a full shuffle buffer is read before the first study comes
+        out) raise a clear error instead of looping forever on an endless training sequence (which would hang every
+        other rank)."""
         barren = {"shards": 0}
         limit = 2 * len(self.urls) + 1 + max(buffer, 0)
 
@@ -74,11 +77,22 @@ class _ShardStream(IterableDataset):
                 if barren["shards"] >= limit:
                     raise RuntimeError(f"no usable study in {limit} shards in a row (all empty or unreadable; "
                                        f"skipped so far: {dict(skips)}): check the dataset")
-                count = 0
-                for sample in tarfile_samples([{"url": url}], handler=skips):
+                count, errors = 0, []
+
+                def read_error(exc: BaseException, url=url, errors=errors) -> bool:
+                    # webdataset reports one broken tar once per layer it passes (tar reader, expander): count the
+                    # shard once, as unreadable (never also as empty)
+                    if not errors:
+                        skips.add("shard_read_error", f"{url}: {type(exc).__name__}: {exc}")
+                    errors.append(exc)
+                    return True
+
+                for sample in tarfile_samples([{"url": url}], handler=read_error):
+                    if errors:  # the incomplete sample at the break: part of this shard's one read error
+                        continue
                     count += 1
                     yield sample
-                if count == 0:
+                if count == 0 and not errors:
                     skips.add("empty_shard", url)
                 barren["shards"] += 1
 
@@ -181,17 +195,23 @@ class EpochAwareLoader(DataLoader):
             else:
                 self.dataset.skip_batches = 0
             self.resume_at = None
-        return super().__iter__()
+        with requeue_signals_blocked():  # workers started now never act on Slurm's requeue signal
+            return super().__iter__()
 
 
 def worker_context():
     """How loader workers start: ``forkserver`` (``spawn`` where the platform has no forkserver), never plain fork
     of the (multi-threaded) training process. The fork server has imported this module once; workers are forked
-    from it and receive the stream pickled. Why, and what it costs: docs/design.md, "Data loading"."""
+    from it and receive the stream pickled. Why, and what it costs: docs/design.md, "Data loading".
+
+    The fork server first imports :mod:`probmed.data.child_processes` (it dies with the process that started it)
+    and is started here, from the calling (main) thread, with Slurm's requeue signals blocked.
+    """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload(["probmed.data.child_processes", __name__])
+    start_fork_server(ctx)
     return ctx
 
 
@@ -206,4 +226,5 @@ def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bo
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context=worker_context() if num_workers > 0 else None,
+        worker_init_fn=init_worker if num_workers > 0 else None,
     )

@@ -143,12 +143,25 @@ class StudyCollator:
 def batches(
     studies: Iterable[dict], collate: StudyCollator, batch_size: int, skips: SkipCounter, partial: bool
 ) -> Iterator[dict]:
-    """Group studies into batches of ``batch_size``; a final short batch only when ``partial``."""
+    """Group studies into batches of ``batch_size``; a final short batch only when ``partial``.
+
+    Each batch carries the skips counted since the previous one. A finite (``partial``) stream holds each full
+    batch back until the next study arrives, so skips counted after the last study (a broken or empty last shard)
+    ride with the last batch instead of being lost."""
     buffer: list[dict] = []
+    held: list[dict] | None = None
     for study in studies:
+        if held is not None:
+            yield collate(held, skips.pop_all())
+            held = None
         buffer.append(study)
         if len(buffer) == batch_size:
-            yield collate(buffer, skips.pop_all())
+            if partial:
+                held = buffer
+            else:
+                yield collate(buffer, skips.pop_all())
             buffer = []
-    if buffer and partial:
+    if held is not None:
+        yield collate(held, skips.pop_all())
+    elif buffer and partial:
         yield collate(buffer, skips.pop_all())

@@ -11,9 +11,17 @@ the data stream position inside it makes the resumed run exact.
 
 The ``probmed`` CLI adds this callback whenever it runs under Slurm with auto-requeue on (Lightning's default;
 ``--trainer.plugins`` with ``SLURMEnvironment(auto_requeue=false)`` turns it off).
+
+Outside a training step the signal must not kill the task either (the job would end FAILED): one arriving while
+the process starts (:func:`catch_early_requeue_signal`, before the trainer exists) is acted on at the first step's
+end; one arriving after training ended is ignored — there is nothing left to checkpoint, and the job ends with
+the training's exit status. Python restores the default action (terminate) of every signal it handles while the
+interpreter shuts down, so from ``atexit`` on the signal is set to SIG_IGN. Loader workers and the fork server
+never act on it (:mod:`probmed.data.child_processes`).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -25,6 +33,17 @@ import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 log = logging.getLogger(__name__)
+_early = {"received": False}
+
+
+def _record_early(signum, frame) -> None:
+    _early["received"] = True
+
+
+def catch_early_requeue_signal(signum: int = signal.SIGUSR1) -> None:
+    """From now until :class:`SlurmRequeue` takes over, remember ``signum`` instead of dying of it (main thread)."""
+    signal.signal(signum, _record_early)
+    atexit.register(signal.signal, signum, signal.SIG_IGN)  # the interpreter's shutdown restores SIG_DFL otherwise
 
 
 def requeue_command() -> list[str]:
@@ -43,13 +62,24 @@ class SlurmRequeue(L.Callback):
     def __init__(self, signum: int = signal.SIGUSR1):
         self.signum = signal.Signals(signum)
         self.received = False
+        self.after_training = 0  # signals that arrived after training ended (ignored)
 
     def _on_signal(self, signum, frame) -> None:
         self.received = True  # acted on at the end of the current training step
 
+    def _after_fit(self, signum, frame) -> None:
+        self.after_training += 1
+        print(f"[probmed] {self.signum.name} after training ended: nothing left to checkpoint, ignored", flush=True)
+
     def setup(self, trainer, pl_module, stage: str) -> None:
-        # after Lightning registered its own handler (in Trainer._run): replace it; teardown restores the original
+        # before Lightning's Trainer._run registers its handlers: Lightning then keeps this one (it registers none
+        # where one exists) and restores it at its teardown
+        self.received = self.received or (_early["received"] and self.signum == signal.SIGUSR1)
         signal.signal(self.signum, self._on_signal)
+        atexit.register(signal.signal, self.signum, signal.SIG_IGN)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        signal.signal(self.signum, self._after_fit)
 
     def _agreed(self, trainer) -> bool:
         flag = torch.tensor([int(self.received)], device=trainer.strategy.root_device)
@@ -69,6 +99,12 @@ class SlurmRequeue(L.Callback):
             print(f"[probmed] {self.signum.name}: saved {path} at step {trainer.global_step}; {' '.join(cmd)}: "
                   f"{status}", flush=True)
         trainer.should_stop = True
+
+
+def requeue_signal(trainer) -> int:
+    """The signal the trainer's SLURMEnvironment requeues on (SIGUSR1 unless configured otherwise)."""
+    env = trainer._accelerator_connector.cluster_environment
+    return getattr(env, "requeue_signal", None) or signal.SIGUSR1
 
 
 def slurm_requeue_wanted(trainer) -> bool:

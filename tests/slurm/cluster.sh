@@ -41,6 +41,8 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
+# test pending jobs every second, not every 60 s: a requeued job starts as soon as it is eligible again
+SchedulerParameters=sched_interval=1
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1

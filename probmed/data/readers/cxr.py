@@ -15,13 +15,16 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.plausibility import check_cxr
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:
-    """Min–max scale a finite, non-constant image to ``[0, 1]`` (``float32``)."""
+    """Min–max scale a finite, non-constant, plausible image (:func:`~probmed.data.readers.plausibility.check_cxr`)
+    to ``[0, 1]`` (``float32``)."""
     image = np.asarray(image, dtype=np.float32)
     if not np.all(np.isfinite(image)):
         raise UnreadableInput("cxr_corrupt_dicom", "non-finite pixel values")
+    check_cxr(image)
     low, high = float(image.min()), float(image.max())
     if high <= low:
         raise UnreadableInput("cxr_blank", "constant image")

@@ -8,6 +8,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.plausibility import check_ecg
 
 
 def read_ecg_npy(data: bytes, n_leads: int) -> np.ndarray:
@@ -17,7 +18,9 @@ def read_ecg_npy(data: bytes, n_leads: int) -> np.ndarray:
 
     Raises:
         UnreadableInput: ``ecg_unreadable`` (not a plain numeric .npy), ``ecg_wrong_lead_count`` (first axis is not
-            ``n_leads``), ``ecg_nonfinite`` (NaN/inf samples), ``ecg_empty`` (no samples).
+            ``n_leads``), ``ecg_nonfinite`` (NaN/inf samples), ``ecg_empty`` (no samples), and the physiological
+            bounds of :func:`~probmed.data.readers.plausibility.check_ecg` (``ecg_implausible_amplitude``,
+            ``ecg_flat_line``, ``ecg_stuck_lead``).
     """
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
@@ -32,7 +35,7 @@ def read_ecg_npy(data: bytes, n_leads: int) -> np.ndarray:
     signal = array.astype(np.float32) / 1000.0
     if not np.all(np.isfinite(signal)):
         raise UnreadableInput("ecg_nonfinite", "NaN or inf samples")
-    return signal
+    return check_ecg(signal)
 
 
 def resample_ecg(signal: np.ndarray, rate: float, target_rate: float) -> np.ndarray:

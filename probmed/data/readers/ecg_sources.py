@@ -25,6 +25,7 @@ import numpy as np
 
 from probmed.data.readers.ecg import resample_ecg
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.plausibility import check_ecg
 from probmed.data.schema import ECG_LEADS
 
 #: Physical unit (as written in DICOM / WFDB / MUSE files, lower-cased) → factor to millivolts.
@@ -71,6 +72,7 @@ def _checked(record: EcgRecord) -> EcgRecord:
         raise UnreadableInput("ecg_nonfinite", "NaN or inf samples")
     if not record.rate or record.rate <= 0:
         raise UnreadableInput("ecg_no_sampling_rate", f"sampling rate {record.rate!r}")
+    check_ecg(record.signal)  # physiological bounds, as at load time: absurd records never reach a shard
     return record
 
 

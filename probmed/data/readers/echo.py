@@ -6,13 +6,16 @@ import io
 import numpy as np
 
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.plausibility import check_echo
 
 
 def read_echo_npy(data: bytes) -> np.ndarray:
     """Decode a ``.npy`` cine (grey levels 0–255, ``allow_pickle=False``).
 
     Raises:
-        UnreadableInput: ``echo_unreadable`` (not a plain numeric .npy or not ``[frames, H, W]``), ``echo_empty``.
+        UnreadableInput: ``echo_unreadable`` (not a plain numeric .npy or not ``[frames, H, W]``), ``echo_empty``,
+            and those of :func:`~probmed.data.readers.plausibility.check_echo` (``echo_out_of_range``,
+            ``echo_constant``, ``echo_frozen``).
     """
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
@@ -25,4 +28,4 @@ def read_echo_npy(data: bytes) -> np.ndarray:
     cine = array.astype(np.float32) / 255.0
     if not np.all(np.isfinite(cine)):
         raise UnreadableInput("echo_unreadable", "non-finite values")
-    return cine
+    return check_echo(cine)

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.plausibility import check_echo
 
 #: ITU-R BT.601 luma weights for R, G, B.
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -132,4 +133,6 @@ def read_echo_source(path: str | Path) -> tuple[np.ndarray, float | None]:
     if reader is None:
         raise UnreadableInput("echo_unknown_format", f"{path.name}: no echo reader for {path.suffix!r} "
                                                      f"(known: {sorted(ECHO_SOURCE_READERS)})")
-    return reader(path)
+    cine, fps = reader(path)
+    check_echo(cine.astype(np.float32) / 255.0)  # as at load time: a constant or frozen cine never reaches a shard
+    return cine, fps
