@@ -1,16 +1,20 @@
-"""Train demo-size models with the same towers, budget, data and seeds for several objectives and print one table:
-mean R@1 over modality pairs, zero-shot AUROC, AURC (retrieval, abstaining on variance) and zero-shot ECE.
+"""The seed methods compared as their preset files define them, on the embedded corpus, over several seeds.
 
-Each objective replaces ``model.objective`` of ``configs/demo.yaml``; everything else (towers, data, optimiser,
-seed) stays as the demo has it. The objectives come from the table :data:`OBJECTIVES` below or from files::
+Every row is a preset under ``configs/presets/`` run as it is (its objective, pairs, head settings, embedding
+size, data keys — MedProbCLIP's two views x two sections, MEDBind's text anchor + edge loss, ...) with one
+override shared by all rows: the demo's small towers, input sizes, optimiser, batch and epoch budget (the presets'
+own optimisers are recipes for pretrained towers; the small towers start from scratch). ``probmed-logbc`` is the
+ProbMED preset with the Bhattacharyya logit in place of its Hellinger similarity.
 
-    python benchmarks/compare_presets.py --epochs 14                       # the full comparison (long on CPU)
-    python benchmarks/compare_presets.py --studies 300 --epochs 1          # a quick check that it all runs
-    python benchmarks/compare_presets.py --objective mine=my_objective.yaml --only probmed,mine
+    python benchmarks/compare_presets.py                                  # 7 rows x seeds 0,1,2, demo budget
+    python benchmarks/compare_presets.py --epochs 3 --studies 600 --seeds 0 --only probmed,clip   # quick look
 
-A file given with ``--objective NAME=PATH`` holds an objective block (``class_path: probmed.losses.Objective``,
-``init_args: {terms: [...]}``), or a whole config whose ``model.objective`` is taken.
-Results (per run: ``<workdir>/<name>/test_metrics.json``) and the table (``<workdir>/comparison.json``) stay on disk.
+Printed per row, mean ± sd over seeds, on the test split (last checkpoint):
+  R@1 text<->cxr (the one pair every preset trains), mean R@1 and R@5 over the row's trained pairs, zero-shot
+  AUROC and ECE (prompts of every finding), AURC of selective retrieval (abstaining on variance), and the
+  Spearman correlation of predicted variance with corruption severity (mean over the configured corruptions).
+Runs stay under ``--workdir`` (``<row>/seed<k>/test_metrics.json``); the table also goes to
+``<workdir>/comparison.json`` and, as Markdown, ``<workdir>/comparison.md``.
 """
 from __future__ import annotations
 
@@ -19,158 +23,184 @@ import copy
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
+from itertools import combinations
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-#: The modality pairs that share hidden findings in the embedded corpus (the demo's trained pairs).
-PAIRS = [["text", "cxr"], ["text", "ecg"], ["text", "echo"], ["cxr", "echo"], ["ecg", "echo"]]
-ALL = ["cxr", "ecg", "echo", "text"]
+PRESETS = REPO / "configs" / "presets"
+DEMO_TOWERS = PRESETS / "towers" / "demo"
 
-
-def _infonce(pair, similarity, **kw):
-    return {"class_path": "probmed.losses.ProbabilisticInfoNCE",
-            "init_args": {"modalities": pair, "similarity": similarity, **kw}}
-
-
-def _vib(weight=1.0e-4):
-    return {"class_path": "probmed.losses.VIB", "init_args": {"modalities": ALL, "weight": weight}}
-
-
-def _synthetic(weight=0.1):
-    return [{"class_path": "probmed.losses.SyntheticSampling", "init_args": {"modality": m, "weight": weight, "num_samples": 4}}
-            for m in ALL]
-
-
-def _objective(terms):
-    return {"class_path": "probmed.losses.Objective", "init_args": {"terms": terms}}
-
-
-#: name → objective block. MedProbCLIP-style: its distance (``medprob``) in InfoNCE over the same pairs plus VIB
-#: (the MedProbCLIP term itself is CXR-view × report-section specific). MEDBind: cosine InfoNCE text↔each
-#: modality (text anchor) plus the Edge-Modality Contrastive Loss on the non-text pairs, on studies having both.
-OBJECTIVES: dict[str, dict] = {
-    "probmed": _objective([_infonce(p, "bhattacharyya") for p in PAIRS] + _synthetic() + [_vib()]),
-    "probmed-hellinger": _objective([_infonce(p, "hellinger") for p in PAIRS] + _synthetic() + [_vib()]),
-    "clip": _objective([_infonce(p, "cosine") for p in PAIRS]),
-    "pcme++": _objective([{"class_path": "probmed.losses.PCMEpp", "init_args": {"modalities": p}} for p in PAIRS] + [_vib()]),
-    "medprobclip": _objective([_infonce(p, "medprob") for p in PAIRS] + [_vib()]),
-    "medbind": _objective([_infonce(p, "cosine") for p in PAIRS if "text" in p]
-                          + [{"class_path": "probmed.losses.EdgeModalityContrastive", "init_args": {"modalities": p}}
-                             for p in PAIRS if "text" not in p]),
+#: row -> (preset file, similarity replacing the preset's InfoNCE similarity, or None).
+ROWS: dict[str, tuple[str, str | None]] = {
+    "probmed": ("probmed.yaml", None),
+    "probmed-logbc": ("probmed.yaml", "bhattacharyya"),
+    "medprobclip": ("medprobclip.yaml", None),
+    "medbind": ("medbind.yaml", None),
+    "pcme++": ("pcmepp.yaml", None),
+    "clip": ("clip.yaml", None),
+    "siglip": ("siglip.yaml", None),
 }
 
-COLUMNS = [("mean R@1 %", "test/mean_R@1"), ("zero-shot AUROC", "test/zeroshot/mean_auroc"),
-           ("AURC", "test/mean_aurc"), ("ECE", "test/zeroshot/mean_ece")]
+#: The demo's input sizes, per input class (merged into each preset's own input options).
+DEMO_INPUT_SIZES = {"CXRInput": {"size": 64}, "CXRSecondViewInput": {"size": 64}, "ECGInput": {"rate": 100},
+                    "EchoInput": {"frames": 16, "size": 40}, "TextInput": {"max_length": 96},
+                    "ImpressionInput": {"max_length": 96}}
+
+COLUMNS = ["R@1 text<->cxr", "mean R@1", "mean R@5", "zero-shot AUROC", "ECE", "AURC", "var~severity rho"]
+LOWER_IS_BETTER = {"ECE", "AURC"}
 
 
-def load_objective(path: Path) -> dict:
-    """An objective block from a YAML file (the block itself, or a config holding ``model.objective``)."""
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict) and "model" in data:
-        data = (data["model"].get("init_args") or data["model"]).get("objective")
-    if not isinstance(data, dict) or "class_path" not in data:
-        raise SystemExit(f"{path}: no objective block (class_path/init_args, or model.objective) found")
-    return data
+def preset_config(name: str) -> dict:
+    return yaml.safe_load((PRESETS / name).read_text())
 
 
-def run_config(base: dict, name: str, objective: dict, args, data_dir: Path, run_dir: Path) -> dict:
-    """The demo config with this objective, budget, data and output places."""
-    cfg = copy.deepcopy(base)
-    cfg["seed_everything"] = args.seed
-    cfg["model"]["objective"] = objective
-    trainer = cfg["trainer"]
-    trainer["max_epochs"] = args.epochs
-    trainer["enable_progress_bar"] = False
-    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                         "init_args": {"save_dir": str(run_dir), "name": "", "version": ""}}
-    for cb in trainer.get("callbacks", []):
-        if cb["class_path"].endswith("ModelCheckpoint"):
-            cb["init_args"]["dirpath"] = str(run_dir / "checkpoints")
-    cfg["data"]["data_dir"] = str(data_dir)
-    cfg["data"]["num_workers"] = args.workers
-    if args.batch_size:
-        cfg["data"]["batch_size"] = args.batch_size
-    return cfg
+def base_modality(key: str) -> str:
+    """``cxr_view2`` -> ``cxr``, ``text_impression`` -> ``text`` (an extra view/section of a modality)."""
+    return key.split("_")[0]
+
+
+def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Path, run_dir: Path) -> dict:
+    """The config laid over the preset: demo towers, sizes, optimiser, budget, data and output places."""
+    enc = preset["model"].get("encoders", {})
+    inputs = {}
+    for key, spec in preset["data"].get("inputs", {}).items():
+        cls = spec["class_path"] if isinstance(spec, dict) else spec
+        inputs[key] = {"class_path": cls, "init_args": dict(DEMO_INPUT_SIZES.get(cls.rsplit(".", 1)[-1], {}))}
+    model: dict = {
+        "warmup_steps": 30,
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": args.lr, "weight_decay": 1.0e-4}},
+        "encoders": {m: str(DEMO_TOWERS / f"{m}.yaml") for m in enc},
+    }
+    if similarity is not None:
+        objective = copy.deepcopy(preset["model"]["objective"])
+        for group in objective["init_args"].get("pairs", []):
+            if group["term"].endswith("ProbabilisticInfoNCE"):
+                group.setdefault("args", {})["similarity"] = similarity
+        model["objective"] = objective
+    return {
+        "seed_everything": seed,
+        "trainer": {
+            "max_epochs": args.epochs, "enable_progress_bar": False, "log_every_n_steps": 10,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(run_dir), "name": "", "version": ""}},
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True,
+                                         "save_top_k": 0}}],
+        },
+        "model": model,
+        "data": {"data_dir": str(data_dir), "batch_size": args.batch_size, "num_workers": args.workers,
+                 "inputs": inputs},
+    }
 
 
 def probmed(*words: str, log: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with log.open("a") as out:
-        proc = subprocess.run([sys.executable, "-m", "probmed", *words], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, "-m", "probmed", *words], cwd=REPO, env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"`probmed {' '.join(words[:2])}` failed (exit {proc.returncode}); see {log}")
 
 
-def fmt(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+def summarise(scalars: dict, modalities: list[str]) -> dict[str, float]:
+    """The table's columns from one run's test scalars; trained pairs = pairs of the preset's modalities."""
+    mods = sorted({base_modality(m) for m in modalities})
+    pairs = [(a, b) for a, b in combinations(mods, 2)]
+
+    def mean_of(keys):
+        vals = [scalars[k] for k in keys if scalars.get(k) is not None]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    def both(k, a, b):
+        return [f"test/R@{k}/{a}->{b}", f"test/R@{k}/{b}->{a}"]
+
+    return {
+        "R@1 text<->cxr": mean_of(both(1, "text", "cxr")),
+        "mean R@1": mean_of([key for a, b in pairs for key in both(1, a, b)]),
+        "mean R@5": mean_of([key for a, b in pairs for key in both(5, a, b)]),
+        "zero-shot AUROC": mean_of(["test/zeroshot/mean_auroc"]),
+        "ECE": mean_of(["test/zeroshot/mean_ece"]),
+        "AURC": mean_of(["test/mean_aurc"]),
+        "var~severity rho": mean_of(["test/robustness/mean_variance_spearman"]),
+    }
+
+
+def mean_sd(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    m = statistics.fmean(vals)
+    digits = 1 if abs(m) >= 10 else 3
+    return f"{m:.{digits}f} ± {statistics.stdev(vals):.{digits}f}" if len(vals) > 1 else f"{m:.{digits}f}"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"), help="base config (default: the demo)")
-    p.add_argument("--epochs", type=int, default=14, help="training epochs for every objective (the budget)")
-    p.add_argument("--studies", type=int, default=3000, help="studies in the generated corpus")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (initialisation and data order)")
+    p.add_argument("--epochs", type=int, default=14, help="training epochs of every run (the demo's budget)")
+    p.add_argument("--studies", type=int, default=3000, help="studies in the generated corpus (the demo's)")
     p.add_argument("--data", help="an existing dataset directory (default: generate one under --workdir)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisation and the data order")
+    p.add_argument("--lr", type=float, default=5.0e-3, help="AdamW learning rate of every run (the demo's)")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="data loader workers")
-    p.add_argument("--batch-size", type=int, help="override the config's batch size")
-    p.add_argument("--objective", action="append", default=[], metavar="NAME=PATH", help="add/replace an objective from a YAML file")
-    p.add_argument("--only", help="comma-separated objective names to run (default: all)")
+    p.add_argument("--only", help=f"comma-separated rows (default: all of {', '.join(ROWS)})")
     p.add_argument("--workdir", default=str(REPO / "runs" / "compare"))
     args = p.parse_args(argv)
 
-    objectives = dict(OBJECTIVES)
-    for item in args.objective:
-        name, _, path = item.partition("=")
-        if not name or not path:
-            raise SystemExit(f"--objective wants NAME=PATH, got {item!r}")
-        objectives[name] = load_objective(Path(path))
+    rows = dict(ROWS)
     if args.only:
-        wanted = args.only.split(",")
-        unknown = [n for n in wanted if n not in objectives]
+        unknown = [n for n in args.only.split(",") if n not in ROWS]
         if unknown:
-            raise SystemExit(f"unknown objective(s) {unknown}; have {sorted(objectives)}")
-        objectives = {n: objectives[n] for n in wanted}
-
+            raise SystemExit(f"unknown row(s) {unknown}; have {list(ROWS)}")
+        rows = {n: ROWS[n] for n in args.only.split(",")}
+    seeds = [int(s) for s in args.seeds.split(",")]
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    base = yaml.safe_load(Path(args.config).read_text())
-    data_dir = Path(args.data).resolve() if args.data else workdir / f"corpus-{args.studies}-seed{args.seed}"
+    data_dir = Path(args.data).resolve() if args.data else workdir / f"corpus-{args.studies}"
     if not (data_dir / "sizes.json").is_file():
         print(f"generating {args.studies} studies into {data_dir}", flush=True)
-        probmed("data", "synth", "--out", str(data_dir), "--studies", str(args.studies), "--seed", str(args.seed),
+        probmed("data", "synth", "--out", str(data_dir), "--studies", str(args.studies), "--seed", "0",
                 "--workers", str(args.workers), "--quiet", log=workdir / "synth.log")
 
-    results = {}
-    for name, objective in objectives.items():
-        run_dir = workdir / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = run_dir / "config.yaml"
-        cfg_path.write_text(yaml.safe_dump(run_config(base, name, objective, args, data_dir, run_dir), sort_keys=False))
-        log = run_dir / "log.txt"
-        log.write_text("")
-        start = time.perf_counter()
-        print(f"[{name}] fit ({args.epochs} epochs) ...", flush=True)
-        probmed("fit", "--config", str(cfg_path), log=log)
-        probmed("test", "--config", str(cfg_path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), log=log)
-        metrics = json.loads((run_dir / "test_metrics.json").read_text())["scalars"]
-        results[name] = {col: metrics.get(key) for col, key in COLUMNS}
-        results[name]["minutes"] = (time.perf_counter() - start) / 60
-        print(f"[{name}] done in {results[name]['minutes']:.1f} min", flush=True)
+    results: dict[str, dict[str, list[float]]] = {}
+    for name, (preset_file, similarity) in rows.items():
+        preset = preset_config(preset_file)
+        modalities = list(preset["data"].get("modalities") or preset["data"]["inputs"])
+        for seed in seeds:
+            run_dir = workdir / name / f"seed{seed}"
+            metrics_file = run_dir / "test_metrics.json"
+            if not metrics_file.is_file():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                over = run_dir / "override.yaml"
+                over.write_text(yaml.safe_dump(override(preset, similarity, args, seed, data_dir, run_dir),
+                                               sort_keys=False))
+                cfg = ["--config", str(PRESETS / preset_file), "--config", str(over)]
+                log = run_dir / "log.txt"
+                log.write_text("")
+                start = time.perf_counter()
+                print(f"[{name} seed {seed}] fit ({args.epochs} epochs) ...", flush=True)
+                probmed("fit", *cfg, log=log)
+                probmed("test", *cfg, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), log=log)
+                print(f"[{name} seed {seed}] done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+            scalars = json.loads(metrics_file.read_text())["scalars"]
+            for col, v in summarise(scalars, modalities).items():
+                results.setdefault(name, {}).setdefault(col, []).append(v)
 
-    head = f"{'objective':<20}" + "".join(f"{c:>17}" for c, _ in COLUMNS) + f"{'minutes':>9}"
-    lines = [head, "-" * len(head)]
-    for name, r in results.items():
-        lines.append(f"{name:<20}" + "".join(f"{fmt(r[c]):>17}" for c, _ in COLUMNS) + f"{r['minutes']:>9.1f}")
+    head = "| row | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, cols in results.items():
+        lines.append(f"| {name} | " + " | ".join(mean_sd(cols[c]) for c in COLUMNS) + " |")
     table = "\n".join(lines)
-    print(f"\nTest split of {data_dir.name}, {args.epochs} epoch(s), seed {args.seed} "
-          f"(R@1 in percent, higher is better; AURC and ECE lower is better):\n{table}")
+    print(f"\nTest split of {data_dir.name}, {args.epochs} epoch(s), seeds {seeds} (mean ± sd; R@K in percent; "
+          f"{', '.join(sorted(LOWER_IS_BETTER))} lower is better):\n{table}")
     (workdir / "comparison.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    (workdir / "comparison.md").write_text(table + "\n")
     return 0
 
 
