@@ -153,8 +153,9 @@ def _eager_backward(mu_a, v_a, mu_b, v_b, grad, alpha, beta, chunk):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _fwd_grouped(ma, va, mb, vb, alpha, beta):
-    """``alpha sum t^2/s + beta sum log s`` on grouped ``[., k, D/k]`` (rescaled) inputs -> ``[B, Nc]``."""
+def _grouped_sum(ma, va, mb, vb, alpha, beta, factor):
+    """``alpha sum t^2/s + beta sum log(prod factor)`` on grouped ``[., k, D/k]`` inputs -> ``[B, Nc]``;
+    ``factor(s, i)`` is the group-``i`` factor whose logs are summed (one ``log`` per group of ``k``)."""
     k = ma.shape[1]
     q = None
     p = None
@@ -163,23 +164,21 @@ def _fwd_grouped(ma, va, mb, vb, alpha, beta):
         t = ma[:, None, i] - mb[None, :, i]
         qi = t * t / s
         q = qi if q is None else q + qi
-        p = s if p is None else p * s
+        f = factor(s, i)
+        p = f if p is None else p * f
     return (alpha * q + beta * torch.log(p)).sum(-1)
+
+
+def _fwd_grouped(ma, va, mb, vb, alpha, beta):
+    """Plain form on (rescaled) inputs: the factors are ``s``."""
+    return _grouped_sum(ma, va, mb, vb, alpha, beta, lambda s, i: s)
 
 
 def _fwd_grouped_balanced(ma, va, ua, mb, vb, ub, alpha, beta):
-    """As :func:`_fwd_grouped` with the balanced factor ``s / (2 u_a u_b)`` (``ua`` ``[B, k, D/k]`` holds 2 u)."""
-    k = ma.shape[1]
-    q = None
-    p = None
-    for i in range(k):
-        s = va[:, None, i] + vb[None, :, i]
-        t = ma[:, None, i] - mb[None, :, i]
-        qi = t * t / s
-        q = qi if q is None else q + qi
-        c = torch.clamp_min(s / (ua[:, None, i] * ub[None, :, i]), 1.0)
-        p = c if p is None else p * c
-    return (alpha * q + beta * torch.log(p)).sum(-1)
+    """Balanced form: the factors are ``s / (2 u_a u_b)`` >= 1 (``ua`` ``[B, k, D/k]`` holds ``2 u``). A separate
+    compiled function from :func:`_fwd_grouped`, so that each keeps its own recompile budget."""
+    return _grouped_sum(ma, va, mb, vb, alpha, beta,
+                        lambda s, i: torch.clamp_min(s / (ua[:, None, i] * ub[None, :, i]), 1.0))
 
 
 def _bwd_rows(mu_a: Tensor, v_a: Tensor, mu_b: Tensor, v_b: Tensor, g: Tensor, alpha, beta):
