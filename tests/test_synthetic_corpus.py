@@ -234,3 +234,18 @@ def test_cli_runs_in_process(tmp_path, ecg_cache, capsys):
             ecg = np.load(io.BytesIO(files["ecg.npy"]), allow_pickle=False)
             assert ecg.shape == (12, 400)
             assert json.loads(files["json"])["ecg_sampling_rate"] == 100
+
+
+def test_progress_in_a_log_is_whole_lines(tmp_path, ecg_cache, capsys):
+    """Off a terminal (stderr captured, as in `make demo > log`), generation progress is newline-terminated lines,
+    never carriage-return updates that a log shows as one endless line."""
+    from probmed.data.commands import main
+
+    rc = main(["synth", "--out", str(tmp_path / "c"), "--studies", "6", "--seed", "1", "--cxr-size", "64",
+               "--echo-size", "32", "--echo-frames", "4", "--ecg-rate", "100", "--ecg-seconds", "4",
+               "--workers", "1", "--cache-dir", str(ecg_cache)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    progress = [line for line in err.splitlines() if line.startswith("[probmed synth]")]
+    assert progress and progress[-1].startswith("[probmed synth] 6/6 studies")

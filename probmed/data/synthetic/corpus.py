@@ -208,6 +208,7 @@ def generate_corpus(
     done = 0
     t_render = time.perf_counter()
     last_print = 0.0
+    tty = sys.stderr.isatty()  # a terminal gets one updating line; a log gets a whole line every 30 s
 
     def consume(results, writer):
         nonlocal done, last_print
@@ -219,11 +220,11 @@ def generate_corpus(
                 timing_n[m] += 1
             done += 1
             now = time.perf_counter()
-            if progress and (now - last_print > 1.0 or done == len(ordered)):
+            if progress and (now - last_print > (1.0 if tty else 30.0) or done == len(ordered)):
                 last_print = now
                 rate = done / max(now - t_render, 1e-9)
-                print(f"\r[probmed synth] {done}/{len(ordered)} studies, {rate:.1f}/s", end="", file=sys.stderr,
-                      flush=True)
+                line = f"[probmed synth] {done}/{len(ordered)} studies, {rate:.1f}/s"
+                print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     with ShardSetWriter(out_dir, maxcount=shard_size) as writer:
         if workers > 1:
@@ -231,7 +232,7 @@ def generate_corpus(
                 consume(pool.imap(_render_task, [(p, cfg) for p in ordered], chunksize=4), writer)
         else:
             consume((render_study(p, cfg, bank) for p in ordered), writer)
-    if progress:
+    if progress and tty:
         print(file=sys.stderr)
     render_seconds = time.perf_counter() - t_render
     sizes = writer.sizes
