@@ -51,6 +51,21 @@ def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
     assert all(r["chance@1"] == pytest.approx(100 / r["gallery_size"]) for r in rows)
 
 
+def test_fit_validate_test_at_d512_with_the_compiled_kernel_on_every_call(smoke_corpus, tmp_path):
+    """The compiled loss kernel forced for every problem (PROBMED_LOSS_FUSED_MIN_TRIPLES=0) at D = 512: training
+    batches, then validation and test scoring of twelve pairs whose blocks all have other row counts (the smoke
+    splits are uneven). Before, each new row count recompiled and the 9th raised FailOnRecompileLimitHit; now the
+    run ends normally and the kernel never falls back."""
+    args = [*_overrides(smoke_corpus, tmp_path), "--model.embed_dim", "512"]
+    fit = run_probmed(["fit", *args], cwd=tmp_path, PROBMED_LOSS_FUSED_MIN_TRIPLES="0")
+    assert fit.returncode == 0, fit.output[-4000:]
+    (ckpt,) = (tmp_path / "smoke").glob("version_0/checkpoints/*.ckpt")
+    test = run_probmed(["test", *args, "--ckpt_path", str(ckpt)], cwd=tmp_path, PROBMED_LOSS_FUSED_MIN_TRIPLES="0")
+    assert test.returncode == 0, test.output[-4000:]
+    for out in (fit.output, test.output):
+        assert "compiled pairwise kernel failed" not in out and "FailOnRecompileLimitHit" not in out
+
+
 @pytest.mark.ddp
 def test_two_process_ddp_fit_on_cpu(smoke_corpus, tmp_path):
     """Two gloo ranks, with the CXR and text towers micro-batched (checkpointed chunks inside DDP's backward)."""

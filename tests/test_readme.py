@@ -145,7 +145,8 @@ def test_the_readme_is_a_short_guide_without_run_history():
     assert len(lines) <= 250
     for doc in (README, *sorted((REPO / "docs").glob("*.md"))):
         for number, line in enumerate(doc.read_text().splitlines(), 1):
-            assert len(line) <= 120, f"{doc.name}:{number} is {len(line)} characters long"
+            if not line.startswith("|"):  # a Markdown table row cannot wrap
+                assert len(line) <= 120, f"{doc.name}:{number} is {len(line)} characters long"
             hashes = [w for w in re.findall(r"\b[0-9a-f]{7,40}\b", line) if re.search(r"\d", w) and
                       re.search(r"[a-f]", w)]
             assert not hashes, f"{doc.name}:{number}: commit hash {hashes}"

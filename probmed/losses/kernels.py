@@ -59,8 +59,9 @@ from torch import Tensor
 
 LOG2 = math.log(2.0)
 
-#: Below this many B x N x D triples the eager path is used (compiling would cost more than it saves).
-FUSED_MIN_TRIPLES = 1 << 24
+#: Below this many B x N x D triples the eager path is used (compiling would cost more than it saves);
+#: ``PROBMED_LOSS_FUSED_MIN_TRIPLES`` sets it (0: the fused path for every float32 CPU problem).
+FUSED_MIN_TRIPLES = int(os.environ.get("PROBMED_LOSS_FUSED_MIN_TRIPLES", 1 << 24))
 #: Columns per compiled chunk (forward and backward); the last chunk is padded to this size.
 FUSED_CHUNK = 256
 #: Bound on |log of a product of k factors| (fp32 normal numbers reach about e^-87.3 .. e^88.7).
