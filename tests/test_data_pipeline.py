@@ -215,7 +215,7 @@ def test_truncated_shard_is_skipped_and_counted(dataset_dir):
 def test_an_all_garbage_shard_is_one_read_error_not_also_an_empty_shard(dataset_dir):
     (dataset_dir / "val-000001.tar").write_bytes(b"\x8b garbage, not a tar archive " * 40)
     (dataset_dir / "val-000002.tar").write_bytes(b"")  # a zero-byte file: a valid, empty tar? no: unreadable too
-    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, **small_inputs())
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, inputs=small_inputs())
     batches = _iterate_as(_stream(EvalStream, dm, "val"), 0, 1, 0)
     skipped = Counter()
     for b in batches:

@@ -50,7 +50,7 @@ def test_distilled_text_encoder_keeps_each_teachers_retrieval(smoke_corpus, tmp_
     assert not any(p.requires_grad for p in model.teachers.parameters())
     texts = ProbMedDataModule(str(smoke_corpus), modalities=["text"], batch_size=8, num_workers=0,
                               inputs={"text": TextInput(max_length=32)})
-    trainer = L.Trainer(max_epochs=12, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=20, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     teacher_before = {k: v.clone() for k, v in model.teachers.state_dict().items()}
     trainer.fit(model, texts)

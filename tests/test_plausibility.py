@@ -89,7 +89,7 @@ def test_a_shard_with_twenty_ecgs_of_1e30_microvolts_is_read_with_each_one_skipp
         s[schema.ECG_EXT] = npy_bytes(_ecg_uv(rng) * 1e27)  # ~3e29 µV: finite float32
         poisoned.append(s)
     write_split(tmp_path, "train", [poisoned + [study(f"ok{i}", rng=rng) for i in range(4)]])
-    dm = ProbMedDataModule(str(tmp_path), batch_size=4, **small_inputs())
+    dm = ProbMedDataModule(str(tmp_path), batch_size=4, inputs=small_inputs())
     stream = TrainStream(dm.shards("train")[0], dm.decoder, dm.collator, 4, 0, batches_per_worker=6, num_workers=1,
                          shuffle_buffer=1)
     counts, ecg_present = Counter(), {}
