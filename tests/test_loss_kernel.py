@@ -1,11 +1,10 @@
 """The memory-linear chunked pairwise kernel: values and gradients against the naive broadcast."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
+from conftest import require_c_compiler
 from probmed.losses import kernels as K
 
 
@@ -40,8 +39,7 @@ def test_fused_cpu_path_matches_naive(lv_scale):
     """torch.compile path (grouped logs, rescaling, padded last chunk) vs the float64 naive broadcast.
 
     ``lv_scale=8`` spreads log-variances over about [-30, 30] so that fewer dimensions share one logarithm."""
-    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
-        pytest.skip("no C compiler on PATH: torch.compile's CPU backend needs one; the eager kernel is used instead")
+    require_c_compiler()
     # with a compiler the fused path must work: a silent fall-back to eager would cost ~7x in loss time
     assert K.fused_available() and K._probe_fused("cpu")
     mu_a, lv_a, mu_b, lv_b = _inputs(8, 40, 32, 2, lv_scale=lv_scale)
@@ -71,17 +69,12 @@ def test_memory_stays_linear():
     assert mu_b.grad.shape == (1024, 128)
 
 
-def _needs_compiler():
-    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
-        pytest.skip("no C compiler on PATH: torch.compile's CPU backend needs one; the eager kernel is used instead")
-
-
 def test_fused_path_survives_many_shapes_in_one_process(monkeypatch):
     """Evaluation scores blocks of every size (each pair's leftover query block differs), and training sees other
     batch sizes: 14 row counts x both coefficient pairs x two log-variance spreads (two group sizes k) at D = 512,
     forward and backward, in one process. Before, every new row count recompiled and the 9th raised
     FailOnRecompileLimitHit; now rows are dynamic and alpha/beta are tensors, and the fused path stays on."""
-    _needs_compiler()
+    require_c_compiler()
     monkeypatch.setattr(K, "FUSED_MIN_TRIPLES", 0)
     assert K._probe_fused("cpu")
     g = torch.Generator().manual_seed(5)
@@ -124,7 +117,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
 
 def test_backward_compile_failure_falls_back(monkeypatch):
     """A forward that compiled and a backward whose compilation fails: the gradient comes from the eager kernel."""
-    _needs_compiler()
+    require_c_compiler()
     assert K._probe_fused("cpu")
     mu_a, lv_a, mu_b, lv_b = [t.float().requires_grad_() for t in _inputs(6, 10, 16, 6)]
     out = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, 0.5, 0.5, False, fused=True)

@@ -162,26 +162,21 @@ def gaussian_log_likelihood(z: Tensor, mu: Tensor, lv: Tensor) -> Tensor:
     return -0.5 * (dim * LOG2PI + lv.sum(-1)[None, :] + quad)
 
 
-#: name -> (similarity function, initial logit scale). The scale is chosen so that the logit range at
-#: initialisation is comparable with CLIP's (cosine in [-1, 1] times 1/0.07): both Hellinger similarities are in
-#: [0, 1] (half the range of cosine) -> 2/0.07; -CSD of unit means is -(2 - 2 cos + sum v) (twice as steep as
-#: cosine) -> 0.5/0.07; log BC and the MedProbCLIP distance are sums over D dimensions of log-density-like terms
-#: -> 1.
-_SIMILARITIES = {
-    "hellinger": (lambda ma, la, mb, lb, normalize, chunk: hellinger_similarity(ma, la, mb, lb, chunk=chunk), 2 / 0.07),
-    "hellinger_joint": (
-        lambda ma, la, mb, lb, normalize, chunk: hellinger_similarity(ma, la, mb, lb, 1.0, chunk=chunk), 2 / 0.07
-    ),
-    "bhattacharyya": (lambda ma, la, mb, lb, normalize, chunk: log_bhattacharyya(ma, la, mb, lb, chunk=chunk), 1.0),
-    "csd": (lambda ma, la, mb, lb, normalize, chunk: -csd(ma, la, mb, lb), 0.5 / 0.07),
-    "medprob": (lambda ma, la, mb, lb, normalize, chunk: -medprob_distance(ma, la, mb, lb, chunk=chunk), 1.0),
-    "cosine": (lambda ma, la, mb, lb, normalize, chunk: cosine(ma, mb, normalize), 1 / 0.07),
+#: Initial logit scale ``1 / tau`` per similarity; its keys are the similarity names (one list, configs are
+#: validated against it). Chosen so that the logit range at initialisation is comparable with CLIP's (cosine in
+#: [-1, 1] times 1/0.07): both Hellinger similarities are in [0, 1] (half the range of cosine) -> 2/0.07; -CSD of
+#: unit means is -(2 - 2 cos + sum v) (twice as steep as cosine) -> 0.5/0.07; log BC and the MedProbCLIP distance
+#: are sums over D dimensions of log-density-like terms -> 1.
+DEFAULT_INIT_SCALE: dict[str, float] = {
+    "hellinger": 2 / 0.07,
+    "hellinger_joint": 2 / 0.07,
+    "bhattacharyya": 1.0,
+    "csd": 0.5 / 0.07,
+    "medprob": 1.0,
+    "cosine": 1 / 0.07,
 }
-#: The similarity names, in one place (configs are validated against it).
-SIMILARITIES = tuple(_SIMILARITIES)
+SIMILARITIES = tuple(DEFAULT_INIT_SCALE)
 Similarity = Literal[SIMILARITIES]  # type: ignore[valid-type]  # Literal["hellinger", ...] for jsonargparse
-#: Initial logit scale ``1 / tau`` per similarity.
-DEFAULT_INIT_SCALE: dict[str, float] = {k: v[1] for k, v in _SIMILARITIES.items()}
 
 
 def pairwise_similarity(
@@ -196,6 +191,16 @@ def pairwise_similarity(
     """``[B, N]`` similarity (higher = more similar) of kind ``hellinger`` (ProbMED, PS on ``BC^(1/D)``, in
     [0, 1]), ``hellinger_joint`` (the paper's PS on ``BC``), ``bhattacharyya`` (log BC <= 0), ``csd`` (-CSD),
     ``medprob`` (-MedProbCLIP distance) or ``cosine`` (of the means)."""
-    if kind not in _SIMILARITIES:
-        raise ValueError(f"unknown similarity {kind!r}; choose one of {SIMILARITIES}")
-    return _SIMILARITIES[kind][0](mu_a, lv_a, mu_b, lv_b, normalize, chunk)
+    if kind == "hellinger":
+        return hellinger_similarity(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
+    if kind == "hellinger_joint":
+        return hellinger_similarity(mu_a, lv_a, mu_b, lv_b, exponent=1.0, chunk=chunk)
+    if kind == "bhattacharyya":
+        return log_bhattacharyya(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
+    if kind == "csd":
+        return -csd(mu_a, lv_a, mu_b, lv_b)
+    if kind == "medprob":
+        return -medprob_distance(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
+    if kind == "cosine":
+        return cosine(mu_a, mu_b, normalize)
+    raise ValueError(f"unknown similarity {kind!r}; choose one of {SIMILARITIES}")
