@@ -58,8 +58,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def require_c_compiler() -> None:
-    """Skip a test of the compiled loss kernel where no C compiler is on PATH: torch.compile's CPU backend needs
-    one, and without it the project runs the eager kernel (whose own tests run everywhere)."""
-    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
-        pytest.skip("no C compiler on PATH: torch.compile's CPU backend needs one; the eager kernel is used instead")
+def has_c_compiler() -> bool:
+    """Whether torch.compile's CPU backend can build kernels here (it needs a C compiler on PATH)."""
+    return bool(shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))

@@ -2,12 +2,13 @@
 full-covariance textbook formulas, naive broadcasts) in float64."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import require_c_compiler
 from probmed.losses import similarity as S
 
 
@@ -92,12 +93,13 @@ def test_per_dimension_hellinger_reduces_to_the_papers_ps():
 def test_identical_gaussians_give_exactly_one_in_float32(fused):
     """D = 512, float32, unnormalised means and spread log-variances: log BC of a Gaussian with itself is exactly
     0 and both Hellinger similarities exactly 1 (per-sample sums of about +-600 no longer cancel in the sum)."""
-    if fused:
-        require_c_compiler()
+    # without a C compiler fused=True falls back to the eager kernel (one warning): the result must be the same
     g = torch.Generator().manual_seed(0)
     mu = (torch.randn(64, 512, generator=g) * 3.0).float()
     lv = (torch.randn(64, 512, generator=g) * 1.5 - 2.0).float()
-    log_bc = S.log_bhattacharyya(mu, lv, mu, lv, fused=fused)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        log_bc = S.log_bhattacharyya(mu, lv, mu, lv, fused=fused)
     assert log_bc.dtype == torch.float32
     assert torch.equal(log_bc.diagonal(), torch.zeros(64))
     assert (log_bc <= 0).all()
