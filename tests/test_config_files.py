@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from conftest import REPO
@@ -151,13 +152,38 @@ def test_siglip_preset(monkeypatch):
 
 
 def test_pcmepp_preset(monkeypatch):
-    """PCME++: closed-form sampled distance, match logit -a d + b with a = b = 5 at init, 0.1 x pseudo-positives."""
+    """PCME++: closed-form sampled distance, match logit -a d + b with a = 5 and b = 7 at init, 0.1 x
+    pseudo-positives, log-variance -8 at init."""
     model, _ = _build("pcmepp", monkeypatch)
     assert _terms(model) == [("PCMEpp", "pcmepp/cxr-text", 1.0, None), ("VIB", "vib", 1e-4, None)]
     term = model.objective.terms[0]
-    assert float(term.scale) == 5.0 and float(term.shift) == 5.0 and term.pseudo_weight == 0.1
+    assert float(term.scale) == 5.0 and float(term.shift) == 7.0 and term.pseudo_weight == 0.1
     assert model.objective.terms[1].dim_reduction == "mean"  # PCME++'s KL: .mean() over batch and dimensions
     assert _heads(model) == {"cxr": SOFT_DEFAULT, "text": SOFT_DEFAULT}
+    for head in model.heads.values():
+        _, log_var = head(torch.zeros(1, head.in_dim))
+        assert torch.allclose(log_var, torch.full_like(log_var, -8.0), atol=1e-5)
+
+
+def _unrelated_match_probability(scale: float, shift: float, log_var: float, batch: int = 64, dim: int = 512):
+    """Mean sigmoid(-a CSD + b) over the off-diagonal pairs of independent random unit means (float64)."""
+    from probmed.losses.similarity import csd
+
+    gen = torch.Generator().manual_seed(0)
+    mu_a, mu_b = (F.normalize(torch.randn(batch, dim, generator=gen, dtype=torch.float64), dim=-1) for _ in "ab")
+    lv = torch.full((batch, dim), log_var, dtype=torch.float64)
+    prob = torch.sigmoid(-scale * csd(mu_a, lv, mu_b, lv) + shift)
+    return float(prob[~torch.eye(batch, dtype=torch.bool)].mean())
+
+
+def test_pcmepp_preset_starts_at_the_base_rate():
+    """At the preset's init an unrelated pair's match probability is about 1 / (B - 1), so positives' pull and
+    negatives' push balance as in InfoNCE at a uniform start; the paper's b = 5 with the head's default
+    log-variance -2 puts every pair at sigmoid(-700): only positives pull, and training collapses each modality to
+    one point (docs/results.md, "PCME++ on the embedded corpus")."""
+    base_rate = 1 / 63
+    assert base_rate / 3 < _unrelated_match_probability(5.0, 7.0, -8.0) < 3 * base_rate
+    assert _unrelated_match_probability(5.0, 5.0, -2.0) < 1e-100
 
 
 def test_medbind_preset(monkeypatch):
