@@ -109,3 +109,16 @@ def jpeg_with_comment(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return path
+
+
+def relabelled(ds_or_path, modality: str) -> bytes:
+    """A real DICOM file's bytes with its SOP Class and Modality changed to a chest film (``"DX"``) or an ultrasound
+    (``"US"``), pixels untouched: lets pixel-decoding tests use pydicom's CT / MR / NM / SC test files, which the
+    readers otherwise refuse as the wrong modality."""
+    sop = {"DX": pydicom.uid.DigitalXRayImageStorageForPresentation, "US": pydicom.uid.UltrasoundImageStorage}[modality]
+    ds = ds_or_path if isinstance(ds_or_path, Dataset) else pydicom.dcmread(ds_or_path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+    ds.Modality = modality
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()

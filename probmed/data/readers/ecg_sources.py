@@ -25,6 +25,7 @@ import numpy as np
 
 from probmed.data.readers.ecg import resample_ecg
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_ecg
 from probmed.data.schema import ECG_LEADS
 
@@ -80,15 +81,19 @@ def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
     """A DICOM ECG waveform: the multiplex group labelled ``group`` (else the first one), in millivolts.
 
     pydicom's ``waveform_array`` applies channel sensitivity, correction factor and baseline; the result is in
-    each channel's ChannelSensitivityUnits, converted here to millivolts.
+    each channel's ChannelSensitivityUnits, converted here to millivolts. A file that is not an ECG waveform
+    (SOP Class / Modality, :mod:`probmed.data.readers.identity`) is refused as ``ecg_wrong_modality``.
     """
     import pydicom
 
     try:
         ds = pydicom.dcmread(str(path))
-        groups = ds.WaveformSequence
     except Exception as exc:
         raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    check_identity(ds, "ecg")
+    groups = ds.get("WaveformSequence")
+    if not groups:
+        raise UnreadableInput("ecg_unreadable", "ECG waveform file without a WaveformSequence")
     labels = [str(g.get("MultiplexGroupLabel", "")).upper() for g in groups]
     index = labels.index(group.upper()) if group.upper() in labels else 0
     channels = groups[index].ChannelDefinitionSequence

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_echo
 
 #: ITU-R BT.601 luma weights for R, G, B.
@@ -58,13 +59,18 @@ def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
     """A cine DICOM → ``(uint8 [frames, H, W], fps or None)``.
 
     Raises:
-        UnreadableInput: ``echo_unreadable`` (pydicom cannot parse or decode it), ``echo_unsupported_photometric``.
+        UnreadableInput: ``echo_unreadable`` (pydicom cannot parse or decode it), ``echo_wrong_modality`` (not an
+            ultrasound image, :mod:`probmed.data.readers.identity`), ``echo_unsupported_photometric``.
     """
     import pydicom
     from pydicom.pixels import apply_color_lut
 
     try:
         ds = pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    check_identity(ds, "echo")
+    try:
         pixels = ds.pixel_array
     except Exception as exc:
         raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
