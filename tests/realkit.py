@@ -122,3 +122,42 @@ def relabelled(ds_or_path, modality: str) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer)
     return buffer.getvalue()
+
+
+def hl7_aecg(path: Path, leads: dict[str, np.ndarray], rate: float, scale_uv: float = 2.5,
+             origin_uv: float = 0.0) -> Path:
+    """An HL7 aECG (``AnnotatedECG``, urn:hl7-org:v3) written from the implementation guide's structure: a rhythm
+    series with a ``TIME_ABSOLUTE`` GLIST_TS sequence and one SLIST_PQ sequence per lead (``digits`` are
+    ``round((mV·1000 − origin) / scale)``), plus a median-beat series under ``derivation`` that must not be read."""
+    def lead(name: str, values: np.ndarray) -> str:
+        digits = " ".join(str(int(d)) for d in np.rint((values * 1000 - origin_uv) / scale_uv))
+        return (f'<component><sequence><code code="MDC_ECG_LEAD_{name.upper()}" codeSystem="2.16.840.1.113883.6.24"/>'
+                f'<value xsi:type="SLIST_PQ"><origin value="{origin_uv}" unit="uV"/><scale value="{scale_uv}" '
+                f'unit="uV"/><digits>{digits}</digits></value></sequence></component>')
+
+    time = (f'<component><sequence><code code="TIME_ABSOLUTE" codeSystem="2.16.840.1.113883.5.4"/>'
+            f'<value xsi:type="GLIST_TS"><head value="20240229101010.000"/><increment value="{1000 / rate}" '
+            f'unit="ms"/></value></sequence></component>')
+    rhythm = time + "".join(lead(n, v) for n, v in leads.items())
+    median = time + "".join(lead(n, v[: len(v) // 4] * 0) for n, v in leads.items())
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><AnnotatedECG xmlns="urn:hl7-org:v3" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><id root="1.2.3"/><code code="93000" '
+        'codeSystem="2.16.840.1.113883.6.12"/><component><series><code code="RHYTHM"/>'
+        f'<component><sequenceSet>{rhythm}</sequenceSet></component>'
+        f'<derivation><derivedSeries><component><sequenceSet>{median}</sequenceSet></component></derivedSeries>'
+        '</derivation></series></component></AnnotatedECG>')
+    return path
+
+
+def cardiosoft_xml(path: Path, leads: dict[str, np.ndarray], rate: int, resolution_uv: float = 5.0) -> Path:
+    """A GE CardioSoft ``CardiologyXML`` resting ECG: ``<StripData>`` with SampleRate, Resolution (µV per count)
+    and comma-separated counts per ``<WaveformData lead=...>``."""
+    strips = "".join(f'<WaveformData lead="{n}">' + ",".join(str(int(c)) for c in np.rint(v * 1000 / resolution_uv))
+                     + "</WaveformData>" for n, v in leads.items())
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><CardiologyXML><ObservationType>RestECG</ObservationType>'
+        f'<PatientInfo><Name><FamilyName>{PHI["name"]}</FamilyName></Name></PatientInfo><StripData>'
+        f'<NumberOfLeads>{len(leads)}</NumberOfLeads><SampleRate units="Hz">{rate}</SampleRate>'
+        f'<Resolution units="uVperLsb">{resolution_uv}</Resolution>{strips}</StripData></CardiologyXML>')
+    return path

@@ -12,7 +12,7 @@ column              content
 ``split``           ``train``, ``val`` (or ``validate``) or ``test`` (required)
 ``cxr``             radiograph files (``.dcm``, ``.png``, ``.jpg``), ``;``-separated
 ``cxr_views``       their view positions (``PA;LATERAL``), ``;``-separated; empty: taken from the DICOM header
-``ecg``             one ECG file (``.dcm`` waveform, WFDB ``.hea`` or record name, GE MUSE ``.xml``)
+``ecg``             one ECG file (``.dcm`` waveform, WFDB ``.hea``, ``.xml``: GE MUSE, HL7 aECG, GE CardioSoft)
 ``echo``            one echo cine (multi-frame ``.dcm``, ``.avi``, ``.mp4``)
 ``echo_fps``        the cine's frame rate when the file does not say it (e.g. EchoNet-Dynamic's FileList.csv FPS)
 ``report``          a UTF-8 report file
