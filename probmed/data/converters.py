@@ -20,6 +20,7 @@ from probmed.data.readers.cxr import CXR_READERS
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
 from probmed.data.readers.echo_sources import read_echo_source
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.text import plain_report
 
 INT16_MAX_UV = 32767
 
@@ -136,9 +137,14 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
 
 
 def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
-    """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``."""
+    """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``; an HL7 CDA
+    document becomes its narrative, other markup (HTML, XML) is refused (:func:`~probmed.data.readers.text.plain_report`)."""
     paths = entry.paths.get("report", [])
-    text = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
+    try:
+        raw = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
+    except UnicodeDecodeError as exc:
+        raise UnreadableInput("text_not_utf8", str(exc)) from exc
+    text = plain_report(raw)
     if not text.strip():
         raise UnreadableInput("text_empty", "empty report")
     return {schema.REPORT_EXT: text.encode("utf-8")}, {}

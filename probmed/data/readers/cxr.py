@@ -90,6 +90,8 @@ def read_cxr_dicom(data: bytes) -> tuple[np.ndarray, str]:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise UnreadableInput("cxr_corrupt_dicom", f"{type(exc).__name__}: {exc}") from exc
+    if "PixelData" not in ds:
+        raise UnreadableInput("cxr_corrupt_dicom", "no pixel data (not a DICOM image)")
     check_identity(ds, "cxr")
     try:
         pixels = ds.pixel_array
