@@ -14,6 +14,9 @@ row gives converted by its registered converter (:mod:`probmed.data.registry`, :
   (``meta["echo_fps"]``).
 * Report (file or inline text, e.g. ECG statements) → ``report.txt``.
 
+The label vocabulary (the manifest's ``finding:<name>`` columns, their value convention and counts) is written to
+``labels.json`` (:mod:`probmed.data.labels`); the loader and evaluation take the labels from there.
+
 Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored.
 
 The plan is deterministic: studies are sorted by pseudonym within each split and cut into shards of at most
@@ -35,7 +38,8 @@ from pathlib import Path
 from probmed.data import schema
 from probmed.data.converters import BuildContext
 from probmed.data.deid import SALT_ENV, Pseudonymizer
-from probmed.data.manifest import StudyEntry, read_manifest
+from probmed.data.labels import write_vocabulary
+from probmed.data.manifest import StudyEntry, label_columns, read_manifest
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.registry import build_specs
 from probmed.data.shard_writer import shard_name, write_shard, write_sizes
@@ -241,6 +245,7 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
     for name, rec in records.items():  # a shard left with no study is not listed and not kept
         if rec["count"] == 0:
             (out_dir / name).unlink(missing_ok=True)
+    write_vocabulary(out_dir, label_columns(manifest), [e.findings for e in entries])
     write_sizes(out_dir, sizes)
     skipped = Counter(s["reason"] for rec in records.values() for s in rec["skipped"])
     notes: Counter = Counter()
