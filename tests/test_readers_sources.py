@@ -20,7 +20,7 @@ from probmed.data.readers import UnreadableInput, read_cxr, read_cxr_dicom, read
 from probmed.data.readers.ecg_sources import (
     canonical_lead, read_ecg_dicom, read_ecg_muse_xml, read_ecg_source, read_ecg_wfdb, standardize_ecg,
 )
-from probmed.data.readers.echo_sources import read_echo_dicom, read_echo_source, read_echo_video, rgb_to_grey
+from probmed.data.readers.echo_sources import read_echo_dicom, read_echo_source, read_echo_video
 from probmed.data.readers.text import read_report, split_sections, statements_report
 from realkit import relabelled
 
@@ -33,6 +33,13 @@ def _testfile(name: str) -> str:
 
 def _bytes(name: str) -> bytes:
     return Path(_testfile(name)).read_bytes()
+
+
+def _luma(rgb: np.ndarray, top: int = 255) -> np.ndarray:
+    """BT.601 luma of the whole array at once in float64 (exact: integer sums below 2⁵³), rounded half up: the
+    reference for the reader's blockwise integer conversion."""
+    weighted = rgb.astype(np.float64) @ np.array([299.0, 587.0, 114.0])
+    return np.floor(weighted * 255.0 / (1000.0 * top) + 0.5).astype(np.uint8)
 
 
 def _film(name: str) -> bytes:
@@ -208,7 +215,7 @@ def test_echo_dicom_multiframe_ybr_jpeg_cine():
     assert cine.shape == (30, 240, 320) and cine.dtype == np.uint8
     assert fps == pytest.approx(1000 / 33.333)
     ds = pydicom.dcmread(path)
-    expected = rgb_to_grey(ds.pixel_array)  # pydicom's own YBR → RGB conversion, then BT.601 luma
+    expected = _luma(ds.pixel_array)  # pydicom's own YBR → RGB conversion, then BT.601 luma
     np.testing.assert_array_equal(cine, expected)
     raw = pydicom.dcmread(path)  # the luma of YBR is its Y plane, up to RGB clipping at the gamut edge
     raw.pixel_array_options(as_rgb=False)
@@ -222,17 +229,16 @@ def test_echo_dicom_palette_rgb_and_rle_multiframe(tmp_path):
     path = _testfile("examples_palette.dcm")
     cine, fps = read_echo_dicom(path)
     ds = pydicom.dcmread(path)
-    rgb = apply_color_lut(ds.pixel_array, ds).astype(float)
-    rgb = rgb / 257.0 if rgb.max() > 255 else rgb
-    np.testing.assert_array_equal(cine[0], rgb_to_grey(rgb))
+    rgb = apply_color_lut(ds.pixel_array, ds)
+    np.testing.assert_array_equal(cine[0], _luma(rgb, 65535 if rgb.max() > 255 else 255))
     assert cine.shape == (1, 350, 800) and fps is None
     rgb_cine, _ = read_echo_dicom(_testfile("examples_rgb_color.dcm"))
-    np.testing.assert_array_equal(rgb_cine[0], rgb_to_grey(pydicom.dcmread(_testfile("examples_rgb_color.dcm")).pixel_array))
+    np.testing.assert_array_equal(rgb_cine[0], _luma(pydicom.dcmread(_testfile("examples_rgb_color.dcm")).pixel_array))
     (tmp_path / "two.dcm").write_bytes(relabelled(_testfile("SC_rgb_rle_2frame.dcm"), "US"))  # an SC, relabelled US
     two, _ = read_echo_dicom(tmp_path / "two.dcm")
     assert two.shape == (2, 100, 100)
     j2k, _ = read_echo_dicom(_testfile("examples_jpeg2k.dcm"))  # a JPEG 2000 (YBR_RCT) ultrasound frame
-    np.testing.assert_array_equal(j2k[0], rgb_to_grey(pydicom.dcmread(_testfile("examples_jpeg2k.dcm")).pixel_array))
+    np.testing.assert_array_equal(j2k[0], _luma(pydicom.dcmread(_testfile("examples_jpeg2k.dcm")).pixel_array))
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:

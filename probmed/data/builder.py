@@ -60,6 +60,7 @@ class BuildOptions:
     echo_size: int | None = 112
     echo_fps: float | None = None
     drop_burned_in: bool = False
+    fit: str = "pad"
 
 
 @dataclass

@@ -140,6 +140,8 @@ def _conversion_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--ecg-clean", action="store_true", help="clean ECG leads with neurokit2 ecg_clean")
     b.add_argument("--echo-size", type=int, default=112, help="echo frame side in pixels (default 112; 0 = keep)")
     b.add_argument("--echo-fps", type=float, default=None, help="frame rate for cines that do not state one")
+    b.add_argument("--fit", choices=("pad", "crop"), default="pad",
+                   help="how a non-square cine becomes square at --echo-size: pad (default) or centre-crop")
     b.add_argument("--drop-burned-in", action="store_true",
                    help="skip DICOM views that declare BurnedInAnnotation=YES (default: keep and report)")
     b.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
@@ -149,7 +151,8 @@ def _options(args: argparse.Namespace):
     from probmed.data.builder import BuildOptions
 
     return BuildOptions(cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean,
-                        echo_size=args.echo_size or None, echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in)
+                        echo_size=args.echo_size or None, echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in,
+                        fit=args.fit)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

@@ -117,11 +117,12 @@ def ecg_record(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
 
 
 def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
-    """Multi-frame DICOM / AVI / MP4 → grey ``uint8 [frames, size, size]`` ``echo.npy`` at its own frame rate
+    """Multi-frame DICOM / AVI / MP4 → grey ``uint8 [frames, size, size]`` ``echo.npy`` (aspect kept: padded or
+    centre-cropped by ``--fit``) at its own frame rate
     (``meta["echo_fps"]``: the file's, else the manifest's ``echo_fps``, else ``--echo-fps``)."""
     import torch
 
-    from probmed.data.modalities import _resize
+    from probmed.data.modalities import fit_square
 
     (source,) = entry.paths["echo"]
     cine, fps = read_echo_source(source)
@@ -131,7 +132,7 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
         raise UnreadableInput("echo_no_frame_rate", f"{source.name}: no frame rate in the file, manifest "
                                                     "(echo_fps) or --echo-fps")
     if ctx.opts.echo_size:
-        resized = _resize(torch.from_numpy(cine).float(), ctx.opts.echo_size)
+        resized = fit_square(torch.from_numpy(cine).float(), ctx.opts.echo_size, ctx.opts.fit)
         cine = resized.round().clamp(0, 255).to(torch.uint8).numpy()
     return {schema.ECHO_EXT: _npy(np.ascontiguousarray(cine, dtype=np.uint8))}, {"echo_fps": float(fps)}
 

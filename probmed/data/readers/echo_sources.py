@@ -24,11 +24,30 @@ from probmed.data.readers.plausibility import check_echo
 
 #: ITU-R BT.601 luma weights for R, G, B.
 LUMA = np.array([0.299, 0.587, 0.114])
+#: The same weights in thousandths: luma = (299 R + 587 G + 114 B) / 1000, exact in integers.
+_LUMA_MILLI = np.array([299, 587, 114], dtype=np.uint32)
+#: Frames converted at a time: a block of 8 frames of 480 × 640 costs ~30 MiB of uint32 temporaries, whatever the
+#: cine's length (a whole 120-frame float64 copy cost ~1.2 GiB).
+FRAME_BLOCK = 8
 
 
-def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` RGB (any integer range 0–255) → ``uint8 [...]`` luma, rounded."""
-    return np.clip(np.rint(rgb.astype(np.float64) @ LUMA), 0, 255).astype(np.uint8)
+def rgb_to_grey(rgb: np.ndarray, top: int = 255) -> np.ndarray:
+    """``[..., 3]`` RGB with values in ``0..top`` (255 for 8-bit, 65535 for 16-bit palette entries) → ``uint8
+    [...]`` luma (BT.601), rounded half up, computed in integers over blocks of :data:`FRAME_BLOCK` frames so the
+    temporaries stay small for long colour cines."""
+    frames = rgb.reshape(-1, *rgb.shape[-3:]) if rgb.ndim >= 4 else rgb[None]
+    out = np.empty(frames.shape[:-1], dtype=np.uint8)
+    divisor = 1000 * top  # luma in 0..255 = (weights · rgb) · 255 / (1000 · top)
+    for start in range(0, len(frames), FRAME_BLOCK):
+        block = frames[start : start + FRAME_BLOCK].astype(np.uint64 if top > 255 else np.uint32)
+        weighted = block @ _LUMA_MILLI.astype(block.dtype)
+        del block
+        weighted *= 255  # in place: the block copy and this sum are the only temporaries
+        weighted += divisor // 2
+        weighted //= divisor
+        np.minimum(weighted, 255, out=weighted)
+        out[start : start + FRAME_BLOCK] = weighted
+    return out.reshape(rgb.shape[:-1])
 
 
 def _to_uint8(grey: np.ndarray, bits: int) -> np.ndarray:
@@ -95,10 +114,8 @@ def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
 
 def _palette_grey(pixels: np.ndarray, ds, apply_color_lut) -> np.ndarray:
     """Palette indices → RGB through the header's LUT (8- or 16-bit entries) → luma."""
-    rgb = apply_color_lut(pixels, ds).astype(np.float64)
-    if rgb.max() > 255:  # 16-bit LUT entries
-        rgb = rgb / 257.0
-    return rgb_to_grey(rgb)
+    rgb = apply_color_lut(pixels, ds)
+    return rgb_to_grey(rgb, 65535 if rgb.max() > 255 else 255)
 
 
 def read_echo_video(path: str | Path) -> tuple[np.ndarray, float | None]:
