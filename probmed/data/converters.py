@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from probmed.data import schema
-from probmed.data.deid import Pseudonymizer, deidentify_dicom, strip_image_metadata
+from probmed.data.deid import Pseudonymizer, deidentify_dicom, scrub_text, strip_image_metadata, study_identifiers
 from probmed.data.readers.cxr import CXR_READERS
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
 from probmed.data.readers.echo_sources import read_echo_source
@@ -139,13 +139,17 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
 
 def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``; an HL7 CDA
-    document becomes its narrative, other markup (HTML, XML) is refused (:func:`~probmed.data.readers.text.plain_report`)."""
+    document becomes its narrative, other markup (HTML, XML) is refused (:func:`~probmed.data.readers.text.plain_report`).
+    Every identifying value the builder knows for the study (:func:`~probmed.data.deid.study_identifiers`: its
+    ids, and the names, dates, ids and UIDs in its DICOM headers and ECG XML) is replaced by ``___``."""
     paths = entry.paths.get("report", [])
     try:
         raw = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
     except UnicodeDecodeError as exc:
         raise UnreadableInput("text_not_utf8", str(exc)) from exc
-    text = plain_report(raw)
+    text, scrubbed = scrub_text(plain_report(raw), study_identifiers(entry))
+    if scrubbed:
+        ctx.notes["report_identifiers_scrubbed"] += scrubbed
     if not text.strip():
         raise UnreadableInput("text_empty", "empty report")
     return {schema.REPORT_EXT: text.encode("utf-8")}, {}
