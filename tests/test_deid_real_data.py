@@ -69,3 +69,53 @@ def test_report_loses_every_identifier_the_builder_knows(tmp_path):
                   PHI["institution"], "February 29, 2024", "SRC-STUDY-77", "SRC-PAT-88"):
         assert value.lower() not in text.lower(), value
     assert "FINDINGS: Heart size is normal. No effusion." in text and text.count("___") == 9
+
+
+def _us_with_burned_in_name(path: Path, regions: bool, declared: str = "YES") -> tuple[Path, np.ndarray]:
+    """pydicom's real colour cardiac cine with the patient's name burned into the top band of every frame (as
+    scanners print it), stored uncompressed RGB; returns the path and the text mask ``bool [H, W]``."""
+    from PIL import Image, ImageDraw
+
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm", download=False))
+    rgb = ds.pixel_array.copy()
+    canvas = Image.new("L", (rgb.shape[2], rgb.shape[1]))
+    ImageDraw.Draw(canvas).text((150, 0), "SMITHFIELD^JOHANNA 20240229", fill=255)
+    text = np.asarray(canvas) > 0
+    rgb[:, text] = 255
+    ds.PixelData, ds.PhotometricInterpretation = rgb.tobytes(), "RGB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.PatientName, ds.BurnedInAnnotation = PHI["name"], declared
+    if not regions:
+        del ds.SequenceOfUltrasoundRegions
+    ds.save_as(path, enforce_file_format=True)
+    return path, text
+
+
+def _built_cine(tmp_path: Path, source: Path, **options) -> tuple[np.ndarray | None, dict]:
+    from probmed.data.builder import BuildOptions
+
+    out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+    write_manifest(tmp_path / "m.csv", [{"study_id": "s", "patient_id": "p", "split": "train", "echo": source}])
+    summary = build_dataset(tmp_path / "m.csv", out, salt="k", progress=False,
+                            options=BuildOptions(echo_size=None, **options))
+    shards = list(out.glob("*.tar"))
+    if not shards:
+        return None, summary
+    with tarfile.open(shards[0]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("echo.npy"))
+        return np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False), summary
+
+
+def test_burned_in_name_is_blanked_outside_the_sector(tmp_path):
+    for regions in (True, False):  # by the header's region geometry, else by the pixels that move
+        source, text = _us_with_burned_in_name(tmp_path / f"us{regions}.dcm", regions)
+        cine, summary = _built_cine(tmp_path, source)
+        assert cine is not None and summary["notes"]["echo_burned_in_annotation"] == 1
+        assert cine[:, text].max() == 0, regions  # not one pixel of the name is left
+        assert cine.std(axis=0).mean() > 1 and cine.max() > 100  # the moving image is still there
+    kept, _ = _built_cine(tmp_path, source, keep_burned_in=True, us_blank="none")
+    assert kept[:, text].min() > 200  # opted in: left as it was
+    refused, summary = _built_cine(tmp_path, source, us_blank="none")
+    assert refused is None and summary["skipped"] == {"echo_burned_in_annotation": 1, "no_usable_modality": 1}
+    header, _ = _built_cine(tmp_path, _us_with_burned_in_name(tmp_path / "h.dcm", False, "NO")[0], us_blank="header")
+    assert header[:, : round(0.12 * 240)].max() == 0 and header[:, text].max() == 0

@@ -11,7 +11,7 @@ row gives converted by its registered converter (:mod:`probmed.data.registry`, :
 * ECG (DICOM / WFDB / MUSE XML) → standard 12-lead order, optional resampling and neurokit2 cleaning →
   ``ecg.npy`` (int16 µV) with the lead mask in ``meta["ecg_lead_mask"]``.
 * Echo (multi-frame DICOM / AVI / MP4) → grey ``uint8 [frames, size, size]`` ``echo.npy`` at its own frame rate
-  (``meta["echo_fps"]``).
+  (``meta["echo_fps"]``), blanked outside the imaging sector (burned-in name, id and date; ``--us-blank``).
 * Report (file or inline text, e.g. ECG statements) → ``report.txt``.
 
 The label vocabulary (the manifest's ``finding:<name>`` columns, their value convention and counts) is written to
@@ -61,6 +61,8 @@ class BuildOptions:
     echo_fps: float | None = None
     drop_burned_in: bool = False
     fit: str = "pad"
+    us_blank: str = "sector"
+    keep_burned_in: bool = False
 
 
 @dataclass

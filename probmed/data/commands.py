@@ -144,6 +144,10 @@ def _conversion_options(b: argparse.ArgumentParser) -> None:
                    help="how a non-square cine becomes square at --echo-size: pad (default) or centre-crop")
     b.add_argument("--drop-burned-in", action="store_true",
                    help="skip DICOM views that declare BurnedInAnnotation=YES (default: keep and report)")
+    b.add_argument("--us-blank", choices=("sector", "header", "none"), default="sector",
+                   help="blank echo pixels outside the imaging sector (default), the top header band, or nothing")
+    b.add_argument("--keep-burned-in", action="store_true",
+                   help="write cines whose header says BurnedInAnnotation=YES even when not blanked by their sector")
     b.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
 
@@ -152,7 +156,7 @@ def _options(args: argparse.Namespace):
 
     return BuildOptions(cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean,
                         echo_size=args.echo_size or None, echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in,
-                        fit=args.fit)
+                        fit=args.fit, us_blank=args.us_blank, keep_burned_in=args.keep_burned_in)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

@@ -15,10 +15,12 @@ from typing import Any, Callable
 import numpy as np
 
 from probmed.data import schema
-from probmed.data.deid import Pseudonymizer, deidentify_dicom, scrub_text, strip_image_metadata, study_identifiers
+from probmed.data.deid import (
+    Pseudonymizer, blank_outside, deidentify_dicom, scrub_text, strip_image_metadata, study_identifiers,
+)
 from probmed.data.readers.cxr import CXR_READERS
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
-from probmed.data.readers.echo_sources import read_echo_source
+from probmed.data.readers.echo_sources import echo_header, read_echo_source
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.text import plain_report
 
@@ -126,6 +128,7 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
 
     (source,) = entry.paths["echo"]
     cine, fps = read_echo_source(source)
+    cine = _without_burned_in_text(cine, echo_header(source), source.name, ctx)
     given = entry.values_of("echo_fps")
     fps = fps or (float(given[0]) if given else None) or ctx.opts.echo_fps
     if not fps:
@@ -135,6 +138,23 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
         resized = fit_square(torch.from_numpy(cine).float(), ctx.opts.echo_size, ctx.opts.fit)
         cine = resized.round().clamp(0, 255).to(torch.uint8).numpy()
     return {schema.ECHO_EXT: _npy(np.ascontiguousarray(cine, dtype=np.uint8))}, {"echo_fps": float(fps)}
+
+
+def _without_burned_in_text(cine: np.ndarray, header: dict, name: str, ctx: BuildContext) -> np.ndarray:
+    """Blank the cine outside its imaging area (``--us-blank``, :func:`~probmed.data.deid.blank_outside`); a cine
+    whose header says BurnedInAnnotation YES is refused unless it was blanked by its sector or region geometry or
+    the user opted in (``--keep-burned-in``)."""
+    cine = np.array(cine, copy=True)
+    kept = blank_outside(cine, ctx.opts.us_blank, header["regions"])
+    if kept is None:
+        ctx.notes["echo_sector_not_found"] += 1
+    declared = header["burned_in"] == "YES"
+    if declared and not ctx.opts.keep_burned_in and (kept is None or ctx.opts.us_blank != "sector"):
+        raise UnreadableInput("echo_burned_in_annotation", f"{name} declares burned-in text and was not blanked by "
+                                                           "its imaging sector (--us-blank sector, --keep-burned-in)")
+    if declared:
+        ctx.notes["echo_burned_in_annotation"] += 1
+    return cine
 
 
 def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:

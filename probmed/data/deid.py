@@ -306,3 +306,70 @@ def scrub_text(text: str, identifiers: set[str], mask: str = "___") -> tuple[str
     pattern = re.compile("(?<![0-9A-Za-z])(?:" + "|".join(re.escape(v) for v in values) + ")(?![0-9A-Za-z])",
                          re.IGNORECASE)
     return pattern.subn(mask, text)
+
+
+# -- burned-in text in ultrasound pixels -----------------------------------------------------------------------------
+#: How ultrasound pixels outside the image are blanked: ``sector`` (keep only the imaging region: the header's
+#: Sequence of Ultrasound Regions, else the pixels that change over the cine), ``header`` (blank the top band where
+#: scanners print name, id and date), ``none``.
+US_BLANKING: tuple[str, ...] = ("sector", "header", "none")
+#: Fraction of the frame height blanked by ``header``.
+HEADER_BAND = 0.12
+
+
+def ultrasound_regions(ds) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` (inclusive pixel bounds) of each region in the header's SequenceOfUltrasoundRegions."""
+    regions = []
+    for item in ds.get("SequenceOfUltrasoundRegions", []) or []:
+        try:
+            regions.append((int(item.RegionLocationMinX0), int(item.RegionLocationMinY0),
+                            int(item.RegionLocationMaxX1), int(item.RegionLocationMaxY1)))
+        except AttributeError:
+            continue
+    return regions
+
+
+def moving_region(cine, threshold: float = 1.0):
+    """``bool [H, W]``: the imaging sector of a grey cine ``uint8 [frames, H, W]`` — the largest connected region
+    of pixels whose grey level changes over time (std > ``threshold`` levels), holes filled and closed by a few
+    pixels. Burned-in text and markers do not move; the sector does. None for a single frame."""
+    import numpy as np
+    from scipy import ndimage
+
+    if cine.shape[0] < 2:
+        return None
+    moving = cine.std(axis=0, dtype=np.float32) > threshold
+    moving = ndimage.binary_closing(moving, iterations=3)
+    labels, count = ndimage.label(moving)
+    if count == 0:
+        return None
+    largest = 1 + int(np.argmax(ndimage.sum(moving, labels, index=range(1, count + 1))))
+    return ndimage.binary_fill_holes(labels == largest)
+
+
+def blank_outside(cine, mode: str, regions: list[tuple[int, int, int, int]] = ()):
+    """Zero a grey cine ``uint8 [frames, H, W]`` outside its imaging area (in place; see :data:`US_BLANKING`).
+
+    Returns:
+        the mask kept (``bool [H, W]``), or None when ``mode`` is ``sector`` and no sector could be found (a single
+        frame without region geometry): then nothing is blanked and the caller decides.
+    """
+    import numpy as np
+
+    if mode not in US_BLANKING:
+        raise ValueError(f"ultrasound blanking must be one of {US_BLANKING}, got {mode!r}")
+    height, width = cine.shape[1:]
+    keep = np.ones((height, width), dtype=bool)
+    if mode == "header":
+        keep[: int(round(HEADER_BAND * height))] = False
+    elif mode == "sector":
+        if regions:
+            keep[:] = False
+            for x0, y0, x1, y1 in regions:
+                keep[max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = True
+        else:
+            keep = moving_region(cine)
+            if keep is None:
+                return None
+    cine[:, ~keep] = 0
+    return keep

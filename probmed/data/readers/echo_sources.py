@@ -74,6 +74,19 @@ def dicom_frame_rate(ds) -> float | None:
     return None
 
 
+def echo_header(path: str | Path) -> dict:
+    """What de-identification needs from a cine's header: ``{"burned_in": "YES" | "NO" | "" (not stated or not a
+    DICOM), "regions": [(x0, y0, x1, y1), ...]}`` (the Sequence of Ultrasound Regions)."""
+    import pydicom
+
+    from probmed.data.deid import ultrasound_regions
+
+    if Path(path).suffix.lower() != ".dcm":
+        return {"burned_in": "", "regions": []}
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    return {"burned_in": str(ds.get("BurnedInAnnotation", "") or "").upper(), "regions": ultrasound_regions(ds)}
+
+
 def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
     """A cine DICOM → ``(uint8 [frames, H, W], fps or None)``.
 
