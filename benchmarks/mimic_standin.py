@@ -2,7 +2,8 @@
 
 Writes ``--studies`` studies in the MIMIC-CXR layout (DX films + reports + the 14-label CheXpert CSV with
 uncertain and missing values, :mod:`probmed.data.synthetic.mimic_layout`), then runs ``probmed data manifest
-mimic-cxr`` → ``probmed data build`` → ``probmed fit`` (tiny CXR + text towers, ProbMED's Hellinger InfoNCE) →
+mimic-cxr`` → ``probmed data build`` → ``probmed fit --config configs/mimic_standin.yaml`` (tiny CXR + text towers,
+ProbMED's Hellinger InfoNCE) →
 ``probmed test`` and prints the test split's zero-shot AUROC per label, with the label counts.
 
 Usage::
@@ -18,8 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -28,27 +27,6 @@ def run(args: list[str], cwd: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "probmed", *args], cwd=cwd, env=env, text=True, capture_output=True)
     if proc.returncode:
         raise SystemExit(f"probmed {' '.join(args)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-
-
-def config(shards: Path, out: Path, epochs: int, uncertain: str) -> dict:
-    towers = REPO / "configs" / "presets" / "tiny" / "towers"
-    return {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": epochs, "num_sanity_val_steps": 0,
-                    "enable_progress_bar": False, "enable_model_summary": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                               "init_args": {"save_dir": str(out), "name": "mimic"}}},
-        "model": {"embed_dim": 32, "warmup_steps": 5,
-                  "encoders": {"cxr": str(towers / "cxr.yaml"), "text": str(towers / "text.yaml")},
-                  "objective": {"class_path": "probmed.losses.Objective", "init_args": {"pairs": [
-                      {"term": "probmed.losses.ProbabilisticInfoNCE", "args": {"similarity": "hellinger"},
-                       "over": [["text", "cxr"]]}]}},
-                  "evaluation": {"few_shot": None, "prognosis": None}},
-        "data": {"data_dir": str(shards), "modalities": ["cxr", "text"], "batch_size": 16, "num_workers": 0,
-                 "uncertain": uncertain,
-                 "inputs": {"cxr": {"class_path": "CXRInput", "init_args": {"size": 32}},
-                            "text": {"class_path": "TextInput", "init_args": {"max_length": 96}}}},
-    }
 
 
 def main() -> None:
@@ -65,11 +43,13 @@ def main() -> None:
     run(["data", "manifest", "mimic-cxr", "--root", str(root), "--out", str(out / "studies.csv")], out)
     run(["data", "build", "--manifest", str(out / "studies.csv"), "--out", str(out / "shards"), "--salt", "bench",
          "--quiet"], out)
-    (out / "mimic.yaml").write_text(yaml.safe_dump(config(out / "shards", out, args.epochs, args.uncertain)))
-    run(["fit", "--config", "mimic.yaml"], out)
+    common = ["--config", str(REPO / "configs" / "mimic_standin.yaml"), "--data.data_dir", str(out / "shards"),
+              "--data.uncertain", args.uncertain, "--trainer.max_epochs", str(args.epochs),
+              "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out)]
+    run(["fit", *common], out)
     versions = sorted((out / "mimic").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     (checkpoint,) = versions[-1].glob("checkpoints/*.ckpt")
-    run(["test", "--config", "mimic.yaml", "--ckpt_path", str(checkpoint)], out)
+    run(["test", *common, "--ckpt_path", str(checkpoint)], out)
     versions = sorted((out / "mimic").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     metrics = json.loads((versions[-1] / "test_metrics.json").read_text())
     counts = json.loads((out / "shards" / "labels.json").read_text())["counts"]

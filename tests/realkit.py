@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from probmed.data.synthetic.mimic_layout import dx_dataset
 
 #: Identifying values planted in the test inputs; none may appear in any output byte.
 PHI = {
@@ -24,13 +25,7 @@ PHI = {
 def cxr_dicom(path: Path, pixels: np.ndarray, view: str = "PA", burned_in: bool = False,
               photometric: str = "MONOCHROME2") -> Path:
     """A DX radiograph carrying the :data:`PHI` values in the usual places (incl. a private tag and a sequence)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.ViewPosition = "DX", view
+    ds = dx_dataset(path, pixels, view, photometric)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = PHI["name"], PHI["patient_id"], PHI["birth"]
     ds.PatientAddress, ds.InstitutionName, ds.AccessionNumber = PHI["address"], PHI["institution"], PHI["accession"]
     ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = PHI["study_date"], "101010", PHI["physician"]
@@ -42,10 +37,6 @@ def cxr_dicom(path: Path, pixels: np.ndarray, view: str = "PA", burned_in: bool 
     ds.ContentSequence = Sequence([operator])
     block = ds.private_block(0x0011, "HOSPITAL PRIVATE", create=True)
     block.add_new(0x01, "LO", PHI["private"])
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -2,11 +2,10 @@
 are converted to grey in frame blocks whose temporaries do not grow with the cine."""
 from __future__ import annotations
 
+import io
 import shutil
 import tarfile
-import io
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 direct read of the same real ECG (pydicom's 12-lead waveform_ecg.dcm, re-exported by the test in each format)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from conftest import REPO, run_probmed
 from probmed.data.builder import build_dataset
@@ -84,29 +83,13 @@ def test_builder_writes_the_vocabulary_with_counts(mimic_standin):
 
 
 def test_mimic_standin_build_fit_test_reports_zero_shot_auroc_per_chexpert_label(mimic_standin, tmp_path):
-    towers = REPO / "configs" / "presets" / "tiny" / "towers"
-    config = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_val_batches": 2,
-                    "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_model_summary": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                               "init_args": {"save_dir": str(tmp_path), "name": "mimic"}}},
-        "model": {"embed_dim": 16, "warmup_steps": 1,
-                  "encoders": {"cxr": str(towers / "cxr.yaml"), "text": str(towers / "text.yaml")},
-                  "objective": {"class_path": "probmed.losses.Objective", "init_args": {"pairs": [
-                      {"term": "probmed.losses.ProbabilisticInfoNCE", "args": {"similarity": "hellinger"},
-                       "over": [["text", "cxr"]]}]}},
-                  "evaluation": {"few_shot": {"ks": [0], "repeats": 1}}},
-        "data": {"data_dir": str(mimic_standin), "modalities": ["cxr", "text"], "batch_size": 8, "num_workers": 0,
-                 "uncertain": "positive",
-                 "inputs": {"cxr": {"class_path": "CXRInput", "init_args": {"size": 32}},
-                            "text": {"class_path": "TextInput", "init_args": {"max_length": 64}}}},
-    }
-    (tmp_path / "mimic.yaml").write_text(yaml.safe_dump(config))
-    fit = run_probmed(["fit", "--config", "mimic.yaml", "--trainer.default_root_dir", str(tmp_path)], cwd=tmp_path)
+    args = ["--config", str(REPO / "configs" / "mimic_standin.yaml"), "--data.data_dir", str(mimic_standin),
+            "--data.batch_size", "8", "--data.uncertain", "positive", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    fit = run_probmed(["fit", *args], cwd=tmp_path)
     assert fit.returncode == 0, fit.output[-4000:]
     (checkpoint,) = tmp_path.glob("mimic/version_0/checkpoints/*.ckpt")
-    test = run_probmed(["test", "--config", "mimic.yaml", "--ckpt_path", str(checkpoint)], cwd=tmp_path)
+    test = run_probmed(["test", *args, "--ckpt_path", str(checkpoint)], cwd=tmp_path)
     assert test.returncode == 0, test.output[-4000:]
     metrics = json.loads((tmp_path / "mimic" / "version_1" / "test_metrics.json").read_text())
     zero_shot = metrics["zero_shot"]["cxr"]

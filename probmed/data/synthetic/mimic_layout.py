@@ -59,7 +59,9 @@ def _report(labels: dict[str, str], prompts: dict, rng: np.random.Generator) -> 
             + "\n\n IMPRESSION: " + (" ".join(impression) or "No acute cardiopulmonary process.") + "\n")
 
 
-def _write_dx(path: Path, pixels: np.ndarray, patient: str, study: str, view: str) -> None:
+def dx_dataset(path: str | Path, pixels: np.ndarray, view: str = "PA", photometric: str = "MONOCHROME2"):
+    """A DX (for presentation) chest film data set holding ``uint16 [H, W]`` 12-bit ``pixels``, explicit VR little
+    endian, with file meta; the caller adds header values and saves it (``ds.save_as(path, enforce_file_format=True)``)."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -71,11 +73,16 @@ def _write_dx(path: Path, pixels: np.ndarray, patient: str, study: str, view: st
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", view
-    ds.PatientName, ds.PatientID, ds.AccessionNumber = f"Standin^Patient{patient}", patient, f"ACC{study}"
     ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+def _write_dx(path: Path, pixels: np.ndarray, patient: str, study: str, view: str) -> None:
+    ds = dx_dataset(path, pixels, view)
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = f"Standin^Patient{patient}", patient, f"ACC{study}"
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 
