@@ -42,6 +42,7 @@ def test_check_counts_usable_and_skipped_inputs_and_labels(tmp_path, capsys):
     }
     assert summary["labels"] == {"atelectasis": {"positive": 1, "negative": 0, "uncertain": 0, "missing": 1},
                                  "edema": {"positive": 0, "negative": 1, "uncertain": 1, "missing": 0}}
+    assert check_dataset(manifest, progress=False, workers=2, chunk=1)["modalities"] == summary["modalities"]
     assert main(["check", "--manifest", str(manifest), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "2 studies, 1 with a usable input" in out and "cxr_wrong_modality 2" in out
@@ -52,3 +53,6 @@ def test_check_fails_when_nothing_is_usable(tmp_path, capsys):
     manifest = _manifest(tmp_path, good=False)
     assert main(["check", "--manifest", str(manifest), "--quiet", "--workers", "1"]) == 1
     assert "no usable study" in capsys.readouterr().err
+    out = tmp_path / "never"
+    assert main(["build", "--manifest", str(manifest), "--out", str(out), "--dry-run", "--quiet"]) == 1  # = check
+    assert not out.exists()

@@ -57,6 +57,19 @@ def test_shipped_prompt_sets_match_the_datasets_vocabularies():
         load_prompt_set("chexpert15")
 
 
+def test_configured_prompt_files_and_prompts(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("edema:\n  positive: [fluid]\n  negative: [dry]\nstroke:\n  positive: [s]\n  negative: [n]\n")
+    prompts, unprompted = prompts_for_labels(["edema", "fracture", "x"], files=["chexpert14", str(mine)],
+                                             prompts={"fracture": {"positive": ["broken"], "negative": ["intact"]}})
+    assert prompts == {"edema": {"positive": ["fluid"], "negative": ["dry"]},  # a later file overrides an earlier
+                       "fracture": {"positive": ["broken"], "negative": ["intact"]}}  # prompts override files
+    assert unprompted == ["x"]  # and a file's labels the data lacks (stroke) are left out
+    mine.write_text("edema: {positive: [fluid]}\n")
+    with pytest.raises(ValueError, match="need non-empty 'positive' and 'negative'"):
+        load_prompt_set(str(mine))
+
+
 @pytest.fixture(scope="module")
 def mimic_standin(tmp_path_factory) -> Path:
     """120 studies in the MIMIC-CXR layout → manifest → shards (with labels.json)."""

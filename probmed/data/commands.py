@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "$PROBMED_DEID_SALT); never stored")
     b.add_argument("--maxcount", type=_positive_int, default=200, help="max studies per shard (default 200)")
     b.add_argument("--maxsize", type=float, default=None, help="max input bytes per shard (default: no limit)")
+    b.add_argument("--dry-run", action="store_true", help="write nothing: the same as `probmed data check`")
     _conversion_options(b)
     b.set_defaults(func=_cmd_build)
 
@@ -162,6 +163,8 @@ def _options(args: argparse.Namespace):
 def _cmd_build(args: argparse.Namespace) -> int:
     from probmed.data.builder import build_dataset
 
+    if args.dry_run:
+        return _cmd_check(args)
     summary = build_dataset(args.manifest, args.out, salt=args.salt, maxcount=args.maxcount,
                             maxsize=int(args.maxsize) if args.maxsize else None, workers=args.workers,
                             options=_options(args), progress=not args.quiet)
