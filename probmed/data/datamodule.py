@@ -10,9 +10,9 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
 from probmed.data import registry, schema
+from probmed.data.labels import read_vocabulary
 from probmed.data.modalities import ModalityInput, TextInput
 from probmed.data.streams import EvalStream, TrainStream, loader
-from probmed.data.labels import read_vocabulary
 from probmed.data.studies import StudyCollator, StudyDecoder
 
 

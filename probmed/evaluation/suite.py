@@ -90,13 +90,15 @@ class Evaluator:
         self.findings = list(labels)
         self.prompts: dict = {}
         self.unprompted: list[str] = []
+        self.prompt_problem = ""
         zs, pg = self.config.zero_shot, self.config.prognosis
         if zs is not None:
             try:
                 self.prompts, self.unprompted = prompts_for_labels(self.findings, zs.prompts, zs.prompt_files)
-            except ValueError:
+            except ValueError as exc:
                 if strict:
                     raise
+                self.prompt_problem = str(exc)
         self.prognosis_label = None
         if pg is not None:
             label = pg.label or DEFAULT_PROGNOSIS_LABEL
@@ -185,8 +187,10 @@ class Evaluator:
 
         pg = cfg.prognosis
         if pg is not None and stage in pg.stages and self.prognosis_label is None:
-            details["prognosis"] = {"skipped": f"no prognosis label configured and the data has no "
-                                               f"{DEFAULT_PROGNOSIS_LABEL!r}; set model.evaluation.prognosis.label"}
+            details["prognosis"] = {"skipped": (
+                f"prognosis label {pg.label!r} is not among the data's labels {self.findings}" if pg.label else
+                f"no prognosis label configured and the data has no {DEFAULT_PROGNOSIS_LABEL!r}; "
+                "set model.evaluation.prognosis.label")}
         elif pg is not None and stage in pg.stages:
             label = self.prognosis_label
             res = prognosis(embeddings, labels, self.findings, label, pg.subsets, pg.support_fraction, pg.seed)
@@ -260,7 +264,7 @@ class Evaluator:
         if prompts is None:
             return {"skipped": f"no {self.config.zero_shot.modality} encoder or input pipeline to embed prompts"}
         if not prompts:
-            return {"skipped": f"no prompts for any of the data's labels {self.findings}"}
+            return {"skipped": self.prompt_problem or f"no prompts for any of the data's labels {self.findings}"}
         zs = self.config.zero_shot
         scale = {
             m: zs.temperature if zs.temperature is not None
