@@ -338,7 +338,14 @@ def moving_region(cine, threshold: float = 1.0):
 
     if cine.shape[0] < 2:
         return None
-    moving = cine.std(axis=0, dtype=np.float32) > threshold
+    total = np.zeros(cine.shape[1:], np.float64)
+    squares = np.zeros(cine.shape[1:], np.float64)
+    for start in range(0, cine.shape[0], 8):  # per-pixel variance over blocks of frames: no float copy of the cine
+        block = cine[start : start + 8].astype(np.float64)
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+    variance = squares / cine.shape[0] - np.square(total / cine.shape[0])
+    moving = variance > threshold**2
     moving = ndimage.binary_closing(moving, iterations=3)
     labels, count = ndimage.label(moving)
     if count == 0:
