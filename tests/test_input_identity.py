@@ -42,6 +42,7 @@ def test_a_dx_film_and_a_chest_secondary_capture_are_accepted(tmp_path):
     ds = pydicom.dcmread(path)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     ds.Modality = "OT"
+    del ds.BodyPartExamined
     with pytest.raises(UnreadableInput, match="cxr_wrong_modality: found Modality 'OT', SOP Class 'Secondary"):
         check_identity(ds, "cxr")
     ds.BodyPartExamined = "CHEST"
