@@ -8,7 +8,10 @@ Writes a temporary shard set of ``--studies`` studies at the reference sizes —
 * ``decode <modality>``  one modality's ``decode`` (+ ``collate`` for text: tokenisation) per study, one core;
 * ``end to end``         ``ProbMedDataModule`` training batches with all four modalities (``num_workers=0``: one
                          worker's rate; and with ``--workers`` DataLoader workers);
-* ``memory``             resident set size over ``--epochs`` epochs of the in-process loader (start, peak, end).
+* ``memory``             resident set size over ``--epochs`` epochs of the in-process loader (start, peak, end);
+* ``colour cine``        peak memory (tracemalloc) of reading one RGB cine DICOM of ``--cine FRAMES,H,W`` (default
+                         120 × 480 × 640) with the build's echo reader, beside the whole-cine float64 luma it
+                         replaced, on the same decoded pixels (``--cine-only`` runs this part alone).
 
 ``headroom`` = a worker's studies/s divided by the studies/s one training step consumes (``--step-studies-per-s``;
 default 130 = batch 64 / 0.49 s, the demo step measured by ``benchmarks/bench_demo_step.py`` on the 2-core
@@ -174,6 +177,48 @@ def shard_set(directory: Path, samples: list[dict], studies: int) -> list[str]:
     return sorted(str(p) for p in directory.glob("train-*.tar"))
 
 
+def _rgb_cine_dicom(path: Path, frames: int, rows: int, cols: int) -> Path:
+    """An uncompressed RGB multi-frame ultrasound DICOM (a colour-Doppler-like cine of random colours)."""
+    rng = np.random.default_rng(0)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, generate_uid(), "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.FrameTime = rows, cols, frames, 20.0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = rng.integers(0, 256, (frames, rows, cols, 3), dtype=np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def cine_memory(directory: Path, frames: int, rows: int, cols: int) -> dict[str, float]:
+    """Peak traced MiB of (a) pydicom's decode alone, (b) the build's ``read_echo_dicom`` (decode + blockwise
+    grey), (c) the decoded RGB → whole-cine float64 luma of the previous reader; measured one after the other in
+    this process."""
+    import tracemalloc
+
+    from probmed.data.readers.echo_sources import LUMA, read_echo_dicom, rgb_to_grey
+
+    path = _rgb_cine_dicom(directory / "cine.dcm", frames, rows, cols)
+
+    def peak(fn) -> float:
+        tracemalloc.start()
+        fn()
+        result = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        return result
+
+    rgb = pydicom.dcmread(path).pixel_array
+    return {"decode only": peak(lambda: pydicom.dcmread(path).pixel_array),
+            "read_echo_dicom (decode + block grey)": peak(lambda: read_echo_dicom(path)),
+            "grey only, blocks": peak(lambda: rgb_to_grey(rgb)),
+            "grey only, whole-cine float64 (previous)": peak(
+                lambda: np.clip(np.rint(rgb.astype(np.float64) @ LUMA), 0, 255).astype(np.uint8))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", type=int, default=48)
@@ -181,7 +226,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--step-studies-per-s", type=float, default=130.0)
+    parser.add_argument("--cine", default="120,480,640", help="colour cine FRAMES,H,W for the memory probe")
+    parser.add_argument("--cine-only", action="store_true", help="run only the colour-cine memory probe")
     args = parser.parse_args()
+    frames, rows, cols = (int(x) for x in args.cine.split(","))
+    with tempfile.TemporaryDirectory(prefix="bench-cine-") as tmp:
+        cine = cine_memory(Path(tmp), frames, rows, cols)
+    print(f"# colour cine {frames} x {rows} x {cols} RGB ({frames * rows * cols * 3 / 2**20:.0f} MiB of pixels): "
+          "peak traced memory, MiB")
+    for name, mib in cine.items():
+        print(f"{name:58s} {mib:10.0f}")
+    if args.cine_only:
+        return
     import torch
 
     torch.set_num_threads(1)  # one worker = one core

@@ -135,6 +135,13 @@ class ProbMedModule(L.LightningModule):
         return self.embed(batch)
 
     # -- training --------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Evaluate against the dataset's label vocabulary (the datamodule's ``label_names``, from its
+        ``labels.json``) rather than the embedded corpus's findings."""
+        labels = getattr(getattr(self.trainer, "datamodule", None), "label_names", None)
+        if labels:
+            self.evaluator.use_labels(labels)
+
     def on_fit_start(self):
         refuse_gradient_accumulation(self.trainer.accumulate_grad_batches)  # see probmed.training.accumulation
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from probmed.data.synthetic.mimic_layout import dx_dataset
 
 #: Identifying values planted in the test inputs; none may appear in any output byte.
 PHI = {
@@ -24,13 +25,7 @@ PHI = {
 def cxr_dicom(path: Path, pixels: np.ndarray, view: str = "PA", burned_in: bool = False,
               photometric: str = "MONOCHROME2") -> Path:
     """A DX radiograph carrying the :data:`PHI` values in the usual places (incl. a private tag and a sequence)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.ViewPosition = "DX", view
+    ds = dx_dataset(path, pixels, view, photometric)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = PHI["name"], PHI["patient_id"], PHI["birth"]
     ds.PatientAddress, ds.InstitutionName, ds.AccessionNumber = PHI["address"], PHI["institution"], PHI["accession"]
     ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = PHI["study_date"], "101010", PHI["physician"]
@@ -42,10 +37,6 @@ def cxr_dicom(path: Path, pixels: np.ndarray, view: str = "PA", burned_in: bool 
     ds.ContentSequence = Sequence([operator])
     block = ds.private_block(0x0011, "HOSPITAL PRIVATE", create=True)
     block.add_new(0x01, "LO", PHI["private"])
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -108,4 +99,56 @@ def jpeg_with_comment(path: Path, text: str) -> Path:
     image.save(buffer, format="JPEG", quality=95, comment=text.encode(), exif=exif.tobytes())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
+    return path
+
+
+def relabelled(ds_or_path, modality: str) -> bytes:
+    """A real DICOM file's bytes with its SOP Class and Modality changed to a chest film (``"DX"``) or an ultrasound
+    (``"US"``), pixels untouched: lets pixel-decoding tests use pydicom's CT / MR / NM / SC test files, which the
+    readers otherwise refuse as the wrong modality."""
+    sop = {"DX": pydicom.uid.DigitalXRayImageStorageForPresentation, "US": pydicom.uid.UltrasoundImageStorage}[modality]
+    ds = ds_or_path if isinstance(ds_or_path, Dataset) else pydicom.dcmread(ds_or_path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+    ds.Modality = modality
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def hl7_aecg(path: Path, leads: dict[str, np.ndarray], rate: float, scale_uv: float = 2.5,
+             origin_uv: float = 0.0) -> Path:
+    """An HL7 aECG (``AnnotatedECG``, urn:hl7-org:v3) written from the implementation guide's structure: a rhythm
+    series with a ``TIME_ABSOLUTE`` GLIST_TS sequence and one SLIST_PQ sequence per lead (``digits`` are
+    ``round((mV·1000 − origin) / scale)``), plus a median-beat series under ``derivation`` that must not be read."""
+    def lead(name: str, values: np.ndarray) -> str:
+        digits = " ".join(str(int(d)) for d in np.rint((values * 1000 - origin_uv) / scale_uv))
+        return (f'<component><sequence><code code="MDC_ECG_LEAD_{name.upper()}" codeSystem="2.16.840.1.113883.6.24"/>'
+                f'<value xsi:type="SLIST_PQ"><origin value="{origin_uv}" unit="uV"/><scale value="{scale_uv}" '
+                f'unit="uV"/><digits>{digits}</digits></value></sequence></component>')
+
+    time = (f'<component><sequence><code code="TIME_ABSOLUTE" codeSystem="2.16.840.1.113883.5.4"/>'
+            f'<value xsi:type="GLIST_TS"><head value="20240229101010.000"/><increment value="{1000 / rate}" '
+            f'unit="ms"/></value></sequence></component>')
+    rhythm = time + "".join(lead(n, v) for n, v in leads.items())
+    median = time + "".join(lead(n, v[: len(v) // 4] * 0) for n, v in leads.items())
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><AnnotatedECG xmlns="urn:hl7-org:v3" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><id root="1.2.3"/><code code="93000" '
+        'codeSystem="2.16.840.1.113883.6.12"/><component><series><code code="RHYTHM"/>'
+        f'<component><sequenceSet>{rhythm}</sequenceSet></component>'
+        f'<derivation><derivedSeries><component><sequenceSet>{median}</sequenceSet></component></derivedSeries>'
+        '</derivation></series></component></AnnotatedECG>')
+    return path
+
+
+def cardiosoft_xml(path: Path, leads: dict[str, np.ndarray], rate: int, resolution_uv: float = 5.0) -> Path:
+    """A GE CardioSoft ``CardiologyXML`` resting ECG: ``<StripData>`` with SampleRate, Resolution (µV per count)
+    and comma-separated counts per ``<WaveformData lead=...>``."""
+    strips = "".join(f'<WaveformData lead="{n}">' + ",".join(str(int(c)) for c in np.rint(v * 1000 / resolution_uv))
+                     + "</WaveformData>" for n, v in leads.items())
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><CardiologyXML><ObservationType>RestECG</ObservationType>'
+        f'<PatientInfo><Name><FamilyName>{PHI["name"]}</FamilyName></Name></PatientInfo><StripData>'
+        f'<NumberOfLeads>{len(leads)}</NumberOfLeads><SampleRate units="Hz">{rate}</SampleRate>'
+        f'<Resolution units="uVperLsb">{resolution_uv}</Resolution>{strips}</StripData></CardiologyXML>')
     return path

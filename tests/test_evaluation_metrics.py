@@ -219,12 +219,20 @@ def test_evaluation_config_errors_are_reported_when_the_module_is_built():
         Evaluator(EvaluationConfig(corruptions=[CorruptionConfig("cxr", "rotate")]))
     with pytest.raises(ValueError, match="severities"):
         Evaluator(EvaluationConfig(corruptions=[CorruptionConfig("cxr", "noise", [-1.0])]))
+    from probmed.data.schema import FINDINGS
+
+    edema = EvaluationConfig(zero_shot=ZeroShotConfig(prompts={"edema": {"positive": ["x"], "negative": ["y"]}}))
     with pytest.raises(ValueError, match="not among the labels"):
-        Evaluator(EvaluationConfig(zero_shot=ZeroShotConfig(prompts={"edema": {"positive": ["x"], "negative": ["y"]}})))
+        Evaluator(edema, findings=FINDINGS)
+    with pytest.raises(ValueError, match="not among the labels"):
+        Evaluator(edema).use_labels(FINDINGS)  # labels handed over by the datamodule at setup
+    on_mimic = Evaluator(edema)
+    on_mimic.use_labels(["atelectasis", "edema"])  # a dataset labelling edema is fine
+    assert on_mimic.prompts == {"edema": {"positive": ["x"], "negative": ["y"]}} and on_mimic.unprompted == ["atelectasis"]
     with pytest.raises(ValueError, match="non-empty"):
         Evaluator(EvaluationConfig(zero_shot=ZeroShotConfig(prompts={"bradycardia": {"positive": ["slow"]}})))
     with pytest.raises(ValueError, match="prognosis label"):
-        Evaluator(EvaluationConfig(prognosis=PrognosisConfig(label="mortality")))
+        Evaluator(EvaluationConfig(prognosis=PrognosisConfig(label="mortality")), findings=FINDINGS)
 
 
 def test_robustness_reports_spearman_of_variance_with_severity():

@@ -68,8 +68,9 @@ def test_mimic_cxr_dicom_tree(tmp_path):
     assert first.patient_id == "10000032" and first.split == "train" and first.values_of("cxr_views") == ["PA", "LATERAL"]
     assert [p.stem for p in first.paths["cxr"]] == studies[("10000032", "50414267")]
     assert first.paths["report"][0].name == "s50414267.txt"
-    assert first.findings == {"cardiomegaly": 1}
-    assert entries["57375967"].split == "val" and entries["57375967"].findings == {"cardiomegaly": 0}  # -1 unknown
+    assert first.findings == {"cardiomegaly": 1, "pleural_effusion": -1}  # CheXpert's -1 (uncertain) is kept
+    assert entries["57375967"].split == "val" and entries["57375967"].findings == {"cardiomegaly": 0,
+                                                                                  "pleural_effusion": -1}
     summary = _build(manifest, tmp_path / "out")
     assert summary["written"] == 2 and summary["skipped"] == {}
 

@@ -20,8 +20,9 @@ from probmed.data.readers import UnreadableInput, read_cxr, read_cxr_dicom, read
 from probmed.data.readers.ecg_sources import (
     canonical_lead, read_ecg_dicom, read_ecg_muse_xml, read_ecg_source, read_ecg_wfdb, standardize_ecg,
 )
-from probmed.data.readers.echo_sources import read_echo_dicom, read_echo_source, read_echo_video, rgb_to_grey
+from probmed.data.readers.echo_sources import read_echo_dicom, read_echo_source, read_echo_video
 from probmed.data.readers.text import read_report, split_sections, statements_report
+from realkit import relabelled
 
 
 def _testfile(name: str) -> str:
@@ -34,19 +35,31 @@ def _bytes(name: str) -> bytes:
     return Path(_testfile(name)).read_bytes()
 
 
+def _luma(rgb: np.ndarray, top: int = 255) -> np.ndarray:
+    """BT.601 luma of the whole array at once in float64 (exact: integer sums below 2⁵³), rounded half up: the
+    reference for the reader's blockwise integer conversion."""
+    weighted = rgb.astype(np.float64) @ np.array([299.0, 587.0, 114.0])
+    return np.floor(weighted * 255.0 / (1000.0 * top) + 0.5).astype(np.uint8)
+
+
+def _film(name: str) -> bytes:
+    """A pydicom test image (CT, MR, NM, SC) relabelled as a DX chest film, so the CXR reader decodes it."""
+    return relabelled(_testfile(name), "DX")
+
+
 # -- CXR -----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("compressed", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
                                         "MR_small_jpeg_ls_lossless.dcm"])
 def test_cxr_lossless_transfer_syntaxes_decode_to_the_uncompressed_pixels(compressed):
-    reference, _ = read_cxr_dicom(_bytes("MR_small.dcm"))
-    image, _ = read_cxr_dicom(_bytes(compressed))
+    reference, _ = read_cxr_dicom(_film("MR_small.dcm"))
+    image, _ = read_cxr_dicom(_film(compressed))
     np.testing.assert_array_equal(image, reference)
 
 
 @pytest.mark.parametrize("name, shape", [("JPGExtended.dcm", (1024, 256)), ("JPEG2000.dcm", (1024, 256)),
                                          ("image_dfl.dcm", (512, 512))])
 def test_cxr_lossy_jpeg_jpeg2000_and_deflated_8bit_decode(name, shape):
-    image, _ = read_cxr_dicom(_bytes(name))
+    image, _ = read_cxr_dicom(_film(name))
     assert image.shape == shape and image.dtype == np.float32
     assert image.min() == 0.0 and image.max() == 1.0
 
@@ -55,16 +68,14 @@ def test_cxr_rescale_slope_intercept_on_a_real_ct():
     ds = pydicom.dcmread(_testfile("CT_small.dcm"))
     hounsfield = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     expected = (hounsfield - hounsfield.min()) / (hounsfield.max() - hounsfield.min())
-    image, _ = read_cxr_dicom(_bytes("CT_small.dcm"))
+    image, _ = read_cxr_dicom(_film("CT_small.dcm"))
     np.testing.assert_allclose(image, expected, atol=1e-6)
 
 
 def test_cxr_voi_window_is_applied():
     ds = pydicom.dcmread(_testfile("CT_small.dcm"))
     ds.WindowCenter, ds.WindowWidth = 40, 400  # a soft-tissue window in HU
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    image, _ = read_cxr_dicom(buffer.getvalue())
+    image, _ = read_cxr_dicom(relabelled(ds, "DX"))
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     # DICOM linear window: below c - 0.5 - (w-1)/2 → min, above c - 0.5 + (w-1)/2 → max, linear between
     low, high = 40 - 0.5 - 399 / 2, 40 - 0.5 + 399 / 2
@@ -204,7 +215,7 @@ def test_echo_dicom_multiframe_ybr_jpeg_cine():
     assert cine.shape == (30, 240, 320) and cine.dtype == np.uint8
     assert fps == pytest.approx(1000 / 33.333)
     ds = pydicom.dcmread(path)
-    expected = rgb_to_grey(ds.pixel_array)  # pydicom's own YBR → RGB conversion, then BT.601 luma
+    expected = _luma(ds.pixel_array)  # pydicom's own YBR → RGB conversion, then BT.601 luma
     np.testing.assert_array_equal(cine, expected)
     raw = pydicom.dcmread(path)  # the luma of YBR is its Y plane, up to RGB clipping at the gamut edge
     raw.pixel_array_options(as_rgb=False)
@@ -212,22 +223,22 @@ def test_echo_dicom_multiframe_ybr_jpeg_cine():
     assert (difference <= 2).mean() > 0.999 and difference.max() <= 8
 
 
-def test_echo_dicom_palette_rgb_and_rle_multiframe():
+def test_echo_dicom_palette_rgb_and_rle_multiframe(tmp_path):
     from pydicom.pixels import apply_color_lut
 
     path = _testfile("examples_palette.dcm")
     cine, fps = read_echo_dicom(path)
     ds = pydicom.dcmread(path)
-    rgb = apply_color_lut(ds.pixel_array, ds).astype(float)
-    rgb = rgb / 257.0 if rgb.max() > 255 else rgb
-    np.testing.assert_array_equal(cine[0], rgb_to_grey(rgb))
+    rgb = apply_color_lut(ds.pixel_array, ds)
+    np.testing.assert_array_equal(cine[0], _luma(rgb, 65535 if rgb.max() > 255 else 255))
     assert cine.shape == (1, 350, 800) and fps is None
     rgb_cine, _ = read_echo_dicom(_testfile("examples_rgb_color.dcm"))
-    np.testing.assert_array_equal(rgb_cine[0], rgb_to_grey(pydicom.dcmread(_testfile("examples_rgb_color.dcm")).pixel_array))
-    two, _ = read_echo_dicom(_testfile("SC_rgb_rle_2frame.dcm"))
+    np.testing.assert_array_equal(rgb_cine[0], _luma(pydicom.dcmread(_testfile("examples_rgb_color.dcm")).pixel_array))
+    (tmp_path / "two.dcm").write_bytes(relabelled(_testfile("SC_rgb_rle_2frame.dcm"), "US"))  # an SC, relabelled US
+    two, _ = read_echo_dicom(tmp_path / "two.dcm")
     assert two.shape == (2, 100, 100)
     j2k, _ = read_echo_dicom(_testfile("examples_jpeg2k.dcm"))  # a JPEG 2000 (YBR_RCT) ultrasound frame
-    np.testing.assert_array_equal(j2k[0], rgb_to_grey(pydicom.dcmread(_testfile("examples_jpeg2k.dcm")).pixel_array))
+    np.testing.assert_array_equal(j2k[0], _luma(pydicom.dcmread(_testfile("examples_jpeg2k.dcm")).pixel_array))
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:
@@ -306,11 +317,9 @@ def test_cxr_window_equals_pydicoms_voi_lut_after_scaling(function):
 
     ds = pydicom.dcmread(_testfile("CT_small.dcm"))
     ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 60, 350, function
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
     reference = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
     reference = (reference - reference.min()) / (reference.max() - reference.min())
-    image, _ = read_cxr_dicom(buffer.getvalue())
+    image, _ = read_cxr_dicom(relabelled(ds, "DX"))
     np.testing.assert_allclose(image, reference, atol=1e-5)
 
 

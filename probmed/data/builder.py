@@ -11,8 +11,11 @@ row gives converted by its registered converter (:mod:`probmed.data.registry`, :
 * ECG (DICOM / WFDB / MUSE XML) → standard 12-lead order, optional resampling and neurokit2 cleaning →
   ``ecg.npy`` (int16 µV) with the lead mask in ``meta["ecg_lead_mask"]``.
 * Echo (multi-frame DICOM / AVI / MP4) → grey ``uint8 [frames, size, size]`` ``echo.npy`` at its own frame rate
-  (``meta["echo_fps"]``).
+  (``meta["echo_fps"]``), blanked outside the imaging sector (burned-in name, id and date; ``--us-blank``).
 * Report (file or inline text, e.g. ECG statements) → ``report.txt``.
+
+The label vocabulary (the manifest's ``finding:<name>`` columns, their value convention and counts) is written to
+``labels.json`` (:mod:`probmed.data.labels`); the loader and evaluation take the labels from there.
 
 Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored.
 
@@ -35,7 +38,8 @@ from pathlib import Path
 from probmed.data import schema
 from probmed.data.converters import BuildContext
 from probmed.data.deid import SALT_ENV, Pseudonymizer
-from probmed.data.manifest import StudyEntry, read_manifest
+from probmed.data.labels import write_vocabulary
+from probmed.data.manifest import StudyEntry, label_columns, read_manifest
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.registry import build_specs
 from probmed.data.shard_writer import shard_name, write_shard, write_sizes
@@ -56,6 +60,9 @@ class BuildOptions:
     echo_size: int | None = 112
     echo_fps: float | None = None
     drop_burned_in: bool = False
+    fit: str = "pad"
+    us_blank: str = "sector"
+    keep_burned_in: bool = False
 
 
 @dataclass
@@ -241,6 +248,7 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
     for name, rec in records.items():  # a shard left with no study is not listed and not kept
         if rec["count"] == 0:
             (out_dir / name).unlink(missing_ok=True)
+    write_vocabulary(out_dir, label_columns(manifest), [e.findings for e in entries])
     write_sizes(out_dir, sizes)
     skipped = Counter(s["reason"] for rec in records.values() for s in rec["skipped"])
     notes: Counter = Counter()
@@ -250,3 +258,59 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
             "reused_shards": reused, "skipped": dict(sorted(skipped.items())),
             "skipped_examples": [s for rec in records.values() for s in rec["skipped"]][:10],
             "notes": dict(sorted(notes.items())), "sizes": sizes}
+
+
+# -- the dry run ----------------------------------------------------------------------------------------------------
+def _check_chunk(entries: list[StudyEntry], opts: BuildOptions) -> list[tuple[list[str], list[dict]]]:
+    """Convert each study as the build would, keeping only which modalities came out and what was skipped."""
+    import secrets
+
+    pseudo = Pseudonymizer(secrets.token_hex(16))  # throwaway: nothing is written
+    out = []
+    for entry in entries:
+        result = build_study(pseudo.id("study", entry.study_id), entry, pseudo, opts)
+        files = result.sample or {}
+        used = sorted({m for ext in files if (m := schema.modality_of(ext)) is not None})
+        out.append((used, [{**s, "source_study": entry.study_id} for s in result.skipped]))
+    return out
+
+
+def check_dataset(manifest: str | Path, options: BuildOptions | None = None, workers: int = 1,
+                  progress: bool = True, chunk: int = 16) -> dict:
+    """``probmed data check``: read and convert every file the manifest references, as ``build`` would, and write
+    nothing.
+
+    Returns:
+        ``{"studies", "usable_studies", "modalities": {modality: {"used": n, "skipped": {reason: n}}},
+        "labels": {label: {positive, negative, uncertain, missing}}, "skipped_examples": [...]}``.
+    """
+    from tqdm import tqdm
+
+    from probmed.data.labels import count_values
+
+    options = options or BuildOptions()
+    entries = read_manifest(manifest)
+    chunks = [entries[i : i + chunk] for i in range(0, len(entries), chunk)]
+    results: list[tuple[list[str], list[dict]]] = []
+    bar = tqdm(total=len(entries), unit="study", disable=not progress, file=sys.stderr, desc="probmed data check")
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in pool.map(_check_chunk, chunks, [options] * len(chunks)):
+                results += done
+                bar.update(len(done))
+    else:
+        for part in chunks:
+            results += _check_chunk(part, options)
+            bar.update(len(part))
+    bar.close()
+    modalities: dict[str, dict] = {}
+    for used, skipped in results:
+        for name in used:
+            modalities.setdefault(name, {"used": 0, "skipped": Counter()})["used"] += 1
+        for s in skipped:
+            modalities.setdefault(s["modality"], {"used": 0, "skipped": Counter()})["skipped"][s["reason"]] += 1
+    return {"studies": len(entries), "usable_studies": sum(bool(used) for used, _ in results),
+            "modalities": {m: {"used": v["used"], "skipped": dict(sorted(v["skipped"].items()))}
+                           for m, v in sorted(modalities.items())},
+            "labels": count_values(label_columns(manifest), [e.findings for e in entries]),
+            "skipped_examples": [s for _, skipped in results for s in skipped][:10]}

@@ -102,18 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "$PROBMED_DEID_SALT); never stored")
     b.add_argument("--maxcount", type=_positive_int, default=200, help="max studies per shard (default 200)")
     b.add_argument("--maxsize", type=float, default=None, help="max input bytes per shard (default: no limit)")
-    b.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
-    b.add_argument("--cxr-size", type=int, default=None,
-                   help="store larger radiographs decoded and shrunk to this longer side as 16-bit PNG "
-                   "(default: keep the de-identified DICOM)")
-    b.add_argument("--ecg-rate", type=float, default=None, help="resample ECGs to this rate in Hz (default: keep)")
-    b.add_argument("--ecg-clean", action="store_true", help="clean ECG leads with neurokit2 ecg_clean")
-    b.add_argument("--echo-size", type=int, default=112, help="echo frame side in pixels (default 112; 0 = keep)")
-    b.add_argument("--echo-fps", type=float, default=None, help="frame rate for cines that do not state one")
-    b.add_argument("--drop-burned-in", action="store_true",
-                   help="skip DICOM views that declare BurnedInAnnotation=YES (default: keep and report)")
-    b.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    b.add_argument("--dry-run", action="store_true", help="write nothing: the same as `probmed data check`")
+    _conversion_options(b)
     b.set_defaults(func=_cmd_build)
+
+    c = sub.add_parser(
+        "check",
+        help="dry run of build: read every file of a manifest, count per modality what would be used / skipped",
+        description="Read and convert every file a manifest references as `build` would, write nothing, and "
+        "print per modality how many inputs will be used or skipped (and why) and the label vocabulary with its "
+        "counts. Exits 1 when no study has a usable input.",
+    )
+    c.add_argument("--manifest", required=True, help="manifest CSV")
+    _conversion_options(c)
+    c.set_defaults(func=_cmd_check)
 
     from probmed.data.manifests import MAKERS
 
@@ -129,15 +131,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    from probmed.data.builder import BuildOptions, build_dataset
+def _conversion_options(b: argparse.ArgumentParser) -> None:
+    """The options of how each modality is converted (shared by ``build`` and its dry run ``check``)."""
+    b.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    b.add_argument("--cxr-size", type=int, default=None,
+                   help="store larger radiographs decoded and shrunk to this longer side as 16-bit PNG "
+                   "(default: keep the de-identified DICOM)")
+    b.add_argument("--ecg-rate", type=float, default=None, help="resample ECGs to this rate in Hz (default: keep)")
+    b.add_argument("--ecg-clean", action="store_true", help="clean ECG leads with neurokit2 ecg_clean")
+    b.add_argument("--echo-size", type=int, default=112, help="echo frame side in pixels (default 112; 0 = keep)")
+    b.add_argument("--echo-fps", type=float, default=None, help="frame rate for cines that do not state one")
+    b.add_argument("--fit", choices=("pad", "crop"), default="pad",
+                   help="how a non-square cine becomes square at --echo-size: pad (default) or centre-crop")
+    b.add_argument("--drop-burned-in", action="store_true",
+                   help="skip DICOM views that declare BurnedInAnnotation=YES (default: keep and report)")
+    b.add_argument("--us-blank", choices=("sector", "header", "none"), default="sector",
+                   help="blank echo pixels outside the imaging sector (default), the top header band, or nothing")
+    b.add_argument("--keep-burned-in", action="store_true",
+                   help="write cines whose header says BurnedInAnnotation=YES even when not blanked by their sector")
+    b.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
-    options = BuildOptions(cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean, echo_size=args.echo_size or None,
-                           echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in)
+
+def _options(args: argparse.Namespace):
+    from probmed.data.builder import BuildOptions
+
+    return BuildOptions(cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean,
+                        echo_size=args.echo_size or None, echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in,
+                        fit=args.fit, us_blank=args.us_blank, keep_burned_in=args.keep_burned_in)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from probmed.data.builder import build_dataset
+
+    if args.dry_run:
+        return _cmd_check(args)
     summary = build_dataset(args.manifest, args.out, salt=args.salt, maxcount=args.maxcount,
                             maxsize=int(args.maxsize) if args.maxsize else None, workers=args.workers,
-                            options=options, progress=not args.quiet)
+                            options=_options(args), progress=not args.quiet)
     print(json.dumps({k: v for k, v in summary.items() if k != "sizes"}, indent=1))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from probmed.data.builder import check_dataset
+
+    summary = check_dataset(args.manifest, _options(args), workers=args.workers, progress=not args.quiet)
+    print(f"{summary['studies']} studies, {summary['usable_studies']} with a usable input")
+    for name, counts in summary["modalities"].items():
+        reasons = ", ".join(f"{r} {n}" for r, n in counts["skipped"].items()) or "-"
+        print(f"  {name:<8} used {counts['used']:>6}   skipped {sum(counts['skipped'].values()):>6}   {reasons}")
+    print(f"labels ({len(summary['labels'])}): positive / negative / uncertain / missing")
+    for label, c in summary["labels"].items():
+        print(f"  {label:<28} {c['positive']:>6} {c['negative']:>6} {c['uncertain']:>6} {c['missing']:>6}")
+    for example in summary["skipped_examples"]:
+        print(f"  e.g. {example['source_study']}: {example['modality']} {example['detail']}", file=sys.stderr)
+    if not summary["usable_studies"]:
+        print("probmed data check: no usable study in the manifest", file=sys.stderr)
+        return 1
     return 0
 
 

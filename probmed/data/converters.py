@@ -15,11 +15,14 @@ from typing import Any, Callable
 import numpy as np
 
 from probmed.data import schema
-from probmed.data.deid import Pseudonymizer, deidentify_dicom, strip_image_metadata
+from probmed.data.deid import (
+    Pseudonymizer, blank_outside, deidentify_dicom, scrub_text, strip_image_metadata, study_identifiers,
+)
 from probmed.data.readers.cxr import CXR_READERS
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
-from probmed.data.readers.echo_sources import read_echo_source
+from probmed.data.readers.echo_sources import echo_header, read_echo_source
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.text import plain_report
 
 INT16_MAX_UV = 32767
 
@@ -116,29 +119,57 @@ def ecg_record(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
 
 
 def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
-    """Multi-frame DICOM / AVI / MP4 → grey ``uint8 [frames, size, size]`` ``echo.npy`` at its own frame rate
+    """Multi-frame DICOM / AVI / MP4 → grey ``uint8 [frames, size, size]`` ``echo.npy`` (aspect kept: padded or
+    centre-cropped by ``--fit``) at its own frame rate
     (``meta["echo_fps"]``: the file's, else the manifest's ``echo_fps``, else ``--echo-fps``)."""
     import torch
 
-    from probmed.data.modalities import _resize
+    from probmed.data.modalities import fit_square
 
     (source,) = entry.paths["echo"]
     cine, fps = read_echo_source(source)
+    cine = _without_burned_in_text(cine, echo_header(source), source.name, ctx)
     given = entry.values_of("echo_fps")
     fps = fps or (float(given[0]) if given else None) or ctx.opts.echo_fps
     if not fps:
         raise UnreadableInput("echo_no_frame_rate", f"{source.name}: no frame rate in the file, manifest "
                                                     "(echo_fps) or --echo-fps")
     if ctx.opts.echo_size:
-        resized = _resize(torch.from_numpy(cine).float(), ctx.opts.echo_size)
+        resized = fit_square(torch.from_numpy(cine).float(), ctx.opts.echo_size, ctx.opts.fit)
         cine = resized.round().clamp(0, 255).to(torch.uint8).numpy()
     return {schema.ECHO_EXT: _npy(np.ascontiguousarray(cine, dtype=np.uint8))}, {"echo_fps": float(fps)}
 
 
+def _without_burned_in_text(cine: np.ndarray, header: dict, name: str, ctx: BuildContext) -> np.ndarray:
+    """Blank the cine outside its imaging area (``--us-blank``, :func:`~probmed.data.deid.blank_outside`); a cine
+    whose header says BurnedInAnnotation YES is refused unless it was blanked by its sector or region geometry or
+    the user opted in (``--keep-burned-in``)."""
+    cine = np.array(cine, copy=True)
+    kept = blank_outside(cine, ctx.opts.us_blank, header["regions"])
+    if kept is None:
+        ctx.notes["echo_sector_not_found"] += 1
+    declared = header["burned_in"] == "YES"
+    if declared and not ctx.opts.keep_burned_in and (kept is None or ctx.opts.us_blank != "sector"):
+        raise UnreadableInput("echo_burned_in_annotation", f"{name} declares burned-in text and was not blanked by "
+                                                           "its imaging sector (--us-blank sector, --keep-burned-in)")
+    if declared:
+        ctx.notes["echo_burned_in_annotation"] += 1
+    return cine
+
+
 def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
-    """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``."""
+    """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``; an HL7 CDA
+    document becomes its narrative, other markup (HTML, XML) is refused (:func:`~probmed.data.readers.text.plain_report`).
+    Every identifying value the builder knows for the study (:func:`~probmed.data.deid.study_identifiers`: its
+    ids, and the names, dates, ids and UIDs in its DICOM headers and ECG XML) is replaced by ``___``."""
     paths = entry.paths.get("report", [])
-    text = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
+    try:
+        raw = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
+    except UnicodeDecodeError as exc:
+        raise UnreadableInput("text_not_utf8", str(exc)) from exc
+    text, scrubbed = scrub_text(plain_report(raw), study_identifiers(entry))
+    if scrubbed:
+        ctx.notes["report_identifiers_scrubbed"] += scrubbed
     if not text.strip():
         raise UnreadableInput("text_empty", "empty report")
     return {schema.REPORT_EXT: text.encode("utf-8")}, {}

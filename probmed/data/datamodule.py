@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
 from probmed.data import registry, schema
+from probmed.data.labels import read_vocabulary
 from probmed.data.modalities import ModalityInput, TextInput
 from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
@@ -36,6 +37,9 @@ class ProbMedDataModule(L.LightningDataModule):
             ``prefix: ct`` for a CT modality stored as ``ct.<i>.dcm``). A loaded modality without an entry gets
             the registry's default pipeline; one the registry does not know needs an entry. Override one option
             with ``--data.inputs.<name>.init_args.<option> VALUE``.
+        uncertain: what an uncertain (-1) label of the dataset becomes: ``ignore`` (unknown), ``positive`` or
+            ``negative`` (CheXpert's U-Ignore / U-Ones / U-Zeros). The label names come from the dataset's
+            ``labels.json`` (:mod:`probmed.data.labels`), as :attr:`label_names`.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class ProbMedDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         seed: int = 0,
         inputs: dict[str, ModalityInput] | None = None,
+        uncertain: Literal["ignore", "positive", "negative"] = "ignore",
     ):
         super().__init__()
         if batch_size < 1:
@@ -59,7 +64,8 @@ class ProbMedDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.positives, self.seed = positives, seed
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
-        self.decoder = StudyDecoder(self.inputs, positives)
+        self.label_names: list[str] = list(read_vocabulary(self.data_dir)["labels"])
+        self.decoder = StudyDecoder(self.inputs, positives, labels=tuple(self.label_names), uncertain=uncertain)
         self.collator = StudyCollator(self.inputs)
         self._streams: dict[str, EvalStream | TrainStream] = {}
         self._resume_at: tuple[int, int] | None = None  # from a checkpoint: (epoch, batches per rank trained)

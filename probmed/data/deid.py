@@ -8,6 +8,12 @@
   comments ...), overlays and curves (graphics that can hold annotation text) and all private tags; it replaces every UID that could link back (study, series, instance, frame of
   reference, and the file meta's instance UID) with a pseudonymous ``2.25.<int>`` UID; it sets PatientIdentityRemoved
   and reports whether the image declares burned-in annotation (text in the pixels cannot be scrubbed from headers).
+  Finally every top-level attribute outside the allowlist :data:`KEPT_ATTRIBUTES` is removed, so an attribute the
+  DICOM PS3.15 Basic Profile removes cannot survive by being missing from the blocklists.
+
+The allowlist was chosen over a maintained blocklist library (``deid``'s recipes, ``dicognito``): those implement
+the profile's per-attribute actions for every IOD, while the shards need ~60 attributes to decode a radiograph;
+keeping only those is shorter to audit and removes attributes a future standard adds without a code change.
 """
 from __future__ import annotations
 
@@ -52,6 +58,39 @@ OVERLAY_GROUPS: frozenset[int] = frozenset({0x5000, 0x6000})
 
 #: Value representations removed wherever they occur: person names, dates, date-times and times.
 PHI_VRS: frozenset[str] = frozenset({"PN", "DA", "DT", "TM"})
+
+#: The only top-level attributes a built DICOM keeps, each with why (checked against the DICOM PS3.15 Basic
+#: Application Level Confidentiality Profile, Table E.1-1): everything else — including attributes the profile
+#: removes that the blocklists above do not name (TimezoneOffsetFromUTC, PostprocessingFunction, Manufacturer's
+#: model and software names, acquisition parameters ...) — is removed. Nested items of kept sequences are LUT
+#: tables and region geometry, no identifiers.
+KEPT_ATTRIBUTES: dict[str, str] = {
+    **{k: "identifies the kind of file: the readers refuse a CT or MR given as a chest film"
+       for k in ("SOPClassUID", "Modality", "BodyPartExamined", "ImageType", "PresentationIntentType")},
+    **{k: "replaced by a salted pseudonymous UID (Basic Profile action U)"
+       for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")},
+    **{k: "replaced by the patient pseudonym (Basic Profile action Z/D)" for k in ("PatientName", "PatientID")},
+    **{k: "states the de-identification (Basic Profile: required when identity is removed)"
+       for k in ("PatientIdentityRemoved", "DeidentificationMethod", "BurnedInAnnotation")},
+    **{k: "the view the loader and MedProbCLIP's view pairs use; no identifier"
+       for k in ("ViewPosition", "ViewCodeSequence", "PatientOrientation", "ImageLaterality", "Laterality")},
+    **{k: "image pixel module: needed to decode the pixels"
+       for k in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+                 "HighBit", "PixelRepresentation", "PlanarConfiguration", "PixelData", "NumberOfFrames",
+                 "FrameIncrementPointer", "PixelAspectRatio", "SmallestImagePixelValue", "LargestImagePixelValue",
+                 "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+                 "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
+                 "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+                 "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+                 "SpecificCharacterSet")},
+    **{k: "grey-level transforms the reader applies (modality LUT, VOI window / LUT, presentation LUT)"
+       for k in ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter",
+                 "WindowWidth", "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape",
+                 "PixelIntensityRelationship", "PixelIntensityRelationshipSign")},
+    **{k: "pixel geometry (mm per pixel) and cine timing; no identifier"
+       for k in ("PixelSpacing", "ImagerPixelSpacing", "FrameTime", "FrameTimeVector", "CineRate",
+                 "RecommendedDisplayFrameRate", "SequenceOfUltrasoundRegions")},
+}
 
 
 class Pseudonymizer:
@@ -100,16 +139,26 @@ def _scrub(ds, pseudo: Pseudonymizer, report: DeidReport) -> None:
                 _scrub(item, pseudo, report)
 
 
+def _keep_only_allowed(ds, report: DeidReport) -> None:
+    """Remove every top-level attribute not in :data:`KEPT_ATTRIBUTES` (the allowlist after the blocklists)."""
+    for elem in list(ds):
+        if elem.keyword not in KEPT_ATTRIBUTES:
+            del ds[elem.tag]
+            report.removed += 1
+
+
 def deidentify_dicom(data: bytes, pseudo: Pseudonymizer, patient_pseudonym: str) -> tuple[bytes, DeidReport]:
     """Scrub one DICOM file (bytes in, bytes out; the pixel data and transfer syntax are kept as they are).
 
-    PatientName and PatientID are set to ``patient_pseudonym``; see the module docstring for what is removed.
+    PatientName and PatientID are set to ``patient_pseudonym``; see the module docstring for what is removed, and
+    :data:`KEPT_ATTRIBUTES` for the only attributes left (with why).
     """
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(data))
     report = DeidReport(burned_in_annotation=str(ds.get("BurnedInAnnotation", "")).upper() == "YES")
     _scrub(ds, pseudo, report)
+    _keep_only_allowed(ds, report)
     meta = ds.file_meta
     if "MediaStorageSOPInstanceUID" in meta:
         meta.MediaStorageSOPInstanceUID = pseudo.uid(str(meta.MediaStorageSOPInstanceUID))
@@ -160,3 +209,174 @@ def strip_image_metadata(data: bytes, ext: str) -> bytes:
         pos += 2 + length
     out += data[pos:]
     return bytes(out)
+
+
+# -- report text -----------------------------------------------------------------------------------------------------
+#: Header attributes whose values identify the study or patient and may be quoted in its report (besides every
+#: person name and date, which are taken whatever their attribute).
+TEXT_IDENTIFIER_KEYWORDS: tuple[str, ...] = (
+    "PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "IssuerOfPatientID", "MedicalRecordLocator",
+    "AdmissionID", "RequestedProcedureID", "InstitutionName", "InstitutionAddress", "PatientAddress",
+    "PatientTelephoneNumbers", "StationName", "DeviceSerialNumber", *UID_KEYWORDS,
+)
+#: ECG XML elements (GE MUSE, GE CardioSoft; local names) holding the patient's names and ids.
+XML_IDENTIFIER_TAGS: frozenset[str] = frozenset({
+    "PatientID", "PatientLastName", "PatientFirstName", "LastName", "FirstName", "FamilyName", "GivenName",
+    "DateofBirth", "DateOfBirth", "BirthDateTime", "AcquisitionDate",
+})
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")
+
+
+def date_forms(value: str) -> set[str]:
+    """A DICOM date ``YYYYMMDD`` as reports write it: ``2024-02-29``, ``02/29/2024``, ``29/02/2024``,
+    ``29.02.2024``, ``2/29/2024``, ``February 29, 2024``, ``29 February 2024`` (and as given)."""
+    text = str(value).strip()[:8]
+    if len(text) != 8 or not text.isdigit() or not 1 <= int(text[4:6]) <= 12:
+        return {text} if len(text) >= 6 else set()
+    y, m, d = text[:4], text[4:6], text[6:8]
+    month = _MONTHS[int(m) - 1]
+    return {text, f"{y}-{m}-{d}", f"{m}/{d}/{y}", f"{d}/{m}/{y}", f"{d}.{m}.{y}", f"{int(m)}/{int(d)}/{y}",
+            f"{month} {int(d)}, {y}", f"{int(d)} {month} {y}"}
+
+
+def name_forms(value: str) -> set[str]:
+    """A DICOM person name ``Family^Given^Middle`` → the full name in both orders and each part of ≥ 3 letters."""
+    parts = [p.strip() for p in str(value).replace("=", "^").split("^") if p.strip()]
+    words = {w for p in parts for w in p.replace(",", " ").split() if len(w) >= 3}
+    full = {" ".join(parts), " ".join(reversed(parts[:2])), ", ".join(parts[:2])} if parts else set()
+    return {f for f in full if len(f) >= 3} | words
+
+
+def dicom_identifiers(path) -> set[str]:
+    """Identifying values in one DICOM header (names, dates, ids, UIDs), without reading the pixels."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    found: set[str] = set()
+    for elem in ds.iterall():
+        values = elem.value if isinstance(elem.value, (list, pydicom.multival.MultiValue)) else [elem.value]
+        for value in values:
+            if value in (None, "") or elem.VR == "SQ":
+                continue
+            if elem.VR == "PN":
+                found |= name_forms(str(value))
+            elif elem.VR in ("DA", "DT"):
+                found |= date_forms(str(value))
+            elif elem.keyword in TEXT_IDENTIFIER_KEYWORDS and len(str(value).strip()) >= 3:
+                found.add(str(value).strip())
+    return found
+
+
+def xml_identifiers(path) -> set[str]:
+    """Patient names and ids in an ECG XML export (:data:`XML_IDENTIFIER_TAGS`)."""
+    import xml.etree.ElementTree as ET
+
+    found: set[str] = set()
+    for element in ET.parse(str(path)).getroot().iter():
+        text = (element.text or "").strip()
+        if element.tag.rsplit("}", 1)[-1] in XML_IDENTIFIER_TAGS and len(text) >= 3:
+            found |= date_forms(text.replace("-", "")) if text.replace("-", "").isdigit() else {text}
+    return found
+
+
+def study_identifiers(entry) -> set[str]:
+    """Every identifying value the builder knows for one manifest study: its source study and patient ids, and the
+    names, dates, ids and UIDs in the headers of its DICOM files and ECG XML exports. Unreadable files add
+    nothing (the modality's converter reports them)."""
+    found = {v for v in (entry.study_id, entry.patient_id) if len(v) >= 3}
+    for paths in entry.paths.values():
+        for path in paths:
+            reader = {".dcm": dicom_identifiers, ".xml": xml_identifiers}.get(path.suffix.lower())
+            try:
+                found |= reader(path) if reader is not None else set()
+            except Exception:  # a damaged header: nothing to harvest, the conversion reports the file
+                continue
+    return found
+
+
+def scrub_text(text: str, identifiers: set[str], mask: str = "___") -> tuple[str, int]:
+    """Replace every occurrence of each identifier (case-insensitive, not inside a longer word or number, longest
+    first) with ``mask`` — MIMIC's convention. Returns ``(text, replacements)``."""
+    import re
+
+    values = sorted({i for i in identifiers if i.strip()}, key=len, reverse=True)
+    if not values:
+        return text, 0
+    pattern = re.compile("(?<![0-9A-Za-z])(?:" + "|".join(re.escape(v) for v in values) + ")(?![0-9A-Za-z])",
+                         re.IGNORECASE)
+    return pattern.subn(mask, text)
+
+
+# -- burned-in text in ultrasound pixels -----------------------------------------------------------------------------
+#: How ultrasound pixels outside the image are blanked: ``sector`` (keep only the imaging region: the header's
+#: Sequence of Ultrasound Regions, else the pixels that change over the cine), ``header`` (blank the top band where
+#: scanners print name, id and date), ``none``.
+US_BLANKING: tuple[str, ...] = ("sector", "header", "none")
+#: Fraction of the frame height blanked by ``header``.
+HEADER_BAND = 0.12
+
+
+def ultrasound_regions(ds) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` (inclusive pixel bounds) of each region in the header's SequenceOfUltrasoundRegions."""
+    regions = []
+    for item in ds.get("SequenceOfUltrasoundRegions", []) or []:
+        try:
+            regions.append((int(item.RegionLocationMinX0), int(item.RegionLocationMinY0),
+                            int(item.RegionLocationMaxX1), int(item.RegionLocationMaxY1)))
+        except AttributeError:
+            continue
+    return regions
+
+
+def moving_region(cine, threshold: float = 1.0):
+    """``bool [H, W]``: the imaging sector of a grey cine ``uint8 [frames, H, W]`` — the largest connected region
+    of pixels whose grey level changes over time (std > ``threshold`` levels), holes filled and closed by a few
+    pixels. Burned-in text and markers do not move; the sector does. None for a single frame."""
+    import numpy as np
+    from scipy import ndimage
+
+    if cine.shape[0] < 2:
+        return None
+    total = np.zeros(cine.shape[1:], np.float64)
+    squares = np.zeros(cine.shape[1:], np.float64)
+    for start in range(0, cine.shape[0], 8):  # per-pixel variance over blocks of frames: no float copy of the cine
+        block = cine[start : start + 8].astype(np.float64)
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+    variance = squares / cine.shape[0] - np.square(total / cine.shape[0])
+    moving = variance > threshold**2
+    moving = ndimage.binary_closing(moving, iterations=3)
+    labels, count = ndimage.label(moving)
+    if count == 0:
+        return None
+    largest = 1 + int(np.argmax(ndimage.sum(moving, labels, index=range(1, count + 1))))
+    return ndimage.binary_fill_holes(labels == largest)
+
+
+def blank_outside(cine, mode: str, regions: list[tuple[int, int, int, int]] = ()):
+    """Zero a grey cine ``uint8 [frames, H, W]`` outside its imaging area (in place; see :data:`US_BLANKING`).
+
+    Returns:
+        the mask kept (``bool [H, W]``), or None when ``mode`` is ``sector`` and no sector could be found (a single
+        frame without region geometry): then nothing is blanked and the caller decides.
+    """
+    import numpy as np
+
+    if mode not in US_BLANKING:
+        raise ValueError(f"ultrasound blanking must be one of {US_BLANKING}, got {mode!r}")
+    height, width = cine.shape[1:]
+    keep = np.ones((height, width), dtype=bool)
+    if mode == "header":
+        keep[: int(round(HEADER_BAND * height))] = False
+    elif mode == "sector":
+        if regions:
+            keep[:] = False
+            for x0, y0, x1, y1 in regions:
+                keep[max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = True
+        else:
+            keep = moving_region(cine)
+            if keep is None:
+                return None
+    cine[:, ~keep] = 0
+    return keep

@@ -12,12 +12,13 @@ column              content
 ``split``           ``train``, ``val`` (or ``validate``) or ``test`` (required)
 ``cxr``             radiograph files (``.dcm``, ``.png``, ``.jpg``), ``;``-separated
 ``cxr_views``       their view positions (``PA;LATERAL``), ``;``-separated; empty: taken from the DICOM header
-``ecg``             one ECG file (``.dcm`` waveform, WFDB ``.hea`` or record name, GE MUSE ``.xml``)
+``ecg``             one ECG file (``.dcm`` waveform, WFDB ``.hea``, ``.xml``: GE MUSE, HL7 aECG, GE CardioSoft)
 ``echo``            one echo cine (multi-frame ``.dcm``, ``.avi``, ``.mp4``)
 ``echo_fps``        the cine's frame rate when the file does not say it (e.g. EchoNet-Dynamic's FileList.csv FPS)
 ``report``          a UTF-8 report file
 ``report_text``     the report inline (e.g. ECG machine statements); used when ``report`` is empty
-``finding:<name>``  a label, ``0``/``1`` (empty: unknown); any number of such columns
+``finding:<name>``  a label: ``1`` positive, ``0`` negative, ``-1`` uncertain, empty: missing (CheXpert's convention,
+                    :mod:`probmed.data.labels`); any number of such columns, in label-vector order
 ==================  ================================================================================================
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from probmed.data.labels import value_name
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "patient_id", "split")
 FINDING_PREFIX = "finding:"
@@ -63,7 +66,7 @@ class StudyEntry:
     Attributes:
         paths: path column → its files (several for a ``;``-separated column, e.g. radiograph views).
         values: every other non-empty column (besides ids, split and findings) as written.
-        findings: finding name → 0/1.
+        findings: label name → 1 / 0 / -1 (positive / negative / uncertain); missing labels are absent.
     """
 
     study_id: str
@@ -110,9 +113,11 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
     for column, value in row.items():
         if column and column.startswith(FINDING_PREFIX) and (value or "").strip() != "":
             try:
-                findings[column[len(FINDING_PREFIX):]] = int(float(value))
+                number = float(value)
+                value_name(number)
             except ValueError as exc:
-                raise ValueError(f"manifest line {line}: {column} = {value!r} is not 0/1") from exc
+                raise ValueError(f"manifest line {line}: {column} = {value!r} is not 1, 0, -1 or empty") from exc
+            findings[column[len(FINDING_PREFIX):]] = int(number)
         elif column and column not in REQUIRED_COLUMNS and column not in file_columns and (value or "").strip():
             values[column] = value.strip()
     paths = {c: [path(p) for p in _split_list(row.get(c, ""))] for c in file_columns}
@@ -120,6 +125,13 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
         study_id=row["study_id"].strip(), patient_id=row["patient_id"].strip(), split=split,
         paths={c: p for c, p in paths.items() if p}, values=values, findings=findings,
     )
+
+
+def label_columns(path: str | Path) -> list[str]:
+    """The label names of a manifest (its ``finding:<name>`` columns), in column order: the label vocabulary."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return [c[len(FINDING_PREFIX):] for c in header if c.startswith(FINDING_PREFIX)]
 
 
 def read_manifest(path: str | Path) -> list[StudyEntry]:

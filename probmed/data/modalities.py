@@ -29,11 +29,31 @@ from probmed.data.readers import (
 )
 
 
-def _resize(images: Tensor, size: int) -> Tensor:
-    """Resize ``[N, H, W]`` float images to ``[N, size, size]`` (bilinear, anti-aliased)."""
-    if images.shape[-2:] == (size, size):
+#: How a non-square image becomes square: ``pad`` (whole image, longer side = size, centred on black) or ``crop``
+#: (shorter side = size, centre crop). Neither distorts the aspect ratio.
+FITS: tuple[str, ...] = ("pad", "crop")
+
+
+def fit_square(images: Tensor, size: int, fit: str = "pad") -> Tensor:
+    """Resize ``[N, H, W]`` float images to ``[N, size, size]`` keeping their aspect ratio (bilinear, anti-aliased):
+    ``pad`` scales the longer side to ``size`` and centres the image on zeros (black), ``crop`` scales the shorter
+    side to ``size`` and keeps the centre (see :data:`FITS`). A 1955 × 1841 film or a 480 × 640 cine is never
+    squashed."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
         return images
-    return F.interpolate(images[:, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    scale = size / (max(h, w) if fit == "pad" else min(h, w))
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if fit == "crop":
+        nh, nw = max(nh, size), max(nw, size)
+    out = F.interpolate(images[:, None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    if fit == "pad":
+        top, left = (size - nh) // 2, (size - nw) // 2
+        return F.pad(out, (left, size - nw - left, top, size - nh - top))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return out[:, top : top + size, left : left + size]
 
 
 class ModalityInput:
@@ -88,12 +108,16 @@ class ImageInput(ModalityInput):
         view: which view to use: ``"random"`` picks one stored view per study in training and the first
             (frontal) one in evaluation; ``"first"`` always the first; ``"second"`` always the second (a study
             with one view lacks it).
+        fit: a non-square image is ``pad``-ded (default) or centre-``crop``-ped to square, never squashed
+            (:func:`fit_square`).
     """
 
-    def __init__(self, prefix: str, size: int = 64, view: str = "random"):
+    def __init__(self, prefix: str, size: int = 64, view: str = "random", fit: str = "pad"):
         if view not in ("random", "first", "second"):
             raise ValueError(f"view must be 'random', 'first' or 'second', got {view!r}")
-        self.prefix, self.size, self.view = prefix, int(size), view
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+        self.prefix, self.size, self.view, self.fit = prefix, int(size), view, fit
         self.files = (f"{prefix}.*",)
 
     def stored(self, sample):
@@ -106,7 +130,7 @@ class ImageInput(ModalityInput):
         else:
             key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
         image, _ = read_cxr(key, sample[key])  # reader chosen by the stored extension (dcm, png, jpg)
-        image = _resize(torch.from_numpy(image)[None], self.size)
+        image = fit_square(torch.from_numpy(image)[None], self.size, self.fit)
         return ((image - 0.5) / 0.25).float()
 
     def placeholder(self):
@@ -117,8 +141,8 @@ class CXRInput(ImageInput):
     """Chest X-ray: :class:`ImageInput` over the ``cxr.<i>.<ext>`` views (the ViewPosition of view ``i`` is in
     ``meta["cxr_views"][i]``)."""
 
-    def __init__(self, size: int = 64, view: str = "random", prefix: str = "cxr"):
-        super().__init__(prefix, size, view)
+    def __init__(self, size: int = 64, view: str = "random", prefix: str = "cxr", fit: str = "pad"):
+        super().__init__(prefix, size, view, fit)
 
 
 class CXRSecondViewInput(CXRInput):
@@ -126,8 +150,8 @@ class CXRSecondViewInput(CXRInput):
     (MedProbCLIP's multi-view pairs). Studies with a single view lack it (masked like any absent modality).
     Output as :class:`CXRInput`; the modality key shares the ``cxr`` tower through the module's ``shared``."""
 
-    def __init__(self, size: int = 64, prefix: str = "cxr"):
-        super().__init__(size, "second", prefix)
+    def __init__(self, size: int = 64, prefix: str = "cxr", fit: str = "pad"):
+        super().__init__(size, "second", prefix, fit)
 
 
 class ECGInput(ModalityInput):
@@ -205,11 +229,15 @@ class EchoInput(ModalityInput):
     Args:
         frames, size, stride, fps: clip length, frame side (pixels), frame step and frame rate (see above).
         file: the cine's file name in the shard (``uint8 [frames, H, W]`` NumPy array).
+        fit: a non-square cine is ``pad``-ded (default) or centre-``crop``-ped to square (:func:`fit_square`).
     """
 
     def __init__(self, frames: int = 16, size: int = 64, stride: int = 1, fps: float | None = None,
-                 file: str = schema.ECHO_EXT):
+                 file: str = schema.ECHO_EXT, fit: str = "pad"):
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
         self.frames, self.size, self.stride, self.fps, self.file = int(frames), int(size), int(stride), fps, file
+        self.fit = fit
         self.files = (file,)
 
     def offsets(self, meta: dict) -> np.ndarray:
@@ -228,7 +256,7 @@ class EchoInput(ModalityInput):
         start = int(rng.integers(cine.shape[0] - span + 1)) if (train and cine.shape[0] > span) else 0
         wanted = start + offsets
         index = np.minimum(wanted, cine.shape[0] - 1)
-        clip = _resize(torch.from_numpy(np.ascontiguousarray(cine[index])), self.size)
+        clip = fit_square(torch.from_numpy(np.ascontiguousarray(cine[index])), self.size, self.fit)
         real = torch.from_numpy(wanted < cine.shape[0])  # False: a repeated last frame standing in for padding
         return {"frames": ((clip - 0.5) / 0.25)[:, None].float(), "frame_mask": real}
 

@@ -9,7 +9,8 @@ A *batch* (what the LightningModule receives) is a dict:
   study lacks the modality;
 - ``present``: ``{modality: bool [B]}``;
 - ``group``: ``int64 [B]`` positive-group id (hash of the study id, or of the patient id);
-- ``labels``: ``float32 [B, len(FINDINGS)]`` with NaN where a label is unknown;
+- ``labels``: ``float32 [B, len(labels)]`` in the dataset's label-vocabulary order (:mod:`probmed.data.labels`),
+  NaN where a label is missing (or uncertain under the ``ignore`` policy);
 - ``study_id``: list of B strings;
 - ``skipped``: ``{cause: count}`` of inputs this worker skipped since its previous batch.
 """
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from probmed.data import schema
+from probmed.data.labels import check_policy, label_vector
 from probmed.data.modalities import ModalityInput
 from probmed.data.readers import UnreadableInput, UnsafeInput
 
@@ -65,12 +67,16 @@ class StudyDecoder:
         known_files: glob patterns of shard files that are expected though not loaded (default: every registered
             modality's, :mod:`probmed.data.registry`); any other file no input reads is counted as
             ``unknown_extension``.
+        labels: the label vocabulary, in label-vector order (default: the embedded corpus's findings).
+        uncertain: what an uncertain (-1) label becomes: ``ignore`` (NaN), ``positive`` (1) or ``negative`` (0).
     """
 
     def __init__(self, inputs: dict[str, ModalityInput], positives: str = "study",
-                 known_files: tuple[str, ...] | None = None):
+                 known_files: tuple[str, ...] | None = None, labels: tuple[str, ...] = schema.FINDINGS,
+                 uncertain: str = "ignore"):
         if positives not in ("study", "patient"):
             raise ValueError(f"positives must be 'study' or 'patient', got {positives!r}")
+        self.labels, self.uncertain = tuple(labels), check_policy(uncertain)
         self.inputs = inputs
         self.positives = positives
         if known_files is None:
@@ -118,8 +124,8 @@ class StudyDecoder:
             return None
         group_key = meta.get("patient_id") if self.positives == "patient" else None
         study["group"] = stable_hash(str(group_key or study["study_id"]))
-        findings = meta.get("findings") or {}
-        study["labels"] = np.array([float(findings.get(f, np.nan)) for f in schema.FINDINGS], dtype=np.float32)
+        findings = meta.get("findings")
+        study["labels"] = label_vector(findings if isinstance(findings, dict) else {}, self.labels, self.uncertain)
         return study
 
 

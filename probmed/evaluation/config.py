@@ -12,11 +12,16 @@ Example::
           - {modality: cxr, kind: noise, severities: [1, 2, 3]}
           - {modality: ecg, kind: lead_dropout, severities: [1, 3]}
         prognosis: {label: reduced_ef, subsets: [[cxr, ecg, echo], [ecg]]}
+
+The label names are the dataset's (``labels.json``, :mod:`probmed.data.labels`), handed over by the datamodule.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+#: Corpus label the prognosis head predicts when none is configured.
+DEFAULT_PROGNOSIS_LABEL = "reduced_ef"
 
 #: Default prompt ensembles for the findings of the embedded corpus (phrasings in the style of its reports).
 DEFAULT_PROMPTS: dict[str, dict[str, list[str]]] = {
@@ -58,16 +63,20 @@ class ZeroShotConfig:
     """Zero-shot classification of findings from text prompts.
 
     Args:
-        prompts: finding → ``{"positive": [...], "negative": [...]}``; findings not in the data's label vector are
+        prompts: label → ``{"positive": [...], "negative": [...]}``; labels not in the data's label vocabulary are
             a configuration error. Each set is an ensemble: a study's score against a set is the mean similarity
-            to its prompts.
+            to its prompts. ``None`` (and no ``prompt_files``): the shipped prompt sets matched to the data's labels
+            (:mod:`probmed.evaluation.prompts`).
+        prompt_files: prompt sets to use, by shipped name (``chexpert14``, ``ptbxl_superclasses``, ``corpus``) or
+            YAML path; ``prompts`` override their entries.
         temperature: multiplies ``s_pos − s_neg`` before the sigmoid that gives P(finding); ``None`` takes the
             scoring term's own logit scale (so ECE measures the model's own calibration).
         stages: when to run.
         modality: the modality whose tower and input pipeline embed the prompts (the report text).
     """
 
-    prompts: dict[str, dict[str, list[str]]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PROMPTS.items()})
+    prompts: Optional[dict[str, dict[str, list[str]]]] = None
+    prompt_files: list[str] = field(default_factory=list)
     temperature: Optional[float] = None
     stages: list[Stage] = field(default_factory=lambda: ["val", "test"])
     modality: str = "text"
@@ -119,12 +128,13 @@ class PrognosisConfig:
     """A small head on precision-weighted fused embeddings predicting a study-level label.
 
     Args:
-        label: the name of the label (one of the data's findings) to predict.
+        label: the name of the label (one of the data's labels) to predict; ``None``: the corpus's ``reduced_ef``
+            when the data has it, else prognosis is skipped with a note (real datasets name their outcome).
         subsets: the modality subsets to fuse; a study takes part with whichever modalities of the subset it has.
         stages: when to run.
     """
 
-    label: str = "reduced_ef"
+    label: Optional[str] = None
     subsets: list[list[str]] = field(default_factory=lambda: [["cxr", "ecg", "echo"]])
     seed: int = 0
     support_fraction: float = 0.5

@@ -21,10 +21,11 @@ from probmed.data.studies import stable_hash
 from probmed.embedding import GaussianEmbedding
 from probmed.evaluation import plots
 from probmed.evaluation.collect import EmbeddingCollector
-from probmed.evaluation.config import EvaluationConfig
+from probmed.evaluation.config import DEFAULT_PROGNOSIS_LABEL, EvaluationConfig
 from probmed.evaluation.corruptions import corrupt, get_corruption
 from probmed.evaluation.fewshot import few_shot
 from probmed.evaluation.prognosis import prognosis
+from probmed.evaluation.prompts import check_prompt_set, prompts_for_labels
 from probmed.evaluation.retrieval import pair_ranks, retrieval_metrics
 from probmed.evaluation.scoring import make_scorer, term_logit_scale
 from probmed.evaluation.uncertainty import (
@@ -62,26 +63,49 @@ class Evaluator:
 
     Args:
         config: what to compute, and at which stages.
-        findings: names of the label columns of the batches (default: the corpus findings).
+        findings: names of the label columns of the batches; ``None``: set later from the data
+            (:meth:`use_labels`, called by the module with the datamodule's label vocabulary), else the corpus
+            findings.
     """
 
-    def __init__(self, config: EvaluationConfig | None = None, findings: tuple[str, ...] = FINDINGS):
+    def __init__(self, config: EvaluationConfig | None = None, findings: tuple[str, ...] | None = None):
         self.config = config or EvaluationConfig()
-        self.findings = list(findings)
         for spec in self.config.corruptions:
             get_corruption(spec.modality, spec.kind, spec.like)  # unknown names fail at construction
             if any(s < 0 for s in spec.severities):
                 raise ValueError(f"corruption severities must be ≥ 0, got {spec.severities}")
-        if self.config.zero_shot is not None:
-            unknown = sorted(set(self.config.zero_shot.prompts) - set(self.findings))
-            if unknown:
-                raise ValueError(f"zero-shot prompts name {unknown}, not among the labels {self.findings}")
-            for f, sets in self.config.zero_shot.prompts.items():
-                if not sets.get("positive") or not sets.get("negative"):
-                    raise ValueError(f"zero-shot prompts for {f!r} need non-empty 'positive' and 'negative' lists")
-        if self.config.prognosis is not None and self.config.prognosis.label not in self.findings:
-            raise ValueError(f"prognosis label {self.config.prognosis.label!r} is not among {self.findings}")
+        zs = self.config.zero_shot
+        if zs is not None and zs.prompts:
+            check_prompt_set(zs.prompts, "model.evaluation.zero_shot.prompts")
         self.corrupted: dict[tuple[str, str, float], EmbeddingCollector] = {}
+        self.use_labels(FINDINGS if findings is None else findings, strict=findings is not None)
+
+    def use_labels(self, labels, strict: bool = True) -> None:
+        """Evaluate against the label vocabulary ``labels`` (the label-vector order of the batches): pick the
+        zero-shot prompts of these labels and the prognosis label.
+
+        Raises:
+            ValueError: (when ``strict``) configured prompts or a configured prognosis label that ``labels`` lack.
+        """
+        self.findings = list(labels)
+        self.prompts: dict = {}
+        self.unprompted: list[str] = []
+        self.prompt_problem = ""
+        zs, pg = self.config.zero_shot, self.config.prognosis
+        if zs is not None:
+            try:
+                self.prompts, self.unprompted = prompts_for_labels(self.findings, zs.prompts, zs.prompt_files)
+            except ValueError as exc:
+                if strict:
+                    raise
+                self.prompt_problem = str(exc)
+        self.prognosis_label = None
+        if pg is not None:
+            label = pg.label or DEFAULT_PROGNOSIS_LABEL
+            if label in self.findings:
+                self.prognosis_label = label
+            elif strict and pg.label is not None:
+                raise ValueError(f"prognosis label {pg.label!r} is not among the data's labels {self.findings}")
 
     # -- during the epoch ------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -151,6 +175,7 @@ class Evaluator:
         zs = cfg.zero_shot
         if zs is not None and stage in zs.stages:
             details["zero_shot"] = self._zero_shot(module, embeddings, labels, score, stage, scalars, figures if plot else None)
+            details["zero_shot_unprompted"] = list(self.unprompted)
 
         fs = cfg.few_shot
         if fs is not None and stage in fs.stages:
@@ -161,11 +186,17 @@ class Evaluator:
                     scalars[f"{stage}/fewshot/{m}/k{k if k else 'all'}_mean_auroc"] = _nanmean(per_finding.values())
 
         pg = cfg.prognosis
-        if pg is not None and stage in pg.stages:
-            res = prognosis(embeddings, labels, self.findings, pg.label, pg.subsets, pg.support_fraction, pg.seed)
-            details["prognosis"] = {"label": pg.label, "auroc": res}
+        if pg is not None and stage in pg.stages and self.prognosis_label is None:
+            details["prognosis"] = {"skipped": (
+                f"prognosis label {pg.label!r} is not among the data's labels {self.findings}" if pg.label else
+                f"no prognosis label configured and the data has no {DEFAULT_PROGNOSIS_LABEL!r}; "
+                "set model.evaluation.prognosis.label")}
+        elif pg is not None and stage in pg.stages:
+            label = self.prognosis_label
+            res = prognosis(embeddings, labels, self.findings, label, pg.subsets, pg.support_fraction, pg.seed)
+            details["prognosis"] = {"label": label, "auroc": res}
             for subset, value in res.items():
-                scalars[f"{stage}/prognosis/{pg.label}/{subset}/auroc"] = value
+                scalars[f"{stage}/prognosis/{label}/{subset}/auroc"] = value
 
         if corrupted:
             robustness = self._robustness(embeddings, corrupted, score, stage, scalars)
@@ -226,12 +257,14 @@ class Evaluator:
             tokens = {k: v.to(module.device) for k, v in text_input.collate(list(texts)).items()}
             return module.embed_modality(key, tokens, torch.ones(len(texts), dtype=torch.bool, device=module.device))
 
-        return {f: (embed(s["positive"]), embed(s["negative"])) for f, s in self.config.zero_shot.prompts.items()}
+        return {f: (embed(s["positive"]), embed(s["negative"])) for f, s in self.prompts.items()}
 
     def _zero_shot(self, module, embeddings, labels, score, stage, scalars, figures) -> dict:
         prompts = self._embed_prompts(module)
         if prompts is None:
             return {"skipped": f"no {self.config.zero_shot.modality} encoder or input pipeline to embed prompts"}
+        if not prompts:
+            return {"skipped": self.prompt_problem or f"no prompts for any of the data's labels {self.findings}"}
         zs = self.config.zero_shot
         scale = {
             m: zs.temperature if zs.temperature is not None

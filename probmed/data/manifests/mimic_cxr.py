@@ -9,8 +9,9 @@ Layout (PhysioNet)::
     <root>/mimic-cxr-2.0.0-chexpert.csv[.gz]   subject_id, study_id, Atelectasis, Cardiomegaly, ... (1, 0, -1, blank)
 
 The CSVs are optional: without metadata the view comes from the DICOM header at build time (JPGs get none);
-without the split file studies are split by patient hash; CheXpert labels become ``finding:<label>`` columns
-(``-1``, uncertain, is left unknown).
+without the split file studies are split by patient hash; the 14 CheXpert labels become ``finding:<label>`` columns
+with CheXpert's values kept (``1`` / ``0`` / ``-1`` uncertain / blank missing; the loader's ``uncertain`` policy
+decides what -1 means).
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ from probmed.data.manifests.common import read_table, relative, snake, split_by_
 CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
                    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
                    "Pneumonia", "Pneumothorax", "Support Devices")
+
+
+#: The values of the CheXpert label CSV that are labels (anything else, blank included, is missing).
+CHEXPERT_VALUES = ("1", "0", "-1", "1.0", "0.0", "-1.0")
 
 
 def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str | Path | None = None):
@@ -48,6 +53,6 @@ def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str
                "report": relative(report, out.parent) if report.is_file() else ""}
         for label in CHEXPERT_LABELS:
             value = label_rows.get(study, {}).get(label, "")
-            row[FINDING_PREFIX + snake(label)] = value if value in ("0", "1", "0.0", "1.0") else ""
+            row[FINDING_PREFIX + snake(label)] = str(int(float(value))) if value in CHEXPERT_VALUES else ""
         rows.append(row)
     return write_manifest(out, rows), len(rows)

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_cxr
 
 
@@ -81,12 +82,20 @@ def read_cxr_dicom(data: bytes) -> tuple[np.ndarray, str]:
 
     Raises:
         UnreadableInput: ``cxr_corrupt_dicom`` when pydicom cannot parse the file or its pixels,
+            ``cxr_wrong_modality`` for a file that is not a CR / DX radiograph (a CT slice, an MR image, ...; see
+            :mod:`probmed.data.readers.identity`),
             ``cxr_not_2d`` for a multi-frame or colour image, ``cxr_blank`` for a constant image.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for corrupt input
+        raise UnreadableInput("cxr_corrupt_dicom", f"{type(exc).__name__}: {exc}") from exc
+    if "PixelData" not in ds:
+        raise UnreadableInput("cxr_corrupt_dicom", "no pixel data (not a DICOM image)")
+    check_identity(ds, "cxr")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
         raise UnreadableInput("cxr_corrupt_dicom", f"{type(exc).__name__}: {exc}") from exc
     if pixels.ndim != 2:
         raise UnreadableInput("cxr_not_2d", f"pixel array of shape {pixels.shape}")

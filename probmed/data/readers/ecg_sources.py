@@ -5,9 +5,16 @@ One reader per format, registered by file suffix in :data:`ECG_SOURCE_READERS`:
 * ``.dcm`` — DICOM 12-lead / general ECG waveform (pydicom ``waveform_array``; channel labels from the channel
   source code meanings, units from the channel sensitivity units),
 * ``.hea`` — WFDB record (header + signal files beside it; the ``wfdb`` package),
-* ``.xml`` — GE MUSE ``RestingECG`` XML export (base64 little-endian int16 per lead, ``LeadAmplitudeUnitsPerBit``
-  in microvolts; MUSE stores I, II, V1–V6 and the limb leads III, aVR, aVL, aVF follow from Einthoven's and
-  Goldberger's relations, which the reader applies when they are absent).
+* ``.xml`` — the vendor format is detected from the document's root element first (:data:`ECG_XML_FORMATS`), so
+  a file of an unsupported vendor is refused as ``ecg_unsupported_format`` naming the vendor, never mistaken for a
+  corrupt file of another one:
+
+  - GE MUSE ``RestingECG`` export (base64 little-endian int16 per lead, ``LeadAmplitudeUnitsPerBit`` in
+    microvolts; MUSE stores I, II, V1–V6 and the limb leads III, aVR, aVL, aVF follow from Einthoven's and
+    Goldberger's relations, which the reader applies when they are absent),
+  - HL7 aECG (``AnnotatedECG``, the FDA's format; :func:`read_ecg_hl7_aecg`),
+  - GE CardioSoft / CASE ``CardiologyXML`` (:func:`read_ecg_cardiosoft_xml`),
+  - Philips PageWriter / TraceMaster ``restingecgdata`` and Schiller ``examdescript``: recognised, not decoded.
 
 :func:`standardize_ecg` puts any record into a configured lead order and sampling rate and returns a lead mask:
 a lead the file lacks is zero in the signal **and** ``False`` in the mask, never silently zero-filled.
@@ -25,6 +32,7 @@ import numpy as np
 
 from probmed.data.readers.ecg import resample_ecg
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_ecg
 from probmed.data.schema import ECG_LEADS
 
@@ -80,15 +88,19 @@ def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
     """A DICOM ECG waveform: the multiplex group labelled ``group`` (else the first one), in millivolts.
 
     pydicom's ``waveform_array`` applies channel sensitivity, correction factor and baseline; the result is in
-    each channel's ChannelSensitivityUnits, converted here to millivolts.
+    each channel's ChannelSensitivityUnits, converted here to millivolts. A file that is not an ECG waveform
+    (SOP Class / Modality, :mod:`probmed.data.readers.identity`) is refused as ``ecg_wrong_modality``.
     """
     import pydicom
 
     try:
         ds = pydicom.dcmread(str(path))
-        groups = ds.WaveformSequence
     except Exception as exc:
         raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    check_identity(ds, "ecg")
+    groups = ds.get("WaveformSequence")
+    if not groups:
+        raise UnreadableInput("ecg_unreadable", "ECG waveform file without a WaveformSequence")
     labels = [str(g.get("MultiplexGroupLabel", "")).upper() for g in groups]
     index = labels.index(group.upper()) if group.upper() in labels else 0
     channels = groups[index].ChannelDefinitionSequence
@@ -140,10 +152,7 @@ def read_ecg_muse_xml(path: str | Path, waveform_type: str = "Rhythm") -> EcgRec
     ``<LeadAmplitudeUnits>`` and ``<WaveFormData>`` (base64 of little-endian int16 samples); the rate is the
     waveform's ``<SampleBase>`` (Hz).
     """
-    try:
-        root = ET.parse(str(path)).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    root = _parse_xml(path)
     waveforms = [w for w in root.iter("Waveform") if (w.findtext("WaveformType") or "").strip() == waveform_type]
     if not waveforms:
         raise UnreadableInput("ecg_unreadable", f"no <Waveform> of type {waveform_type!r}")
@@ -158,19 +167,173 @@ def read_ecg_muse_xml(path: str | Path, waveform_type: str = "Rhythm") -> EcgRec
             leads[canonical_lead(lead.findtext("LeadID") or "")] = counts.astype(np.float64) * per_bit * unit
     except (TypeError, ValueError) as exc:
         raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    return _record_from_leads(leads, rate, "MUSE")
+
+
+def _local(tag: str) -> str:
+    """``"{urn:hl7-org:v3}sequence"`` → ``"sequence"``."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(element, name: str) -> list:
+    return [child for child in element if _local(child.tag) == name]
+
+
+def _child(element, *path: str):
+    """The first element down ``path`` (namespace-blind), or None."""
+    for name in path:
+        found = _children(element, name) if element is not None else []
+        element = found[0] if found else None
+    return element
+
+
+def _quantity(element, default_unit: str) -> tuple[float, str]:
+    """An HL7 ``PQ`` (``<x value="5" unit="uV"/>``) → ``(value, unit)``."""
+    if element is None or element.get("value") is None:
+        raise UnreadableInput("ecg_unreadable", "HL7 aECG quantity without a value")
+    return float(element.get("value")), element.get("unit") or default_unit
+
+
+#: Time units of an aECG increment → seconds.
+_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def _aecg_rhythm_set(root):
+    """The first ``sequenceSet`` of the first ``series`` (the rhythm recording; median beats live under
+    ``series/derivation`` and are not taken)."""
+    for component in _children(root, "component"):
+        series = _child(component, "series")
+        sequence_set = _child(series, "component", "sequenceSet")
+        if sequence_set is not None:
+            return sequence_set
+    raise UnreadableInput("ecg_unreadable", "HL7 aECG without a series/component/sequenceSet")
+
+
+def read_ecg_hl7_aecg(path: str | Path) -> EcgRecord:
+    """An HL7 v3 Annotated ECG (``<AnnotatedECG xmlns="urn:hl7-org:v3">``, the FDA's ECG warehouse format).
+
+    The rhythm ``sequenceSet`` holds one ``TIME_ABSOLUTE`` (or ``TIME_RELATIVE``) sequence whose ``GLIST_TS``
+    ``increment`` is the sample interval, and one ``SLIST_PQ`` sequence per lead (code ``MDC_ECG_LEAD_<name>``):
+    each sample is ``origin + scale × digit`` in the unit of ``scale`` (µV in practice). Written from the published
+    HL7 aECG implementation guide: the one PyPI reader (``aecg``) needs Python ≥ 3.12.
+    """
+    root = _parse_xml(path)
+    leads: dict[str, np.ndarray] = {}
+    rate = None
+    for component in _children(_aecg_rhythm_set(root), "component"):
+        sequence = _child(component, "sequence")
+        code = (_child(sequence, "code").get("code") or "") if _child(sequence, "code") is not None else ""
+        value = _child(sequence, "value")
+        if value is None:
+            continue
+        if code.startswith("TIME_"):
+            step, unit = _quantity(_child(value, "increment"), "s")
+            if unit not in _SECONDS or step <= 0:
+                raise UnreadableInput("ecg_no_sampling_rate", f"aECG increment {step} {unit}")
+            rate = 1.0 / (step * _SECONDS[unit])
+        elif code.startswith("MDC_ECG_LEAD_"):
+            origin, _ = _quantity(_child(value, "origin"), "uV")
+            scale, unit = _quantity(_child(value, "scale"), "uV")
+            try:
+                digits = np.array((_child(value, "digits").text or "").split(), dtype=np.float64)
+            except (AttributeError, ValueError) as exc:
+                raise UnreadableInput("ecg_unreadable", f"aECG lead {code}: {exc}") from exc
+            leads[canonical_lead(code[len("MDC_ECG_LEAD_"):])] = (origin + scale * digits) * _to_mv(unit)
+    if rate is None:
+        raise UnreadableInput("ecg_no_sampling_rate", "aECG without a TIME_ABSOLUTE / TIME_RELATIVE sequence")
+    return _record_from_leads(leads, rate, "aECG")
+
+
+def read_ecg_cardiosoft_xml(path: str | Path) -> EcgRecord:
+    """A GE CardioSoft / CASE ``CardiologyXML`` resting ECG (the UK Biobank's format).
+
+    ``<StripData>`` holds ``<SampleRate units="Hz">``, ``<Resolution units="uVperLsb">`` and one
+    ``<WaveformData lead="I">`` per lead with comma-separated integer counts; amplitude = counts × resolution µV.
+    Written from the format as exported (no maintained PyPI reader exists).
+    """
+    root = _parse_xml(path)
+    strip = _child(root, "StripData")
+    if strip is None:
+        raise UnreadableInput("ecg_unreadable", "CardioSoft XML without <StripData>")
+    try:
+        rate = float(_child(strip, "SampleRate").text)
+        resolution_element = _child(strip, "Resolution")
+        resolution = float(resolution_element.text)
+        unit = _to_mv((resolution_element.get("units") or "uVperLsb").lower().replace("perlsb", ""))
+        leads = {canonical_lead(w.get("lead") or ""): np.array((w.text or "").replace(",", " ").split(), np.float64)
+                 * resolution * unit for w in _children(strip, "WaveformData")}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UnreadableInput("ecg_unreadable", f"CardioSoft XML: {type(exc).__name__}: {exc}") from exc
+    return _record_from_leads(leads, rate, "CardioSoft")
+
+
+def _record_from_leads(leads: dict[str, np.ndarray], rate: float, fmt: str) -> EcgRecord:
+    """Named lead arrays (millivolts) of one length → a checked record (limb leads derived where absent)."""
+    if not leads:
+        raise UnreadableInput("ecg_unreadable", f"{fmt}: no lead data")
     lengths = {len(v) for v in leads.values()}
     if len(lengths) != 1:
-        raise UnreadableInput("ecg_unreadable", f"leads of different lengths {sorted(lengths)}")
+        raise UnreadableInput("ecg_unreadable", f"{fmt}: leads of different lengths {sorted(lengths)}")
     _derive_limb_leads(leads)
     names = list(leads)
     return _checked(EcgRecord(np.stack([leads[n] for n in names]).astype(np.float32), names, rate))
+
+
+def _parse_xml(path: str | Path):
+    try:
+        return ET.parse(str(path)).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+
+
+#: XML root element (namespace stripped) → (format name, reader or None when recognised but not decoded).
+ECG_XML_FORMATS: dict[str, tuple[str, Callable[[Path], EcgRecord] | None]] = {
+    "RestingECG": ("GE MUSE", read_ecg_muse_xml),
+    "AnnotatedECG": ("HL7 aECG", read_ecg_hl7_aecg),
+    "CardiologyXML": ("GE CardioSoft", read_ecg_cardiosoft_xml),
+    "restingecgdata": ("Philips PageWriter/TraceMaster", None),
+    "examdescript": ("Schiller", None),
+}
+
+
+def ecg_xml_format(path: str | Path) -> str:
+    """The root element of an XML file, read without parsing the rest (a corrupt tail still names its vendor).
+
+    Raises:
+        UnreadableInput: ``ecg_unreadable`` when the file has no XML element at all.
+    """
+    try:
+        for _, element in ET.iterparse(str(path), events=("start",)):
+            return _local(element.tag)
+    except (ET.ParseError, OSError) as exc:
+        raise UnreadableInput("ecg_unreadable", f"not XML: {type(exc).__name__}: {exc}") from exc
+    raise UnreadableInput("ecg_unreadable", "empty XML document")
+
+
+def read_ecg_xml(path: str | Path) -> EcgRecord:
+    """An ECG XML export: detect the vendor format from the root element, then read it with its reader.
+
+    Raises:
+        UnreadableInput: ``ecg_unsupported_format`` naming the detected vendor (or the unknown root element) and the
+            supported ones; the chosen reader's causes (``ecg_unreadable: GE MUSE: ...``).
+    """
+    root = ecg_xml_format(path)
+    name, reader = ECG_XML_FORMATS.get(root, (f"unknown XML <{root}>", None))
+    if reader is None:
+        supported = ", ".join(n for n, r in ECG_XML_FORMATS.values() if r is not None)
+        raise UnreadableInput("ecg_unsupported_format", f"{Path(path).name}: {name} ECG XML is not supported "
+                                                         f"(supported: {supported})")
+    try:
+        return reader(Path(path))
+    except UnreadableInput as exc:
+        raise UnreadableInput(exc.reason, f"{name}: {str(exc).split(': ', 1)[-1]}") from exc
 
 
 #: Source file suffix → ECG reader (paths on disk).
 ECG_SOURCE_READERS: dict[str, Callable[[Path], EcgRecord]] = {
     ".dcm": read_ecg_dicom,
     ".hea": read_ecg_wfdb,
-    ".xml": read_ecg_muse_xml,
+    ".xml": read_ecg_xml,
 }
 
 

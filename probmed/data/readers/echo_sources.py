@@ -19,15 +19,35 @@ from typing import Callable
 import numpy as np
 
 from probmed.data.readers.errors import UnreadableInput
+from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_echo
 
 #: ITU-R BT.601 luma weights for R, G, B.
 LUMA = np.array([0.299, 0.587, 0.114])
+#: The same weights in thousandths: luma = (299 R + 587 G + 114 B) / 1000, exact in integers.
+_LUMA_MILLI = np.array([299, 587, 114], dtype=np.uint32)
+#: Frames converted at a time: a block of 8 frames of 480 × 640 costs ~30 MiB of uint32 temporaries, whatever the
+#: cine's length (a whole 120-frame float64 copy cost ~1.2 GiB).
+FRAME_BLOCK = 8
 
 
-def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` RGB (any integer range 0–255) → ``uint8 [...]`` luma, rounded."""
-    return np.clip(np.rint(rgb.astype(np.float64) @ LUMA), 0, 255).astype(np.uint8)
+def rgb_to_grey(rgb: np.ndarray, top: int = 255) -> np.ndarray:
+    """``[..., 3]`` RGB with values in ``0..top`` (255 for 8-bit, 65535 for 16-bit palette entries) → ``uint8
+    [...]`` luma (BT.601), rounded half up, computed in integers over blocks of :data:`FRAME_BLOCK` frames so the
+    temporaries stay small for long colour cines."""
+    frames = rgb.reshape(-1, *rgb.shape[-3:]) if rgb.ndim >= 4 else rgb[None]
+    out = np.empty(frames.shape[:-1], dtype=np.uint8)
+    divisor = 1000 * top  # luma in 0..255 = (weights · rgb) · 255 / (1000 · top)
+    for start in range(0, len(frames), FRAME_BLOCK):
+        block = frames[start : start + FRAME_BLOCK].astype(np.uint64 if top > 255 else np.uint32)
+        weighted = block @ _LUMA_MILLI.astype(block.dtype)
+        del block
+        weighted *= 255  # in place: the block copy and this sum are the only temporaries
+        weighted += divisor // 2
+        weighted //= divisor
+        np.minimum(weighted, 255, out=weighted)
+        out[start : start + FRAME_BLOCK] = weighted
+    return out.reshape(rgb.shape[:-1])
 
 
 def _to_uint8(grey: np.ndarray, bits: int) -> np.ndarray:
@@ -54,17 +74,35 @@ def dicom_frame_rate(ds) -> float | None:
     return None
 
 
+def echo_header(path: str | Path) -> dict:
+    """What de-identification needs from a cine's header: ``{"burned_in": "YES" | "NO" | "" (not stated or not a
+    DICOM), "regions": [(x0, y0, x1, y1), ...]}`` (the Sequence of Ultrasound Regions)."""
+    import pydicom
+
+    from probmed.data.deid import ultrasound_regions
+
+    if Path(path).suffix.lower() != ".dcm":
+        return {"burned_in": "", "regions": []}
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    return {"burned_in": str(ds.get("BurnedInAnnotation", "") or "").upper(), "regions": ultrasound_regions(ds)}
+
+
 def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
     """A cine DICOM → ``(uint8 [frames, H, W], fps or None)``.
 
     Raises:
-        UnreadableInput: ``echo_unreadable`` (pydicom cannot parse or decode it), ``echo_unsupported_photometric``.
+        UnreadableInput: ``echo_unreadable`` (pydicom cannot parse or decode it), ``echo_wrong_modality`` (not an
+            ultrasound image, :mod:`probmed.data.readers.identity`), ``echo_unsupported_photometric``.
     """
     import pydicom
     from pydicom.pixels import apply_color_lut
 
     try:
         ds = pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    check_identity(ds, "echo")
+    try:
         pixels = ds.pixel_array
     except Exception as exc:
         raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
@@ -89,10 +127,8 @@ def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
 
 def _palette_grey(pixels: np.ndarray, ds, apply_color_lut) -> np.ndarray:
     """Palette indices → RGB through the header's LUT (8- or 16-bit entries) → luma."""
-    rgb = apply_color_lut(pixels, ds).astype(np.float64)
-    if rgb.max() > 255:  # 16-bit LUT entries
-        rgb = rgb / 257.0
-    return rgb_to_grey(rgb)
+    rgb = apply_color_lut(pixels, ds)
+    return rgb_to_grey(rgb, 65535 if rgb.max() > 255 else 255)
 
 
 def read_echo_video(path: str | Path) -> tuple[np.ndarray, float | None]:

@@ -1,7 +1,9 @@
-"""Free-text reports: decoding and section selection; ECG machine statements as a report."""
+"""Free-text reports: decoding and section selection; markup refused or extracted; ECG machine statements as a
+report."""
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from typing import Iterable
 
 from probmed.data.readers.errors import UnreadableInput
@@ -18,8 +20,22 @@ SECTION_ALIASES: dict[str, str] = {
     "NOTIFICATION": "NOTIFICATION", "SUMMARY": "SUMMARY",
 }
 
-# A candidate heading: words at the start of a line, then a colon or the end of the line.
-_HEADING = re.compile(r"^[ \t]*(?P<name>[A-Za-z][A-Za-z /&-]{1,40}?)[ \t]*(?P<colon>:|$)", re.MULTILINE)
+# A candidate heading: words at the start of a line, then a colon, a spaced dash ("Conclusion - ...") or the end of
+# the line.
+_HEADING = re.compile(r"^[ \t]*(?P<name>[A-Za-z][A-Za-z /&]{1,40}?)[ \t]*(?P<colon>:|[ \t][-–—][ \t]|$)",
+                      re.MULTILINE)
+
+
+def _inline_alternation() -> str:
+    """The known section names (:data:`SECTION_ALIASES`) in upper case or capitalised, longest first."""
+    names = sorted(SECTION_ALIASES, key=len, reverse=True)
+    return "|".join(re.escape(form) for n in names for form in (n, n.capitalize()))
+
+
+# A known section name inside a line ("... normal. IMPRESSION: ..."), after a sentence end or a space, followed by
+# a colon or a spaced dash; only known names (in upper case or capitalised), so ordinary "ratio: 2" is not one.
+_INLINE_HEADING = re.compile(rf"(?:(?<=[.;!?])|(?<=\s))[ \t]*(?P<name>{_inline_alternation()})[ \t]*"
+                             r"(?P<colon>:|[ \t][-–—][ \t])")
 
 
 def _section_name(match: re.Match) -> str | None:
@@ -33,14 +49,26 @@ def _section_name(match: re.Match) -> str | None:
     return None
 
 
+def _headings(report: str) -> list[tuple[re.Match, str]]:
+    """Every heading of the report in order: line-start ones, then known names inside a line that no line-start
+    heading already covers."""
+    found = [(m, name) for m in _HEADING.finditer(report) if (name := _section_name(m)) is not None]
+    taken = [(m.start(), m.end()) for m, _ in found]
+    for m in _INLINE_HEADING.finditer(report):
+        if not any(start <= m.start("name") < end for start, end in taken):
+            found.append((m, SECTION_ALIASES[m.group("name").upper()]))
+    return sorted(found, key=lambda pair: pair[0].start())
+
+
 def split_sections(report: str) -> dict[str, str]:
     """Split a report into ``{SECTION NAME: text}``; text before the first heading is under ``""``.
 
     Headings are recognised robustly: ``FINDINGS:``, ``Findings:``, ``findings :``, ``FINDINGS`` alone on its line,
-    aliases (``CONCLUSION`` → ``IMPRESSION``, see :data:`SECTION_ALIASES`) and any other upper-case ``NAME:``.
-    A section repeated in the report is joined with a space.
+    ``Conclusion - ...``, aliases (``CONCLUSION`` → ``IMPRESSION``, see :data:`SECTION_ALIASES`), any other
+    upper-case ``NAME:`` at the start of a line, and known names inline (``FINDINGS: a. IMPRESSION: b.`` on one
+    line). A section repeated in the report is joined with a space.
     """
-    headings = [(m, name) for m in _HEADING.finditer(report) if (name := _section_name(m)) is not None]
+    headings = _headings(report)
     if not headings:
         return {"": report.strip()}
     sections: dict[str, str] = {}
@@ -53,17 +81,74 @@ def split_sections(report: str) -> dict[str, str]:
     return sections
 
 
+_MARKUP = re.compile(r"^\s*(?:\ufeff)?<(?:\?xml|!DOCTYPE|[A-Za-z][\w:.-]*[\s>/])", re.IGNORECASE)
+_TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>")
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def cda_text(document: str) -> str:
+    """The narrative of an HL7 CDA document (``<ClinicalDocument>``): each body section as ``"TITLE:\n text"``.
+
+    Only ``structuredBody`` sections are kept; the header (patient, author, custodian, legal authenticator) is
+    never read, so names there cannot reach the report text.
+    """
+    root = ET.fromstring(document)
+    parts = []
+    for section in root.iter():
+        if _local(section.tag) != "section":
+            continue
+        title = next((c for c in section if _local(c.tag) == "title"), None)
+        text = next((c for c in section if _local(c.tag) == "text"), None)
+        body = " ".join("".join(text.itertext()).split()) if text is not None else ""
+        if body:
+            heading = " ".join("".join(title.itertext()).split()).upper() if title is not None else ""
+            parts.append(f"{heading}:\n{body}" if heading else body)
+    return "\n".join(parts)
+
+
+#: Root element of an XML report format whose narrative can be extracted → its extractor.
+REPORT_XML_FORMATS = {"ClinicalDocument": cda_text}
+
+
+def plain_report(report: str) -> str:
+    """The plain text of a report: as given when it holds no markup; the narrative of a known XML report format
+    (:data:`REPORT_XML_FORMATS`, HL7 CDA); refused otherwise.
+
+    Raises:
+        UnreadableInput: ``text_markup`` for an HTML or other XML document, or text with embedded tags (markup and
+            the author and patient names such documents carry would be trained on as report text).
+    """
+    if not _MARKUP.match(report):
+        if len(_TAG.findall(report)) >= 3:
+            raise UnreadableInput("text_markup", f"report text with {len(_TAG.findall(report))} embedded tags")
+        return report
+    try:
+        root = ET.fromstring(report.lstrip("\ufeff \t\r\n"))
+    except ET.ParseError:
+        root = None
+    name = _local(root.tag) if root is not None else "unparsable markup"
+    name = "HTML" if re.search(r"<html[\s>]", report, re.I) else name
+    extract = REPORT_XML_FORMATS.get(name)
+    if extract is None:
+        known = ", ".join(REPORT_XML_FORMATS)
+        raise UnreadableInput("text_markup", f"{name} document is not a plain-text report (extracted: {known})")
+    return extract(report.lstrip("\ufeff \t\r\n"))
+
+
 def read_report(data: bytes, sections: tuple[str, ...] = ()) -> str:
     """Decode a UTF-8 report and keep the named sections (all text when ``sections`` is empty).
 
     Kept sections are joined as ``"NAME: text"`` in the order given; a named section the report lacks is left out.
 
     Raises:
-        UnreadableInput: ``text_not_utf8``; ``text_empty`` when nothing but whitespace (or headings with empty
-            sections) is left.
+        UnreadableInput: ``text_not_utf8``; ``text_markup`` (:func:`plain_report`); ``text_empty`` when nothing
+            but whitespace (or headings with empty sections) is left.
     """
     try:
-        report = data.decode("utf-8")
+        report = plain_report(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise UnreadableInput("text_not_utf8", str(exc)) from exc
     found = split_sections(report)
