@@ -10,8 +10,8 @@ ProbMED preset with the Bhattacharyya logit in place of its Hellinger similarity
     python benchmarks/compare_presets.py --epochs 3 --studies 600 --seeds 0 --only probmed,clip   # quick look
 
 Printed per row, mean ± sd over seeds, on the test split (last checkpoint):
-  R@1 text<->cxr (the one pair every preset trains), mean R@1 and R@5 over the row's trained pairs, zero-shot
-  AUROC and ECE (prompts of every finding), AURC of selective retrieval (abstaining on variance), and the
+  R@1 and R@5 text<->cxr (the one pair every preset trains), mean R@1 and R@5 over the row's trained pairs,
+  zero-shot AUROC and ECE (prompts of every finding), AURC of selective retrieval (abstaining on variance), and the
   Spearman correlation of predicted variance with corruption severity (every registered corruption of every
   input at severities 0-3; a second table gives it per modality).
 Runs stay under ``--workdir`` (``<row>/seed<k>/test_metrics.json``); the table also goes to
@@ -55,7 +55,8 @@ DEMO_INPUT_SIZES = {"CXRInput": {"size": 64}, "CXRSecondViewInput": {"size": 64}
 
 SEVERITIES = (1.0, 2.0, 3.0)
 ROBUSTNESS = "test/robustness/mean_variance_spearman"
-COLUMNS = ["R@1 text<->cxr", "mean R@1", "mean R@5", "zero-shot AUROC", "ECE", "AURC", "var~severity rho"]
+COLUMNS = ["R@1 text<->cxr", "R@5 text<->cxr", "mean R@1", "mean R@5", "zero-shot AUROC", "ECE", "AURC",
+           "var~severity rho"]
 LOWER_IS_BETTER = {"ECE", "AURC"}
 
 
@@ -133,6 +134,7 @@ def summarise(scalars: dict, modalities: list[str]) -> dict[str, float]:
 
     return {
         "R@1 text<->cxr": mean_of(both(1, "text", "cxr")),
+        "R@5 text<->cxr": mean_of(both(5, "text", "cxr")),
         "mean R@1": mean_of([key for a, b in pairs for key in both(1, a, b)]),
         "mean R@5": mean_of([key for a, b in pairs for key in both(5, a, b)]),
         "zero-shot AUROC": mean_of(["test/zeroshot/mean_auroc"]),
