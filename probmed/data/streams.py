@@ -274,16 +274,18 @@ def worker_context():
     return ctx
 
 
-def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bool = False) -> DataLoader:
+def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bool = False,
+           persistent: bool = True) -> DataLoader:
     """The DataLoader for a stream (batches are built in the workers; ``batch_size=None``; workers started by
-    :func:`worker_context` at the first iteration and kept for the loader's life: they learn each epoch's
-    position through the stream's :class:`SharedPosition`)."""
+    :func:`worker_context` at the first iteration and, with ``persistent``, kept for the loader's life: they learn
+    each epoch's position through the stream's :class:`SharedPosition`; without, they start again every epoch —
+    ``benchmarks/bench_data.py`` compares the two)."""
     return EpochAwareLoader(
         dataset,
         epoch_source,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent and num_workers > 0,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context=worker_context() if num_workers > 0 else None,
         worker_init_fn=init_worker if num_workers > 0 else None,
