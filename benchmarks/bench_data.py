@@ -12,6 +12,12 @@ Writes a temporary shard set of ``--studies`` studies at the reference sizes —
 * ``colour cine``        peak memory (tracemalloc) of reading one RGB cine DICOM of ``--cine FRAMES,H,W`` (default
                          120 × 480 × 640) with the build's echo reader, beside the whole-cine float64 luma it
                          replaced, on the same decoded pixels (``--cine-only`` runs this part alone).
+* ``epochs``             a corpus at the demo's sizes (``probmed data synth``, ``--epoch-studies`` studies, the
+                         inputs of configs/demo.yaml) read for ``--epochs`` epochs by 0, 1 and 2 DataLoader workers,
+                         each with workers started every epoch (``restart``: the loader before persistent workers)
+                         and once (``persistent``); the loaders take turns epoch by epoch (the order rotates), so
+                         all rows share the machine's load. Per loader: studies/s over all epochs, time to the
+                         first batch in the first epoch and, median, in the later ones (the per-epoch start-up).
 
 ``headroom`` = a worker's studies/s divided by the studies/s one training step consumes (``--step-studies-per-s``;
 default 130 = batch 64 / 0.49 s, the demo step measured by ``benchmarks/bench_demo_step.py`` on the 2-core
@@ -19,12 +25,14 @@ development machine).
 
 Usage::
 
-    python benchmarks/bench_data.py                 # 48 studies, about a minute on 2 cores
+    python benchmarks/bench_data.py                 # 48 studies, about a minute on 2 cores, then the epochs study
     python benchmarks/bench_data.py --studies 96 --workers 2
+    python benchmarks/bench_data.py --only-epochs --epoch-studies 320 --epochs 4
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -171,6 +179,67 @@ def memory(data_dir: Path, batch_size: int, epochs: int) -> list[float]:
     return trace
 
 
+DEMO_INPUTS = {"cxr": lambda: CXRInput(size=64), "ecg": lambda: ECGInput(rate=100, seconds=10),
+               "echo": lambda: EchoInput(frames=16, size=40), "text": lambda: TextInput(max_length=96)}
+
+
+def demo_corpus(directory: Path, studies: int) -> Path:
+    """``probmed data synth`` at its default (the demo's) sizes."""
+    from probmed.data.commands import main as data_main
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its summary is not part of this benchmark's report
+        code = data_main(["synth", "--out", str(directory), "--studies", str(studies), "--seed", "0", "--workers",
+                          "1", "--shard-size", str(max(8, studies // 16)), "--quiet"])
+    if code != 0:
+        raise RuntimeError("probmed data synth failed")
+    return directory
+
+
+def epoch_loaders(data_dir: Path, batch_size: int, batches: int, worker_counts: list[int]) -> dict:
+    """``{label: (loader, epoch holder)}``: in-process, and per worker count the loader with workers started every
+    epoch (``restart``) and once (``persistent``)."""
+    from probmed.data.streams import loader
+
+    variants = [(0, False)] + [(w, p) for w in worker_counts if w > 0 for p in (False, True)]
+    out = {}
+    for workers, persistent in variants:
+        dm = ProbMedDataModule(str(data_dir), batch_size=batch_size, num_workers=workers,
+                               train_batches_per_epoch=batches, inputs={k: f() for k, f in DEMO_INPUTS.items()})
+        dm.setup("fit")
+        epoch = {"now": 0}
+        label = "in-process (0 workers)" if workers == 0 else (
+            f"{workers} worker{'s' * (workers > 1)}, {'persistent' if persistent else 'restart'}")
+        out[label] = (loader(dm._streams["train"], workers, lambda e=epoch: e["now"], persistent=persistent), epoch)
+    return out
+
+
+def epoch_study(loaders: dict, epochs: int) -> dict[str, dict]:
+    """Per loader: studies/s over ``epochs`` epochs and the seconds to each epoch's first batch. The loaders take
+    turns, one epoch each, in a rotating order."""
+    timing = {label: {"seconds": 0.0, "studies": 0, "first": []} for label in loaders}
+    labels = list(loaders)
+    for epoch in range(epochs):
+        for label in labels[epoch % len(labels):] + labels[:epoch % len(labels)]:
+            data_loader, holder = loaders[label]
+            holder["now"] = epoch
+            start = time.perf_counter()
+            first = None
+            for batch in data_loader:
+                first = first if first is not None else time.perf_counter() - start
+                timing[label]["studies"] += len(batch["group"])
+            timing[label]["seconds"] += time.perf_counter() - start
+            timing[label]["first"].append(first)
+    return timing
+
+
+def print_epoch_study(timing: dict[str, dict], epochs: int) -> None:
+    print(f"\n{'loader (' + str(epochs) + ' epochs, turns interleaved)':34s} {'studies/s':>10s} "
+          f"{'1st batch, epoch 0':>19s} {'1st batch, later (median)':>26s}")
+    for label, t in timing.items():
+        later = statistics.median(t["first"][1:]) if len(t["first"]) > 1 else float("nan")
+        print(f"{label:34s} {t['studies'] / t['seconds']:10.1f} {t['first'][0]:17.2f} s {later:24.2f} s")
+
+
 def shard_set(directory: Path, samples: list[dict], studies: int) -> list[str]:
     split_samples = [*(("train", s) for s in samples), ("val", samples[0])]  # setup("fit") needs a val split
     write_shards(directory, split_samples, maxcount=max(1, studies // 4))
@@ -228,19 +297,37 @@ def main() -> None:
     parser.add_argument("--step-studies-per-s", type=float, default=130.0)
     parser.add_argument("--cine", default="120,480,640", help="colour cine FRAMES,H,W for the memory probe")
     parser.add_argument("--cine-only", action="store_true", help="run only the colour-cine memory probe")
+    parser.add_argument("--epoch-studies", type=int, default=320, help="studies of the epochs study's corpus")
+    parser.add_argument("--epoch-batch-size", type=int, default=32)
+    parser.add_argument("--only-epochs", action="store_true", help="run the epochs study only")
     args = parser.parse_args()
-    frames, rows, cols = (int(x) for x in args.cine.split(","))
-    with tempfile.TemporaryDirectory(prefix="bench-cine-") as tmp:
-        cine = cine_memory(Path(tmp), frames, rows, cols)
-    print(f"# colour cine {frames} x {rows} x {cols} RGB ({frames * rows * cols * 3 / 2**20:.0f} MiB of pixels): "
-          "peak traced memory, MiB")
-    for name, mib in cine.items():
-        print(f"{name:58s} {mib:10.0f}")
-    if args.cine_only:
-        return
+    if not args.only_epochs:
+        frames, rows, cols = (int(x) for x in args.cine.split(","))
+        with tempfile.TemporaryDirectory(prefix="bench-cine-") as tmp:
+            cine = cine_memory(Path(tmp), frames, rows, cols)
+        print(f"# colour cine {frames} x {rows} x {cols} RGB ({frames * rows * cols * 3 / 2**20:.0f} MiB of pixels): "
+              "peak traced memory, MiB")
+        for name, mib in cine.items():
+            print(f"{name:58s} {mib:10.0f}")
+        if args.cine_only:
+            return
     import torch
 
     torch.set_num_threads(1)  # one worker = one core
+    if not args.only_epochs:
+        reference_sizes(args)
+    with tempfile.TemporaryDirectory(prefix="bench-epochs-") as tmp:
+        t0 = time.perf_counter()
+        corpus = demo_corpus(Path(tmp) / "demo", args.epoch_studies)
+        print(f"\n# epochs study: {args.epoch_studies} studies at the demo's sizes written in "
+              f"{time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        batches = max(2, (args.epoch_studies * 8 // 10) // args.epoch_batch_size // 2 * 2)  # ~ the train split
+        loaders = epoch_loaders(corpus, args.epoch_batch_size, batches, [1, 2])
+        print_epoch_study(epoch_study(loaders, args.epochs), args.epochs)
+
+
+def reference_sizes(args) -> None:
+    """The reference-size rows: raw read, decodes, end to end, memory."""
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         data_dir, png_dir = Path(tmp) / "dicom", Path(tmp) / "png512"
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Benchmark of the pairwise Gaussian contrastive losses: fwd+bwd time and peak memory (prints a table).
+"""Benchmark of the pairwise Gaussian contrastive losses: fwd+bwd time and peak memory, all in one process.
 
 What is measured is one rank's work in a DDP step with global batch N and local batch B: the symmetric InfoNCE of
 B local rows against N global columns in both directions (two ``[B, N]`` logit matrices + cross-entropy + backward),
@@ -8,63 +8,70 @@ at embedding size D, float32. Rows:
                      its ``gather_features`` replaced by a local stand-in that returns the same global columns
                      (the reference; ratios are printed against it);
 * ``hellinger-diag`` :class:`probmed.losses.ProbabilisticInfoNCE` (Hellinger, diagonal variances), default path
-                     (torch.compile-fused chunked kernel on CPU float32 when large enough);
-* ``hellinger-diag-eager`` the same with ``PROBMED_LOSS_COMPILE=0`` (eager chunked kernel);
+                     (torch.compile-fused chunked kernel on CPU float32 when large enough; eager chunked on CUDA);
+* ``hellinger-diag-eager`` CPU only, the same with ``PROBMED_LOSS_COMPILE=0`` (eager chunked kernel), up to
+                     ``--eager-max-n`` columns (it is the slow row);
 * ``hellinger-diag-compiled`` CUDA only: the fused kernel compiled by inductor to Triton
-                     (``PROBMED_LOSS_COMPILE_CUDA=1``; the CUDA default is the eager chunked kernel);
-* ``hellinger-naive`` the same loss through a naive ``[B, N, D]`` broadcast (autograd keeps several of them), or
-                     "skipped: would need X GiB" when that exceeds ``--max-naive-gib``;
+                     (``PROBMED_LOSS_COMPILE_CUDA=1``);
+* ``hellinger-naive`` the same loss through a naive ``[B, N, D]`` broadcast, only where that fits in
+                     ``--max-naive-gib``;
 * ``hellinger-iso``  isotropic variances (``log_var`` [., 1]): matmul + per-sample terms;
 * ``medprob-diag``   the MedProbCLIP distance as logit (same chunked kernel).
 
-Each (configuration, size) runs in a fresh subprocess. Time: best and median of ``--reps`` timed runs after one
-warm-up run (which includes compilation). Memory on CPU: the peak resident set during the timed runs (the peak is
-reset through ``/proc/self/clear_refs`` after warm-up) minus the resident set before them; on CUDA:
-``torch.cuda.max_memory_allocated`` minus the memory allocated before the timed runs.
+Everything runs in this one process, so the rows share the machine's load: per size, each row is warmed up once
+(compilation included), its peak memory is taken in one more run, then ``--reps`` rounds time every row once each,
+the order rotating from round to round. ``vs clip`` is the median over rounds of (row time / ClipLoss time of the
+same round): a ratio measured side by side. Memory on CPU: the peak resident set of one run (reset through
+``/proc/self/clear_refs``) minus the resident set before it, taken with glibc's mmap threshold fixed at 128 KiB
+(``mallopt``) so that freed tensors leave the resident set and no row hides in another's freed heap; the timed
+rounds then run with the threshold at 32 MiB, the ceiling glibc's own adaptive threshold reaches in a long run.
+On CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the run.
 
 Usage::
 
-    python benchmarks/bench_loss.py                 # 256x4096x512 and 64x512x128 on CPU (+ CUDA if available)
-    python benchmarks/bench_loss.py --quick         # small size only, 2 reps
+    python benchmarks/bench_loss.py                 # B 256 x D 512 at N 4096, 16384, 65536 on CPU (+ CUDA)
+    python benchmarks/bench_loss.py --quick         # 64x512x128 only, 3 rounds
+    python benchmarks/bench_loss.py --threads 1     # on a machine shared with other jobs
     python benchmarks/bench_loss.py --sizes 128x1024x256 --configs clip,hellinger-diag --device cpu
 """
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import ctypes
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 CONFIGS = ["clip", "hellinger-diag", "hellinger-diag-eager", "hellinger-diag-compiled", "hellinger-naive",
            "hellinger-iso", "medprob-diag"]
+#: environment each row runs under (read by probmed.losses.kernels at every call)
+ROW_ENV = {"hellinger-diag-eager": {"PROBMED_LOSS_COMPILE": "0"},
+           "hellinger-diag-compiled": {"PROBMED_LOSS_COMPILE_CUDA": "1"}}
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# child: one configuration
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _rss_bytes(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def _reset_peak_rss() -> bool:
+@contextlib.contextmanager
+def row_env(cfg: str):
+    saved = {k: os.environ.get(k) for k in ROW_ENV.get(cfg, {})}
+    os.environ.update(ROW_ENV.get(cfg, {}))
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
-def _child(cfg: str, b: int, n: int, d: int, reps: int, device: str) -> dict:
+# ---------------------------------------------------------------------------------------------------------------
+# one row: a closure that runs forward + backward once
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_step(cfg: str, b: int, n: int, d: int, dev):
+    """``(step, note)``: ``step()`` runs one forward + backward of row ``cfg`` at ``B × N × D`` on ``dev``."""
     import torch
     import torch.nn.functional as F
 
@@ -73,99 +80,143 @@ def _child(cfg: str, b: int, n: int, d: int, reps: int, device: str) -> dict:
     from probmed.losses.base import LossContext
     from probmed.losses.similarity import hellinger_from_log_bc, log_bhattacharyya_naive
 
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    impl = ""
+    g = torch.Generator().manual_seed(0)
     world = max(1, n // b)
     iso = cfg == "hellinger-iso"
     # global columns: this rank's rows are the first B; the other ranks' rows come as constants (as after a gather)
-    mu = F.normalize(torch.randn(n, d, device=dev), dim=-1)
-    lv = (torch.randn(n, 1 if iso else d, device=dev) * 0.5 - 3.0).clamp(-10, 5)
-    mu_b = F.normalize(torch.randn(n, d, device=dev), dim=-1)
-    lv_b = (torch.randn(n, 1 if iso else d, device=dev) * 0.5 - 3.0).clamp(-10, 5)
+    mu = F.normalize(torch.randn(n, d, generator=g), dim=-1).to(dev)
+    lv = (torch.randn(n, 1 if iso else d, generator=g) * 0.5 - 3.0).clamp(-10, 5).to(dev)
+    mu_b = F.normalize(torch.randn(n, d, generator=g), dim=-1).to(dev)
+    lv_b = (torch.randn(n, 1 if iso else d, generator=g) * 0.5 - 3.0).clamp(-10, 5).to(dev)
     leaves = [mu[:b].clone().requires_grad_(), lv[:b].clone().requires_grad_(),
               mu_b[:b].clone().requires_grad_(), lv_b[:b].clone().requires_grad_()]
     present = torch.ones(n, dtype=torch.bool, device=dev)
     group = torch.arange(n, device=dev)
+    note = ""
 
     if cfg == "clip":
         def fake_gather(image_features, text_features, local_loss=False, gather_with_grad=False, rank=0,
                         world_size=1, use_horovod=False):
-            return (torch.cat([image_features, mu[b:]]), torch.cat([text_features, mu_b[b:]]))
+            return torch.cat([image_features, mu[b:]]), torch.cat([text_features, mu_b[b:]])
 
         try:
             import open_clip.loss as ocl
 
             ocl.gather_features = fake_gather
             clip = ocl.ClipLoss(local_loss=True, gather_with_grad=True, rank=0, world_size=world)
-            impl = "open_clip ClipLoss"
+            note = "open_clip ClipLoss"
         except ImportError:  # e.g. a GPU machine without open_clip: the same local-loss maths, inline
             def clip(x, y, s):
                 all_x, all_y = fake_gather(x, y)
                 labels = torch.arange(x.shape[0], device=x.device)
                 return 0.5 * (F.cross_entropy(s * x @ all_y.T, labels) + F.cross_entropy(s * y @ all_x.T, labels))
-            impl = "inline ClipLoss maths (open_clip not installed)"
+            note = "inline ClipLoss maths (open_clip not installed)"
         scale = torch.tensor(1 / 0.07, device=dev, requires_grad=True)
 
-        def step():
-            loss = clip(leaves[0], leaves[2], scale)
-            loss.backward()
-            return loss
+        def loss():
+            return clip(leaves[0], leaves[2], scale)
     else:
-        similarity = "medprob" if cfg == "medprob-diag" else "hellinger"
-        term = ProbabilisticInfoNCE(["a", "b"], similarity=similarity).to(dev)
+        term = ProbabilisticInfoNCE(["a", "b"], similarity="medprob" if cfg == "medprob-diag" else "hellinger").to(dev)
         if cfg == "hellinger-naive":
             def naive_sim(rows, cols):
                 return hellinger_from_log_bc(log_bhattacharyya_naive(rows.mean, rows.log_var, cols.mean,
                                                                      cols.log_var))
             term.similarity = naive_sim  # type: ignore[method-assign]
 
-        def step():
+        def loss():
             la = GaussianEmbedding(leaves[0], leaves[1], present[:b])
             lb = GaussianEmbedding(leaves[2], leaves[3], present[:b])
             wa = GaussianEmbedding(torch.cat([leaves[0], mu[b:]]), torch.cat([leaves[1], lv[b:]]), present)
             wb = GaussianEmbedding(torch.cat([leaves[2], mu_b[b:]]), torch.cat([leaves[3], lv_b[b:]]), present)
-            ctx = LossContext({"a": la, "b": lb}, {"a": wa, "b": wb}, group[:b], group, 0, world)
-            loss, _ = term(ctx)
-            loss.backward()
-            return loss
+            return term(LossContext({"a": la, "b": lb}, {"a": wa, "b": wb}, group[:b], group, 0, world))[0]
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    t0 = time.perf_counter()
-    step()
-    sync()
-    warm = time.perf_counter() - t0
-    for x in leaves:
-        x.grad = None
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        reset_ok = _reset_peak_rss()
-        base = _rss_bytes("VmRSS")
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
+    def step():
+        with row_env(cfg):
+            loss().backward()
         for x in leaves:
             x.grad = None
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-        mem_note = "cuda max_memory_allocated"
-    else:
-        peak = _rss_bytes("VmHWM") - base
-        mem_note = "peak RSS delta" if reset_ok else "lifetime peak RSS delta (clear_refs unavailable)"
-    return {"best": min(times), "median": statistics.median(times), "warmup": warm, "peak_bytes": peak,
-            "mem_note": mem_note, "threads": torch.get_num_threads(), "impl": impl}
+
+    return step, note
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# parent: table
+# timing and memory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+def timed(step, dev) -> float:
+    """Seconds of one ``step()`` (CUDA: synchronised)."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_bytes(step, dev) -> int:
+    """Peak memory of one ``step()`` above what was in use before it (-1: not measurable here)."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current resident set
+    except OSError:
+        return -1
+    base = _status_bytes("VmRSS")
+    step()
+    return _status_bytes("VmHWM") - base
+
+
+def set_mmap_threshold(nbytes: int) -> None:
+    """glibc: allocations of at least ``nbytes`` are mmapped (and unmapped when freed), and the free heap is given
+    back to the system now (else a freed block still resident would serve the next row unseen); a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, nbytes)
+        libc.malloc_trim(0)
+
+
+def measure(steps: dict, reps: int, dev) -> dict[str, dict]:
+    """Warm-up, peak memory, then ``reps`` rounds timing every row once each in a rotating order."""
+    out = {cfg: {"warmup": timed(step, dev)} for cfg, step in steps.items()}
+    for cfg, step in steps.items():
+        set_mmap_threshold(128 << 10)
+        out[cfg]["peak"] = peak_bytes(step, dev)
+    set_mmap_threshold(32 << 20)
+    names = list(steps)
+    rounds = []
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        rounds.append({cfg: timed(steps[cfg], dev) for cfg in order})
+    for cfg in names:
+        times = [t[cfg] for t in rounds]
+        out[cfg].update(best=min(times), median=statistics.median(times))
+        if "clip" in steps:
+            out[cfg]["ratio"] = statistics.median(t[cfg] / t["clip"] for t in rounds)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# table
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -174,95 +225,89 @@ def _naive_bytes(b: int, n: int, d: int) -> int:
     return 6 * b * n * d * 4
 
 
-def _run(cfg, size, reps, device, timeout):
-    b, n, d = size
-    env = dict(os.environ)
-    if cfg == "hellinger-diag-eager":
-        env["PROBMED_LOSS_COMPILE"] = "0"
-    if cfg == "hellinger-diag-compiled":
-        if device != "cuda":
-            return None
-        env["PROBMED_LOSS_COMPILE_CUDA"] = "1"
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", cfg, "--sizes", f"{b}x{n}x{d}", "--reps",
-           str(reps), "--device", device]
-    try:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    for line in reversed(res.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1][:120]}
-
-
 def _fmt_mem(x: int) -> str:
     if x < 0:
         return "n/a"
     return f"{x / 2**20:,.0f} MiB" if x < 2**30 else f"{x / 2**30:.2f} GiB"
 
 
+def rows_for(configs: list[str], size: tuple[int, int, int], dev: str, args) -> tuple[list[str], list[str]]:
+    """The rows that run on ``dev`` at ``size``, and a note for each one left out."""
+    b, n, d = size
+    keep, notes = [], []
+    for cfg in configs:
+        if cfg == "hellinger-diag-compiled" and dev != "cuda":
+            continue
+        if cfg == "hellinger-diag-eager" and dev == "cuda":
+            continue  # the CUDA default path is the eager chunked kernel already
+        if cfg == "hellinger-diag-eager" and n > args.eager_max_n:
+            notes.append(f"{cfg}: left out above N {args.eager_max_n} (--eager-max-n)")
+            continue
+        if cfg == "hellinger-naive" and _naive_bytes(b, n, d) > args.max_naive_gib * 2**30:
+            notes.append(f"{cfg}: skipped, would need ~{_naive_bytes(b, n, d) / 2**30:.1f} GiB")
+            continue
+        keep.append(cfg)
+    return keep, notes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="256x4096x512,64x512x128", help="comma-separated BxNxD (local x global x dim)")
+    ap.add_argument("--sizes", default="256x4096x512,256x16384x512,256x65536x512",
+                    help="comma-separated BxNxD (local x global x dim)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help="timed rounds per size")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cpu, and cuda too when available)")
+    ap.add_argument("--eager-max-n", type=int, default=4096, help="largest N of the (slow) eager CPU row")
     ap.add_argument("--max-naive-gib", type=float, default=None,
                     help="skip the naive broadcast above this estimated footprint (default: half the free RAM)")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
-    ap.add_argument("--quick", action="store_true", help="64x512x128 only, 2 reps")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="64x512x128 only, 3 rounds")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (default: torch's); 1 on a machine whose cores other jobs keep busy, where "
+                         "OpenMP threads waiting for each other slow every multi-threaded row by several times")
     args = ap.parse_args()
 
-    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
-    if args.child:
-        b, n, d = sizes[0]
-        print("RESULT " + json.dumps(_child(args.child, b, n, d, args.reps, args.device)), flush=True)
-        return
-    if args.quick:
-        sizes, args.reps = [(64, 512, 128)], 2
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
+    if args.quick:
+        sizes, args.reps = [(64, 512, 128)], 3
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         devices.remove("cuda")
     if args.max_naive_gib is None:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        args.max_naive_gib = 0.5 * avail / 2**30
+        args.max_naive_gib = 0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     configs = [c for c in args.configs.split(",") if c]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
           + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
-    print("fwd+bwd of the symmetric InfoNCE of B local rows vs N global columns (both directions), float32")
-    header = f"{'device':6} {'B x N x D':>15} {'config':22} {'best s':>9} {'median s':>9} {'vs clip':>9} " \
-             f"{'peak mem':>11} {'warm-up s':>9}"
-    print(header)
-    print("-" * len(header))
+    print(f"fwd+bwd of the symmetric InfoNCE of B local rows vs N global columns (both directions), float32; "
+          f"one process, {args.reps} interleaved rounds")
+    header = (f"{'device':6} {'B x N x D':>15} {'config':24} {'best s':>9} {'median s':>9} {'vs clip':>8} "
+              f"{'peak mem':>11} {'warm-up s':>9}")
+    print(header + "\n" + "-" * len(header), flush=True)
+    started = time.perf_counter()
     for dev in devices:
         for size in sizes:
-            clip_best = None
-            for cfg in configs:
-                b, n, d = size
-                tag = f"{dev:6} {f'{b}x{n}x{d}':>15} {cfg:22}"
-                if cfg == "hellinger-naive" and dev == "cpu" and _naive_bytes(b, n, d) > args.max_naive_gib * 2**30:
-                    print(f"{tag} skipped: would need ~{_naive_bytes(b, n, d) / 2**30:.1f} GiB", flush=True)
-                    continue
-                if cfg == "hellinger-diag-eager" and dev == "cuda":
-                    continue  # the CUDA default path is the eager chunked kernel already
-                reps = args.reps if b * n * d >= 1 << 24 else max(args.reps, 20)
-                r = _run(cfg, size, reps, dev, args.timeout)
-                if r is None:
-                    continue
-                if "error" in r:
-                    print(f"{tag} error: {r['error']}", flush=True)
-                    continue
-                if cfg == "clip":
-                    clip_best = r["best"]
-                    if r.get("impl"):
-                        print(f"# {dev} clip reference = {r['impl']}")
-                ratio = f"{r['best'] / clip_best:8.1f}x" if clip_best else "      n/a"
-                print(f"{tag} {r['best']:9.3f} {r['median']:9.3f} {ratio} {_fmt_mem(r['peak_bytes']):>11} "
-                      f"{r['warmup']:9.2f}", flush=True)
-    print("peak mem: CPU = peak resident set during the timed runs minus the resident set before them; "
+            cfgs, notes = rows_for(configs, size, dev, args)
+            steps, impl = {}, {}
+            for cfg in cfgs:
+                steps[cfg], impl[cfg] = make_step(cfg, *size, torch.device(dev))
+            result = measure(steps, args.reps, torch.device(dev))
+            b, n, d = size
+            for cfg in cfgs:
+                r = result[cfg]
+                ratio = f"{r['ratio']:7.1f}x" if "ratio" in r else "     n/a"
+                print(f"{dev:6} {f'{b}x{n}x{d}':>15} {cfg:24} {r['best']:9.3f} {r['median']:9.3f} {ratio} "
+                      f"{_fmt_mem(r['peak']):>11} {r['warmup']:9.2f}", flush=True)
+            for note in notes:
+                print(f"{dev:6} {f'{b}x{n}x{d}':>15} {note}", flush=True)
+            if impl.get("clip"):
+                print(f"# clip reference = {impl['clip']}", flush=True)
+    print(f"total {time.perf_counter() - started:.0f} s. vs clip: median over rounds of row time / ClipLoss time of "
+          "the same round. peak mem: CPU = peak resident set of one run minus the resident set before it; "
           "CUDA = max_memory_allocated minus allocated before.")
 
 

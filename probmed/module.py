@@ -26,6 +26,7 @@ from probmed.evaluation.suite import Evaluator
 from probmed.losses import Objective
 from probmed.training.accumulation import refuse_gradient_accumulation
 from probmed.training.determinism import seed_step
+from probmed.training.metric_sync import logging_step, mean_over_ranks
 from probmed.training.nonfinite import NonFiniteGuard
 from probmed.optim import ParamGroups, apply_lr_scales
 
@@ -174,7 +175,8 @@ class ProbMedModule(L.LightningModule):
             logs[f"variance/{name}"] = (var * present).sum() / present.sum().clamp_min(1)
         if not finite:  # all ranks agree: log NaN (not the previous step's values again), no update on any rank
             logs = {k: torch.full_like(torch.as_tensor(v, dtype=torch.float32), float("nan")) for k, v in logs.items()}
-        self.log_dict(logs, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
+        if logging_step(self.trainer):  # one packed reduction, only when the values reach the loggers
+            self.log_dict(mean_over_ranks(logs), on_step=True, on_epoch=False, batch_size=batch_size)
         return total  # backward as usual on every rank (DDP); optimizer_step drops the gradients of a skipped step
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

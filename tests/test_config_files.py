@@ -49,6 +49,12 @@ def _how_to_load(path, tmp_path) -> list[str]:
     return ["--config", str(path)]
 
 
+def _assert_throughput_on(config: dict) -> None:
+    """Samples/s, FLOP/s (and MFU where the peak is known) are logged by every config, out of the box."""
+    names = [c.get("class_path") for c in config["trainer"].get("callbacks") or []]
+    assert "probmed.training.Throughput" in names, names
+
+
 ALL_YAML = sorted(p for p in CONFIGS.rglob("*.yaml"))
 
 
@@ -58,9 +64,11 @@ def test_every_yaml_under_configs_parses_with_print_config(path, capsys, monkeyp
     if path.name == "m3bind_distill.yaml":  # the M3Bind stage-2 model: `probmed distill fit`
         config = _print_config(["--config", str(path)], capsys, monkeypatch, prefix=("distill",))
         assert config["model"]["log_var_weight"] == 0.1
+        _assert_throughput_on(config)
         return
     config = _print_config(_how_to_load(path, tmp_path), capsys, monkeypatch)
     assert {"trainer", "model", "data"} <= set(config)
+    _assert_throughput_on(config)
     own = yaml.safe_load(path.read_text())
     if "towers" in path.parts:  # the fragment is what the parsed config holds in its place
         assert config["model"]["encoders"]["cxr"]["class_path"] == own["class_path"]

@@ -248,3 +248,47 @@ def test_datamodule_real_dataloader_with_workers(dataset_dir):
     assert all(b["inputs"]["ecg"]["signal"].shape == (4, 12, 500) for b in batches)
     val = [s for b in dm.val_dataloader() for s in b["study_id"]]
     assert sorted(val) == sorted(f"v{s}x{i}" for s in range(3) for i in range(5))
+
+
+def _round_robin(stream, epoch: int, workers: int) -> list[list[str]]:
+    """The batches a DataLoader with ``workers`` workers yields for ``epoch``, computed without one: each logical
+    worker's batches, taken in turn (0, 1, ..., 0, 1, ...)."""
+    stream.epoch, stream.skip_batches = epoch, 0
+    per_worker = [[b["study_id"] for b in stream.batches_for(w, workers)] for w in range(workers)]
+    return [ids for turn in zip(*per_worker, strict=True) for ids in turn]
+
+
+def test_persistent_workers_start_once_and_follow_the_epoch_and_a_resume(dataset_dir):
+    """Two workers started once serve three epochs (the first resumed after 3 batches) exactly as the streams
+    computed in this process: the epoch and the resume position reach them through shared memory."""
+    epoch = {"now": 0}
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, num_workers=2, train_batches_per_epoch=6,
+                           inputs=small_inputs())
+    dm.setup("fit")
+    reference = _stream(TrainStream, dm, "train", batches_per_worker=3, num_workers=2)
+    want = {e: _round_robin(reference, e, 2) for e in range(3)}
+    assert want[0] != want[1] != want[2]
+    dm._epoch = lambda: epoch["now"]
+    dm.load_state_dict({"seed": 0, "epoch": 0, "batches_done": 3, "epoch_batches": 6, "world_size": 1,
+                        "num_workers": 2})
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    got, pids = {}, set()
+    for e in range(3):
+        epoch["now"] = e
+        got[e] = [b["study_id"] for b in loader]
+        pids.add(tuple(w.pid for w in loader._iterator._workers))
+    assert got == {0: want[0][3:], 1: want[1], 2: want[2]}
+    assert len(pids) == 1  # the same two worker processes every epoch
+
+
+def test_a_stream_copied_outside_a_worker_start_keeps_its_position_but_not_the_sharing(dataset_dir):
+    import copy
+
+    dm = ProbMedDataModule(str(dataset_dir), batch_size=4, inputs=small_inputs())
+    stream = _stream(TrainStream, dm, "train", batches_per_worker=3, num_workers=2)
+    stream.epoch, stream.skip_batches = 5, 2
+    twin = copy.deepcopy(stream)
+    assert (twin.epoch, twin.skip_batches) == (5, 2)
+    twin.epoch = 6
+    assert stream.epoch == 5

@@ -152,3 +152,20 @@ def test_gradcheck_balanced_float64(alpha, beta):
     assert torch.autograd.gradcheck(fn, (mu_a, lv_a, mu_b, lv_b))
     ref = K.pairwise_diag_kernel_naive(mu_a, lv_a, mu_b, lv_b, alpha, beta, balanced=True)
     torch.testing.assert_close(fn(mu_a, lv_a, mu_b, lv_b), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_flop_counting_takes_the_eager_path_and_leaves_the_compiled_one_on(monkeypatch):
+    """Throughput counts the first steps' FLOPs under FlopCounterMode, which torch.compile cannot trace: those calls
+    run the eager kernel (the same arithmetic as ``fused=False``), and the compiled path stays on afterwards (before,
+    the counted step's compile error turned it off for the rest of the run)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setattr(K, "FUSED_MIN_TRIPLES", 0)
+    mu_a, lv_a, mu_b, lv_b = _inputs(8, 40, 32, 3, dtype=torch.float32)
+    with FlopCounterMode(display=False):
+        assert not K.use_fused(mu_a, 40)
+        counted = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5)
+    eager = K.pairwise_diag_kernel(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, fused=False)
+    assert torch.equal(counted, eager)
+    if has_c_compiler():
+        assert K.use_fused(mu_a, 40) and not K._compile_state.get("failed_cpu", False)

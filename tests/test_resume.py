@@ -25,7 +25,8 @@ STEPS_PER_EPOCH, EPOCHS = 4, 2
 
 
 def _config(tmp: Path, name: str) -> list[str]:
-    """Smoke model, 2 epochs × 4 steps, a checkpoint after every step (step=N.ckpt), no validation; with the YAML
+    """Smoke model, 2 epochs × 4 steps, a checkpoint after every step (step=N.ckpt), no validation, two persistent
+    loader workers (the resumed epoch's position reaches them through shared memory); with the YAML
     compute switches on (bf16-mixed, activation checkpointing, micro-batching, torch.compile, throughput/FLOP counting), so the
     exact-resume check also shows that none of them breaks determinism (micro-batched CXR and text towers included)."""
     run_dir = tmp / name
@@ -46,7 +47,7 @@ def _config(tmp: Path, name: str) -> list[str]:
     }}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(extra))
-    return ["--config", SMOKE, "--config", str(path)]
+    return ["--config", SMOKE, "--config", str(path), "--data.num_workers", "2"]
 
 
 def _check_switches(version_dir: Path) -> None:

@@ -160,3 +160,32 @@ def test_each_package_imports_first_in_a_fresh_interpreter(package):
 
     proc = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_throughput_counts_flops_on_the_runs_first_global_steps_only_and_keeps_them_across_a_resume():
+    """A resumed run counts FLOPs on exactly the global steps an uninterrupted run counts (steps under the counter
+    compute on other kernel paths, so this keeps resume exact) and takes the rest from the checkpoint."""
+    from types import SimpleNamespace
+
+    from probmed.training import Throughput
+
+    def steps(callback, module, global_steps):
+        for step in global_steps:
+            trainer = SimpleNamespace(global_step=step)
+            callback.on_train_batch_start(trainer, module, None, step)
+            torch.ones(2, 3) @ torch.ones(3, 4)  # 2·2·3·4 = 48 FLOPs when counted
+            callback.stop_counting(module)
+
+    whole, module = Throughput(flop_steps=3), SimpleNamespace(flops_per_batch=None)
+    steps(whole, module, range(6))
+    assert whole._counted == [48, 48, 48]
+    first = Throughput(flop_steps=3)
+    steps(first, SimpleNamespace(flops_per_batch=None), range(2))  # killed after step 1
+    resumed, module = Throughput(flop_steps=3), SimpleNamespace(flops_per_batch=None)
+    resumed.load_state_dict(first.state_dict())
+    steps(resumed, module, range(2, 6))
+    assert resumed._counted == [48, 48, 48]
+    late, module = Throughput(flop_steps=3), SimpleNamespace(flops_per_batch=None)
+    late.load_state_dict(whole.state_dict())
+    steps(late, module, [4])
+    assert late._counted == [48, 48, 48] and module.flops_per_batch == 48

@@ -35,8 +35,50 @@ def _checked_local(urls: list[str]) -> list[str]:
     return urls
 
 
+class SharedPosition:
+    """A stream's epoch and the batches per rank of that epoch already trained, in shared memory (open_clip's
+    ``SharedEpoch`` pattern): loader workers persist across epochs (they start once per loader), so they cannot
+    receive the position with a fresh copy of the stream at every ``iter``; the training process writes it here
+    before each iteration and every worker reads it when the iteration starts.
+
+    Pickled while a worker process is being started it stays shared; pickled at any other time (``deepcopy``,
+    saving) it becomes an unshared copy holding the current values.
+    """
+
+    def __init__(self, epoch: int = 0, skip_batches: int = 0):
+        self._values = multiprocessing.RawArray("q", [epoch, skip_batches])
+
+    @property
+    def epoch(self) -> int:
+        return int(self._values[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._values[0] = int(value)
+
+    @property
+    def skip_batches(self) -> int:
+        return int(self._values[1])
+
+    @skip_batches.setter
+    def skip_batches(self, value: int) -> None:
+        self._values[1] = int(value)
+
+    def __reduce__(self):
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return _shared_position, (self._values,)
+        return SharedPosition, (self.epoch, self.skip_batches)
+
+
+def _shared_position(values) -> SharedPosition:
+    position = SharedPosition.__new__(SharedPosition)
+    position._values = values
+    return position
+
+
 class _ShardStream(IterableDataset):
-    """Common state: the shard list, this process's rank and world size, decoding and collation."""
+    """Common state: the shard list, this process's rank and world size, decoding and collation; the epoch lives in
+    :class:`SharedPosition` (seen by persistent loader workers)."""
 
     def __init__(self, urls: list[str], decoder: StudyDecoder, collator: StudyCollator, batch_size: int, seed: int):
         super().__init__()
@@ -46,7 +88,15 @@ class _ShardStream(IterableDataset):
         self.decoder, self.collator = decoder, collator
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = 0, 1
-        self.epoch = 0
+        self.position = SharedPosition()
+
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.position.epoch = value
 
     def batches_for(self, global_worker: int, total_workers: int) -> Iterator[dict]:
         raise NotImplementedError
@@ -115,7 +165,15 @@ class TrainStream(_ShardStream):
                  shuffle_buffer: int = 256):
         super().__init__(urls, decoder, collator, batch_size, seed)
         self.batches_per_worker, self.num_workers, self.shuffle_buffer = batches_per_worker, num_workers, shuffle_buffer
-        self.skip_batches = 0  # batches per rank of this epoch already trained (exact resume: skipped on the next iteration)
+
+    @property
+    def skip_batches(self) -> int:
+        """Batches per rank of this epoch already trained (exact resume: skipped on the next iteration)."""
+        return self.position.skip_batches
+
+    @skip_batches.setter
+    def skip_batches(self, value: int) -> None:
+        self.position.skip_batches = value
 
     def __len__(self) -> int:
         return self.batches_per_worker * max(1, self.num_workers)
@@ -177,8 +235,9 @@ warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` de
 
 
 class EpochAwareLoader(DataLoader):
-    """A DataLoader that stamps the current epoch on its stream before workers start, so each epoch draws a
-    new deterministic shard order (the stream object is copied into worker processes at every ``iter``)."""
+    """A DataLoader that stamps the current epoch (and, after a restore, the batches to skip) on its stream's
+    :class:`SharedPosition` before every iteration, so each epoch draws a new deterministic shard order while the
+    workers, started at the first iteration, persist across epochs."""
 
     def __init__(self, dataset: _ShardStream, epoch_source, **kwargs):
         super().__init__(dataset, batch_size=None, **kwargs)
@@ -215,15 +274,18 @@ def worker_context():
     return ctx
 
 
-def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bool = False) -> DataLoader:
+def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bool = False,
+           persistent: bool = True) -> DataLoader:
     """The DataLoader for a stream (batches are built in the workers; ``batch_size=None``; workers started by
-    :func:`worker_context`)."""
+    :func:`worker_context` at the first iteration and, with ``persistent``, kept for the loader's life: they learn
+    each epoch's position through the stream's :class:`SharedPosition`; without, they start again every epoch —
+    ``benchmarks/bench_data.py`` compares the two)."""
     return EpochAwareLoader(
         dataset,
         epoch_source,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=persistent and num_workers > 0,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context=worker_context() if num_workers > 0 else None,
         worker_init_fn=init_worker if num_workers > 0 else None,

@@ -56,6 +56,7 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 LOG2 = math.log(2.0)
 
@@ -372,7 +373,9 @@ def _probe_fused(device: torch.device | str = "cpu") -> bool:
 
 def use_fused(mu_a: Tensor, n_cols: int) -> bool:
     """Default choice: fused for float32 problems of at least :data:`FUSED_MIN_TRIPLES` triples on CPU, and on
-    CUDA only when ``PROBMED_LOSS_COMPILE_CUDA=1`` (inductor then emits Triton kernels; opt-in)."""
+    CUDA only when ``PROBMED_LOSS_COMPILE_CUDA=1`` (inductor then emits Triton kernels; opt-in); eager under a
+    Python dispatch mode (``FlopCounterMode`` while :class:`probmed.training.Throughput` counts the first steps),
+    which ``torch.compile`` cannot trace — it would otherwise turn the compiled path off for the whole run."""
     dev = mu_a.device.type
     on_device = dev == "cpu" or (dev == "cuda" and os.environ.get("PROBMED_LOSS_COMPILE_CUDA", "0") == "1")
     return (
@@ -381,6 +384,7 @@ def use_fused(mu_a: Tensor, n_cols: int) -> bool:
         and mu_a.shape[0] * n_cols * mu_a.shape[1] >= FUSED_MIN_TRIPLES
         and fused_available()
         and not torch.compiler.is_compiling()
+        and not is_in_torch_dispatch_mode(include_infra_modes=False)  # e.g. FLOP counting: compile refuses it
         and _probe_fused(mu_a.device)
     )
 

@@ -1,7 +1,9 @@
 """Skip a training step whose loss — or any buffer — is NaN/inf on *any* rank, on every rank, so DDP never diverges,
 hangs or keeps poisoned statistics.
 
-Each rank all-reduces 0/1 "my loss is finite" and "my buffers are finite" flags with MIN. The backward still runs on
+Each rank all-reduces 0/1 "my loss is finite" and "my buffers are finite" flags with MIN, in the step's one small
+all-reduce, which also carries other per-step yes/no decisions that all ranks must share (:meth:`NonFiniteGuard.ride`:
+the Slurm requeue flag). The backward still runs on
 every rank (Lightning forbids returning ``None`` under DDP, and a backward on some ranks only would leave DDP's
 gradient all-reduce waiting), then, if any rank was non-finite, every rank drops its gradients before the update:
 AdamW/SGD skip parameters without a gradient, so weights and moments stay untouched. The learning-rate schedule
@@ -20,6 +22,7 @@ after the forward — to test the all-ranks agreement without corrupting data.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -53,6 +56,13 @@ class NonFiniteGuard:
         self.skipped_buffers = 0  # of which: loss finite on every rank, some buffer not
         self.skip_update = False  # the current step's decision, made in training_step, used in optimizer_step
         self._saved: list[Tensor] = []
+        self._riders: dict[str, Callable[[], bool]] = {}
+        self.agreed: dict[str, bool] = {}  # each rider's decision of the current step: True if any rank said yes
+
+    def ride(self, name: str, flag: Callable[[], bool]) -> None:
+        """Carry ``flag()`` (this rank's yes/no, read at the all-reduce) in every step's all-reduce; the step's
+        decision, True if any rank said yes, is ``agreed[name]`` after :meth:`all_finite`."""
+        self._riders[name] = flag
 
     def snapshot(self, module: nn.Module) -> None:
         """Copy ``module``'s buffers (before the step's forward updates batch-norm statistics)."""
@@ -67,14 +77,18 @@ class NonFiniteGuard:
 
     def all_finite(self, loss: Tensor, module: nn.Module | None = None) -> bool:
         """True iff the loss — and every floating buffer of ``module`` — is finite on every rank (one all-reduce
-        when distributed); counts a skip if not (:meth:`optimizer_step` then drops the update and puts the buffers
+        when distributed, carrying the :meth:`ride` flags too); counts a skip if not (:meth:`optimizer_step` then drops the update and puts the buffers
         back, after the backward: autograd may have saved a buffer, e.g. position ids, for it)."""
         loss_ok = bool(torch.isfinite(loss.detach()).all())
         buffers_ok = module is None or all(bool(torch.isfinite(b).all()) for b in _floating_buffers(module))
-        flags = torch.tensor([int(loss_ok), int(buffers_ok)], dtype=torch.int32, device=loss.device)
+        riders = {name: bool(flag()) for name, flag in self._riders.items()}
+        values = [int(loss_ok), int(buffers_ok), *(int(not yes) for yes in riders.values())]
+        flags = torch.tensor(values, dtype=torch.int32, device=loss.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        flags = flags.tolist()  # one host sync for all of them
         loss_ok, buffers_ok = bool(flags[0]), bool(flags[1])
+        self.agreed = {name: not flags[2 + i] for i, name in enumerate(riders)}
         finite = loss_ok and buffers_ok
         self.skipped += not finite
         self.skipped_buffers += loss_ok and not buffers_ok

@@ -4,7 +4,9 @@ Lightning's own auto-requeue handler saves the checkpoint *inside the signal han
 happens to be — possibly between a DDP collective on one rank and the same collective on another, where the save's
 barrier can deadlock, and mid-step, where the weights and the data position disagree. :class:`SlurmRequeue`
 replaces that handler with one that only records the signal; at the end of the next training step all ranks agree
-(all-reduce MAX of the flag), write Lightning's ``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (atomically, through
+(the flag rides in the step's one small all-reduce, :meth:`probmed.training.nonfinite.NonFiniteGuard.ride`, or,
+for a module without that guard, an all-reduce MAX of its own; a signal arriving after that all-reduce is acted on
+at the next step's end), write Lightning's ``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (atomically, through
 the trainer's checkpoint IO), rank 0 runs ``scontrol requeue $SLURM_JOB_ID``, and training stops cleanly. The
 requeued job starts with no ``--ckpt_path``; Lightning then resumes from the newest ``hpc_ckpt_*.ckpt`` itself, and
 the data stream position inside it makes the resumed run exact.
@@ -31,6 +33,8 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from probmed.training.nonfinite import NonFiniteGuard
 
 log = logging.getLogger(__name__)
 _early = {"received": False}
@@ -63,6 +67,7 @@ class SlurmRequeue(L.Callback):
         self.signum = signal.Signals(signum)
         self.received = False
         self.after_training = 0  # signals that arrived after training ended (ignored)
+        self._guard: NonFiniteGuard | None = None  # the module's step all-reduce that carries the flag, if any
 
     def _on_signal(self, signum, frame) -> None:
         self.received = True  # acted on at the end of the current training step
@@ -77,11 +82,18 @@ class SlurmRequeue(L.Callback):
         self.received = self.received or (_early["received"] and self.signum == signal.SIGUSR1)
         signal.signal(self.signum, self._on_signal)
         atexit.register(signal.signal, self.signum, signal.SIG_IGN)
+        self._guard = getattr(pl_module, "nonfinite", None)
+        if isinstance(self._guard, NonFiniteGuard):
+            self._guard.ride("requeue", lambda: self.received)
+        else:
+            self._guard = None
 
     def on_fit_end(self, trainer, pl_module) -> None:
         signal.signal(self.signum, self._after_fit)
 
     def _agreed(self, trainer) -> bool:
+        if self._guard is not None and "requeue" in self._guard.agreed:
+            return self._guard.agreed["requeue"]  # decided in this step's all-reduce
         flag = torch.tensor([int(self.received)], device=trainer.strategy.root_device)
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)

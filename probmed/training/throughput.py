@@ -9,7 +9,9 @@ world size > 1) and, where Lightning knows the device's peak (``get_available_fl
 FLOPs per batch are *counted* (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions, attention) over
 the first ``flop_steps`` real training steps — forward, backward and optimizer — and averaged, so towers that see only
 the studies holding their modality (masked / variable modality counts) are measured as they actually run, not
-assumed from a full batch. Counting runs only during those steps.
+assumed from a full batch. Counting runs only during the run's global steps ``0 .. flop_steps - 1`` (the counts are
+saved in checkpoints), so a resumed run counts — and, under the counter, computes (the compiled loss kernel steps
+aside for it) — exactly the steps an uninterrupted run does.
 """
 from __future__ import annotations
 
@@ -45,14 +47,26 @@ class Throughput(ThroughputMonitor):
             pl_module.flops_per_batch = None  # set once measured; None: no FLOPs yet
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if len(self._counted) < self.flop_steps:
+        if trainer.global_step < self.flop_steps and len(self._counted) < self.flop_steps:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
+        elif self._counted and pl_module.flops_per_batch is None:  # restored from a checkpoint
+            pl_module.flops_per_batch = sum(self._counted) // len(self._counted)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"flops_counted": list(self._counted)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._counted = [int(f) for f in state_dict.get("flops_counted", [])]
+
+    def stop_counting(self, pl_module) -> None:
+        """End this step's count, if one runs, and update ``pl_module.flops_per_batch`` (the mean so far)."""
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self._counted.append(self._counter.get_total_flops())
             self._counter = None
             pl_module.flops_per_batch = sum(self._counted) // len(self._counted)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.stop_counting(pl_module)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
