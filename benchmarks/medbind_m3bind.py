@@ -18,25 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from compare_presets import mean_sd, probmed  # this folder: the same runner and mean ± sd as the preset comparison
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 VIB_ONLY = "[{class_path: probmed.losses.VIB, init_args: {modalities: [cxr, ecg, text], weight: 1.0e-4}}]"
 CONDITIONS = {"text": [], "cxr": ["cxr"], "ecg": ["ecg"], "cxr+ecg": ["cxr", "ecg"]}
-
-
-def probmed(*words: str, log: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    with log.open("a") as out:
-        proc = subprocess.run([sys.executable, "-m", "probmed", *words], cwd=REPO, env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"`probmed {' '.join(words[:2])}` failed (exit {proc.returncode}); see {log}")
 
 
 def run_args(run: Path, seed: int, epochs: int | None) -> list[str]:
@@ -70,15 +59,6 @@ def test_scalars(run: Path) -> dict[str, float]:
     events = EventAccumulator(str(run / "tb" / "version_1"))
     events.Reload()
     return {t: events.Scalars(t)[-1].value for t in events.Tags()["scalars"]}
-
-
-def mean_sd(values: list[float]) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return "n/a"
-    m = statistics.fmean(vals)
-    digits = 1 if abs(m) >= 10 else 3
-    return f"{m:.{digits}f} ± {statistics.stdev(vals):.{digits}f}" if len(vals) > 1 else f"{m:.{digits}f}"
 
 
 def table(rows: dict[str, dict[str, list[float]]], columns: list[str]) -> str:

