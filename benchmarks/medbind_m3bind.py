@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from compare_presets import mean_sd, probmed  # this folder: the same runner and mean ± sd as the preset comparison
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # stage 2's in-process evaluation imports this checkout's probmed, as the runs do
 CONFIGS = REPO / "configs"
 VIB_ONLY = "[{class_path: probmed.losses.VIB, init_args: {modalities: [cxr, ecg, text], weight: 1.0e-4}}]"
 CONDITIONS = {"text": [], "cxr": ["cxr"], "ecg": ["ecg"], "cxr+ecg": ["cxr", "ecg"]}
@@ -96,7 +98,8 @@ def prompt(args) -> str:
     findings = ["atrial_fibrillation", "lvh"]
     columns = [f"{k} {f}" for f in findings for k in ("accuracy", "balanced_accuracy")]
     rows: dict[str, dict[str, list[float]]] = {}
-    for name, modalities in CONDITIONS.items():
+    for name in args.conditions.split(","):
+        modalities = CONDITIONS[name]
         for seed in args.seeds:
             run = args.workdir / "prompt" / name / f"seed{seed}"
             fit_and_test(["prompt"], config + ["--model.modalities", json.dumps(modalities)], run, seed, args.epochs)
@@ -178,12 +181,15 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     p.add_argument("--binding", help="prompt: an `emcl` run directory (its tb/version_0/config.yaml, checkpoints/)")
+    p.add_argument("--conditions", default=",".join(CONDITIONS), help=f"prompt: conditions among {list(CONDITIONS)}")
     p.add_argument("--workdir", default=str(REPO / "runs" / "medbind"))
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.workdir, args.data = Path(args.workdir).resolve(), Path(args.data).resolve()
     if args.what == "prompt" and not args.binding:
         p.error("prompt needs --binding (an emcl run directory)")
+    if set(args.conditions.split(",")) - set(CONDITIONS):
+        p.error(f"--conditions: choose among {list(CONDITIONS)}")
     print({"emcl": emcl, "prompt": prompt, "m3bind": m3bind}[args.what](args))
     return 0
 
