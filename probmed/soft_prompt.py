@@ -7,7 +7,8 @@ causal LM (a local Hugging Face path, or an architecture built from config, e.g.
 
     [k soft tokens per modality] + tokens("Is there atrial fibrillation? Answer:")  ->  next token "yes" / "no"
 
-and is trained with the next-token cross-entropy of the answer (optionally through LoRA adapters, PEFT).
+and is trained with the cross-entropy of the answer among the answer words (the LM's next-token logits of "yes"
+and "no": a verbalizer), optionally through LoRA adapters (PEFT).
 ``modalities: []`` is text-only prompting: the question alone (then only LoRA, if any, learns: the prior).
 Accuracy and balanced accuracy per finding compare the LM's "yes" and "no" logits at the answer position.
 
@@ -189,11 +190,10 @@ class SoftPromptQA(L.LightningModule):
     def _step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         logits, targets = self.answer_logits(batch)
         known = ~torch.isnan(targets)
-        answer = torch.where(targets > 0.5, self.answer_ids[0], self.answer_ids[1])
-        loss = nn.functional.cross_entropy(logits[known].float(), answer[known]) if bool(known.any()) \
-            else logits.sum() * 0.0
-        yes_minus_no = logits[..., self.answer_ids[0]] - logits[..., self.answer_ids[1]]
-        return loss, yes_minus_no, targets
+        answers = logits[..., self.answer_ids].float()  # [F, R, 2]: the LM's "yes" and "no" logits
+        wrong = (targets <= 0.5).long()  # index of the correct answer: 0 = yes, 1 = no
+        loss = nn.functional.cross_entropy(answers[known], wrong[known]) if bool(known.any()) else logits.sum() * 0.0
+        return loss, answers[..., 0] - answers[..., 1], targets
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, _, targets = self._step(batch)

@@ -70,6 +70,13 @@ def test_answer_logits_are_the_lm_run_by_hand_on_projected_embeddings_and_the_qu
         expected = model.lm(inputs_embeds=torch.cat([*parts, words], 1)).logits[:, -1]
         torch.testing.assert_close(logits[i], expected, rtol=1e-5, atol=1e-5)
         assert torch.equal(targets[i].nan_to_num(-1), batch["labels"][rows, col].nan_to_num(-1))
+    # the loss: cross-entropy of the right answer among the "yes" and "no" logits, over the labelled (row, finding)
+    loss, margin, _ = model._step(batch)
+    yes, no = (model._single_token(w) for w in ("yes", "no"))
+    log_p = torch.log_softmax(torch.stack([logits[..., yes], logits[..., no]], -1), -1)
+    right = torch.where(targets > 0.5, log_p[..., 0], log_p[..., 1])
+    torch.testing.assert_close(loss, -right[~torch.isnan(targets)].mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(margin, logits[..., yes] - logits[..., no])
     # only the projectors and the LoRA adapters train: the binding towers and the LM's base weights are frozen
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("projectors.") or "lora_" in n for n in trainable)
