@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # stage 2's in-process evaluation imports this checkout's probmed, as the runs do
 CONFIGS = REPO / "configs"
 VIB_ONLY = "[{class_path: probmed.losses.VIB, init_args: {modalities: [cxr, ecg, text], weight: 1.0e-4}}]"
+#: --report-only: tabulate the runs that exist, start none
+REPORT_ONLY = False
 CONDITIONS = {"text": [], "cxr": ["cxr"], "ecg": ["ecg"], "cxr+ecg": ["cxr", "ecg"]}
 
 
@@ -42,6 +44,8 @@ def fit_and_test(command: list[str], config: list[str], run: Path, seed: int, ep
     the run has its test logged)."""
     if list(run.glob("tb/version_1/events.*")):
         return
+    if REPORT_ONLY:
+        raise FileNotFoundError(run)
     run.mkdir(parents=True, exist_ok=True)
     log = run / "log.txt"
     print(f"[{run}] fit + test", flush=True)
@@ -49,6 +53,15 @@ def fit_and_test(command: list[str], config: list[str], run: Path, seed: int, ep
         probmed(*command, "fit", *config, *run_args(run, seed, epochs), log=log)
     probmed(*command, "test", *config, *run_args(run, seed, None),
             "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), log=log)
+
+
+def ran(start) -> bool:
+    """Run (or find) one run; False when ``--report-only`` finds it missing."""
+    try:
+        start()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def test_scalars(run: Path) -> dict[str, float]:
@@ -64,9 +77,10 @@ def test_scalars(run: Path) -> dict[str, float]:
 
 
 def table(rows: dict[str, dict[str, list[float]]], columns: list[str]) -> str:
-    lines = ["| run | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines = ["| run | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for name, cols in rows.items():
-        lines.append(f"| {name} | " + " | ".join(mean_sd(cols.get(c, [])) for c in columns) + " |")
+        n = max(len(v) for v in cols.values())
+        lines.append(f"| {name} | {n} | " + " | ".join(mean_sd(cols.get(c, [])) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -78,7 +92,8 @@ def emcl(args) -> str:
     for variant, extra in (("on", []), ("off", ["--model.objective.init_args.terms", VIB_ONLY])):
         for seed in args.seeds:
             run = args.workdir / "emcl" / variant / f"seed{seed}"
-            fit_and_test([], config + extra, run, seed, args.epochs)
+            if not ran(lambda: fit_and_test([], config + extra, run, seed, args.epochs)):
+                continue
             s = test_scalars(run)
             z = "test/zeroshot_cross/"
             values = [s.get("test/R@1/cxr->ecg"), s.get("test/R@5/cxr->ecg"), s.get("test/R@1/ecg->cxr"),
@@ -102,7 +117,9 @@ def prompt(args) -> str:
         modalities = CONDITIONS[name]
         for seed in args.seeds:
             run = args.workdir / "prompt" / name / f"seed{seed}"
-            fit_and_test(["prompt"], config + ["--model.modalities", json.dumps(modalities)], run, seed, args.epochs)
+            if not ran(lambda: fit_and_test(["prompt"], config + ["--model.modalities", json.dumps(modalities)], run,
+                                            seed, args.epochs)):
+                continue
             s = test_scalars(run)
             for f in findings:
                 for k in ("accuracy", "balanced_accuracy"):
@@ -121,7 +138,8 @@ def m3bind(args) -> str:
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
         run = args.workdir / "m3bind" / f"seed{seed}"
-        fit_and_test([], config, run, seed, args.epochs)
+        if not ran(lambda: fit_and_test([], config, run, seed, args.epochs)):
+            continue
         s = test_scalars(run)
         for c in columns:
             k, pair = c.split(" ")
@@ -183,7 +201,10 @@ def main(argv=None) -> int:
     p.add_argument("--binding", help="prompt: an `emcl` run directory (its tb/version_0/config.yaml, checkpoints/)")
     p.add_argument("--conditions", default=",".join(CONDITIONS), help=f"prompt: conditions among {list(CONDITIONS)}")
     p.add_argument("--workdir", default=str(REPO / "runs" / "medbind"))
+    p.add_argument("--report-only", action="store_true", help="tabulate the finished runs only; start none")
     args = p.parse_args(argv)
+    global REPORT_ONLY
+    REPORT_ONLY = args.report_only
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.workdir, args.data = Path(args.workdir).resolve(), Path(args.data).resolve()
     if args.what == "prompt" and not args.binding:
