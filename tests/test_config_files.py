@@ -58,6 +58,10 @@ def test_every_yaml_under_configs_parses_with_print_config(path, capsys, monkeyp
         config = _print_config(["--config", str(path)], capsys, monkeypatch, prefix=("distill",))
         assert config["model"]["log_var_weight"] == 0.1
         return
+    if path.name == "medbind_soft_prompt.yaml":  # embeddings as LM soft prompts: `probmed prompt fit`
+        config = _print_config(["--config", str(path)], capsys, monkeypatch, prefix=("prompt",))
+        assert config["model"]["modalities"] == ["cxr", "ecg"] and config["model"]["tokens_per_modality"] == 4
+        return
     config = _print_config(_how_to_load(path, tmp_path), capsys, monkeypatch)
     assert {"trainer", "model", "data"} <= set(config)
     own = yaml.safe_load(path.read_text())
