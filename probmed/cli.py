@@ -8,6 +8,7 @@ Examples::
     probmed fit --config configs/demo.yaml --print_config
     probmed predict --config configs/demo.yaml --ckpt_path last.ckpt --embeddings.path emb.npz   # means + variances
     probmed distill fit --config configs/presets/m3bind_distill.yaml      (M3Bind stage 2, see probmed.distill)
+    probmed prompt fit --config configs/medbind_soft_prompt.yaml          (soft prompts, see probmed.soft_prompt)
 """
 from __future__ import annotations
 
@@ -186,12 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         from probmed.data.commands import main as data_main
 
         return data_main(words[1:])
-    if words and words[0] == "distill":  # M3Bind stage 2: `probmed distill fit --config ...`
-        from probmed.distill import TextDistillation
+    if words and words[0] in ("distill", "prompt"):  # `probmed distill fit ...` (M3Bind stage 2), `probmed prompt fit`
+        if words[0] == "distill":
+            from probmed.distill import TextDistillation as model_class
+        else:  # MEDBind: binding embeddings as soft prompts of a causal LM
+            from probmed.soft_prompt import SoftPromptQA as model_class
 
-        if argv is None:  # LightningCLI reads sys.argv itself: drop the `distill` word from it
+        if argv is None:  # LightningCLI reads sys.argv itself: drop the first word from it
             sys.argv = [sys.argv[0], *words[1:]]
-        LightningCLI(TextDistillation, ProbMedDataModule, args=None if argv is None else words[1:],
+        LightningCLI(model_class, ProbMedDataModule, args=None if argv is None else words[1:],
                      trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True})
         return 0
     ProbMedCLI(

@@ -1,7 +1,9 @@
 """M3Bind stage 2: distil several modality-specific text towers into one shared text encoder.
 
 Stage 1 (M3Bind) trains one CLIP-like model per imaging modality (here: any ProbMed preset trained with
-``probmed fit``, e.g. ``clip`` for CXR↔text and one with ECG↔text). Stage 2 trains a single *student* text trunk
+``probmed fit``, e.g. ``clip`` for CXR↔text and one with ECG↔text; or one model with a text tower per imaging
+modality whose text spaces :class:`~probmed.losses.TextSpaceAlignment` aligns, ``configs/m3bind_stage1.yaml``,
+each teacher then naming its text tower with ``tower``). Stage 2 trains a single *student* text trunk
 with one light :class:`~probmed.encoders.GaussianHead` per teacher so that, for every report, the student's
 embedding in teacher ``t``'s space matches teacher ``t``'s own text embedding. Each teacher's image/ECG tower stays
 as it is, so the student's text embeddings can be used against every teacher's other modality: one text encoder
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -38,10 +40,12 @@ __all__ = ["TeacherSpec", "load_teacher", "TextDistillation", "distilled_retriev
 
 @dataclass
 class TeacherSpec:
-    """Where a stage-1 model is: the ``config.yaml`` its ``probmed fit`` run saved and a checkpoint of it."""
+    """Where a stage-1 model is: the ``config.yaml`` its ``probmed fit`` run saved and a checkpoint of it, and
+    which of its towers embeds the text (``None``: the distillation's ``modality``; e.g. ``text_cxr``)."""
 
     config: str
     checkpoint: str
+    tower: Optional[str] = None
 
 
 def load_teacher(spec: TeacherSpec, modality: str = "text"):
@@ -91,10 +95,12 @@ class TextDistillation(L.LightningModule):
         self.save_hyperparameters(ignore=["student", "optimizer"])
         self.student = student
         self.modality = modality
-        loaded = {name: load_teacher(spec, modality) for name, spec in teachers.items()}
+        #: teacher name → the key of its text tower and head
+        self.towers = {name: spec.tower or modality for name, spec in teachers.items()}
+        loaded = {name: load_teacher(spec, self.towers[name]) for name, spec in teachers.items()}
         # frozen teacher parts live outside the state dict's trainable set; kept as plain attributes per name
         self.teachers = nn.ModuleDict(loaded)
-        self.heads = nn.ModuleDict({name: _head_like(t.heads[modality], student.output_dim)
+        self.heads = nn.ModuleDict({name: _head_like(t.heads[self.towers[name]], student.output_dim)
                                     for name, t in loaded.items()})
         self.log_var_weight = float(log_var_weight)
         self.optimizer_factory = optimizer
@@ -111,8 +117,8 @@ class TextDistillation(L.LightningModule):
     @torch.no_grad()
     def teacher_embedding(self, name: str, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(mean, log_var)`` ``[B, D_t]`` of teacher ``name``'s own text tower and head."""
-        teacher = self.teachers[name]
-        return teacher.heads[self.modality](run_tower(teacher.encoders[self.modality], text))
+        teacher, key = self.teachers[name], self.towers[name]
+        return teacher.heads[key](run_tower(teacher.encoders[key], text))
 
     def _loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         present = batch["present"][self.modality]
@@ -190,7 +196,7 @@ def distilled_retrieval(model: TextDistillation, batches, partners: dict[str, st
         objective = model.teachers[t].objective
         result, top1 = {}, {}
         for who, queries in (("teacher", tea), ("student", stu)):
-            scores = objective.score(queries, gallery, key, modality)
+            scores = objective.score(queries, gallery, model.towers[t], modality)
             result[who] = recall_at_k(rank_of_true(scores, truth), tuple(ks))
             top1[who] = scores.argmax(1)
         result["top1_agreement"] = float((top1["teacher"] == top1["student"]).float().mean())

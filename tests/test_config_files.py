@@ -66,6 +66,10 @@ def test_every_yaml_under_configs_parses_with_print_config(path, capsys, monkeyp
         assert config["model"]["log_var_weight"] == 0.1
         _assert_throughput_on(config)
         return
+    if path.name == "medbind_soft_prompt.yaml":  # embeddings as LM soft prompts: `probmed prompt fit`
+        config = _print_config(["--config", str(path)], capsys, monkeypatch, prefix=("prompt",))
+        assert config["model"]["modalities"] == ["cxr", "ecg"] and config["model"]["tokens_per_modality"] == 4
+        return
     config = _print_config(_how_to_load(path, tmp_path), capsys, monkeypatch)
     assert {"trainer", "model", "data"} <= set(config)
     _assert_throughput_on(config)

@@ -117,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     _conversion_options(c)
     c.set_defaults(func=_cmd_check)
 
+    u = sub.add_parser("unpair", help="copy a shard set so that no study keeps more than one of some modalities",
+                       description="Copy a shard set; in the given splits, a study holding several of --modalities "
+                       "keeps one of them (by a hash of its id), so those modalities never co-occur (M3Bind).")
+    u.add_argument("--src", required=True, help="the shard set to copy")
+    u.add_argument("--out", required=True, help="output directory")
+    u.add_argument("--modalities", nargs="+", required=True, help="the modalities to unpair, e.g. cxr ecg")
+    u.add_argument("--splits", nargs="+", default=["train"], help="splits to unpair (default: train)")
+    u.set_defaults(func=_cmd_unpair)
+
     from probmed.data.manifests import MAKERS
 
     m = sub.add_parser("manifest", help="write a manifest CSV for a public dataset layout",
@@ -197,6 +206,13 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     extra = {"reports_root": args.reports_root} if args.dataset == "mimic-cxr" and args.reports_root else {}
     path, count = MAKERS[args.dataset](args.root, args.out, **extra)
     print(f"wrote {count} studies to {path}")
+    return 0
+
+
+def _cmd_unpair(args: argparse.Namespace) -> int:
+    from probmed.data.unpair import unpair_shards
+
+    print(json.dumps(unpair_shards(args.src, args.out, args.modalities, tuple(args.splits)), indent=1))
     return 0
 
 

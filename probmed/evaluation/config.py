@@ -55,6 +55,14 @@ DEFAULT_PROMPTS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+#: The label space of each modality of the embedded corpus: the findings its own signal defines (the film shows
+#: heart size and effusion; rhythm, rate and LVH are ECG findings; the ejection fraction is measured on the echo).
+DEFAULT_LABEL_SPACES: dict[str, list[str]] = {
+    "cxr": ["cardiomegaly", "pleural_effusion"],
+    "ecg": ["atrial_fibrillation", "bradycardia", "tachycardia", "lvh"],
+    "echo": ["reduced_ef"],
+}
+
 Stage = Literal["val", "test"]
 
 
@@ -80,6 +88,25 @@ class ZeroShotConfig:
     temperature: Optional[float] = None
     stages: list[Stage] = field(default_factory=lambda: ["val", "test"])
     modality: str = "text"
+
+
+@dataclass
+class CrossModalZeroShotConfig:
+    """Cross-modal zero-shot (MEDBind): queries of one modality classified on another modality's label space
+    (:mod:`probmed.evaluation.crossmodal`), with the ``zero_shot`` block's prompts, temperature and text modality
+    (its defaults when that block is off).
+
+    Args:
+        label_spaces: modality → the findings of its label space (each must be a label of the data).
+        pairs: ``[query, target]`` pairs: ``query`` embeddings scored against ``target``'s findings' prompts.
+        exclusive: drop findings that are also in the query's own label space.
+        stages: when to run.
+    """
+
+    label_spaces: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_LABEL_SPACES.items()})
+    pairs: list[list[str]] = field(default_factory=lambda: [["cxr", "ecg"], ["ecg", "cxr"]])
+    exclusive: bool = False
+    stages: list[Stage] = field(default_factory=lambda: ["val", "test"])
 
 
 @dataclass
@@ -146,6 +173,7 @@ class EvaluationConfig:
     """All of evaluation. ``None`` for a block switches it off.
 
     Args:
+        cross_zero_shot: cross-modal zero-shot (off by default; :class:`CrossModalZeroShotConfig`).
         untrained_similarity: similarity for pairs no loss term contrasts (``hellinger``, ``bhattacharyya``,
             ``csd``, ``medprob``, ``cosine``); ``None`` uses the first contrastive term's.
         uncertainty: risk–coverage / AURC / selective R@1 / Spearman at these stages.
@@ -157,6 +185,7 @@ class EvaluationConfig:
 
     untrained_similarity: Optional[str] = None
     zero_shot: Optional[ZeroShotConfig] = field(default_factory=ZeroShotConfig)
+    cross_zero_shot: Optional[CrossModalZeroShotConfig] = None
     few_shot: Optional[FewShotConfig] = field(default_factory=FewShotConfig)
     uncertainty: list[Stage] = field(default_factory=lambda: ["val", "test"])
     coverages: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])

@@ -21,7 +21,8 @@ from probmed.data.studies import stable_hash
 from probmed.embedding import GaussianEmbedding
 from probmed.evaluation import plots
 from probmed.evaluation.collect import EmbeddingCollector
-from probmed.evaluation.config import DEFAULT_PROGNOSIS_LABEL, EvaluationConfig
+from probmed.evaluation.config import DEFAULT_PROGNOSIS_LABEL, EvaluationConfig, ZeroShotConfig
+from probmed.evaluation.crossmodal import cross_modal_zero_shot
 from probmed.evaluation.corruptions import corrupt, get_corruption
 from probmed.evaluation.fewshot import few_shot
 from probmed.evaluation.prognosis import prognosis
@@ -91,14 +92,16 @@ class Evaluator:
         self.prompts: dict = {}
         self.unprompted: list[str] = []
         self.prompt_problem = ""
-        zs, pg = self.config.zero_shot, self.config.prognosis
-        if zs is not None:
+        zs, pg = self._prompt_config(), self.config.prognosis
+        if self.config.zero_shot is not None or self.config.cross_zero_shot is not None:
             try:
                 self.prompts, self.unprompted = prompts_for_labels(self.findings, zs.prompts, zs.prompt_files)
             except ValueError as exc:
                 if strict:
                     raise
                 self.prompt_problem = str(exc)
+        if self.config.cross_zero_shot is not None:
+            self._check_cross_zero_shot()  # a label space the vocabulary or the prompts lack is a config error
         self.prognosis_label = None
         if pg is not None:
             label = pg.label or DEFAULT_PROGNOSIS_LABEL
@@ -106,6 +109,24 @@ class Evaluator:
                 self.prognosis_label = label
             elif strict and pg.label is not None:
                 raise ValueError(f"prognosis label {pg.label!r} is not among the data's labels {self.findings}")
+
+    def _check_cross_zero_shot(self) -> None:
+        cz, prompts = self.config.cross_zero_shot, self.prompts
+        for m, space in cz.label_spaces.items():
+            unknown = sorted(set(space) - set(self.findings))
+            if unknown:
+                raise ValueError(f"cross_zero_shot.label_spaces.{m} names {unknown}, not among the labels {self.findings}")
+            unprompted = sorted(set(space) - set(prompts))
+            if unprompted:
+                raise ValueError(f"cross_zero_shot.label_spaces.{m} names {unprompted}, which have no zero-shot prompts")
+        for pair in cz.pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or pair[1] not in cz.label_spaces:
+                raise ValueError(f"cross_zero_shot pair {pair} must be [query, target] of two modalities, the target "
+                                 f"one of label_spaces {sorted(cz.label_spaces)}")
+
+    def _prompt_config(self) -> ZeroShotConfig:
+        """The zero-shot prompts, temperature and text modality (the defaults when the zero-shot block is off)."""
+        return self.config.zero_shot or ZeroShotConfig()
 
     # -- during the epoch ------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -176,6 +197,10 @@ class Evaluator:
         if zs is not None and stage in zs.stages:
             details["zero_shot"] = self._zero_shot(module, embeddings, labels, score, stage, scalars, figures if plot else None)
             details["zero_shot_unprompted"] = list(self.unprompted)
+
+        cz = cfg.cross_zero_shot
+        if cz is not None and stage in cz.stages:
+            details["zero_shot_cross"] = self._cross_zero_shot(module, embeddings, labels, score, stage, scalars)
 
         fs = cfg.few_shot
         if fs is not None and stage in fs.stages:
@@ -248,7 +273,8 @@ class Evaluator:
 
     def _embed_prompts(self, module) -> dict[str, tuple[GaussianEmbedding, GaussianEmbedding]] | None:
         datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
-        key = self.config.zero_shot.modality
+        zs = self._prompt_config()
+        key = zs.modality
         text_input = getattr(datamodule, "inputs", {}).get(key) if datamodule is not None else None
         if key not in module.encoders or text_input is None:
             return None
@@ -259,6 +285,32 @@ class Evaluator:
 
         return {f: (embed(s["positive"]), embed(s["negative"])) for f, s in self.prompts.items()}
 
+    def _prompt_scale(self, module, embeddings) -> dict[str, float]:
+        """Modality → the multiplier of ``s_pos − s_neg``: the configured temperature, else the scoring term's."""
+        zs = self._prompt_config()
+        return {m: zs.temperature if zs.temperature is not None
+                else term_logit_scale(module.objective.scoring_term(m, zs.modality)) for m in embeddings}
+
+    def _cross_zero_shot(self, module, embeddings, labels, score, stage, scalars) -> dict:
+        """Cross-modal zero-shot (:mod:`probmed.evaluation.crossmodal`): scalars
+        ``<stage>/zeroshot_cross/<query>-><target>/auroc/<finding>`` and each pair's ``mean_auroc``."""
+        prompts = self._embed_prompts(module)
+        zs, cz = self._prompt_config(), self.config.cross_zero_shot
+        if prompts is None:
+            return {"skipped": f"no {zs.modality} encoder or input pipeline to embed prompts"}
+        res = cross_modal_zero_shot(embeddings, labels, self.findings, prompts, cz.label_spaces, cz.pairs, score,
+                                    self._prompt_scale(module, embeddings), cz.exclusive, text=zs.modality)
+        out = {}
+        for pair, per_finding in res.items():
+            out[pair] = {f: {"auroc": v["auroc"], "n": len(v["target"])} for f, v in per_finding.items()}
+            for f, v in per_finding.items():
+                scalars[f"{stage}/zeroshot_cross/{pair}/auroc/{f}"] = v["auroc"]
+            scalars[f"{stage}/zeroshot_cross/{pair}/mean_auroc"] = _nanmean(v["auroc"] for v in per_finding.values())
+        if res:
+            scalars[f"{stage}/zeroshot_cross/mean_auroc"] = _nanmean(
+                scalars[f"{stage}/zeroshot_cross/{p}/mean_auroc"] for p in res)
+        return out
+
     def _zero_shot(self, module, embeddings, labels, score, stage, scalars, figures) -> dict:
         prompts = self._embed_prompts(module)
         if prompts is None:
@@ -266,11 +318,7 @@ class Evaluator:
         if not prompts:
             return {"skipped": self.prompt_problem or f"no prompts for any of the data's labels {self.findings}"}
         zs = self.config.zero_shot
-        scale = {
-            m: zs.temperature if zs.temperature is not None
-            else term_logit_scale(module.objective.scoring_term(m, zs.modality))
-            for m in embeddings
-        }
+        scale = self._prompt_scale(module, embeddings)
         res = zero_shot(embeddings, labels, self.findings, prompts, score, scale, text=zs.modality)
         out, bins = {}, {}
         for m, per_finding in res.items():

@@ -14,7 +14,8 @@ Configure from YAML (LightningCLI / jsonargparse)::
             init_args: {modalities: [cxr, ecg, echo, text], weight: 1.0e-4}
 
 Terms: :class:`ProbabilisticInfoNCE` (ProbMED; CLIP with ``similarity: cosine``), :class:`EdgeModalityContrastive`
-(MEDBind EMCL), :class:`SigLIP`, :class:`PCMEpp`, :class:`MedProbCLIP`, :class:`SyntheticSampling`, :class:`VIB`.
+(MEDBind EMCL), :class:`SigLIP`, :class:`PCMEpp`, :class:`MedProbCLIP`, :class:`SyntheticSampling`, :class:`VIB`,
+:class:`TextSpaceAlignment` (M3Bind stage 1).
 """
 from probmed.losses.base import LossContext, LossTerm
 from probmed.losses.contrastive import (
@@ -26,7 +27,7 @@ from probmed.losses.contrastive import (
     SigLIP,
 )
 from probmed.losses.objective import LossOutput, Objective, TermOver, gather_embeddings
-from probmed.losses.regularizers import VIB, SyntheticSampling, kl_to_standard_normal
+from probmed.losses.regularizers import VIB, SyntheticSampling, TextSpaceAlignment, kl_to_standard_normal
 
 __all__ = [
     "EdgeModalityContrastive",
@@ -41,6 +42,7 @@ __all__ = [
     "SigLIP",
     "SyntheticSampling",
     "TermOver",
+    "TextSpaceAlignment",
     "VIB",
     "gather_embeddings",
     "kl_to_standard_normal",

@@ -1,6 +1,8 @@
-"""Per-modality terms: the VIB KL regulariser and ProbMED's intra-modality synthetic instance sampling."""
+"""Per-modality terms: the VIB KL regulariser, ProbMED's intra-modality synthetic instance sampling, and M3Bind's
+stage-1 text-space alignment of several text towers on shared texts."""
 from __future__ import annotations
 
+from itertools import combinations
 from typing import Literal
 
 import torch
@@ -168,3 +170,50 @@ class SyntheticSampling(LossTerm):
             hit = pos.gather(1, masked.argmax(1, keepdim=True)).view(b, k).to(logits.dtype).mean(1)
             acc = global_mean(hit, loc.present, n_global, ctx.world_size)
         return loss, {f"accuracy/{self.name}": acc}
+
+
+class TextSpaceAlignment(LossTerm):
+    """M3Bind stage 1's text-space alignment: several text towers (one per image–text model, e.g. ``text_cxr`` and
+    ``text_ecg``) embed the same report, and their embeddings of these *shared texts* are pulled together, while
+    each model's own image–text term keeps its image–text alignment. For every pair ``(a, b)`` of ``modalities``::
+
+        L_ab = mean_{rows with a and b present} [ ||mu_a - mu_b||^2 + log_var_weight * mean_d (lv_a - lv_b)^2 ]
+
+    summed over the pairs; means as the heads give them (unit length when normalised). The mean over rows is
+    global, as for :class:`VIB`. Not contrastive: it trains no pair for retrieval scoring.
+
+    Args:
+        modalities: the text keys whose spaces are aligned (each embedded by its own tower; at least two).
+        weight: weight in the objective.
+        log_var_weight: weight of the log-variance matching (0: means only, M3Bind's MSE of embeddings).
+        name: logged name (default ``text_align``).
+    """
+
+    def __init__(self, modalities: list[str] = ["text_cxr", "text_ecg"], weight: float = 1.0,  # noqa: B006
+                 log_var_weight: float = 0.0, name: str | None = None) -> None:
+        super().__init__(weight, name)
+        if len(set(modalities)) < 2:
+            raise ValueError(f"TextSpaceAlignment needs at least two distinct text keys, got {modalities}")
+        self.keys = tuple(modalities)
+        self.log_var_weight = float(log_var_weight)
+
+    def default_name(self) -> str:
+        return "text_align"
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.keys
+
+    def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        total = 0.0
+        extras = {}
+        for a, b in combinations(self.keys, 2):
+            ea, eb = ctx.local[a], ctx.local[b]
+            per_row = (ea.mean - eb.mean).square().sum(1)
+            if self.log_var_weight:
+                per_row = per_row + self.log_var_weight * (ea.log_var - eb.log_var).square().mean(1)
+            both = ea.present & eb.present
+            part = global_mean(per_row, both, (ctx.world[a].present & ctx.world[b].present).sum(), ctx.world_size)
+            extras[f"mse/{a}-{b}"] = part.detach()
+            total = total + part
+        return total, extras
