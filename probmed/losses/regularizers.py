@@ -25,7 +25,19 @@ def kl_to_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     return 0.5 * (log_var.exp() + mean * mean - 1.0 - log_var).sum(-1)
 
 
-class VIB(LossTerm):
+class KeyedTerm(LossTerm):
+    """A term over a list of modality keys (``self.keys``), each read from the step's context."""
+
+    def __init__(self, modalities, weight: float, name: str | None) -> None:
+        super().__init__(weight, name)
+        self.keys = tuple(modalities)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.keys
+
+
+class VIB(KeyedTerm):
     """Variational information bottleneck: ``sum_m mean_{rows with m present} KL(N(mu, v) || N(0, I))``.
 
     The mean over present rows is global (rank value = world_size x local sum / global count); the modalities'
@@ -41,18 +53,13 @@ class VIB(LossTerm):
 
     def __init__(self, modalities: list[str] = ["cxr", "ecg", "echo", "text"], weight: float = 1e-4,  # noqa: B006
                  dim_reduction: Literal["sum", "mean"] = "sum", name: str | None = None) -> None:
-        super().__init__(weight, name)
         if dim_reduction not in ("sum", "mean"):
             raise ValueError(f"dim_reduction must be 'sum' or 'mean', got {dim_reduction!r}")
-        self.keys = tuple(modalities)
+        super().__init__(modalities, weight, name)
         self.dim_reduction = dim_reduction
 
     def default_name(self) -> str:
         return "vib"
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return self.keys
 
     def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
         total = 0.0
@@ -172,7 +179,7 @@ class SyntheticSampling(LossTerm):
         return loss, {f"accuracy/{self.name}": acc}
 
 
-class TextSpaceAlignment(LossTerm):
+class TextSpaceAlignment(KeyedTerm):
     """M3Bind stage 1's text-space alignment: several text towers (one per image–text model, e.g. ``text_cxr`` and
     ``text_ecg``) embed the same report, and their embeddings of these *shared texts* are pulled together, while
     each model's own image–text term keeps its image–text alignment. For every pair ``(a, b)`` of ``modalities``::
@@ -191,18 +198,13 @@ class TextSpaceAlignment(LossTerm):
 
     def __init__(self, modalities: list[str] = ["text_cxr", "text_ecg"], weight: float = 1.0,  # noqa: B006
                  log_var_weight: float = 0.0, name: str | None = None) -> None:
-        super().__init__(weight, name)
         if len(set(modalities)) < 2:
             raise ValueError(f"TextSpaceAlignment needs at least two distinct text keys, got {modalities}")
-        self.keys = tuple(modalities)
+        super().__init__(modalities, weight, name)
         self.log_var_weight = float(log_var_weight)
 
     def default_name(self) -> str:
         return "text_align"
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return self.keys
 
     def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
         total = 0.0
