@@ -38,7 +38,7 @@ from pathlib import Path
 from probmed.data import schema
 from probmed.data.converters import BuildContext
 from probmed.data.deid import SALT_ENV, Pseudonymizer
-from probmed.data.labels import write_vocabulary
+from probmed.data.labels import LABELS_FILE, write_vocabulary
 from probmed.data.manifest import StudyEntry, label_columns, read_manifest
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.registry import build_specs
@@ -248,7 +248,11 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
     for name, rec in records.items():  # a shard left with no study is not listed and not kept
         if rec["count"] == 0:
             (out_dir / name).unlink(missing_ok=True)
-    write_vocabulary(out_dir, label_columns(manifest), [e.findings for e in entries])
+    columns = label_columns(manifest)
+    if columns:
+        write_vocabulary(out_dir, columns, [e.findings for e in entries])
+    else:  # no finding columns: no labels.json, so the loader keeps its default vocabulary (labels.read_vocabulary)
+        (out_dir / LABELS_FILE).unlink(missing_ok=True)
     write_sizes(out_dir, sizes)
     skipped = Counter(s["reason"] for rec in records.values() for s in rec["skipped"])
     notes: Counter = Counter()
