@@ -48,6 +48,8 @@ def test_shards_built_from_a_record_without_v3_give_a_batch_lead_mask_with_v3_of
     write_manifest(tmp_path / "studies.csv", rows)
     summary = build_dataset(tmp_path / "studies.csv", tmp_path / "shards", salt="s", progress=False)
     assert summary["written"] == 2 and summary["skipped"] == {}
+    # a manifest without finding columns writes no labels.json: the loader keeps its default vocabulary
+    assert not (tmp_path / "shards" / "labels.json").exists()
 
     dm = ProbMedDataModule(str(tmp_path / "shards"), modalities=["ecg", "echo"], batch_size=1, num_workers=0,
                            train_batches_per_epoch=1,
