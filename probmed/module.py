@@ -166,6 +166,15 @@ class ProbMedModule(L.LightningModule):
         self.log_dict({"train/skipped_nonfinite": float(self.nonfinite.skipped),
                        "train/skipped_nonfinite_buffers": float(self.nonfinite.skipped_buffers)},
                       on_step=True, on_epoch=False, rank_zero_only=True, batch_size=batch_size)
+        if logging_step(self.trainer):  # built and reduced (one packed reduction) only when they reach the loggers
+            logs = self._step_metrics(total, out, embeddings, finite)
+            self.log_dict(mean_over_ranks(logs), on_step=True, on_epoch=False, batch_size=batch_size)
+        return total  # backward as usual on every rank (DDP); optimizer_step drops the gradients of a skipped step
+
+    @staticmethod
+    def _step_metrics(total: Tensor, out, embeddings: dict[str, GaussianEmbedding], finite: bool) -> dict:
+        """The training step's loss, its parts and extras, and each modality's mean predicted variance over the
+        present rows; all NaN for a skipped non-finite step (not the previous step's values again)."""
         logs = {"train/loss": total.detach()}
         logs.update({f"train/{k}": v for k, v in out.parts.items()})
         logs.update({f"train/{k}": v for k, v in out.extras.items()})
@@ -173,11 +182,9 @@ class ProbMedModule(L.LightningModule):
             var = emb.log_var.detach().exp().mean(dim=1)
             present = emb.present.float()
             logs[f"variance/{name}"] = (var * present).sum() / present.sum().clamp_min(1)
-        if not finite:  # all ranks agree: log NaN (not the previous step's values again), no update on any rank
+        if not finite:  # all ranks agree: no update on any rank
             logs = {k: torch.full_like(torch.as_tensor(v, dtype=torch.float32), float("nan")) for k, v in logs.items()}
-        if logging_step(self.trainer):  # one packed reduction, only when the values reach the loggers
-            self.log_dict(mean_over_ranks(logs), on_step=True, on_epoch=False, batch_size=batch_size)
-        return total  # backward as usual on every rank (DDP); optimizer_step drops the gradients of a skipped step
+        return logs
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         now = time.perf_counter()
