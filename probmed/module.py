@@ -138,10 +138,14 @@ class ProbMedModule(L.LightningModule):
     # -- training --------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Evaluate against the dataset's label vocabulary (the datamodule's ``label_names``, from its
-        ``labels.json``) rather than the embedded corpus's findings."""
-        labels = getattr(getattr(self.trainer, "datamodule", None), "label_names", None)
+        ``labels.json``) rather than the embedded corpus's findings; gather the loss's embeddings padded to the
+        datamodule's batch size (no batch-size check collective per step)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        labels = getattr(datamodule, "label_names", None)
         if labels:
             self.evaluator.use_labels(labels)
+        if self.objective.max_local_rows is None:
+            self.objective.max_local_rows = getattr(datamodule, "batch_size", None)
 
     def on_fit_start(self):
         refuse_gradient_accumulation(self.trainer.accumulate_grad_batches)  # see probmed.training.accumulation

@@ -35,7 +35,11 @@ GROUPS = [0, 1, 2, 3, 4, 5, 0, 5, 6, 3, 5, 7]
 ISOTROPIC = {"echo"}
 
 
-def make_terms():
+#: per world size, an uneven split of the global batch (rows per rank) and the bound every rank pads to
+UNEVEN = {2: ([5, 7], 8), 3: ([3, 5, 4], 6)}
+
+
+def make_terms(seeded_sampling: bool = True):
     from probmed.losses import (
         VIB,
         EdgeModalityContrastive,
@@ -55,10 +59,9 @@ def make_terms():
         SigLIP(["text", "cxr"], similarity="hellinger", init_logit_scale=5.0, init_bias=-2.0),
         PCMEpp(["cxr", "text"], infonce_weight=0.5),
         MedProbCLIP(["cxr", "cxr_view2"], ["text", "text_impression"], chunk=4),
-        SyntheticSampling("cxr", num_samples=3, seed=11),
-        SyntheticSampling("echo", num_samples=2, seed=12, positives="group"),
         VIB(["cxr", "ecg", "echo", "text"], weight=0.01),
-    ]
+    ] + ([SyntheticSampling("cxr", num_samples=3, seed=11),
+          SyntheticSampling("echo", num_samples=2, seed=12, positives="group")] if seeded_sampling else [])
 
 
 class TinyModel(nn.Module):
@@ -83,12 +86,12 @@ class TinyModel(nn.Module):
         return out
 
 
-def build():
+def build(seeded_sampling: bool = True, max_local_rows: int | None = None):
     from probmed.losses import Objective
 
     model = TinyModel()
     torch.manual_seed(2)
-    objective = Objective(make_terms()).double()
+    objective = Objective(make_terms(seeded_sampling), max_local_rows=max_local_rows).double()
     return model, objective
 
 
@@ -99,9 +102,9 @@ def named_grads(model, objective) -> dict[str, torch.Tensor]:
     return out
 
 
-def single_process_reference():
+def single_process_reference(seeded_sampling: bool = True):
     """The whole global batch on one process, no torch.distributed."""
-    model, objective = build()
+    model, objective = build(seeded_sampling)
     out = objective(model(slice(0, GLOBAL_BATCH)), torch.tensor(GROUPS))
     out.total.backward()
     return {
@@ -112,49 +115,57 @@ def single_process_reference():
     }
 
 
+def rank_run(rows: slice, world: int, **build_args) -> dict:
+    """This rank's forward + backward on ``rows``, with DDP's gradient averaging and sync_dist's mean of the
+    logged values."""
+    import torch.distributed as dist
+
+    model, objective = build(**build_args)
+    out = objective(model(rows), torch.tensor(GROUPS[rows]))
+    out.total.backward()
+    grads = named_grads(model, objective)
+    for g in grads.values():  # what DDP does: all-reduce sum, divide by world size
+        dist.all_reduce(g)
+        g /= world
+    logged = {"total": out.total.detach().clone()}
+    logged.update({f"parts/{k}": v.clone() for k, v in out.parts.items()})
+    logged.update({f"extras/{k}": v.clone() for k, v in out.extras.items()})
+    for v in logged.values():  # sync_dist mean
+        dist.all_reduce(v)
+        v /= world
+    return {
+        "total": logged["total"],
+        "parts": {k[6:]: v for k, v in logged.items() if k.startswith("parts/")},
+        "extras": {k[7:]: v for k, v in logged.items() if k.startswith("extras/")},
+        "grads": grads,
+    }
+
+
 def main() -> None:
     import torch.distributed as dist
 
     args = join_gloo_group()
     w, r = args.world_size, args.rank
     b = GLOBAL_BATCH // w
-    rows = slice(r * b, (r + 1) * b)
-    model, objective = build()
-    out = objective(model(rows), torch.tensor(GROUPS[rows]))
-    out.total.backward()
+    result = rank_run(slice(r * b, (r + 1) * b), w)
 
-    grads = named_grads(model, objective)
-    for g in grads.values():  # what DDP does: all-reduce sum, divide by world size
-        dist.all_reduce(g)
-        g /= w
-    logged = {"total": out.total.detach().clone()}
-    logged.update({f"parts/{k}": v.clone() for k, v in out.parts.items()})
-    logged.update({f"extras/{k}": v.clone() for k, v in out.extras.items()})
-    for v in logged.values():  # sync_dist mean
-        dist.all_reduce(v)
-        v /= w
-
-    # uneven local batch sizes must fail with a clear error on every rank
+    # uneven local batch sizes without a row bound: a clear error on every rank (the batch-size check)
     uneven_error = ""
     if w > 1:
         n = 2 if r == 0 else 3
+        model, objective = build()
         try:
             objective(model(slice(0, n)), torch.tensor(GROUPS[:n]))
         except ValueError as exc:
             uneven_error = str(exc)
+        # with a bound, ranks pad to it: uneven splits give the single-process result (no seeded sampling: its
+        # noise is drawn per row of the padded world tensors)
+        sizes, bound = UNEVEN[w]
+        start = sum(sizes[:r])
+        result["padded"] = rank_run(slice(start, start + sizes[r]), w, seeded_sampling=False, max_local_rows=bound)
 
     if r == 0:
-        torch.save(
-            {
-                "total": logged["total"],
-                "parts": {k[6:]: v for k, v in logged.items() if k.startswith("parts/")},
-                "extras": {k[7:]: v for k, v in logged.items() if k.startswith("extras/")},
-                "grads": grads,
-                "uneven_error": uneven_error,
-                "world_size": dist.get_world_size(),
-            },
-            args.out,
-        )
+        torch.save({**result, "uneven_error": uneven_error, "world_size": dist.get_world_size()}, args.out)
     dist.barrier()
     dist.destroy_process_group()
 

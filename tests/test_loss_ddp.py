@@ -61,11 +61,24 @@ def reference():
     return worker.single_process_reference()
 
 
+@pytest.fixture(scope="module")
+def reference_unseeded():
+    return worker.single_process_reference(seeded_sampling=False)
+
+
 @pytest.mark.ddp
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_multi_rank_equals_single_process(world_size, reference, tmp_path):
+def test_multi_rank_equals_single_process(world_size, reference, reference_unseeded, tmp_path):
     got = _launch(world_size, tmp_path / f"ddp{world_size}.pt")
     assert got["world_size"] == world_size
+    assert_equals_reference(got, reference)
+    if world_size > 1:
+        assert "same local batch size" in got["uneven_error"]
+        # ranks holding 5 and 7 rows (3, 5 and 4 with three ranks), padded to a common bound for the gathers
+        assert_equals_reference(got["padded"], reference_unseeded)
+
+
+def assert_equals_reference(got: dict, reference: dict) -> None:
     tol = dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got["total"], reference["total"], **tol)
     assert set(got["parts"]) == set(reference["parts"])
@@ -81,8 +94,6 @@ def test_multi_rank_equals_single_process(world_size, reference, tmp_path):
         nonzero += int(v.abs().max() > 0)
     # every head and every learnable temperature / scale / shift received a gradient
     assert nonzero >= len(reference["grads"]) - 2  # MedProbCLIP's shift and SigLIP-free shifts may be exactly 0
-    if world_size > 1:
-        assert "same local batch size" in got["uneven_error"]
 
 
 def test_reference_sanity(reference):

@@ -28,10 +28,12 @@ class LossContext:
         world: the same, gathered over all ranks with gradients (rank-major order); ``world is local`` when the
             world size is 1.
         local_group: ``[B]`` positive-group ids of the local rows.
-        world_group: ``[N]`` group ids of all global rows (``N = world_size * B``).
-        rank: this rank; its rows are ``world[rank * B:(rank + 1) * B]``.
+        world_group: ``[N]`` group ids of all global rows (``N = world_size * stride``).
+        rank: this rank; its rows are ``world[rank * stride:rank * stride + B]``.
         world_size: number of ranks gathered over (1 when not distributed).
         step: number of Objective calls before this one (seeds deterministic sampling).
+        stride: rows per rank in ``world`` (``B`` unless ranks pad to a common bound: the padding rows are absent
+            in every modality); ``None``: ``B``.
     """
 
     local: dict[str, GaussianEmbedding]
@@ -41,6 +43,7 @@ class LossContext:
     rank: int
     world_size: int
     step: int = 0
+    stride: int | None = None
 
     @property
     def local_batch(self) -> int:
@@ -48,12 +51,13 @@ class LossContext:
 
     @property
     def offset(self) -> int:
-        """Global index of this rank's first row."""
-        return self.rank * self.local_batch
+        """Index of this rank's first row in the ``world`` tensors."""
+        return self.rank * (self.local_batch if self.stride is None else self.stride)
 
     def local_index(self) -> Tensor:
-        """``[B]`` global indices of the local rows."""
+        """``[B]`` indices of the local rows in the ``world`` tensors."""
         return torch.arange(self.offset, self.offset + self.local_batch, device=self.local_group.device)
+
 
 
 # ------------------------------------------------------------------------------------------------------------

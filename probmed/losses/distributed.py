@@ -25,7 +25,8 @@ def dist_world() -> tuple[int, int]:
 def check_equal_batch(local_batch: int, device: torch.device, world_size: int) -> None:
     """Raise a clear error (on every rank alike) when ranks hold different numbers of local rows.
 
-    ``all_gather`` needs equal shapes on all ranks; uneven batches would otherwise hang or fail obscurely.
+    ``all_gather`` needs equal shapes on all ranks; uneven batches would otherwise hang or fail obscurely. This is
+    one extra collective: it is used only when the row bound for :func:`pad_rows` is unknown.
     """
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
     dist.all_gather(sizes, torch.tensor([local_batch], dtype=torch.long, device=device))
@@ -35,6 +36,22 @@ def check_equal_batch(local_batch: int, device: torch.device, world_size: int) -
             f"probmed.losses: every rank must hold the same local batch size to gather embeddings, got "
             f"{sizes_list} (use drop_last / webdataset with_epoch so that all ranks see full, equal batches)"
         )
+
+
+def pad_rows(x: Tensor, rows: int) -> Tensor:
+    """``x`` [B, ...] followed by ``rows - B`` rows of zeros (differentiable; the padding gets no gradient).
+
+    Every rank pads to the same bound (the data module's batch size), so the gathers need no batch-size check.
+    """
+    extra = rows - x.shape[0]
+    if extra < 0:
+        raise ValueError(
+            f"probmed.losses: this rank holds {x.shape[0]} rows, more than the {rows} every rank pads to for the "
+            f"gather (the data module's batch_size)"
+        )
+    if extra == 0:
+        return x
+    return torch.cat([x, x.new_zeros((extra, *x.shape[1:]))], dim=0)
 
 
 def gather_with_grad(x: Tensor) -> Tensor:

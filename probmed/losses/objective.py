@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from probmed.embedding import GaussianEmbedding
 from probmed.losses.base import LossContext, LossTerm, sanitize
-from probmed.losses.distributed import check_equal_batch, dist_world, gather_no_grad, gather_with_grad
+from probmed.losses.distributed import check_equal_batch, dist_world, gather_no_grad, gather_with_grad, pad_rows
 
 
 @dataclass
@@ -43,32 +43,53 @@ class LossOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Gathered:
+    """The world rows :func:`gather_embeddings` returns.
+
+    Attributes:
+        world: per modality key, the rows of every rank in rank order, each rank's rows padded to ``stride``
+            (padding rows are absent in every modality: masks exclude them from every term).
+        group: ``[world_size * stride]`` group ids (0 on padding rows).
+        rank, world_size: this rank and the number of ranks.
+        stride: rows per rank in ``world`` (this rank's rows start at ``rank * stride``).
+    """
+
+    world: dict[str, GaussianEmbedding]
+    group: Tensor
+    rank: int
+    world_size: int
+    stride: int
+
+
 def gather_embeddings(
-    local: dict[str, GaussianEmbedding], group: Tensor, keys: list[str]
-) -> tuple[dict[str, GaussianEmbedding], Tensor, int, int]:
+    local: dict[str, GaussianEmbedding], group: Tensor, keys: list[str], rows: int | None = None
+) -> Gathered:
     """Gather ``local[k]`` for ``k`` in ``keys`` (with gradients) and ``group`` (without) over all ranks.
 
     Two collectives for all modalities together: one differentiable gather of all means and log-variances packed
-    side by side, one gather of the presence masks and group ids packed as integers. Returns
-    ``(world embeddings, world group, rank, world_size)``; without a process group (or world size 1) the local
-    tensors are returned as they are.
+    side by side, one gather of the presence masks and group ids packed as integers. With ``rows`` (the largest
+    local batch any rank can hold, e.g. the data module's batch size) every rank pads its rows to ``rows``, so ranks
+    may hold different batch sizes and no batch-size check runs; without it a batch-size check (one more
+    collective) makes unequal batches a clear error. Without a process group (or world size 1) the local tensors
+    are returned as they are.
     """
     rank, world = dist_world()
+    n = int(group.shape[0])
     if world == 1:
-        return dict(local), group, rank, world
-    check_equal_batch(int(group.shape[0]), group.device, world)
+        return Gathered(dict(local), group, rank, world, n)
+    if rows is None:
+        check_equal_batch(n, group.device, world)
+        rows = n
     floats, widths = [], []
     for k in keys:
         floats += [local[k].mean, local[k].log_var]
         widths += [local[k].mean.shape[1], local[k].log_var.shape[1]]
-    packed = gather_with_grad(torch.cat(floats, dim=1))
-    ints = torch.stack([group.long()] + [local[k].present.long() for k in keys], dim=1)
-    ints_w = gather_no_grad(ints)
+    packed = gather_with_grad(pad_rows(torch.cat(floats, dim=1), rows))
+    ints = gather_no_grad(pad_rows(torch.stack([group.long()] + [local[k].present.long() for k in keys], dim=1), rows))
     pieces = torch.split(packed, widths, dim=1)
-    out = {}
-    for n, k in enumerate(keys):
-        out[k] = GaussianEmbedding(pieces[2 * n], pieces[2 * n + 1], ints_w[:, 1 + n].bool())
-    return out, ints_w[:, 0], rank, world
+    out = {k: GaussianEmbedding(pieces[2 * i], pieces[2 * i + 1], ints[:, 1 + i].bool()) for i, k in enumerate(keys)}
+    return Gathered(out, ints[:, 0], rank, world, rows)
 
 
 @dataclass
@@ -117,10 +138,14 @@ class Objective(nn.Module):
         pairs: terms repeated over several pairs (:class:`TermOver`), built before ``terms`` in their order.
         distributed: ``auto`` gathers across ranks when torch.distributed is initialised with more than one
             rank; ``local`` never gathers (each rank's loss uses only its own batch: a different objective).
+        max_local_rows: the most rows any rank holds in a step (the module sets it to the data module's
+            ``batch_size``): ranks pad to it for the gathers, so no batch-size check runs (one collective fewer per
+            step) and ranks may hold different batch sizes. ``None``: every rank must hold the same batch size,
+            checked by one extra collective.
     """
 
     def __init__(self, terms: list[LossTerm] | None = None, distributed: Literal["auto", "local"] = "auto",
-                 pairs: list[TermOver] | None = None) -> None:
+                 pairs: list[TermOver] | None = None, max_local_rows: int | None = None) -> None:
         super().__init__()
         terms = [t for spec in pairs or [] for t in spec.build()] + list(terms or [])
         if not terms:
@@ -130,6 +155,7 @@ class Objective(nn.Module):
         if len(set(names)) != len(names):
             raise ValueError(f"loss term names must be unique, got {names} (set `name:` on the terms)")
         self.distributed = distributed
+        self.max_local_rows = max_local_rows
         self.step = 0
 
     @property
@@ -150,11 +176,12 @@ class Objective(nn.Module):
         for k in keys:
             if local[k].mean.shape[0] != group.shape[0]:
                 raise ValueError(f"modality {k!r} has {local[k].mean.shape[0]} rows, group has {group.shape[0]}")
+        n = int(group.shape[0])
         if self.distributed == "auto":
-            world, world_group, rank, size = gather_embeddings(local, group, keys)
+            g = gather_embeddings(local, group, keys, self.max_local_rows)
         else:
-            world, world_group, rank, size = dict(local), group, 0, 1
-        return LossContext(local, world, group, world_group, rank, size, self.step)
+            g = Gathered(dict(local), group, 0, 1, n)
+        return LossContext(local, g.world, group, g.group, g.rank, g.world_size, self.step, g.stride)
 
     def forward(self, embeddings: dict[str, GaussianEmbedding], group: Tensor) -> LossOutput:
         ctx = self.build_context(embeddings, group)

@@ -87,12 +87,13 @@ def standard_normal_noise(
 
     ``seed=None``: from the global RNG (ranks draw independently). With a seed, the noise of the WHOLE global batch
     is drawn from a CPU generator seeded by ``(seed, ctx.step)`` and this rank takes its rows, so the noise of a
-    global row is the same whatever the world size (reproducible single-process vs DDP).
+    global row is the same whatever the world size (reproducible single-process vs DDP) as long as no rank pads
+    its rows (every rank holds the data module's full batch, as in training).
     """
     if seed is None:
         return torch.randn(ctx.local_batch, *shape_per_row, dtype=dtype, device=device)
     gen = torch.Generator(device="cpu").manual_seed(_seed_for(seed, ctx.step))
-    n = ctx.local_batch * ctx.world_size
+    n = (ctx.local_batch if ctx.stride is None else ctx.stride) * ctx.world_size  # rows of the world tensors
     eps = torch.randn(n, *shape_per_row, generator=gen, dtype=torch.float64)
     return eps[ctx.offset:ctx.offset + ctx.local_batch].to(device=device, dtype=dtype)
 
