@@ -55,6 +55,9 @@ class ProbMedModule(L.LightningModule):
             text_impression: text}``: MedProbCLIP's second view and second report section, one tower each).
         param_groups: builds the optimizer's parameter groups (per-tower learning rates, layer-wise decay; see
             :class:`probmed.optim.ParamGroups`); None puts every trainable parameter in one group.
+        channels_last: keep the towers' 2-D convolution weights (and so their activations) channels-last (NHWC), the
+            layout oneDNN on CPU and cuDNN under mixed precision run fastest; the values are the same up to float
+            rounding (docs/results.md, "make demo's phases").
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ProbMedModule(L.LightningModule):
         evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008 (jsonargparse needs an instance)
         shared: dict[str, str] | None = None,
         param_groups: ParamGroups | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.shared = dict(shared or {})
@@ -87,6 +91,8 @@ class ProbMedModule(L.LightningModule):
         self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups"])
         self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)
+        if channels_last:
+            self.encoders.to(memory_format=torch.channels_last)  # only 4-D weights change layout
         self._has_batchnorm = {name: bool(batch_norm_layers(enc)) for name, enc in encoders.items()}
         self.heads = nn.ModuleDict({
             name: head.override((heads or {}).get(name), f"heads.{name}").build(enc.output_dim, embed_dim)

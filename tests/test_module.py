@@ -1,6 +1,8 @@
 """The LightningModule's embedding of partially present batches (no data files needed)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -109,3 +111,50 @@ def test_a_single_present_row_in_a_batchnorm_tower_trains_and_keeps_only_that_ro
     assert module.encoders["b"].seen == [1]
     module.eval().embed_modality("a", x, present)
     assert module.encoders["a"].seen == [5, 1]
+
+
+def test_channels_last_towers_embed_as_the_default_layout_and_keep_it_through_a_checkpoint(tmp_path):
+    """``channels_last=True`` only changes the layout of the towers' 2-D convolution weights: the embeddings and
+    gradients equal those of the default layout (up to float rounding), and a state dict saved from one layout
+    loads into the other."""
+    import yaml
+
+    from probmed.encoders import EchoEncoder, ImageEncoder
+    from probmed.losses import Objective, ProbabilisticInfoNCE
+
+    demo_towers = Path(__file__).parents[1] / "configs" / "presets" / "towers" / "demo"
+    towers = yaml.safe_load((demo_towers / "echo.yaml").read_text())["init_args"]
+    cxr = yaml.safe_load((demo_towers / "cxr.yaml").read_text())["init_args"]
+
+    def build(channels_last: bool) -> ProbMedModule:
+        torch.manual_seed(0)
+        objective = Objective([ProbabilisticInfoNCE(["cxr", "echo"], similarity="hellinger")])
+        return ProbMedModule({"cxr": ImageEncoder(**cxr), "echo": EchoEncoder(**{**towers, "num_frames": 4})},
+                             objective, embed_dim=8, channels_last=channels_last)
+
+    plain, nhwc = build(False), build(True)
+    convs = [p for p in nhwc.encoders.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)  # (a 1-input-channel kernel is contiguous either way)
+    g = torch.Generator().manual_seed(1)
+    batch = {"inputs": {"cxr": torch.randn(3, 1, 32, 32, generator=g),
+                        "echo": {"frames": torch.randn(3, 4, 1, 24, 24, generator=g),
+                                 "frame_mask": torch.ones(3, 4, dtype=torch.bool)}},
+             "present": {"cxr": torch.ones(3, dtype=torch.bool), "echo": torch.ones(3, dtype=torch.bool)},
+             "group": torch.arange(3)}
+    losses = []
+    for module in (plain, nhwc):
+        emb = module.embed(batch)
+        out = module.objective(emb, batch["group"])
+        out.total.backward()
+        losses.append((emb, out.total))
+    for k in ("cxr", "echo"):
+        torch.testing.assert_close(losses[1][0][k].mean, losses[0][0][k].mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses[1][1], losses[0][1], rtol=1e-4, atol=1e-5)
+    for (n, p), q in zip(plain.named_parameters(), nhwc.parameters()):
+        scale = float(p.grad.abs().max())  # float rounding differs with the layout: compare at the tensor's scale
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-3 * scale, msg=lambda m, n=n: f"{n}: {m}")
+    torch.save(plain.state_dict(), tmp_path / "plain.pt")
+    nhwc.load_state_dict(torch.load(tmp_path / "plain.pt", weights_only=True))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in nhwc.encoders.parameters() if p.dim() == 4)
+    torch.testing.assert_close(dict(nhwc.state_dict()), dict(plain.state_dict()))
