@@ -200,6 +200,33 @@ def test_restored_loader_with_two_workers_continues_exactly_where_the_epoch_stop
     assert [b["study_id"] for b in resumed.train_dataloader()] == full[done:]
 
 
+def test_workers_run_at_the_niceness_worker_nice_adds_and_serve_the_same_batches(smoke_corpus):
+    """``worker_nice`` lowers the decoding workers' priority (the training threads preempt them); the batches are
+    those of workers at the trainer's priority."""
+    import os
+
+    from probmed.data.datamodule import ProbMedDataModule
+    from probmed.data.modalities import ECGInput
+
+    def batches(nice: int) -> tuple[list, list[int]]:
+        dm = ProbMedDataModule(str(smoke_corpus), modalities=["ecg"], batch_size=8, num_workers=2,
+                               inputs={"ecg": ECGInput(rate=100, seconds=5)}, worker_nice=nice)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        it = iter(loader)
+        ids = [b["study_id"] for b in it]
+        return ids, [os.getpriority(os.PRIO_PROCESS, w.pid) for w in it._workers]
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    plain, plain_nice = batches(0)
+    lowered, lowered_nice = batches(5)
+    assert plain_nice == [own, own]
+    assert lowered_nice == [min(19, own + 5)] * 2
+    assert lowered == plain and len(plain) == 12
+    with pytest.raises(ValueError, match="worker_nice must be ≥ 0"):
+        ProbMedDataModule(str(smoke_corpus), modalities=["ecg"], worker_nice=-1)
+
+
 # -- resume never silently starts over -------------------------------------------------------------------------------
 def _short_config(tmp: Path, steps: int) -> list[str]:
     """Smoke model, ``steps`` steps, no validation, a checkpoint after every step (step=N.ckpt) and last.ckpt."""

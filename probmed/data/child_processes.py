@@ -68,12 +68,15 @@ def die_with_parent(expected_parent: int | None = None) -> bool:
     return True
 
 
-def init_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: ignore the requeue signals (also where the worker did not inherit the block)
-    and die with the parent (the fork server, or the trainer under ``spawn``)."""
+def init_worker(worker_id: int, nice: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: ignore the requeue signals (also where the worker did not inherit the block),
+    die with the parent (the fork server, or the trainer under ``spawn``) and add ``nice`` to this worker's
+    niceness (where the platform has ``os.nice``)."""
     for signum in REQUEUE_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     die_with_parent()
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
 
 
 def start_fork_server(ctx) -> None:

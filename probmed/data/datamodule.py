@@ -27,6 +27,9 @@ class ProbMedDataModule(L.LightningDataModule):
             are loaded by listing them.
         batch_size: studies per batch per device.
         num_workers: DataLoader worker processes per device (0 decodes in the training process).
+        worker_nice: niceness the workers add to their own (Unix ``nice``): on a CPU shared by training and
+            decoding, e.g. 10 lets the training threads preempt the workers, which then decode in the time those
+            threads leave idle (docs/results.md, "make demo's phases"); 0 leaves the workers at the trainer's.
         positives: ``"study"``: only a study's own modalities are positives; ``"patient"``: all studies of a patient.
         train_batches_per_epoch: batches per rank per epoch; default: the training split's size divided by
             ``batch_size × world size`` (rounded down to a multiple of ``num_workers``, at least one per worker).
@@ -54,6 +57,7 @@ class ProbMedDataModule(L.LightningDataModule):
         seed: int = 0,
         inputs: dict[str, ModalityInput] | None = None,
         uncertain: Literal["ignore", "positive", "negative"] = "ignore",
+        worker_nice: int = 0,
     ):
         super().__init__()
         if batch_size < 1:
@@ -61,7 +65,9 @@ class ProbMedDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.inputs = resolve_inputs(modalities, inputs)
         self.modalities = list(self.inputs)
-        self.batch_size, self.num_workers = batch_size, num_workers
+        if worker_nice < 0:
+            raise ValueError(f"worker_nice must be ≥ 0 (workers can only lower their priority), got {worker_nice}")
+        self.batch_size, self.num_workers, self.worker_nice = batch_size, num_workers, worker_nice
         self.positives, self.seed = positives, seed
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
         self.label_names: list[str] = list(read_vocabulary(self.data_dir)["labels"])
@@ -122,15 +128,15 @@ class ProbMedDataModule(L.LightningDataModule):
             self._streams[split] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
 
     def train_dataloader(self):
-        train = loader(self._place(self._streams["train"]), self.num_workers, self._epoch)
+        train = loader(self._place(self._streams["train"]), self.num_workers, self._epoch, nice=self.worker_nice)
         train.resume_at, self._resume_at = self._resume_at, None
         return train
 
     def val_dataloader(self):
-        return loader(self._place(self._streams["val"]), self.num_workers, self._epoch)
+        return loader(self._place(self._streams["val"]), self.num_workers, self._epoch, nice=self.worker_nice)
 
     def test_dataloader(self):
-        return loader(self._place(self._streams["test"]), self.num_workers, self._epoch)
+        return loader(self._place(self._streams["test"]), self.num_workers, self._epoch, nice=self.worker_nice)
 
     def predict_dataloader(self):
         return self.test_dataloader()

@@ -12,6 +12,8 @@ step (ProbMed gathers embeddings once, at epoch end).
 """
 from __future__ import annotations
 
+import functools
+
 import multiprocessing
 import os
 import random
@@ -275,11 +277,11 @@ def worker_context():
 
 
 def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bool = False,
-           persistent: bool = True) -> DataLoader:
+           persistent: bool = True, nice: int = 0) -> DataLoader:
     """The DataLoader for a stream (batches are built in the workers; ``batch_size=None``; workers started by
     :func:`worker_context` at the first iteration and, with ``persistent``, kept for the loader's life: they learn
     each epoch's position through the stream's :class:`SharedPosition`; without, they start again every epoch —
-    ``benchmarks/bench_data.py`` compares the two)."""
+    ``benchmarks/bench_data.py`` compares the two). Workers add ``nice`` to their niceness."""
     return EpochAwareLoader(
         dataset,
         epoch_source,
@@ -288,5 +290,5 @@ def loader(dataset: _ShardStream, num_workers: int, epoch_source, pin_memory: bo
         persistent_workers=persistent and num_workers > 0,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context=worker_context() if num_workers > 0 else None,
-        worker_init_fn=init_worker if num_workers > 0 else None,
+        worker_init_fn=functools.partial(init_worker, nice=nice) if num_workers > 0 else None,
     )
