@@ -22,8 +22,10 @@ Backward recomputes each tile. With ``p_ij = exp(logit_ij - lse_i)`` on present 
                                                    the SafeSqrt gradient floor of :mod:`probmed.losses.similarity`)
 
 then the analytic gradient of ``K`` (``alpha = -1/4``, ``beta = -1/2``, ``r = 1/s``, ``T = (mu_a - mu_b) r``):
-``dmu_a = 2 alpha sum_j G T``, ``dv_a = sum_j G (beta r - alpha T^2)``, ``dlv_a = v_a dv_a - beta/2 sum_j G`` and
-the same for columns with ``-2 alpha`` and sums over ``i``. Two kernels: a row pass (a program owns rows, reduces
+``dmu_a = 2 alpha sum_j G T`` and, differentiating the balanced log term directly,
+``dlv_a = sum_j G (-alpha T^2 v_a + beta (v_a - v_b) r / 2)``; columns likewise (``-2 alpha``, sums over ``i``).
+The balanced form matters here too: ``v_a dv_a - beta/2 sum_j G`` is the same number, but for identical Gaussians
+its two parts cancel, and under the sqrt gradient floor ``G`` is ~1e5, which leaves float32 errors of ~1e-2. Two kernels: a row pass (a program owns rows, reduces
 over all column tiles) and a column pass (a program owns columns, reduces over all row tiles); each adds its
 ``[BLOCK, BLOCK_D]`` partials into the gradient rows it owns, so no atomics are needed.
 
@@ -62,11 +64,11 @@ _ALPHA, _BETA = -0.25, -0.5  # log BC = K(alpha, beta, balanced), see probmed.lo
 
 def usable(*xs: Tensor) -> bool:
     """Whether :func:`fused_infonce_rows` runs on these tensors: Triton present, not disabled, and CUDA float32
-    (or CPU float32/float64 under the interpreter), all on one device."""
+    (or CPU float32/float64 under the interpreter), all of one device and dtype."""
     if triton is None or os.environ.get("PROBMED_LOSS_TRITON", "1") == "0":
         return False
-    dev = xs[0].device
-    if any(x.device != dev for x in xs):
+    dev, dtype = xs[0].device, xs[0].dtype
+    if any(x.device != dev or x.dtype != dtype for x in xs):
         return False
     if dev.type == "cuda":
         return all(x.dtype == torch.float32 for x in xs)
@@ -182,12 +184,14 @@ if triton is not None:
 
     @triton.jit
     def _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d, mask_d, D):
-        """``(T, beta r - alpha T^2)`` of a ``[BLOCK_M, BLOCK_N, BLOCK_D]`` slice (``r = 1/s``)."""
+        """``(T, dK/dlv_a, dK/dlv_b)`` per pair and dimension of a ``[BLOCK_M, BLOCK_N, BLOCK_D]`` slice."""
         mu_a, v_a, u_a = _load_side(ma_ptr, la_ptr, offs_m, mask_m, offs_d, mask_d, D)
         mu_b, v_b, u_b = _load_side(mb_ptr, lb_ptr, offs_n, mask_n, offs_d, mask_d, D)
-        r = 1.0 / (v_a[:, None, :] + v_b[None, :, :])
+        va, vb = v_a[:, None, :], v_b[None, :, :]
+        r = 1.0 / (va + vb)
         t = (mu_a[:, None, :] - mu_b[None, :, :]) * r
-        return t, -0.5 * r + 0.25 * t * t
+        half_gap = 0.25 * (va - vb) * r  # exactly 0 for equal variances: no cancellation against sum_j G
+        return t, 0.25 * t * t * va - half_gap, 0.25 * t * t * vb + half_gap
 
     @triton.jit
     def _add_rows(ptr, offs, mask, offs_d, mask_d, D, value):
@@ -198,55 +202,48 @@ if triton is not None:
 
     @triton.jit
     def _backward_rows_kernel(ma_ptr, la_ptr, mb_ptr, lb_ptr, cmask_ptr, rg_ptr, cg_ptr, lse_ptr, glse_ptr, w_ptr,
-                              scale_ptr, gmu_ptr, gv_ptr, gsum_ptr, gscale_ptr, B, N, D, kappa,
+                              scale_ptr, gmu_ptr, glv_ptr, gscale_ptr, B, N, D, kappa,
                               SIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_D: tl.constexpr):
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < B
         scale = tl.load(scale_ptr)
-        dt = ma_ptr.dtype.element_ty
-        gsum = tl.zeros((BLOCK_M,), dt)
-        gscale = tl.zeros((BLOCK_M,), dt)
+        gscale = tl.zeros((BLOCK_M,), ma_ptr.dtype.element_ty)
         for n0 in range(0, N, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
             g, gs = _grad_tile(ma_ptr, la_ptr, mb_ptr, lb_ptr, cmask_ptr, rg_ptr, cg_ptr, lse_ptr, glse_ptr, w_ptr,
                                offs_m, mask_m, offs_n, mask_n, D, scale, kappa, SIM, BLOCK_M, BLOCK_N, BLOCK_D)
-            gsum += tl.sum(g, axis=1)
             gscale += tl.sum(gs, axis=1)
             for d0 in range(0, D, BLOCK_D):
                 offs_d = d0 + tl.arange(0, BLOCK_D)
                 mask_d = offs_d < D
-                t, wv = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
-                                     mask_d, D)
+                t, wa, _ = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
+                                        mask_d, D)
                 _add_rows(gmu_ptr, offs_m, mask_m, offs_d, mask_d, D, -0.5 * tl.sum(g[:, :, None] * t, axis=1))
-                _add_rows(gv_ptr, offs_m, mask_m, offs_d, mask_d, D, tl.sum(g[:, :, None] * wv, axis=1))
-        tl.store(gsum_ptr + offs_m, gsum, mask=mask_m)
+                _add_rows(glv_ptr, offs_m, mask_m, offs_d, mask_d, D, tl.sum(g[:, :, None] * wa, axis=1))
         tl.store(gscale_ptr + offs_m, gscale, mask=mask_m)
 
     @triton.jit
     def _backward_cols_kernel(ma_ptr, la_ptr, mb_ptr, lb_ptr, cmask_ptr, rg_ptr, cg_ptr, lse_ptr, glse_ptr, w_ptr,
-                              scale_ptr, gmu_ptr, gv_ptr, gsum_ptr, B, N, D, kappa,
+                              scale_ptr, gmu_ptr, glv_ptr, B, N, D, kappa,
                               SIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_D: tl.constexpr):
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         scale = tl.load(scale_ptr)
-        gsum = tl.zeros((BLOCK_N,), ma_ptr.dtype.element_ty)
         for m0 in range(0, B, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             mask_m = offs_m < B
             g, _ = _grad_tile(ma_ptr, la_ptr, mb_ptr, lb_ptr, cmask_ptr, rg_ptr, cg_ptr, lse_ptr, glse_ptr, w_ptr,
                               offs_m, mask_m, offs_n, mask_n, D, scale, kappa, SIM, BLOCK_M, BLOCK_N, BLOCK_D)
-            gsum += tl.sum(g, axis=0)
             for d0 in range(0, D, BLOCK_D):
                 offs_d = d0 + tl.arange(0, BLOCK_D)
                 mask_d = offs_d < D
-                t, wv = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
-                                     mask_d, D)
+                t, _, wb = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
+                                        mask_d, D)
                 _add_rows(gmu_ptr, offs_n, mask_n, offs_d, mask_d, D, 0.5 * tl.sum(g[:, :, None] * t, axis=0))
-                _add_rows(gv_ptr, offs_n, mask_n, offs_d, mask_d, D, tl.sum(g[:, :, None] * wv, axis=0))
-        tl.store(gsum_ptr + offs_n, gsum, mask=mask_n)
+                _add_rows(glv_ptr, offs_n, mask_n, offs_d, mask_d, D, tl.sum(g[:, :, None] * wb, axis=0))
 
 
 class FusedInfoNCEDirection(torch.autograd.Function):
@@ -282,15 +279,10 @@ class FusedInfoNCEDirection(torch.autograd.Function):
         bm, bn, bd = ctx.blocks
         common = (mu_a, lv_a, mu_b, lv_b, col_mask, row_group, col_group, lse, g_lse, w, scale)
         const = dict(SIM=ctx.sim_code, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
-        g_mu_a, g_v_a, g_mu_b, g_v_b = (torch.zeros_like(x) for x in (mu_a, lv_a, mu_b, lv_b))
-        gsum_a, gscale = lse.new_empty(b), lse.new_empty(b)
-        gsum_b = lse.new_empty(n)
-        _backward_rows_kernel[(triton.cdiv(b, bm),)](*common, g_mu_a, g_v_a, gsum_a, gscale, b, n, d, ctx.kappa,
-                                                     **const)
-        _backward_cols_kernel[(triton.cdiv(n, bn),)](*common, g_mu_b, g_v_b, gsum_b, b, n, d, ctx.kappa, **const)
-        # dlv = v dv - beta/2 sum G  (balanced log term: L = log s - log 2 - (lv_a + lv_b) / 2), beta = -1/2
-        g_lv_a = g_v_a * lv_a.exp() + 0.25 * gsum_a[:, None]
-        g_lv_b = g_v_b * lv_b.exp() + 0.25 * gsum_b[:, None]
+        g_mu_a, g_lv_a, g_mu_b, g_lv_b = (torch.zeros_like(x) for x in (mu_a, lv_a, mu_b, lv_b))
+        gscale = lse.new_empty(b)
+        _backward_rows_kernel[(triton.cdiv(b, bm),)](*common, g_mu_a, g_lv_a, gscale, b, n, d, ctx.kappa, **const)
+        _backward_cols_kernel[(triton.cdiv(n, bn),)](*common, g_mu_b, g_lv_b, b, n, d, ctx.kappa, **const)
         return g_mu_a, g_lv_a, g_mu_b, g_lv_b, gscale.sum(), None, None, None, None, None
 
 
