@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -133,3 +134,48 @@ def test_bad_inputs_are_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="diagonal"):
         fused_infonce_rows("hellinger", x, iso, x, x, *args)
     assert "TRITON_INTERPRET" not in os.environ
+
+
+def test_start_up_self_check_passes_under_the_interpreter(interpreted):
+    assert interpreted["self_check_cpu"].item() is True
+
+
+def _torch_rows(scale_error: float):
+    """A stand-in for the kernel through the existing path (logits from ``pairwise_similarity``), with the logit
+    scale off by ``scale_error``: what the self-check must accept (0) or refuse (a wrong kernel)."""
+    from probmed.losses.similarity import pairwise_similarity
+
+    def rows(similarity, mu_a, lv_a, mu_b, lv_b, scale, row_group, col_group, col_mask):
+        logits = scale * (1 + scale_error) * pairwise_similarity(similarity, mu_a, lv_a, mu_b, lv_b)
+        same = (row_group[:, None] == col_group[None, :]) & col_mask[None, :]
+        n_pos = same.sum(1)
+        pos = (same * logits).sum(1) / n_pos.clamp_min(1)
+        return torch.logsumexp(logits.masked_fill(~col_mask[None, :], -1e30), 1) - pos, pos, n_pos
+
+    return rows
+
+
+@pytest.mark.parametrize("scale_error,accepted", [(0.0, True), (0.01, False)])
+def test_self_check_accepts_the_formula_and_refuses_a_wrong_kernel(monkeypatch, scale_error, accepted):
+    from probmed.losses import fused_infonce
+
+    monkeypatch.setattr(fused_infonce, "_checked", {})
+    monkeypatch.setattr(fused_infonce, "fused_infonce_rows", _torch_rows(scale_error))
+    if accepted:
+        assert fused_infonce.checked("cpu")
+    else:
+        with pytest.warns(RuntimeWarning, match="kernel is off on cpu.*max difference"):
+            assert not fused_infonce.checked("cpu")
+
+
+def test_a_kernel_that_cannot_run_turns_the_fused_path_off_with_one_warning(monkeypatch):
+    """Compiled Triton on CPU tensors (no GPU driver here) fails at launch: one warning, then off for good."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from probmed.losses import fused_infonce
+
+    monkeypatch.setattr(fused_infonce, "_checked", {})
+    with pytest.warns(RuntimeWarning, match="fused Triton InfoNCE kernel is off on cpu"):
+        assert not fused_infonce.checked("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fused_infonce.checked("cpu")

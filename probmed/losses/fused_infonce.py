@@ -34,18 +34,22 @@ online log-sum-exp starts from a finite ``-1e30`` and masks absent columns with 
 row without any present column gets ``lse = 0`` (such rows have no positive and are dropped by the caller).
 Accumulation is in the input dtype (float32 in training; float64 works too, used by the exactness tests).
 
-Dispatch: :func:`usable` — CUDA float32 tensors with Triton importable, unless ``PROBMED_LOSS_TRITON=0``. Under
-``TRITON_INTERPRET=1`` at import time (Triton's CPU interpreter) CPU tensors of float32/float64 run the same
-kernels, which is how the tests exercise them without a GPU.
+Dispatch: :func:`usable` — CUDA float32 tensors with Triton importable, unless ``PROBMED_LOSS_TRITON=0``. On
+first use on a device the kernels run once on a small problem and are compared with the torch formula
+(:func:`self_check`); a kernel that fails to compile or disagrees turns the fused path off for the process with
+one warning, so a training run falls back to the chunked kernel instead of ending. Under ``TRITON_INTERPRET=1``
+at import time (Triton's CPU interpreter) CPU tensors of float32/float64 run the same kernels, which is how the
+tests exercise them without a GPU.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import Tensor
 
-from probmed.losses.similarity import SQRT_GRAD_FLOOR
+from probmed.losses.similarity import SQRT_GRAD_FLOOR, hellinger_from_log_bc, log_bhattacharyya_naive
 
 try:
     import triton
@@ -59,7 +63,8 @@ SIMILARITY_CODES = {"bhattacharyya": 0, "hellinger": 1}
 DEFAULT_BLOCKS = (32, 32, 8)
 #: Triton runs interpreted on CPU tensors (decided when Triton decorates the kernels, i.e. at import)
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_ALPHA, _BETA = -0.25, -0.5  # log BC = K(alpha, beta, balanced), see probmed.losses.kernels
+#: per device: whether :func:`self_check` passed there (absent: not run yet)
+_checked: dict[str, bool] = {}
 
 
 def usable(*xs: Tensor) -> bool:
@@ -71,7 +76,7 @@ def usable(*xs: Tensor) -> bool:
     if any(x.device != dev or x.dtype != dtype for x in xs):
         return False
     if dev.type == "cuda":
-        return all(x.dtype == torch.float32 for x in xs)
+        return dtype == torch.float32 and checked(dev)
     return INTERPRETED and dev.type == "cpu" and all(x.dtype in (torch.float32, torch.float64) for x in xs)
 
 
@@ -321,3 +326,46 @@ def fused_infonce_rows(
     lse, pos, n_pos = FusedInfoNCEDirection.apply(mu_a, lv_a, mu_b, lv_b, scale, row_group, col_group, col_mask,
                                                   SIMILARITY_CODES[similarity], tuple(int(x) for x in blocks))
     return lse - pos, pos, n_pos
+
+
+def self_check(device: torch.device | str) -> None:
+    """Run both similarities forward and backward on a small ragged problem on ``device`` and compare the per-row
+    parts and all gradients with the torch formula; raises ``RuntimeError`` when they disagree."""
+    g = torch.Generator().manual_seed(0)
+    b, n, d = 5, 11, 12
+    base = [torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) - 1.0,
+            torch.randn(n, d, generator=g), torch.randn(n, d, generator=g) - 1.0, torch.tensor(3.0)]
+    row_group, col_group = torch.arange(b).to(device), (torch.arange(n) % 7).to(device)
+    col_mask = (torch.arange(n) != 2).to(device)
+    for similarity in SIMILARITY_CODES:
+        leaves = [x.to(device).requires_grad_() for x in base]
+        loss, pos, n_pos = fused_infonce_rows(similarity, *leaves, row_group, col_group, col_mask)
+        got = [loss, pos, *torch.autograd.grad(loss.sum() + pos.sum(), leaves)]
+        log_bc = log_bhattacharyya_naive(*leaves[:4])
+        sim = hellinger_from_log_bc(log_bc, 1.0 / d) if similarity == "hellinger" else log_bc
+        logits = leaves[4] * sim
+        same = ((row_group[:, None] == col_group[None, :]) & col_mask[None, :]).to(logits.dtype)
+        ref_pos = (same * logits).sum(1) / same.sum(1).clamp_min(1)
+        ref_loss = torch.logsumexp(logits.masked_fill(~col_mask[None, :], -1e30), 1) - ref_pos
+        want = [ref_loss, ref_pos, *torch.autograd.grad(ref_loss.sum() + ref_pos.sum(), leaves)]
+        for name, x, y in zip(("loss", "pos", "mu_a", "lv_a", "mu_b", "lv_b", "scale"), got, want):
+            x, y = x.detach(), y.detach()
+            if not torch.allclose(x, y, rtol=1e-3, atol=1e-3 * float(y.abs().max().clamp_min(1.0))):
+                raise RuntimeError(f"{similarity} {name}: max difference {float((x - y).abs().max()):.3g} from the "
+                                   "torch formula")
+
+
+def checked(device: torch.device | str) -> bool:
+    """Whether the kernels passed :func:`self_check` on ``device`` (run once per device and process; a failure
+    warns once and keeps the fused path off there)."""
+    key = str(torch.device(device))
+    if key not in _checked:
+        try:
+            with torch.inference_mode(False), torch.enable_grad():  # may first be reached under no_grad
+                self_check(key)
+            _checked[key] = True
+        except Exception as exc:  # noqa: BLE001 - compiler, driver or numerics: fall back, never end the run
+            warnings.warn(f"probmed.losses: the fused Triton InfoNCE kernel is off on {key} ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}); using the chunked kernel", RuntimeWarning, stacklevel=2)
+            _checked[key] = False
+    return _checked[key]
