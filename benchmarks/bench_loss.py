@@ -7,18 +7,26 @@ at embedding size D, float32. Rows:
 * ``clip``           open_clip's ``ClipLoss(local_loss=True, gather_with_grad=True)`` on the means (cosine), with
                      its ``gather_features`` replaced by a local stand-in that returns the same global columns
                      (the reference; ratios are printed against it);
-* ``hellinger-diag`` :class:`probmed.losses.ProbabilisticInfoNCE` (Hellinger, diagonal variances), default path
-                     (torch.compile-fused chunked kernel on CPU float32 when large enough; eager chunked on CUDA);
-* ``hellinger-diag-eager`` CPU only, the same with ``PROBMED_LOSS_COMPILE=0`` (eager chunked kernel), up to
-                     ``--eager-max-n`` columns (it is the slow row);
-* ``hellinger-diag-compiled`` CUDA only: the fused kernel compiled by inductor to Triton
+* ``hellinger-diag`` :class:`probmed.losses.ProbabilisticInfoNCE` (Hellinger, diagonal variances) through the
+                     chunked pairwise kernel (``PROBMED_LOSS_TRITON=0``): torch.compile-fused on CPU float32 when
+                     large enough (the CPU default), eager chunked on CUDA;
+* ``hellinger-triton`` CUDA only: the same loss through the fused Triton InfoNCE kernel
+                     (:mod:`probmed.losses.fused_infonce`, the CUDA default); without a GPU the table says it was
+                     not timed;
+* ``hellinger-online-lse`` CPU experiment: the Triton kernel's online log-sum-exp written in torch over
+                     ``[B, 1024]`` logit blocks on the compiled chunk functions, recomputing them in backward;
+* ``hellinger-diag-eager`` CPU only, ``hellinger-diag`` with ``PROBMED_LOSS_COMPILE=0`` (eager chunked kernel;
+                     only when named in ``--configs``);
+* ``hellinger-diag-compiled`` CUDA only: the chunked kernel compiled by inductor to Triton
                      (``PROBMED_LOSS_COMPILE_CUDA=1``);
 * ``hellinger-naive`` the same loss through a naive ``[B, N, D]`` broadcast, only where that fits in
                      ``--max-naive-gib``;
 * ``hellinger-iso``  isotropic variances (``log_var`` [., 1]): matmul + per-sample terms;
 * ``medprob-diag``   the MedProbCLIP distance as logit (same chunked kernel).
 
-Everything runs in this one process, so the rows share the machine's load: per size, each row is warmed up once
+Above ``--extra-max-n`` columns only ``clip``, ``hellinger-diag`` and ``hellinger-triton`` run (the others are
+slow or were measured at the reference size; the full mode stays a few minutes long). Everything runs in this one
+process, so the rows share the machine's load: per size, each row is warmed up once
 (compilation included), its peak memory is taken in one more run, then ``--reps`` rounds time every row once each,
 the order rotating from round to round. ``vs clip`` is the median over rounds of (row time / ClipLoss time of the
 same round): a ratio measured side by side. Memory on CPU: the peak resident set of one run (reset through
@@ -43,11 +51,18 @@ import os
 import statistics
 import time
 
-CONFIGS = ["clip", "hellinger-diag", "hellinger-diag-eager", "hellinger-diag-compiled", "hellinger-naive",
-           "hellinger-iso", "medprob-diag"]
-#: environment each row runs under (read by probmed.losses.kernels at every call)
-ROW_ENV = {"hellinger-diag-eager": {"PROBMED_LOSS_COMPILE": "0"},
-           "hellinger-diag-compiled": {"PROBMED_LOSS_COMPILE_CUDA": "1"}}
+CONFIGS = ["clip", "hellinger-diag", "hellinger-triton", "hellinger-online-lse", "hellinger-diag-eager",
+           "hellinger-diag-compiled", "hellinger-naive", "hellinger-iso", "medprob-diag"]
+#: rows that run at every size (the others up to --extra-max-n columns)
+CORE = ("clip", "hellinger-diag", "hellinger-triton")
+#: rows for one device only
+DEVICE_ONLY = {"hellinger-triton": "cuda", "hellinger-diag-compiled": "cuda", "hellinger-online-lse": "cpu",
+               "hellinger-diag-eager": "cpu"}
+#: environment each row runs under (read by probmed.losses at every call)
+ROW_ENV = {"hellinger-diag": {"PROBMED_LOSS_TRITON": "0"},
+           "hellinger-triton": {"PROBMED_LOSS_TRITON": "1"},
+           "hellinger-diag-eager": {"PROBMED_LOSS_COMPILE": "0", "PROBMED_LOSS_TRITON": "0"},
+           "hellinger-diag-compiled": {"PROBMED_LOSS_COMPILE_CUDA": "1", "PROBMED_LOSS_TRITON": "0"}}
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -68,6 +83,74 @@ def row_env(cfg: str):
 # ---------------------------------------------------------------------------------------------------------------
 # one row: a closure that runs forward + backward once
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def online_lse_rows(block: int = 1024):
+    """Experiment (CPU): the fused kernel's online log-sum-exp in torch, on top of the compiled chunk functions of
+    :mod:`probmed.losses.kernels`: ``[B, block]`` logits at a time, recomputed in backward. Returns the
+    ``rows_fn`` factory that :meth:`ProbabilisticInfoNCE._fused_rows_fn` would return (Hellinger only)."""
+    import torch
+
+    from probmed.losses import kernels as K
+    from probmed.losses.similarity import SQRT_GRAD_FLOOR
+
+    def tile(mu_a, lv_a, mu_b, lv_b, scale, kappa):
+        k = K._fused_forward(mu_a, lv_a, mu_b, lv_b, -0.25, -0.5, True, K.FUSED_CHUNK)
+        e = torch.exp(kappa * k)
+        root = (1.0 - e).clamp_min(0.0).sqrt()
+        return scale * (1.0 - root), 1.0 - root, kappa * e / (2.0 * root.clamp_min(SQRT_GRAD_FLOOR))
+
+    class OnlineLSE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, mu_a, lv_a, mu_b, lv_b, scale, rg, cg, cm):
+            kappa = 1.0 / mu_a.shape[1]
+            run_max = mu_a.new_full((mu_a.shape[0],), -1e30)
+            run_sum, pos_sum, n_pos = torch.zeros_like(run_max), torch.zeros_like(run_max), torch.zeros_like(run_max)
+            for c0 in range(0, mu_b.shape[0], block):
+                c = slice(c0, c0 + block)
+                logit, _, _ = tile(mu_a, lv_a, mu_b[c], lv_b[c], scale, kappa)
+                logit = logit.masked_fill(~cm[c][None, :], -1e30)
+                new_max = torch.maximum(run_max, logit.max(1).values)
+                run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logit - new_max[:, None]).sum(1)
+                run_max = new_max
+                pos = (rg[:, None] == cg[c][None, :]) & cm[c][None, :]
+                pos_sum += torch.where(pos, logit, 0.0).sum(1)
+                n_pos += pos.sum(1)
+            lse = run_max + run_sum.log()
+            ctx.save_for_backward(mu_a, lv_a, mu_b, lv_b, scale, rg, cg, cm, lse, n_pos)
+            return lse, pos_sum / n_pos.clamp_min(1), n_pos
+
+        @staticmethod
+        def backward(ctx, g_lse, g_pos, _):
+            mu_a, lv_a, mu_b, lv_b, scale, rg, cg, cm, lse, n_pos = ctx.saved_tensors
+            kappa, w = 1.0 / mu_a.shape[1], g_pos / n_pos.clamp_min(1)
+            v_a, v_b = lv_a.exp(), lv_b.exp()
+            g_mu_a, g_lv_a, g_mu_b, g_lv_b = (torch.zeros_like(x) for x in (mu_a, lv_a, mu_b, lv_b))
+            g_scale = scale.new_zeros(())
+            for c0 in range(0, mu_b.shape[0], block):
+                c = slice(c0, c0 + block)
+                logit, sim, dsim = tile(mu_a, lv_a, mu_b[c], lv_b[c], scale, kappa)
+                pos = (rg[:, None] == cg[c][None, :]) & cm[c][None, :]
+                dlogit = torch.where(cm[c][None, :], g_lse[:, None] * torch.exp(logit - lse[:, None]), 0.0)
+                dlogit += pos * w[:, None]
+                g_scale += (dlogit * sim).sum()
+                g = dlogit * scale * dsim
+                gma, gva, gmb, gvb = K._fused_backward(mu_a, v_a, mu_b[c], v_b[c], g, -0.25, -0.5, K.FUSED_CHUNK)
+                g_mu_a += gma
+                g_lv_a += gva * v_a + 0.25 * g.sum(1)[:, None]
+                g_mu_b[c] = gmb
+                g_lv_b[c] = gvb * v_b[c] + 0.25 * g.sum(0)[:, None]
+            return g_mu_a, g_lv_a, g_mu_b, g_lv_b, g_scale, None, None, None
+
+    def factory(ctx, scale):
+        def rows_fn(x, y, col_mask):
+            r, c = ctx.local[x], ctx.world[y]
+            lse, pos, n_pos = OnlineLSE.apply(r.mean, r.log_var, c.mean, c.log_var, scale, ctx.local_group,
+                                              ctx.world_group, col_mask)
+            return lse - pos, pos, n_pos
+        return rows_fn
+
+    return factory
 
 
 def make_step(cfg: str, b: int, n: int, d: int, dev):
@@ -117,6 +200,8 @@ def make_step(cfg: str, b: int, n: int, d: int, dev):
             return clip(leaves[0], leaves[2], scale)
     else:
         term = ProbabilisticInfoNCE(["a", "b"], similarity="medprob" if cfg == "medprob-diag" else "hellinger").to(dev)
+        if cfg == "hellinger-online-lse":
+            term._fused_rows_fn = online_lse_rows()  # type: ignore[method-assign]
         if cfg == "hellinger-naive":
             def naive_sim(rows, cols):
                 return hellinger_from_log_bc(log_bhattacharyya_naive(rows.mean, rows.log_var, cols.mean,
@@ -233,15 +318,18 @@ def _fmt_mem(x: int) -> str:
 
 def rows_for(configs: list[str], size: tuple[int, int, int], dev: str, args) -> tuple[list[str], list[str]]:
     """The rows that run on ``dev`` at ``size``, and a note for each one left out."""
+    import torch
+
     b, n, d = size
     keep, notes = [], []
     for cfg in configs:
-        if cfg == "hellinger-diag-compiled" and dev != "cuda":
+        if cfg == "hellinger-triton" and dev == "cpu" and not torch.cuda.is_available():
+            notes.append(f"{cfg}: not timed (no GPU here; the Triton kernel runs on CUDA)")
             continue
-        if cfg == "hellinger-diag-eager" and dev == "cuda":
-            continue  # the CUDA default path is the eager chunked kernel already
-        if cfg == "hellinger-diag-eager" and n > args.eager_max_n:
-            notes.append(f"{cfg}: left out above N {args.eager_max_n} (--eager-max-n)")
+        if DEVICE_ONLY.get(cfg, dev) != dev:
+            continue
+        if cfg not in CORE and n > args.extra_max_n:
+            notes.append(f"{cfg}: left out above N {args.extra_max_n} (--extra-max-n)")
             continue
         if cfg == "hellinger-naive" and _naive_bytes(b, n, d) > args.max_naive_gib * 2**30:
             notes.append(f"{cfg}: skipped, would need ~{_naive_bytes(b, n, d) / 2**30:.1f} GiB")
@@ -254,10 +342,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256x4096x512,256x16384x512,256x65536x512",
                     help="comma-separated BxNxD (local x global x dim)")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}")
+    ap.add_argument("--configs", default=",".join(c for c in CONFIGS if c != "hellinger-diag-eager"),
+                    help=f"comma-separated subset of {CONFIGS} (default: all but the eager row, ~25x slower than "
+                         "the fused one)")
     ap.add_argument("--reps", type=int, default=5, help="timed rounds per size")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cpu, and cuda too when available)")
-    ap.add_argument("--eager-max-n", type=int, default=4096, help="largest N of the (slow) eager CPU row")
+    ap.add_argument("--extra-max-n", type=int, default=4096,
+                    help=f"largest N of the rows other than {', '.join(CORE)}")
     ap.add_argument("--max-naive-gib", type=float, default=None,
                     help="skip the naive broadcast above this estimated footprint (default: half the free RAM)")
     ap.add_argument("--quick", action="store_true", help="64x512x128 only, 3 rounds")
