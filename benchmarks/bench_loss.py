@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import math
 import os
 import statistics
 import time
@@ -280,9 +281,11 @@ def set_mmap_threshold(nbytes: int) -> None:
         libc.malloc_trim(0)
 
 
-def measure(steps: dict, reps: int, dev) -> dict[str, dict]:
-    """Warm-up, peak memory, then ``reps`` rounds timing every row once each in a rotating order."""
-    out = {cfg: {"warmup": timed(step, dev)} for cfg, step in steps.items()}
+def measure(steps: dict, reps: int, dev, warm: set[str]) -> dict[str, dict]:
+    """Warm-up (rows not in ``warm``, i.e. not yet compiled in this process), peak memory, then ``reps`` rounds
+    timing every row once each in a rotating order; adds the rows to ``warm``."""
+    out = {cfg: {"warmup": float("nan") if cfg in warm else timed(step, dev)} for cfg, step in steps.items()}
+    warm.update(steps)
     for cfg, step in steps.items():
         set_mmap_threshold(128 << 10)
         out[cfg]["peak"] = peak_bytes(step, dev)
@@ -347,6 +350,7 @@ def main() -> None:
                          "the fused one)")
     ap.add_argument("--reps", type=int, default=5, help="timed rounds per size")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cpu, and cuda too when available)")
+    ap.add_argument("--large-reps", type=int, default=3, help="timed rounds above --extra-max-n columns")
     ap.add_argument("--extra-max-n", type=int, default=4096,
                     help=f"largest N of the rows other than {', '.join(CORE)}")
     ap.add_argument("--max-naive-gib", type=float, default=None,
@@ -375,30 +379,34 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
           + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     print(f"fwd+bwd of the symmetric InfoNCE of B local rows vs N global columns (both directions), float32; "
-          f"one process, {args.reps} interleaved rounds")
+          f"one process, {args.reps} interleaved rounds ({args.large_reps} above N {args.extra_max_n})")
     header = (f"{'device':6} {'B x N x D':>15} {'config':24} {'best s':>9} {'median s':>9} {'vs clip':>8} "
               f"{'peak mem':>11} {'warm-up s':>9}")
     print(header + "\n" + "-" * len(header), flush=True)
     started = time.perf_counter()
     for dev in devices:
+        warm: set[str] = set()  # rows compiled at an earlier size: the peak-memory run is their warm-up
         for size in sizes:
             cfgs, notes = rows_for(configs, size, dev, args)
             steps, impl = {}, {}
             for cfg in cfgs:
                 steps[cfg], impl[cfg] = make_step(cfg, *size, torch.device(dev))
-            result = measure(steps, args.reps, torch.device(dev))
+            reps = args.reps if size[1] <= args.extra_max_n else min(args.reps, args.large_reps)
+            result = measure(steps, reps, torch.device(dev), warm)
             b, n, d = size
             for cfg in cfgs:
                 r = result[cfg]
                 ratio = f"{r['ratio']:7.1f}x" if "ratio" in r else "     n/a"
+                warmup = "-" if math.isnan(r["warmup"]) else f"{r['warmup']:.2f}"
                 print(f"{dev:6} {f'{b}x{n}x{d}':>15} {cfg:24} {r['best']:9.3f} {r['median']:9.3f} {ratio} "
-                      f"{_fmt_mem(r['peak']):>11} {r['warmup']:9.2f}", flush=True)
+                      f"{_fmt_mem(r['peak']):>11} {warmup:>9}", flush=True)
             for note in notes:
                 print(f"{dev:6} {f'{b}x{n}x{d}':>15} {note}", flush=True)
             if impl.get("clip"):
                 print(f"# clip reference = {impl['clip']}", flush=True)
     print(f"total {time.perf_counter() - started:.0f} s. vs clip: median over rounds of row time / ClipLoss time of "
-          "the same round. peak mem: CPU = peak resident set of one run minus the resident set before it; "
+          "the same round. warm-up -: compiled at a smaller size, the peak-memory run warmed it up. "
+          "peak mem: CPU = peak resident set of one run minus the resident set before it; "
           "CUDA = max_memory_allocated minus allocated before.")
 
 

@@ -5,7 +5,8 @@ interpreter when the kernels are decorated, so the variable must be set before t
 and must not reach the test process). ``python tests/_fused_infonce_worker.py OUT.pt`` writes a dict of tensors:
 per kernel case its inputs, upstream weights, outputs and input gradients (the test computes the float64
 references from those inputs), and per end-to-end case the loss and gradients of ``ProbabilisticInfoNCE`` with
-the fused kernel and with ``PROBMED_LOSS_TRITON=0`` (the existing path), plus how often the kernel ran, and whether the kernels pass their own start-up self-check.
+the fused kernel and with ``PROBMED_LOSS_TRITON=0`` (the existing path), plus how often the kernel ran, and
+whether the kernels pass their own start-up self-check.
 """
 from __future__ import annotations
 

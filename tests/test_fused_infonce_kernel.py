@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from conftest import REPO, clean_env
 from probmed.losses.similarity import hellinger_from_log_bc, log_bhattacharyya_naive
 
-pytest.importorskip("triton", reason="the fused InfoNCE kernel is written in Triton")
+triton = pytest.importorskip("triton", reason="the fused InfoNCE kernel is written in Triton")
 sys.path.insert(0, str(REPO / "tests"))
 from _fused_infonce_worker import KERNEL_CASES  # noqa: E402
 
@@ -179,3 +179,29 @@ def test_a_kernel_that_cannot_run_turns_the_fused_path_off_with_one_warning(monk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not fused_infonce.checked("cpu")
+
+
+def _signature(fn) -> dict[str, str]:
+    """Triton argument types of a kernel from its argument names (float32 data, int64 group ids)."""
+    kinds = {"rg_ptr": "*i64", "cg_ptr": "*i64", "cmask_ptr": "*i8", "npos_ptr": "*i32", "kappa": "fp32"}
+    return {a: kinds.get(a, "*fp32" if a.endswith("_ptr") else "i32") for a in fn.arg_names
+            if a not in ("SIM", "BLOCK_M", "BLOCK_N", "BLOCK_D")}
+
+
+def test_kernels_compile_for_an_h100_without_a_gpu():
+    """The interpreter does not type-check like the compiler (a loop-carried variable changing shape passed it):
+    build every kernel ahead of time for sm_90 with the default tiles, through ptxas, as CUDA would."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from probmed.losses import fused_infonce as F
+
+    if F.INTERPRETED:
+        pytest.skip("kernels decorated for the interpreter")
+    bm, bn, bd = F.DEFAULT_BLOCKS
+    for fn in (F._forward_kernel, F._backward_rows_kernel, F._backward_cols_kernel):
+        const = dict(SIM=F.SIMILARITY_CODES["hellinger"], BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
+        sig = {**_signature(fn), **{k: "constexpr" for k in const}}
+        compiled = triton.compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": F.NUM_WARPS, "enable_fp_fusion": True})
+        assert len(compiled.asm["cubin"]) > 0

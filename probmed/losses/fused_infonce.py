@@ -25,9 +25,10 @@ then the analytic gradient of ``K`` (``alpha = -1/4``, ``beta = -1/2``, ``r = 1/
 ``dmu_a = 2 alpha sum_j G T`` and, differentiating the balanced log term directly,
 ``dlv_a = sum_j G (-alpha T^2 v_a + beta (v_a - v_b) r / 2)``; columns likewise (``-2 alpha``, sums over ``i``).
 The balanced form matters here too: ``v_a dv_a - beta/2 sum_j G`` is the same number, but for identical Gaussians
-its two parts cancel, and under the sqrt gradient floor ``G`` is ~1e5, which leaves float32 errors of ~1e-2. Two kernels: a row pass (a program owns rows, reduces
-over all column tiles) and a column pass (a program owns columns, reduces over all row tiles); each adds its
-``[BLOCK, BLOCK_D]`` partials into the gradient rows it owns, so no atomics are needed.
+its two parts cancel, and under the sqrt gradient floor ``G`` is ~1e5, which leaves float32 errors of ~1e-2.
+Two kernels: a row pass (a program owns rows, reduces over all column tiles) and a column pass (a program owns
+columns, reduces over all row tiles); each adds its ``[BLOCK, BLOCK_D]`` partials into the gradient rows it owns,
+so no atomics are needed.
 
 Numerics: ``expm1`` is Kahan's ``(e^x - 1) x / log(e^x)`` (exact near 0, where ``1 - e^x`` would cancel); the
 online log-sum-exp starts from a finite ``-1e30`` and masks absent columns with ``where`` (no ``inf - inf``); a
@@ -59,8 +60,13 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 #: the similarities the fused kernel implements (``SIM`` constexpr codes of the kernels)
 SIMILARITY_CODES = {"bhattacharyya": 0, "hellinger": 1}
-#: ``(BLOCK_M, BLOCK_N, BLOCK_D)``: rows, columns and dimensions of one register tile (GPU default, untuned)
+#: ``(BLOCK_M, BLOCK_N, BLOCK_D)``: rows, columns and dimensions of one register tile, and warps per program: the
+#: largest tiles whose sm_90 build spills no registers (compiled ahead of time without a GPU; not timed)
 DEFAULT_BLOCKS = (32, 32, 8)
+NUM_WARPS = 8
+# Launches pass enable_fp_fusion=True (FMA contraction; Triton 3.9 warns when it is left to a changing default):
+# the one place where contraction could break an exact result, log BC of identical Gaussians, is written so that
+# it cannot (see _log_bc_tile).
 #: Triton runs interpreted on CPU tensors (decided when Triton decorates the kernels, i.e. at import)
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: per device: whether :func:`self_check` passed there (absent: not run yet)
@@ -105,7 +111,10 @@ if triton is not None:
             mu_b, v_b, u_b = _load_side(mb_ptr, lb_ptr, offs_n, mask_n, offs_d, mask_d, D)
             s = v_a[:, None, :] + v_b[None, :, :]
             t = mu_a[:, None, :] - mu_b[None, :, :]
-            f = tl.maximum(s / (2.0 * u_a[:, None, :] * u_b[None, :, :]), 1.0)
+            du = u_a[:, None, :] - u_b[None, :, :]
+            # s / (2 u_a u_b) = 1 + (u_a - u_b)^2 / (2 u_a u_b): exactly 1 for equal variances whatever FMA
+            # contraction or approximate division the compiler picks (s / (2 u_a u_b) relies on both rounding alike)
+            f = 1.0 + du * du / (2.0 * u_a[:, None, :] * u_b[None, :, :])
             acc += tl.sum(-0.25 * (t * t / s) - 0.5 * tl.log(f), axis=2)
         return acc
 
@@ -223,7 +232,7 @@ if triton is not None:
             for d0 in range(0, D, BLOCK_D):
                 offs_d = d0 + tl.arange(0, BLOCK_D)
                 mask_d = offs_d < D
-                t, wa, _ = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
+                t, wa, _wb = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
                                         mask_d, D)
                 _add_rows(gmu_ptr, offs_m, mask_m, offs_d, mask_d, D, -0.5 * tl.sum(g[:, :, None] * t, axis=1))
                 _add_rows(glv_ptr, offs_m, mask_m, offs_d, mask_d, D, tl.sum(g[:, :, None] * wa, axis=1))
@@ -240,12 +249,12 @@ if triton is not None:
         for m0 in range(0, B, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             mask_m = offs_m < B
-            g, _ = _grad_tile(ma_ptr, la_ptr, mb_ptr, lb_ptr, cmask_ptr, rg_ptr, cg_ptr, lse_ptr, glse_ptr, w_ptr,
+            g, _gs = _grad_tile(ma_ptr, la_ptr, mb_ptr, lb_ptr, cmask_ptr, rg_ptr, cg_ptr, lse_ptr, glse_ptr, w_ptr,
                               offs_m, mask_m, offs_n, mask_n, D, scale, kappa, SIM, BLOCK_M, BLOCK_N, BLOCK_D)
             for d0 in range(0, D, BLOCK_D):
                 offs_d = d0 + tl.arange(0, BLOCK_D)
                 mask_d = offs_d < D
-                t, _, wb = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
+                t, _wa, wb = _slice_terms(ma_ptr, la_ptr, mb_ptr, lb_ptr, offs_m, mask_m, offs_n, mask_n, offs_d,
                                         mask_d, D)
                 _add_rows(gmu_ptr, offs_n, mask_n, offs_d, mask_d, D, 0.5 * tl.sum(g[:, :, None] * t, axis=0))
                 _add_rows(glv_ptr, offs_n, mask_n, offs_d, mask_d, D, tl.sum(g[:, :, None] * wb, axis=0))
@@ -268,7 +277,8 @@ class FusedInfoNCEDirection(torch.autograd.Function):
         kappa = 1.0 / d
         _forward_kernel[(triton.cdiv(b, bm),)](mu_a, lv_a, mu_b, lv_b, row_group, col_group, col_mask, scale,
                                                lse, pos, n_pos, b, n, d, kappa,
-                                               SIM=sim_code, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
+                                               SIM=sim_code, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                                               num_warps=NUM_WARPS, enable_fp_fusion=True)
         ctx.save_for_backward(mu_a, lv_a, mu_b, lv_b, scale, row_group, col_group, col_mask, lse, n_pos)
         ctx.sim_code, ctx.blocks, ctx.kappa = sim_code, blocks, kappa
         ctx.mark_non_differentiable(n_pos)
@@ -283,7 +293,8 @@ class FusedInfoNCEDirection(torch.autograd.Function):
         w = (g_pos / n_pos.clamp_min(1).to(g_pos.dtype)).contiguous()  # d pos_i / d logit_ij = t_ij
         bm, bn, bd = ctx.blocks
         common = (mu_a, lv_a, mu_b, lv_b, col_mask, row_group, col_group, lse, g_lse, w, scale)
-        const = dict(SIM=ctx.sim_code, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
+        const = dict(SIM=ctx.sim_code, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=NUM_WARPS,
+                     enable_fp_fusion=True)
         g_mu_a, g_lv_a, g_mu_b, g_lv_b = (torch.zeros_like(x) for x in (mu_a, lv_a, mu_b, lv_b))
         gscale = lse.new_empty(b)
         _backward_rows_kernel[(triton.cdiv(b, bm),)](*common, g_mu_a, g_lv_a, gscale, b, n, d, ctx.kappa, **const)
