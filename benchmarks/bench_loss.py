@@ -29,7 +29,8 @@ slow or were measured at the reference size; the full mode stays a few minutes l
 process, so the rows share the machine's load: per size, each row is warmed up once
 (compilation included), its peak memory is taken in one more run, then ``--reps`` rounds time every row once each,
 the order rotating from round to round. ``vs clip`` is the median over rounds of (row time / ClipLoss time of the
-same round): a ratio measured side by side. Memory on CPU: the peak resident set of one run (reset through
+same round): a ratio measured side by side; ``CPU-time`` is the same ratio of this process's CPU time, the one to
+read on cores that other jobs keep busy (they stretch elapsed times, not CPU time). Memory on CPU: the peak resident set of one run (reset through
 ``/proc/self/clear_refs``) minus the resident set before it, taken with glibc's mmap threshold fixed at 128 KiB
 (``mallopt``) so that freed tensors leave the resident set and no row hides in another's freed heap; the timed
 rounds then run with the threshold at 32 MiB, the ceiling glibc's own adaptive threshold reaches in a long run.
@@ -240,15 +241,21 @@ def _status_bytes(field: str) -> int:
 
 def timed(step, dev) -> float:
     """Seconds of one ``step()`` (CUDA: synchronised)."""
+    return timed_both(step, dev)[0]
+
+
+def timed_both(step, dev) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of one ``step()``: elapsed (CUDA: synchronised) and this process's CPU time, which
+    other jobs on the cores do not inflate the way they inflate elapsed time."""
     import torch
 
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def peak_bytes(step, dev) -> int:
@@ -294,12 +301,13 @@ def measure(steps: dict, reps: int, dev, warm: set[str]) -> dict[str, dict]:
     rounds = []
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)]
-        rounds.append({cfg: timed(steps[cfg], dev) for cfg in order})
+        rounds.append({cfg: timed_both(steps[cfg], dev) for cfg in order})
     for cfg in names:
-        times = [t[cfg] for t in rounds]
+        times = [t[cfg][0] for t in rounds]
         out[cfg].update(best=min(times), median=statistics.median(times))
         if "clip" in steps:
-            out[cfg]["ratio"] = statistics.median(t[cfg] / t["clip"] for t in rounds)
+            out[cfg]["ratio"] = statistics.median(t[cfg][0] / t["clip"][0] for t in rounds)
+            out[cfg]["cpu_ratio"] = statistics.median(t[cfg][1] / t["clip"][1] for t in rounds)
     return out
 
 
@@ -381,7 +389,7 @@ def main() -> None:
     print(f"fwd+bwd of the symmetric InfoNCE of B local rows vs N global columns (both directions), float32; "
           f"one process, {args.reps} interleaved rounds ({args.large_reps} above N {args.extra_max_n})")
     header = (f"{'device':6} {'B x N x D':>15} {'config':24} {'best s':>9} {'median s':>9} {'vs clip':>8} "
-              f"{'peak mem':>11} {'warm-up s':>9}")
+              f"{'CPU-time':>8} {'peak mem':>11} {'warm-up s':>9}")
     print(header + "\n" + "-" * len(header), flush=True)
     started = time.perf_counter()
     for dev in devices:
@@ -397,15 +405,16 @@ def main() -> None:
             for cfg in cfgs:
                 r = result[cfg]
                 ratio = f"{r['ratio']:7.1f}x" if "ratio" in r else "     n/a"
+                cpu_ratio = f"{r['cpu_ratio']:7.1f}x" if "ratio" in r and dev == "cpu" else "     n/a"
                 warmup = "-" if math.isnan(r["warmup"]) else f"{r['warmup']:.2f}"
                 print(f"{dev:6} {f'{b}x{n}x{d}':>15} {cfg:24} {r['best']:9.3f} {r['median']:9.3f} {ratio} "
-                      f"{_fmt_mem(r['peak']):>11} {warmup:>9}", flush=True)
+                      f"{cpu_ratio} {_fmt_mem(r['peak']):>11} {warmup:>9}", flush=True)
             for note in notes:
                 print(f"{dev:6} {f'{b}x{n}x{d}':>15} {note}", flush=True)
             if impl.get("clip"):
                 print(f"# clip reference = {impl['clip']}", flush=True)
     print(f"total {time.perf_counter() - started:.0f} s. vs clip: median over rounds of row time / ClipLoss time of "
-          "the same round. warm-up -: compiled at a smaller size, the peak-memory run warmed it up. "
+          "the same round; CPU-time: the same ratio of process CPU time (CPU rows). warm-up -: compiled at a smaller size, the peak-memory run warmed it up. "
           "peak mem: CPU = peak resident set of one run minus the resident set before it; "
           "CUDA = max_memory_allocated minus allocated before.")
 

@@ -76,8 +76,8 @@ _checked: dict[str, bool] = {}
 def usable(*xs: Tensor) -> bool:
     """Whether :func:`fused_infonce_rows` runs on these tensors: Triton present, not disabled, and CUDA float32
     (or CPU float32/float64 under the interpreter), all of one device and dtype."""
-    if triton is None or os.environ.get("PROBMED_LOSS_TRITON", "1") == "0":
-        return False
+    if triton is None or os.environ.get("PROBMED_LOSS_TRITON", "1") == "0" or torch.compiler.is_compiling():
+        return False  # under torch.compile: the chunked kernel, which dynamo traces
     dev, dtype = xs[0].device, xs[0].dtype
     if any(x.device != dev or x.dtype != dtype for x in xs):
         return False
