@@ -91,13 +91,6 @@ def direction_mean(
     return loss, pos_logit
 
 
-def infonce_direction(
-    logits: Tensor, ctx: LossContext, row_mask: Tensor, col_mask: Tensor, world_row_mask: Tensor
-) -> tuple[Tensor, Tensor]:
-    """One direction of multi-positive InfoNCE: ``(normalised loss, normalised mean positive logit)``."""
-    return direction_mean(*infonce_rows(logits, ctx, col_mask), ctx, row_mask, col_mask, world_row_mask)
-
-
 def symmetric_infonce(ctx: LossContext, a: str, b: str, logits_fn, paired_only: bool = False, rows_fn=None):
     """``1/2 (L_{a->b} + L_{b->a})`` with ``logits_fn(rows, cols) -> [B, N]`` symmetric in its arguments.
 
