@@ -14,6 +14,7 @@ InfoNCE on the sub-batch of paired studies.
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -67,36 +68,48 @@ def _row_col_masks(ctx: LossContext, a: str, b: str, paired_only: bool):
     return la, wb, wa
 
 
-def infonce_direction(
-    logits: Tensor, ctx: LossContext, row_mask: Tensor, col_mask: Tensor, world_row_mask: Tensor
-) -> tuple[Tensor, Tensor]:
-    """One direction of multi-positive InfoNCE: ``(normalised loss, normalised mean positive logit)``."""
+def infonce_rows(logits: Tensor, ctx: LossContext, col_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(per-row loss [B], per-row mean positive logit [B], positives per row [B])`` from ``[B, N]`` logits."""
     pos = positive_mask(ctx.local_group, ctx.world_group, col_mask)
     targets, n_pos = soft_targets(pos, logits.dtype)
+    per_row = masked_soft_cross_entropy(logits, targets, col_mask)
+    with torch.no_grad():
+        pos_row = (targets * logits).sum(1)
+    return per_row, pos_row, n_pos
+
+
+def direction_mean(
+    per_row: Tensor, pos_row: Tensor, n_pos: Tensor, ctx: LossContext, row_mask: Tensor, col_mask: Tensor,
+    world_row_mask: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One direction's ``(normalised loss, normalised mean positive logit)`` from its per-row parts."""
     valid = row_mask & (n_pos > 0)
     n_global = count_valid_rows(world_row_mask, ctx.world_group, col_mask)
-    per_row = masked_soft_cross_entropy(logits, targets, col_mask)
     loss = global_mean(per_row, valid, n_global, ctx.world_size)
     with torch.no_grad():
-        pos_logit = global_mean((targets * logits).sum(1), valid, n_global, ctx.world_size)
+        pos_logit = global_mean(pos_row.detach(), valid, n_global, ctx.world_size)
     return loss, pos_logit
 
 
-def symmetric_infonce(ctx: LossContext, a: str, b: str, logits_fn, paired_only: bool = False):
+def symmetric_infonce(ctx: LossContext, a: str, b: str, logits_fn, paired_only: bool = False, rows_fn=None):
     """``1/2 (L_{a->b} + L_{b->a})`` with ``logits_fn(rows, cols) -> [B, N]`` symmetric in its arguments.
 
     On one rank the b -> a logits are the transpose of the a -> b ones (computed once); on several ranks each
-    direction is local rows against world columns.
+    direction is local rows against world columns. ``rows_fn(x, y, col_mask)``, when given, replaces the logits:
+    it returns :func:`infonce_rows`' three ``[B]`` parts of the direction ``x -> y`` directly (fused kernel).
     """
-    logits_ab = logits_fn(ctx.local[a], ctx.world[b])
-    if ctx.world_size == 1:
-        logits_ba = logits_ab.t()
-    else:
-        logits_ba = logits_fn(ctx.local[b], ctx.world[a])
-    rm, cm, wm = _row_col_masks(ctx, a, b, paired_only)
-    l_ab, p_ab = infonce_direction(logits_ab, ctx, rm, cm, wm)
-    rm, cm, wm = _row_col_masks(ctx, b, a, paired_only)
-    l_ba, p_ba = infonce_direction(logits_ba, ctx, rm, cm, wm)
+    if rows_fn is None:
+        logits = {a: logits_fn(ctx.local[a], ctx.world[b])}
+        logits[b] = logits[a].t() if ctx.world_size == 1 else logits_fn(ctx.local[b], ctx.world[a])
+
+        def rows_fn(x: str, y: str, col_mask: Tensor):
+            return infonce_rows(logits[x], ctx, col_mask)
+
+    parts = []
+    for x, y in ((a, b), (b, a)):
+        rm, cm, wm = _row_col_masks(ctx, x, y, paired_only)
+        parts.append(direction_mean(*rows_fn(x, y, cm), ctx, rm, cm, wm))
+    (l_ab, p_ab), (l_ba, p_ba) = parts
     return 0.5 * (l_ab + l_ba), 0.5 * (p_ab + p_ba)
 
 
@@ -155,6 +168,9 @@ class ProbabilisticInfoNCE(PairTerm):
         chunk: columns per chunk of the memory-linear diagonal kernel (default: automatic).
         learn_hellinger_exponent: for the Hellinger similarities, learn a factor ``exp(e)`` (init 1) on the
             exponent ``kappa`` of ``BC^kappa`` (``kappa = 1/D`` for ``hellinger``, 1 for ``hellinger_joint``).
+        fused_kernel: on CUDA with Triton installed, compute ``hellinger`` / ``bhattacharyya`` with diagonal
+            variances through the fused kernel of :mod:`probmed.losses.fused_infonce` (no ``[B, N]`` logits; the
+            same loss). ``PROBMED_LOSS_TRITON=0`` turns it off for the process.
         name: key of this term in the logged parts (default ``infonce/<a>-<b>``).
     """
 
@@ -172,6 +188,7 @@ class ProbabilisticInfoNCE(PairTerm):
         paired_only: bool = False,
         chunk: int | None = None,
         learn_hellinger_exponent: bool = False,
+        fused_kernel: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(modalities, weight, name)
@@ -186,6 +203,7 @@ class ProbabilisticInfoNCE(PairTerm):
         if learn_hellinger_exponent and not similarity.startswith("hellinger"):
             raise ValueError(f"learn_hellinger_exponent needs a Hellinger similarity, not {similarity!r}")
         self.log_exponent_factor = nn.Parameter(torch.zeros(())) if learn_hellinger_exponent else None
+        self.fused_kernel = fused_kernel
 
     def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
         if self.log_exponent_factor is None:
@@ -194,6 +212,27 @@ class ProbabilisticInfoNCE(PairTerm):
         kappa = base * self.log_exponent_factor.exp().to(a.mean.dtype)
         return hellinger_similarity(a.mean, a.log_var, b.mean, b.log_var, kappa, chunk=self.chunk)
 
+    def _fused_rows_fn(self, ctx: LossContext, scale: Tensor):
+        """``rows_fn`` of :func:`symmetric_infonce` through the fused Triton kernel, or None where it does not
+        apply (CPU without the Triton interpreter, other similarities, a learnt exponent, isotropic variances)."""
+        mods = (ctx.world[self.a], ctx.world[self.b])
+        if (not self.fused_kernel or self.kind not in ("hellinger", "bhattacharyya")
+                or self.log_exponent_factor is not None or any(e.log_var.shape != e.mean.shape for e in mods)
+                or (mods[0].mean.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1")):
+            return None
+        from probmed.losses import fused_infonce  # imports triton: only where it may run
+
+        tensors = [x for e in mods for x in (e.mean, e.log_var)]
+        if not fused_infonce.usable(*tensors):
+            return None
+
+        def rows_fn(x: str, y: str, col_mask: Tensor):
+            rows, cols = ctx.local[x], ctx.world[y]
+            return fused_infonce.fused_infonce_rows(self.kind, rows.mean, rows.log_var, cols.mean, cols.log_var,
+                                                    scale, ctx.local_group, ctx.world_group, col_mask)
+
+        return rows_fn
+
     def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
         scale = self.logit_scale()
 
@@ -201,7 +240,8 @@ class ProbabilisticInfoNCE(PairTerm):
             sim = self.similarity(rows, cols)
             return scale.to(sim.dtype) * sim
 
-        loss, pos_logit = symmetric_infonce(ctx, self.a, self.b, logits_fn, self.paired_only)
+        loss, pos_logit = symmetric_infonce(ctx, self.a, self.b, logits_fn, self.paired_only,
+                                            self._fused_rows_fn(ctx, scale))
         extras = {f"logit_scale/{self.name}": scale.detach(), f"pos_logit/{self.name}": pos_logit.detach()}
         if self.log_exponent_factor is not None:
             extras[f"hellinger_exponent_factor/{self.name}"] = self.log_exponent_factor.detach().exp()
