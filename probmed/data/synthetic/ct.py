@@ -27,11 +27,10 @@ import io
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage
 from scipy import ndimage
 
-from probmed.data.synthetic.cxr import _ellipse, _grid, _sig, _smooth_noise, study_uid
+from probmed.data.synthetic.cxr import _ellipse, _grid, _sig, _smooth_noise, new_dataset, study_uid
 
 FIELD_OF_VIEW_MM = 400.0
 MM = 2.0 / FIELD_OF_VIEW_MM  # one millimetre in normalised units
@@ -109,19 +108,8 @@ def to_ct_dicom_bytes(hu: np.ndarray, *, seed: int, study_id: str, phi: dict[str
     """Encode a slice in Hounsfield units as a CT Image Storage DICOM file (12 bits, HU + 1024 stored)."""
     rows, cols = hu.shape
     stored = np.clip(np.round(hu + 1024.0), 0, 4095).astype(np.uint16)
-    sop_uid = study_uid(seed, study_id, "ct-sop")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "PROBMED_SYNTH"
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds = new_dataset(CTImageStorage, study_uid(seed, study_id, "ct-sop"))
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
     for key in ("StudyDate", "SeriesDate", "ContentDate"):
         setattr(ds, key, phi["StudyDate"])
     for key in ("StudyTime", "SeriesTime", "ContentTime"):
