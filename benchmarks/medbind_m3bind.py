@@ -164,7 +164,7 @@ def m3bind(args) -> str:
         probmed("data", "unpair", "--src", str(args.data), "--out", str(unpaired), "--modalities", "cxr", "ecg",
                 log=args.workdir / "unpair.log")
     columns = ["R@1 cxr->ecg", "R@5 cxr->ecg", "R@1 ecg->cxr", "R@5 ecg->cxr", "R@5 text_cxr->cxr", "R@5 text_ecg->ecg",
-               "R@5 text->cxr", "R@5 text->ecg"]
+               "R@5 text_cxr->ecg", "R@5 text_ecg->cxr", "R@5 text->cxr", "R@5 text->ecg"]
     rows: dict[str, dict[str, list[float]]] = {}
     for key in args.variants.split(","):
         name, on_unpaired, extra = M3BIND_VARIANTS[key]
@@ -180,7 +180,11 @@ def m3bind(args) -> str:
                 rows.setdefault(name, {}).setdefault(c, []).append(s.get(f"test/{k}/{pair}", math.nan))
             if not on_unpaired or args.no_stage2:
                 continue
-            for who, recalls in stage2(args, run, unpaired, seed).items():
+            try:
+                distilled = stage2(args, run, unpaired, seed)
+            except FileNotFoundError:  # --report-only: no stage-2 run yet
+                continue
+            for who, recalls in distilled.items():
                 for pair, r5 in recalls.items():
                     rows.setdefault(f"{name}; stage 2, {who} text tower", {}).setdefault(f"R@5 {pair}", []).append(r5)
     n = both_count(args.data)
@@ -230,6 +234,8 @@ def stage2(args, stage1: Path, data: Path, seed: int) -> dict[str, dict[str, flo
     tower = CONFIGS / "presets" / "towers" / "demo" / "text.yaml"
     run = stage1 / "stage2"
     ckpt = run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file() and REPORT_ONLY:
+        raise FileNotFoundError(ckpt)
     if not ckpt.is_file():
         run.mkdir(parents=True, exist_ok=True)
         words = ["distill", "fit", "--config", str(CONFIGS / "presets" / "m3bind_distill.yaml"), "--data.data_dir",
