@@ -127,26 +127,95 @@ def prompt(args) -> str:
     return table(rows, columns)
 
 
+#: M3Bind stage-1 variants: (row, train on the unpaired shards?, overrides of configs/m3bind_stage1.yaml)
+M3BIND_PAIRS = "[[text_cxr, cxr], [text_ecg, ecg]]"
+M3BIND_VARIANTS = {
+    "independent": ("stage 1, text towers initialised apart, align weight 1, unpaired", True,
+                    ["--model.init_from", "{}", "--model.objective.init_args.terms",
+                     "[{class_path: probmed.losses.TextSpaceAlignment, init_args: {modalities: [text_cxr, text_ecg], "
+                     "weight: 1.0}}, {class_path: probmed.losses.VIB, init_args: {modalities: [cxr, ecg, text_cxr, "
+                     "text_ecg], weight: 1.0e-4}}]"]),
+    "tied": ("stage 1, text_ecg initialised as text_cxr, align weight 10, unpaired", True, []),
+    "paired": ("paired upper bound: stage 1 + CXR<->ECG InfoNCE, paired train", False,
+               ["--model.objective.init_args.pairs",
+                "[{term: probmed.losses.ProbabilisticInfoNCE, args: {similarity: cosine}, "
+                "over: [[text_cxr, cxr], [text_ecg, ecg], [cxr, ecg]]}]"]),
+}
+
+
+def both_count(data: Path, split: str = "test") -> int:
+    """Studies of a split holding both CXR and ECG (from each sample's ``json``): the gallery of CXR<->ECG
+    retrieval, so chance R@K = K / this."""
+    import tarfile
+
+    n = 0
+    for shard in sorted(data.glob(f"{split}-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    present = json.loads(tar.extractfile(member).read())["modalities"]
+                    n += "cxr" in present and "ecg" in present
+    return n
+
+
 def m3bind(args) -> str:
-    unpaired = args.workdir / "demo_unpaired"
+    unpaired = args.workdir / f"{args.data.name}_unpaired"
     if not (unpaired / "sizes.json").is_file():
         probmed("data", "unpair", "--src", str(args.data), "--out", str(unpaired), "--modalities", "cxr", "ecg",
                 log=args.workdir / "unpair.log")
-    config = ["--config", str(CONFIGS / "m3bind_stage1.yaml"), "--data.data_dir", str(unpaired)]
     columns = ["R@1 cxr->ecg", "R@5 cxr->ecg", "R@1 ecg->cxr", "R@5 ecg->cxr", "R@5 text_cxr->cxr", "R@5 text_ecg->ecg",
-               "R@5 text->cxr", "R@5 text->ecg"]
+               "R@5 text_cxr->ecg", "R@5 text_ecg->cxr", "R@5 text->cxr", "R@5 text->ecg"]
+    rows: dict[str, dict[str, list[float]]] = {}
+    for key in args.variants.split(","):
+        name, on_unpaired, extra = M3BIND_VARIANTS[key]
+        data = unpaired if on_unpaired else args.data
+        config = ["--config", str(CONFIGS / "m3bind_stage1.yaml"), "--data.data_dir", str(data), *extra]
+        for seed in args.seeds:
+            run = args.workdir / "m3bind" / key / f"seed{seed}"
+            if not ran(lambda: fit_and_test([], config, run, seed, args.epochs)):
+                continue
+            s = test_scalars(run)
+            for c in columns:
+                k, pair = c.split(" ")
+                rows.setdefault(name, {}).setdefault(c, []).append(s.get(f"test/{k}/{pair}", math.nan))
+            if not on_unpaired or args.no_stage2:
+                continue
+            try:
+                distilled = stage2(args, run, unpaired, seed)
+            except FileNotFoundError:  # --report-only: no stage-2 run yet
+                continue
+            for who, recalls in distilled.items():
+                for pair, r5 in recalls.items():
+                    rows.setdefault(f"{name}; stage 2, {who} text tower", {}).setdefault(f"R@5 {pair}", []).append(r5)
+    n = both_count(args.data)
+    chance = f"chance (test studies with CXR and ECG: {n}): R@1 {100 / n:.2f} %, R@5 {500 / n:.2f} %"
+    return table(rows, columns) + "\n\n" + chance
+
+
+FIVE_IMAGES = ("cxr", "ecg", "echo", "ct")
+
+
+def five(args) -> str:
+    """configs/m3bind_five.yaml (CXR, ECG, echo, CT, one text tower each) on a corpus generated with
+    ``--extra-modalities ct``: test R@5 of each image modality from its own text tower, and between every two
+    image modalities (no term pairs them), per seed."""
+    config = ["--config", str(CONFIGS / "m3bind_five.yaml"), "--data.data_dir", str(args.data)]
+    pairs = [f"text_{m}->{m}" for m in FIVE_IMAGES]
+    pairs += [f"{a}->{b}" for i, a in enumerate(FIVE_IMAGES) for b in FIVE_IMAGES[i + 1:]]
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
-        run = args.workdir / "m3bind" / f"seed{seed}"
+        run = args.workdir / "five" / f"seed{seed}"
         if not ran(lambda: fit_and_test([], config, run, seed, args.epochs)):
             continue
         s = test_scalars(run)
-        for c in columns:
-            k, pair = c.split(" ")
-            rows.setdefault("stage 1, unpaired train", {}).setdefault(c, []).append(s.get(f"test/{k}/{pair}", math.nan))
-        for who, recalls in stage2(args, run, unpaired, seed).items():
-            for pair, r5 in recalls.items():
-                rows.setdefault(f"stage 2, {who} text tower", {}).setdefault(f"R@5 {pair}", []).append(r5)
+        for pair in pairs:
+            a, b = pair.split("->")
+            values = [s.get(f"test/R@5/{pair}", math.nan)]
+            if not a.startswith("text_"):
+                values.append(s.get(f"test/R@5/{b}->{a}", math.nan))
+            for direction, v in zip(("", " (reverse)"), values):
+                rows.setdefault("stage 1, five modalities", {}).setdefault(f"R@5 {pair}{direction}", []).append(v)
+    columns = list(next(iter(rows.values()))) if rows else []
     return table(rows, columns)
 
 
@@ -165,6 +234,8 @@ def stage2(args, stage1: Path, data: Path, seed: int) -> dict[str, dict[str, flo
     tower = CONFIGS / "presets" / "towers" / "demo" / "text.yaml"
     run = stage1 / "stage2"
     ckpt = run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file() and REPORT_ONLY:
+        raise FileNotFoundError(ckpt)
     if not ckpt.is_file():
         run.mkdir(parents=True, exist_ok=True)
         words = ["distill", "fit", "--config", str(CONFIGS / "presets" / "m3bind_distill.yaml"), "--data.data_dir",
@@ -194,13 +265,16 @@ def stage2(args, stage1: Path, data: Path, seed: int) -> dict[str, dict[str, flo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["emcl", "prompt", "m3bind"])
+    p.add_argument("what", choices=["emcl", "prompt", "m3bind", "five"])
     p.add_argument("--data", default=str(REPO / "data_shards" / "demo"), help="the embedded corpus's shards")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     p.add_argument("--binding", help="prompt: an `emcl` run directory (its tb/version_0/config.yaml, checkpoints/)")
     p.add_argument("--conditions", default=",".join(CONDITIONS), help=f"prompt: conditions among {list(CONDITIONS)}")
     p.add_argument("--workdir", default=str(REPO / "runs" / "medbind"))
+    p.add_argument("--variants", default=",".join(M3BIND_VARIANTS),
+                   help=f"m3bind: stage-1 variants among {list(M3BIND_VARIANTS)}")
+    p.add_argument("--no-stage2", action="store_true", help="m3bind: stage 1 only")
     p.add_argument("--report-only", action="store_true", help="tabulate the finished runs only; start none")
     args = p.parse_args(argv)
     global REPORT_ONLY
@@ -209,9 +283,11 @@ def main(argv=None) -> int:
     args.workdir, args.data = Path(args.workdir).resolve(), Path(args.data).resolve()
     if args.what == "prompt" and not args.binding:
         p.error("prompt needs --binding (an emcl run directory)")
+    if set(args.variants.split(",")) - set(M3BIND_VARIANTS):
+        p.error(f"--variants: choose among {list(M3BIND_VARIANTS)}")
     if set(args.conditions.split(",")) - set(CONDITIONS):
         p.error(f"--conditions: choose among {list(CONDITIONS)}")
-    print({"emcl": emcl, "prompt": prompt, "m3bind": m3bind}[args.what](args))
+    print({"emcl": emcl, "prompt": prompt, "m3bind": m3bind, "five": five}[args.what](args))
     return 0
 
 

@@ -31,6 +31,24 @@ from probmed.training.nonfinite import NonFiniteGuard
 from probmed.optim import ParamGroups, apply_lr_scales
 
 
+def copy_initial_weights(encoders: nn.ModuleDict, heads: nn.ModuleDict, init_from: dict[str, str]) -> None:
+    """Give each ``key`` of ``init_from`` the tower and head weights of its source key (a clear error for an
+    unknown key, a chain, or towers whose parameters differ in names or shapes)."""
+    for key, source in init_from.items():
+        if key not in encoders or source not in encoders or key == source:
+            raise ValueError(f"init_from: {key!r} <- {source!r} needs two distinct encoders; "
+                             f"encoders: {sorted(encoders)}")
+        if source in init_from:
+            raise ValueError(f"init_from: {source!r} is itself initialised from {init_from[source]!r}; give the origin")
+        for part in (encoders, heads):
+            target, origin = part[key].state_dict(), part[source].state_dict()
+            shapes = {k: tuple(v.shape) for k, v in target.items()}
+            if shapes != {k: tuple(v.shape) for k, v in origin.items()}:
+                raise ValueError(f"init_from: {key!r} and {source!r} differ in architecture (parameter names or "
+                                 f"shapes); they must be built from the same tower config")
+            part[key].load_state_dict(origin)
+
+
 class ProbMedModule(L.LightningModule):
     """Towers (``encoders``) → :class:`GaussianHead` per modality → :class:`Objective` over the configured pairs.
 
@@ -58,6 +76,9 @@ class ProbMedModule(L.LightningModule):
         channels_last: keep the towers' 2-D convolution weights (and so their activations) channels-last (NHWC), the
             layout oneDNN on CPU and cuDNN under mixed precision run fastest; the values are the same up to float
             rounding (docs/results.md, "make demo's phases").
+        init_from: modality key → the key whose tower and head it copies at construction (e.g. ``{text_ecg:
+            text_cxr}``: M3Bind's text towers start as one text encoder and are then trained apart); unlike
+            ``shared`` the two keep separate weights. The towers must have the same architecture.
     """
 
     def __init__(
@@ -75,6 +96,7 @@ class ProbMedModule(L.LightningModule):
         shared: dict[str, str] | None = None,
         param_groups: ParamGroups | None = None,
         channels_last: bool = False,
+        init_from: dict[str, str] | None = None,
     ):
         super().__init__()
         self.shared = dict(shared or {})
@@ -98,6 +120,7 @@ class ProbMedModule(L.LightningModule):
             name: head.override((heads or {}).get(name), f"heads.{name}").build(enc.output_dim, embed_dim)
             for name, enc in encoders.items()
         })
+        copy_initial_weights(self.encoders, self.heads, dict(init_from or {}))
         self.objective = objective
         self.optimizer_factory = optimizer
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio

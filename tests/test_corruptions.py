@@ -14,6 +14,7 @@ def _inputs():
     g = torch.Generator().manual_seed(0)
     return {
         "cxr": torch.randn(3, 1, 16, 16, generator=g),
+        "ct": torch.randn(3, 1, 16, 16, generator=g),
         "ecg": torch.randn(3, 12, 200, generator=g),
         "echo": torch.randn(3, 8, 1, 16, 16, generator=g),
         "text": {"input_ids": torch.arange(1, 25).reshape(2, 12),

@@ -194,3 +194,47 @@ def test_a_distillation_teacher_names_its_text_tower(smoke_corpus, tmp_path, mon
     assert not torch.equal(model.teacher_embedding("cxr", tokens)[0], model.teacher_embedding("ecg", tokens)[0])
     with pytest.raises(ValueError, match="no text tower"):
         TextDistillation(student, {"cxr": TeacherSpec(**spec)})
+
+
+def test_five_modality_stage1_with_the_generated_ct_trains_and_tests_tiny_through_the_cli(tmp_path, monkeypatch):
+    """configs/m3bind_five.yaml (CXR, ECG, echo, CT; one text tower each, started as copies of text_cxr) on a corpus
+    generated with `--extra-modalities ct`: fit then test through the CLI; every image pair is scored."""
+    from probmed.cli import main
+
+    data = tmp_path / "five"
+    assert data_main(["synth", "--out", str(data), "--studies", "48", "--seed", "1", "--cxr-size", "64",
+                      "--echo-size", "32", "--echo-frames", "4", "--ecg-rate", "100", "--shard-size", "16",
+                      "--workers", "1", "--quiet", "--extra-modalities", "ct", "--ct-size", "48"]) == 0
+    towers = REPO / "configs" / "presets" / "tiny" / "towers"
+    images = {"cxr": "cxr", "ecg": "ecg", "echo": "echo", "ct": "cxr"}
+    inputs = {"cxr": {"class_path": "CXRInput", "init_args": {"size": 32}},
+              "ecg": {"class_path": "ECGInput", "init_args": {"rate": 100, "seconds": 5}},
+              "echo": {"class_path": "EchoInput", "init_args": {"frames": 4, "size": 32}},
+              "ct": {"class_path": "CTInput", "init_args": {"size": 32}}}
+    inputs |= {f"text_{m}": {"class_path": "TextInput", "init_args": {"max_length": 32}} for m in images}
+    tiny = {"model": {"embed_dim": 16, "warmup_steps": 1,
+                      "encoders": {**{m: str(towers / f"{t}.yaml") for m, t in images.items()},
+                                   **{f"text_{m}": str(towers / "text.yaml") for m in images}}},
+            "data": {"batch_size": 8, "num_workers": 0, "inputs": inputs},
+            "trainer": {**TINY["trainer"], "limit_val_batches": 1}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["probmed"])
+    common = ["--config", str(REPO / "configs" / "m3bind_five.yaml"), "--config", str(tmp_path / "tiny.yaml"),
+              "--data.data_dir", str(data), "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt")]
+    assert main(["fit", *common]) == 0
+    assert main(["test", *common, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")]) == 0
+    fit, test = sorted((tmp_path / "m3bind_five").glob("version_*"))
+    events = EventAccumulator(str(fit))
+    events.Reload()
+    train = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    for m in images:
+        assert f"train/infonce/text_{m}-{m}" in train
+    assert "train/mse/text_cxr-text_ct" in train and "train/mse/text_echo-text_ct" in train
+    assert all(math.isfinite(v) for v in train["train/loss"]) and len(train["train/loss"]) == 3
+    scalars = json.loads((test / "test_metrics.json").read_text())["scalars"]
+    for a, b in (("ct", "cxr"), ("ct", "ecg"), ("ct", "echo"), ("cxr", "ecg"), ("text_ct", "ct")):
+        for pair in (f"{a}->{b}", f"{b}->{a}"):
+            value = scalars[f"test/R@1/{pair}"]
+            assert value is not None and 0.0 <= value <= 100.0, pair

@@ -1,7 +1,8 @@
 """One modality registry: every modality list derives from it, and a new modality is added by config alone.
 
-The fifth-modality test trains (through ``probmed fit``, tiny, CPU) a model on CXR, ECG, echo, text and ``ct``,
-where ``ct`` exists only in the test's config and in the shards it writes: no registry entry, no code.
+The fifth-modality test trains (through ``probmed fit``, tiny, CPU) a model on CXR, ECG, echo, text and ``mri``,
+where ``mri`` exists only in the test's config and in the shards it writes: no registry entry, no code (the
+generated ``ct`` of ``probmed data synth --extra-modalities ct`` is registered: tests/test_synthetic_ct.py).
 """
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ TINY = REPO / "configs" / "presets" / "tiny"
 
 
 def test_the_lists_that_name_modalities_are_derived_from_the_registry():
-    stored = tuple(n for n, s in registry.SPECS.items() if s.view_of is None)
-    assert schema.MODALITIES == stored == ("cxr", "ecg", "echo", "text")
+    stored = tuple(n for n, s in registry.SPECS.items() if s.view_of is None and s.default)
+    assert schema.MODALITIES == stored == registry.default_modalities() == ("cxr", "ecg", "echo", "text")
+    # the opt-in ct (written by `probmed data synth --extra-modalities ct`) is stored but loaded only when named
+    assert registry.stored_modalities() == (*stored, "ct") and registry.SPECS["ct"].build is None
     views = {n: s.view_of for n, s in registry.SPECS.items() if s.view_of}
     assert views == {"cxr_view2": "cxr", "text_impression": "text"}
     # every registered pipeline's default files map back to its modality (views map to what they view)
     assert schema.modality_of("cxr.1.dcm") == "cxr" and schema.modality_of("ecg.npy") == "ecg"
     assert schema.modality_of("echo.npy") == "echo" and schema.modality_of("report.txt") == "text"
-    assert schema.modality_of("json") is None and schema.modality_of("ct.0.dcm") is None
+    assert schema.modality_of("ct.0.dcm") == "ct"
+    assert schema.modality_of("json") is None and schema.modality_of("retina.0.png") is None
     # manifest columns: the required ones, then each built modality's path column and its value columns
     assert manifest.COLUMNS == ("study_id", "patient_id", "split", "cxr", "cxr_views", "ecg", "echo", "echo_fps",
                                 "report", "report_text")
@@ -94,21 +98,21 @@ def test_an_unknown_modality_without_a_pipeline_is_a_clear_error():
 def test_a_config_modality_is_decoded_from_its_own_files_and_not_counted_as_unknown():
     rng = np.random.default_rng(0)
     sample = study("s1", rng=rng)
-    sample["ct.0.dcm"] = dicom_bytes(rng.integers(0, 4096, (24, 24)).astype(np.uint16))
+    sample["mri.0.dcm"] = dicom_bytes(rng.integers(0, 4096, (24, 24)).astype(np.uint16))
     skips = SkipCounter()
-    inputs = {"cxr": ImageInput("cxr", 16), "ct": ImageInput("ct", 16)}
+    inputs = {"cxr": ImageInput("cxr", 16), "mri": ImageInput("mri", 16)}
     decoded = StudyDecoder(inputs)(sample, rng, False, skips)
-    assert decoded["present"] == {"cxr": True, "ct": True} and dict(skips) == {}
-    assert not np.allclose(decoded["inputs"]["cxr"].numpy(), decoded["inputs"]["ct"].numpy())
-    # without a ct pipeline the ct file is a file nobody reads: counted, never decoded as CXR
+    assert decoded["present"] == {"cxr": True, "mri": True} and dict(skips) == {}
+    assert not np.allclose(decoded["inputs"]["cxr"].numpy(), decoded["inputs"]["mri"].numpy())
+    # without an mri pipeline the mri file is a file nobody reads: counted, never decoded as CXR
     skips = SkipCounter()
     decoded = StudyDecoder({"cxr": ImageInput("cxr", 16)})(sample, rng, False, skips)
     assert dict(skips) == {"unknown_extension": 1} and decoded["present"] == {"cxr": True}
 
 
-def _ct_corpus(root: Path) -> None:
-    """Shards of studies with CXR, ECG, echo, text and — in three of every four studies — a CT slice ``ct.0.dcm``
-    whose brightness follows the study's first finding (so ct and text share something to learn)."""
+def _mri_corpus(root: Path) -> None:
+    """Shards of studies with CXR, ECG, echo, text and — in three of every four studies — an MRI slice ``mri.0.dcm``
+    whose brightness follows the study's first finding (so mri and text share something to learn)."""
     rng = np.random.default_rng(5)
     for split, shards, per_shard in (("train", 2, 16), ("val", 1, 12), ("test", 1, 12)):
         samples = []
@@ -120,16 +124,16 @@ def _ct_corpus(root: Path) -> None:
                 if i % 4:
                     meta = json.loads(sample["json"])
                     level = 3000 if meta["findings"][schema.FINDINGS[0]] else 800
-                    sample["ct.0.dcm"] = dicom_bytes(rng.integers(0, 400, (32, 32)).astype(np.uint16) + level)
+                    sample["mri.0.dcm"] = dicom_bytes(rng.integers(0, 400, (32, 32)).astype(np.uint16) + level)
                 batch.append(sample)
             samples.append(batch)
         write_split(root, split, samples)
 
 
 def test_a_fifth_modality_trains_from_config_and_shards_alone(tmp_path, monkeypatch):
-    assert "ct" not in registry.SPECS
+    assert "mri" not in registry.SPECS
     data = tmp_path / "shards"
-    _ct_corpus(data)
+    _mri_corpus(data)
     towers = {m: str(TINY / "towers" / f"{m}.yaml") for m in ("cxr", "ecg", "echo", "text")}
     config = {
         "seed_everything": 0,
@@ -140,14 +144,14 @@ def test_a_fifth_modality_trains_from_config_and_shards_alone(tmp_path, monkeypa
                                "init_args": {"save_dir": str(tmp_path), "name": "five"}}},
         "model": {
             "embed_dim": 16, "warmup_steps": 1,
-            "encoders": {**towers, "ct": towers["cxr"]},  # ct: its own copy of the tiny image tower
-            "heads": {"ct": {"log_var_init": -1.0, "clamp": "hard"}},
+            "encoders": {**towers, "mri": towers["cxr"]},  # mri: its own copy of the tiny image tower
+            "heads": {"mri": {"log_var_init": -1.0, "clamp": "hard"}},
             "objective": {"class_path": "probmed.losses.Objective", "init_args": {
                 "pairs": [{"term": "probmed.losses.ProbabilisticInfoNCE", "args": {"similarity": "bhattacharyya"},
-                           "over": [["text", "cxr"], ["text", "ecg"], ["text", "echo"], ["text", "ct"],
-                                    ["cxr", "ct"]]}],
+                           "over": [["text", "cxr"], ["text", "ecg"], ["text", "echo"], ["text", "mri"],
+                                    ["cxr", "mri"]]}],
                 "terms": [{"class_path": "probmed.losses.VIB",
-                           "init_args": {"modalities": ["cxr", "ecg", "echo", "text", "ct"], "weight": 1.0e-4}}]}},
+                           "init_args": {"modalities": ["cxr", "ecg", "echo", "text", "mri"], "weight": 1.0e-4}}]}},
             "evaluation": {"zero_shot": None, "few_shot": None, "prognosis": None, "plots": [], "projector": []},
         },
         "data": {"data_dir": str(data), "batch_size": 8, "num_workers": 0, "inputs": {
@@ -155,7 +159,7 @@ def test_a_fifth_modality_trains_from_config_and_shards_alone(tmp_path, monkeypa
             "ecg": {"class_path": "ECGInput", "init_args": {"rate": 50, "seconds": 10}},
             "echo": {"class_path": "EchoInput", "init_args": {"frames": 4, "size": 32}},
             "text": {"class_path": "TextInput", "init_args": {"max_length": 32}},
-            "ct": {"class_path": "probmed.data.modalities.ImageInput", "init_args": {"prefix": "ct", "size": 32}},
+            "mri": {"class_path": "probmed.data.modalities.ImageInput", "init_args": {"prefix": "mri", "size": 32}},
         }},
     }
     path = tmp_path / "five.yaml"
@@ -169,15 +173,15 @@ def test_a_fifth_modality_trains_from_config_and_shards_alone(tmp_path, monkeypa
     events = EventAccumulator(str(version))
     events.Reload()
     scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    for tag in ("train/infonce/text-ct", "train/infonce/cxr-ct", "variance/ct", "val/R@1/ct->text",
-                "val/R@1/ct->ecg"):
+    for tag in ("train/infonce/text-mri", "train/infonce/cxr-mri", "variance/mri", "val/R@1/mri->text",
+                "val/R@1/mri->ecg"):
         assert tag in scalars and all(math.isfinite(v) for v in scalars[tag]), (tag, sorted(scalars))
     assert len(scalars["train/loss"]) == 2
-    assert "data/skipped/unknown_extension" not in scalars  # ct.0.dcm is read by the ct pipeline, not ignored
-    # the per-modality head: ct's clamp and initial log-variance, the others the default head's
+    assert "data/skipped/unknown_extension" not in scalars  # mri.0.dcm is read by the mri pipeline, not ignored
+    # the per-modality head: mri's clamp and initial log-variance, the others the default head's
     (ckpt,) = (version / "checkpoints").glob("*.ckpt")
     hparams = yaml.safe_load((version / "hparams.yaml").read_text())
-    assert hparams["heads"] == {"ct": {"log_var_init": -1.0, "clamp": "hard"}}
+    assert hparams["heads"] == {"mri": {"log_var_init": -1.0, "clamp": "hard"}}
     assert ckpt.stat().st_size > 0
 
 
@@ -186,10 +190,10 @@ def test_a_config_modality_is_corrupted_like_a_registered_one():
 
     from probmed.evaluation.corruptions import corrupt, get_corruption
 
-    assert get_corruption("ct", "blur", like="cxr") is registry.SPECS["cxr"].corruptions["blur"]
+    assert get_corruption("mri", "blur", like="cxr") is registry.SPECS["cxr"].corruptions["blur"]
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(corrupt("ct", "noise", x, 1.0, seed=3, like="cxr"), corrupt("cxr", "noise", x, 1.0, seed=3))
-    with pytest.raises(ValueError, match="no corruptions registered for modality 'ct'.*set `like:`"):
-        get_corruption("ct", "noise")
+    assert torch.equal(corrupt("mri", "noise", x, 1.0, seed=3, like="cxr"), corrupt("cxr", "noise", x, 1.0, seed=3))
+    with pytest.raises(ValueError, match="no corruptions registered for modality 'mri'.*set `like:`"):
+        get_corruption("mri", "noise")
     with pytest.raises(ValueError, match="unknown cxr corruption 'lead_dropout'"):
-        get_corruption("ct", "lead_dropout", like="cxr")
+        get_corruption("mri", "lead_dropout", like="cxr")

@@ -158,3 +158,50 @@ def test_channels_last_towers_embed_as_the_default_layout_and_keep_it_through_a_
     nhwc.load_state_dict(torch.load(tmp_path / "plain.pt", weights_only=True))
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in nhwc.encoders.parameters() if p.dim() == 4)
     torch.testing.assert_close(dict(nhwc.state_dict()), dict(plain.state_dict()))
+
+
+class Wider(Recorder):
+    """A tower of another architecture (different parameter shapes)."""
+
+    output_dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, 3)
+
+
+def test_init_from_starts_a_tower_and_head_as_a_copy_that_then_trains_apart():
+    objective = Objective([ProbabilisticInfoNCE(["a", "b"]), ProbabilisticInfoNCE(["a", "c"])])
+    torch.manual_seed(0)
+    module = ProbMedModule({"a": Recorder(), "b": Recorder(), "c": Recorder()}, objective, embed_dim=5,
+                           init_from={"b": "a", "c": "a"})
+    for part in (module.encoders, module.heads):
+        for name, value in part["a"].state_dict().items():
+            assert torch.equal(part["b"].state_dict()[name], value)
+            assert torch.equal(part["c"].state_dict()[name], value)
+            assert part["b"].state_dict()[name].data_ptr() != value.data_ptr()  # copies, not shared storage
+    x = torch.randn(4, 4)
+    torch.testing.assert_close(module.embed_modality("a", x, torch.ones(4, dtype=torch.bool)).mean,
+                               module.embed_modality("b", x, torch.ones(4, dtype=torch.bool)).mean)
+    with torch.no_grad():
+        module.encoders["b"].linear.weight.add_(1.0)
+    assert not torch.equal(module.encoders["a"].linear.weight, module.encoders["b"].linear.weight)
+    # without init_from the same seed gives different weights
+    torch.manual_seed(0)
+    plain = ProbMedModule({"a": Recorder(), "b": Recorder(), "c": Recorder()}, objective, embed_dim=5)
+    assert not torch.equal(plain.encoders["a"].linear.weight, plain.encoders["b"].linear.weight)
+
+
+def test_init_from_refuses_unknown_chained_and_mismatched_towers():
+    objective = Objective([ProbabilisticInfoNCE(["a", "b"])])
+    cases = [({"a": Recorder(), "b": Recorder()}, {"b": "z"}, "two distinct encoders"),
+             ({"a": Recorder(), "b": Recorder()}, {"b": "b"}, "two distinct encoders"),
+             ({"a": Recorder(), "b": Recorder(), "c": Recorder()}, {"b": "a", "c": "b"}, "give the origin"),
+             ({"a": Recorder(), "b": Wider()}, {"b": "a"}, "differ in architecture")]
+    for encoders, init_from, message in cases:
+        try:
+            ProbMedModule(encoders, objective, embed_dim=5, init_from=init_from)
+        except ValueError as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError(f"init_from {init_from} was accepted")

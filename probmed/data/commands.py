@@ -15,6 +15,7 @@ import json
 import sys
 
 from probmed.data.schema import MODALITIES
+from probmed.data.synthetic.plan import EXTRA_MODALITIES
 
 
 def _parse_missing(text: str) -> dict[str, float]:
@@ -25,8 +26,9 @@ def _parse_missing(text: str) -> dict[str, float]:
         if "=" not in part:
             raise argparse.ArgumentTypeError(f"expected modality=fraction, got {part!r}")
         name, value = (s.strip() for s in part.split("=", 1))
-        if name not in MODALITIES:
-            raise argparse.ArgumentTypeError(f"unknown modality {name!r} (known: {', '.join(MODALITIES)})")
+        if name not in (*MODALITIES, *EXTRA_MODALITIES):
+            raise argparse.ArgumentTypeError(f"unknown modality {name!r} (known: "
+                                             f"{', '.join((*MODALITIES, *EXTRA_MODALITIES))})")
         try:
             frac = float(value)
         except ValueError as exc:
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ECG bank cache (default $PROBMED_CACHE/ecg_bank or ~/.cache/probmed/ecg_bank)")
     s.add_argument("--no-cache", action="store_true", help="do not cache the ECG bank on disk")
     s.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    s.add_argument("--extra-modalities", nargs="+", default=[], choices=sorted(EXTRA_MODALITIES), metavar="M",
+                   help="opt-in modalities to add, drawn from their own random streams so the other files do not "
+                   f"change: {', '.join(sorted(EXTRA_MODALITIES))} (an axial chest CT slice, missing in 20 %% of "
+                   "studies unless --missing says otherwise)")
+    s.add_argument("--ct-size", type=_positive_int, default=128, help="CT slice side in pixels (default 128)")
     s.set_defaults(func=_cmd_synth)
 
     b = sub.add_parser(
@@ -237,6 +244,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         lateral_fraction=args.lateral_fraction,
         cache_dir=cache,
         progress=not args.quiet,
+        extra_modalities=tuple(args.extra_modalities),
+        ct_size=args.ct_size,
     )
     brief = {k: summary[k] for k in ("out_dir", "n_studies", "n_patients", "split_counts", "normal_fraction",
                                      "findings_prevalence", "modality_presence", "seconds", "studies_per_s",

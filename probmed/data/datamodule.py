@@ -21,9 +21,10 @@ class ProbMedDataModule(L.LightningDataModule):
 
     Args:
         data_dir: directory holding the shards and ``sizes.json`` (written by ``probmed data synth|build``).
-        modalities: which modalities to load; default: the registry's stored modalities (``cxr, ecg, echo, text``,
-            :func:`probmed.data.registry.stored_modalities`) plus every modality ``inputs`` adds that the registry
-            does not know (e.g. ``ct``). Views of a stored modality (``cxr_view2``, ``text_impression``) and subsets
+        modalities: which modalities to load; default: the registry's default modalities (``cxr, ecg, echo, text``,
+            :func:`probmed.data.registry.default_modalities`) plus every other modality ``inputs`` names (e.g. the
+            opt-in ``ct``, or one the registry does not know). Views of a stored modality (``cxr_view2``,
+            ``text_impression``) and subsets
             are loaded by listing them.
         batch_size: studies per batch per device.
         num_workers: DataLoader worker processes per device (0 decodes in the training process).
@@ -175,7 +176,8 @@ def resolve_inputs(modalities: list[str] | None, inputs: dict[str, ModalityInput
     """The pipelines to load, by modality name (see :class:`ProbMedDataModule`'s ``modalities`` and ``inputs``)."""
     inputs = dict(inputs or {})
     if modalities is None:
-        modalities = [*registry.stored_modalities(), *(n for n in inputs if n not in registry.SPECS)]
+        defaults = registry.default_modalities()
+        modalities = [*defaults, *(n for n in inputs if n not in defaults)]
     names = list(modalities)
     registry.check_names(names)
     out: dict[str, ModalityInput] = {}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probmed.data import schema
+from probmed.data.readers.identity import ACCEPTED
 from probmed.data.readers import (
     UnreadableInput,
     read_cxr,
@@ -110,14 +111,18 @@ class ImageInput(ModalityInput):
             with one view lacks it).
         fit: a non-square image is ``pad``-ded (default) or centre-``crop``-ped to square, never squashed
             (:func:`fit_square`).
+        identity: the modality a DICOM view must be (its SOP Class and Modality code; ``cxr``: CR / DX, ``ct``:
+            CT; see :mod:`probmed.data.readers.identity`); a file of another kind is skipped with a counted cause.
     """
 
-    def __init__(self, prefix: str, size: int = 64, view: str = "random", fit: str = "pad"):
+    def __init__(self, prefix: str, size: int = 64, view: str = "random", fit: str = "pad", identity: str = "cxr"):
         if view not in ("random", "first", "second"):
             raise ValueError(f"view must be 'random', 'first' or 'second', got {view!r}")
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
-        self.prefix, self.size, self.view, self.fit = prefix, int(size), view, fit
+        if identity not in ACCEPTED:
+            raise ValueError(f"identity must be one of {sorted(ACCEPTED)}, got {identity!r}")
+        self.prefix, self.size, self.view, self.fit, self.identity = prefix, int(size), view, fit, identity
         self.files = (f"{prefix}.*",)
 
     def stored(self, sample):
@@ -129,7 +134,7 @@ class ImageInput(ModalityInput):
             key = views[1]
         else:
             key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
-        image, _ = read_cxr(key, sample[key])  # reader chosen by the stored extension (dcm, png, jpg)
+        image, _ = read_cxr(key, sample[key], self.identity)  # reader chosen by the extension (dcm, png, jpg)
         image = fit_square(torch.from_numpy(image)[None], self.size, self.fit)
         return ((image - 0.5) / 0.25).float()
 
@@ -143,6 +148,14 @@ class CXRInput(ImageInput):
 
     def __init__(self, size: int = 64, view: str = "random", prefix: str = "cxr", fit: str = "pad"):
         super().__init__(prefix, size, view, fit)
+
+
+class CTInput(ImageInput):
+    """CT: one axial slice per study stored as ``ct.<i>.dcm`` (CT Image Storage, Hounsfield units through its
+    rescale, displayed in the header's window) or ``.png`` → ``float32 [1, size, size]`` as :class:`ImageInput`."""
+
+    def __init__(self, size: int = 64, view: str = "first", prefix: str = "ct", fit: str = "pad"):
+        super().__init__(prefix, size, view, fit, identity="ct")
 
 
 class CXRSecondViewInput(CXRInput):

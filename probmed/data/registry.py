@@ -5,20 +5,20 @@ files, reader, options and placeholder: :mod:`probmed.data.modalities`), its tes
 (:mod:`probmed.evaluation.corruptions`), and how ``probmed data build`` makes its shard files from a manifest
 column (:mod:`probmed.data.converters`). Derived from :data:`SPECS`:
 
-* :data:`probmed.data.schema.MODALITIES` — the stored modalities (own shard files), in table order;
+* :data:`probmed.data.schema.MODALITIES` — the default stored modalities (own shard files), in table order;
 * :func:`probmed.data.schema.modality_of` — which modality a shard file belongs to;
 * the data module's default pipelines (``data.modalities`` without ``data.inputs``);
 * :data:`probmed.data.manifest.COLUMNS` and the builder's conversions;
 * the corruptions a ``evaluation.corruptions`` entry may name.
 
 **Adding a modality.** One stored in a format a pipeline already reads needs no code: give it in the data config,
-e.g. a CT slice stored as ``ct.<i>.dcm`` (or ``.png``) beside the radiographs::
+e.g. a retina photograph stored as ``retina.<i>.png`` beside the radiographs::
 
     data:
       inputs:
-        ct: {class_path: probmed.data.modalities.ImageInput, init_args: {prefix: ct, size: 64}}
+        retina: {class_path: probmed.data.modalities.ImageInput, init_args: {prefix: retina, size: 64}}
 
-plus a tower under ``model.encoders.ct`` and the pairs that contrast it in ``model.objective``. A new format
+plus a tower under ``model.encoders.retina`` and the pairs that contrast it in ``model.objective``. A new format
 needs a :class:`~probmed.data.modalities.ModalityInput` subclass (and, to build it from a manifest, a converter);
 :func:`register` then makes it a default modality with its corruptions and manifest column.
 """
@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 
 from probmed.data import converters
 from probmed.data.modalities import (
+    CTInput,
     CXRInput,
     CXRSecondViewInput,
     ECGInput,
@@ -39,7 +40,8 @@ from probmed.data.modalities import (
 )
 from probmed.evaluation import corruptions as C
 
-__all__ = ["BuildSpec", "ModalitySpec", "SPECS", "register", "spec", "stored_modalities", "modality_of",
+__all__ = ["BuildSpec", "ModalitySpec", "SPECS", "register", "spec", "stored_modalities",
+           "default_modalities", "modality_of",
            "default_input", "check_names", "build_specs"]
 
 
@@ -80,6 +82,9 @@ class ModalitySpec:
         view_of: the stored modality whose files it reads (``cxr_view2`` is a second view of ``cxr``); None for a
             modality with shard files of its own.
         build: how ``probmed data build`` writes it (None: not built from a manifest, e.g. a view).
+        default: loaded when a data config names no modalities (and listed in ``schema.MODALITIES``); an opt-in
+            modality (False, e.g. ``ct``: only ``probmed data synth --extra-modalities ct`` writes it) is known to
+            the registry (files, pipeline, corruptions) but loaded only where a config names it.
     """
 
     name: str
@@ -87,6 +92,7 @@ class ModalitySpec:
     corruptions: Mapping[str, Callable] = field(default_factory=dict)
     view_of: str | None = None
     build: BuildSpec | None = None
+    default: bool = True
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -124,6 +130,7 @@ register(ModalitySpec(
 register(ModalitySpec(
     "text", TextInput, TEXT_CORRUPTIONS,
     build=BuildSpec("report", converters.report_text, value_columns=("report_text",), inline_column="report_text")))
+register(ModalitySpec("ct", CTInput, IMAGE_CORRUPTIONS, default=False))
 register(ModalitySpec("cxr_view2", CXRSecondViewInput, IMAGE_CORRUPTIONS, view_of="cxr"))
 register(ModalitySpec("text_impression", ImpressionInput, TEXT_CORRUPTIONS, view_of="text"))
 
@@ -144,6 +151,11 @@ def spec(name: str) -> ModalitySpec:
 def stored_modalities() -> tuple[str, ...]:
     """The registered modalities with shard files of their own (not views of another), in table order."""
     return tuple(name for name, s in SPECS.items() if s.view_of is None)
+
+
+def default_modalities() -> tuple[str, ...]:
+    """The stored modalities loaded when a config names none (the opt-in ones left out), in table order."""
+    return tuple(name for name in stored_modalities() if SPECS[name].default)
 
 
 def modality_of(file_name: str) -> str | None:

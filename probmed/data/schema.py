@@ -80,10 +80,11 @@ def modality_of(ext: str) -> str | None:
 
 
 def __getattr__(name: str):
-    # MODALITIES — the registered modalities with shard files of their own, in table order — is derived from the
-    # registry (probmed.data.registry), which imports the pipelines that import this module: resolved on first use.
+    # MODALITIES — the default registered modalities with shard files of their own, in table order (opt-in ones such
+    # as ct left out) — is derived from the registry (probmed.data.registry), which imports the pipelines that import
+    # this module: resolved on first use.
     if name == "MODALITIES":
-        from probmed.data.registry import stored_modalities
+        from probmed.data.registry import default_modalities
 
-        return stored_modalities()
+        return default_modalities()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

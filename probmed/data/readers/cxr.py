@@ -67,8 +67,8 @@ def _voi(image: np.ndarray, ds) -> np.ndarray:
     return np.clip(image, np.float32(low), np.float32(high))
 
 
-def read_cxr_dicom(data: bytes) -> tuple[np.ndarray, str]:
-    """Decode one radiograph.
+def read_cxr_dicom(data: bytes, identity: str = "cxr") -> tuple[np.ndarray, str]:
+    """Decode one radiograph (or, with ``identity="ct"``, one CT slice: the same 2-D grey decoding).
 
     Applies the modality LUT (RescaleSlope / RescaleIntercept), then the VOI LUT or window from the header,
     inverts MONOCHROME1 so that higher values are always brighter, and rescales to ``[0, 1]``.
@@ -76,14 +76,16 @@ def read_cxr_dicom(data: bytes) -> tuple[np.ndarray, str]:
     Args:
         data: the bytes of a DICOM file (Part 10, with or without preamble; any transfer syntax pydicom's
             installed pixel handlers decode).
+        identity: which modality's SOP classes and Modality codes the file must carry (a key of
+            :data:`probmed.data.readers.identity.ACCEPTED`: ``cxr`` = CR / DX, ``ct`` = CT).
 
     Returns:
         ``(image, view)``: ``float32`` array ``[H, W]`` in ``[0, 1]``; the header's ViewPosition (``""`` if absent).
 
     Raises:
         UnreadableInput: ``cxr_corrupt_dicom`` when pydicom cannot parse the file or its pixels,
-            ``cxr_wrong_modality`` for a file that is not a CR / DX radiograph (a CT slice, an MR image, ...; see
-            :mod:`probmed.data.readers.identity`),
+            ``<identity>_wrong_modality`` for a file that is not of that modality (for ``cxr``: a CT slice, an MR
+            image, ...; see :mod:`probmed.data.readers.identity`),
             ``cxr_not_2d`` for a multi-frame or colour image, ``cxr_blank`` for a constant image.
     """
     try:
@@ -92,7 +94,7 @@ def read_cxr_dicom(data: bytes) -> tuple[np.ndarray, str]:
         raise UnreadableInput("cxr_corrupt_dicom", f"{type(exc).__name__}: {exc}") from exc
     if "PixelData" not in ds:
         raise UnreadableInput("cxr_corrupt_dicom", "no pixel data (not a DICOM image)")
-    check_identity(ds, "cxr")
+    check_identity(ds, identity)
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -134,9 +136,9 @@ CXR_READERS: dict[str, Callable[[bytes], tuple[np.ndarray, str]]] = {
 }
 
 
-def read_cxr(name: str, data: bytes) -> tuple[np.ndarray, str]:
+def read_cxr(name: str, data: bytes, identity: str = "cxr") -> tuple[np.ndarray, str]:
     """Decode a stored view by its file name or extension (``"cxr.0.dcm"``, ``"x.png"``) through
-    :data:`CXR_READERS`.
+    :data:`CXR_READERS`; a DICOM file must be of the modality ``identity`` (:func:`read_cxr_dicom`).
 
     Raises:
         UnreadableInput: ``cxr_unknown_format`` for an extension no reader handles.
@@ -145,4 +147,4 @@ def read_cxr(name: str, data: bytes) -> tuple[np.ndarray, str]:
     reader = CXR_READERS.get(ext)
     if reader is None:
         raise UnreadableInput("cxr_unknown_format", f"no CXR reader for .{ext} (known: {sorted(CXR_READERS)})")
-    return reader(data)
+    return reader(data, identity) if reader is read_cxr_dicom else reader(data)

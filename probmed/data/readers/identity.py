@@ -1,7 +1,8 @@
 """Is a DICOM file what the manifest column claims? SOP Class and Modality checks per modality.
 
 A CT slice handed in as a chest film decodes fine and trains silently; these checks refuse it with a counted cause
-(``cxr_wrong_modality``, ``echo_wrong_modality``, ``ecg_wrong_modality``) naming what the header says it is.
+(``cxr_wrong_modality``, ``echo_wrong_modality``, ``ecg_wrong_modality``, ``ct_wrong_modality``) naming what the
+header says it is.
 
 A file is accepted when its SOP Class UID is one of the modality's own storage classes (:data:`ACCEPTED`) — or a
 Secondary Capture whose Modality is one of the modality's codes (or, for chest films, whose BodyPartExamined is
@@ -48,6 +49,7 @@ ACCEPTED: dict[str, Accepts] = {
         frozenset({uid.TwelveLeadECGWaveformStorage, uid.GeneralECGWaveformStorage,
                    uid.General32bitECGWaveformStorage, uid.AmbulatoryECGWaveformStorage}),
         frozenset({"ECG"})),
+    "ct": Accepts(frozenset({uid.CTImageStorage, uid.EnhancedCTImageStorage}), frozenset({"CT"})),
 }
 
 

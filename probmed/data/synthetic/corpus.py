@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from probmed.data.schema import ECG_EXT, ECG_LEADS, ECHO_EXT, FINDINGS, META_EXT, MODALITIES, REPORT_EXT, SPLITS
+from probmed.data.schema import ECG_EXT, ECG_LEADS, ECHO_EXT, FINDINGS, META_EXT, REPORT_EXT, SPLITS
 from probmed.data.shard_writer import ShardSetWriter
+from probmed.data.synthetic import ct as ct_mod
 from probmed.data.synthetic import cxr as cxr_mod
 from probmed.data.synthetic import echo as echo_mod
 from probmed.data.synthetic import ecg as ecg_mod
-from probmed.data.synthetic.plan import StudyPlan, plan_corpus, study_rng
+from probmed.data.synthetic.plan import CORPUS_MODALITIES, EXTRA_MODALITIES, StudyPlan, plan_corpus, study_rng
 from probmed.data.synthetic.report import make_report
 
 DEFAULT_MISSING = {"cxr": 0.1, "ecg": 0.15, "echo": 0.2, "text": 0.0}
@@ -40,6 +41,7 @@ class RenderConfig:
     echo_fps: float = 12.8
     ecg_rate: int = 250
     ecg_seconds: float = 10.0
+    ct_size: int = 128
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -59,7 +61,7 @@ def study_meta(plan: StudyPlan, cfg: RenderConfig) -> dict[str, Any]:
         "ecg_leads": list(ECG_LEADS) if plan.present["ecg"] else [],
         "ecg_sampling_rate": int(cfg.ecg_rate) if plan.present["ecg"] else None,
         "echo_fps": float(cfg.echo_fps) if plan.present["echo"] else None,
-        "modalities": [m for m in MODALITIES if plan.present[m]],
+        "modalities": [m for m, present in plan.present.items() if present],
         "attributes": dict(plan.attributes),
         "source": "probmed-synthetic",
     }
@@ -116,6 +118,11 @@ def render_study(plan: StudyPlan, cfg: RenderConfig, bank: ecg_mod.ECGBank | Non
         t0 = time.process_time()
         sample[REPORT_EXT] = make_report(study_rng(cfg.seed, plan.index, "text"), f, a).encode("utf-8")
         timing["text"] = time.process_time() - t0
+    if plan.present.get("ct"):
+        t0 = time.process_time()
+        hu = ct_mod.render_ct(study_rng(cfg.seed, plan.index, "ct"), a, tr, cfg.ct_size)
+        sample["ct.0.dcm"] = ct_mod.to_ct_dicom_bytes(hu, seed=cfg.seed, study_id=plan.study_id, phi=plan.phi)
+        timing["ct"] = time.process_time() - t0
     sample[META_EXT] = json.dumps(study_meta(plan, cfg), sort_keys=True).encode("utf-8")
     return plan.split, sample, timing
 
@@ -149,6 +156,8 @@ def generate_corpus(
     lateral_fraction: float = 0.3,
     cache_dir: str | os.PathLike | None | bool = True,
     progress: bool = False,
+    extra_modalities: tuple[str, ...] = (),
+    ct_size: int = 128,
 ) -> dict[str, Any]:
     """Write a synthetic corpus of ``n_studies`` studies as webdataset shards under ``out_dir``.
 
@@ -159,6 +168,9 @@ def generate_corpus(
         cache_dir: where the ECG bank is cached; ``True`` = ``$PROBMED_CACHE/ecg_bank`` or
             ``~/.cache/probmed/ecg_bank``; ``None``/``False`` = no disk cache.
         workers: worker processes (``<= 1`` renders in this process).
+        extra_modalities: opt-in modalities to add (``("ct",)``: an axial chest CT slice ``ct.0.dcm`` of
+            ``ct_size`` pixels, missing in 20 % of studies unless ``missing`` says otherwise; see
+            :data:`~probmed.data.synthetic.plan.EXTRA_MODALITIES`). The corpus's own files do not change.
 
     Returns:
         a summary dict: counts per split, shard sizes, finding prevalence, modality presence, timings
@@ -166,20 +178,26 @@ def generate_corpus(
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    miss = dict(DEFAULT_MISSING) | dict(missing or {})
+    extras = tuple(dict.fromkeys(extra_modalities))
+    unknown = sorted(set(extras) - set(EXTRA_MODALITIES))
+    if unknown:
+        raise ValueError(f"unknown extra modalities {unknown} (known: {sorted(EXTRA_MODALITIES)})")
+    miss = dict(DEFAULT_MISSING) | {m: EXTRA_MODALITIES[m] for m in extras} | dict(missing or {})
     for k, v in miss.items():
         if not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"missing fraction for {k} must be in [0, 1], got {v}")
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    if cxr_size < 32 or echo_size < 16 or echo_frames < 2 or ecg_rate < 50 or ecg_seconds < 2:
-        raise ValueError("sizes too small (cxr >= 32, echo >= 16 px and >= 2 frames, ECG >= 50 Hz and >= 2 s)")
+    if cxr_size < 32 or ct_size < 32 or echo_size < 16 or echo_frames < 2 or ecg_rate < 50 or ecg_seconds < 2:
+        raise ValueError("sizes too small (cxr and ct >= 32, echo >= 16 px and >= 2 frames, ECG >= 50 Hz and >= 2 s)")
     cfg = RenderConfig(
         seed=int(seed), cxr_size=int(cxr_size), echo_size=int(echo_size), echo_frames=int(echo_frames),
         echo_fps=float(echo_fps) if echo_fps else echo_mod.default_fps(int(echo_frames)),
-        ecg_rate=int(ecg_rate), ecg_seconds=float(ecg_seconds),
+        ecg_rate=int(ecg_rate), ecg_seconds=float(ecg_seconds), ct_size=int(ct_size),
     )
-    plans = plan_corpus(n_studies, seed, missing=miss, splits=tuple(splits), lateral_fraction=lateral_fraction)
+    plans = plan_corpus(n_studies, seed, missing=miss, splits=tuple(splits), lateral_fraction=lateral_fraction,
+                        extra_modalities=extras)
+    modalities = (*CORPUS_MODALITIES, *extras)
     # write order: a seeded permutation, so a shard mixes patients (a patient's studies are not adjacent)
     order = np.random.default_rng([int(seed), 9]).permutation(len(plans))
     ordered = [plans[int(i)] for i in order]
@@ -202,8 +220,8 @@ def generate_corpus(
         bank = ecg_mod.ECGBank.build(keys, cache_dir=cache)
     bank_seconds = time.perf_counter() - t_bank
 
-    timing_sum = {m: 0.0 for m in MODALITIES}
-    timing_n = {m: 0 for m in MODALITIES}
+    timing_sum = {m: 0.0 for m in modalities}
+    timing_n = {m: 0 for m in modalities}
     split_counts = {s: 0 for s in SPLITS}
     done = 0
     t_render = time.perf_counter()
@@ -245,13 +263,13 @@ def generate_corpus(
             "cxr_size": cfg.cxr_size, "echo_size": cfg.echo_size, "echo_frames": cfg.echo_frames,
             "echo_fps": cfg.echo_fps, "ecg_rate": cfg.ecg_rate, "ecg_seconds": cfg.ecg_seconds,
             "shard_size": int(shard_size), "lateral_fraction": lateral_fraction,
-        },
+        } | ({"extra_modalities": list(extras), "ct_size": cfg.ct_size} if extras else {}),
         "n_studies": len(plans),
         "n_patients": len({p.patient_id for p in plans}),
         "split_counts": split_counts,
         "findings_prevalence": {k: round(float(F[:, i].mean()), 4) for i, k in enumerate(FINDINGS)},
         "normal_fraction": round(float((F.sum(1) == 0).mean()), 4),
-        "modality_presence": {m: int(sum(p.present[m] for p in plans)) for m in MODALITIES},
+        "modality_presence": {m: int(sum(p.present[m] for p in plans)) for m in modalities},
         "cxr_lateral": int(sum(len(p.cxr_views) > 1 for p in plans)),
         "shards": sizes,
     }
@@ -267,7 +285,7 @@ def generate_corpus(
         bank_templates=len(keys),
         render_seconds=round(render_seconds, 3),
         studies_per_s=round(len(plans) / max(total, 1e-9), 2),
-        profile_ms={m: round(1000 * timing_sum[m] / timing_n[m], 3) for m in MODALITIES if timing_n[m]},
+        profile_ms={m: round(1000 * timing_sum[m] / timing_n[m], 3) for m in modalities if timing_n[m]},
         workers=int(workers),
         config=asdict(cfg),
     )

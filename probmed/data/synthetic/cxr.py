@@ -298,6 +298,22 @@ def study_uid(seed: int, study_id: str, *parts: str) -> str:
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=5).int}"
 
 
+def new_dataset(sop_class: str, sop_uid: str) -> Dataset:
+    """An empty data set of one SOP instance with its file meta (explicit VR little endian) and character set."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "PROBMED_SYNTH"
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    return ds
+
+
 def to_dicom_bytes(
     density: np.ndarray,
     rng: np.random.Generator,
@@ -328,19 +344,8 @@ def to_dicom_bytes(
     width = round(float(max(p_hi - p_lo, 1.0)), 1)
 
     sop_uid = study_uid(seed, study_id, "sop", str(view_index))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "PROBMED_SYNTH"
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds = new_dataset(DigitalXRayImageStorageForPresentation, sop_uid)
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = sop_uid
     ds.StudyDate = phi["StudyDate"]
     ds.SeriesDate = phi["StudyDate"]
     ds.ContentDate = phi["StudyDate"]

@@ -49,10 +49,17 @@ from typing import Any
 
 import numpy as np
 
-from probmed.data.schema import FINDINGS, MODALITIES, SPLITS
+from probmed.data.schema import FINDINGS, SPLITS
 
 #: Modality codes mixed into per-study seeds (stable: changing them changes every corpus).
-MODALITY_CODE = {"plan": 0, "cxr": 1, "ecg": 2, "echo": 3, "text": 4, "patient": 5}
+MODALITY_CODE = {"plan": 0, "cxr": 1, "ecg": 2, "echo": 3, "text": 4, "patient": 5, "ct": 6}
+#: The corpus's own modalities, in the order their presence is drawn from the study's plan generator (fixed: a
+#: modality added here would shift every later draw and change the corpus).
+CORPUS_MODALITIES: tuple[str, ...] = ("cxr", "ecg", "echo", "text")
+#: Opt-in modalities (``probmed data synth --extra-modalities``) → default missing fraction. Their presence is
+#: drawn from a generator of their own (``[seed, 11, study index, code]``) and they are rendered from theirs, so
+#: asking for them leaves every byte of the corpus's own modalities as it was.
+EXTRA_MODALITIES: dict[str, float] = {"ct": 0.2}
 
 EFFUSION_SIDES = ("left", "right", "bilateral")
 EFFUSION_SIZES = ("small", "moderate", "large")
@@ -310,16 +317,23 @@ def plan_corpus(
     missing: dict[str, float] | None = None,
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
     lateral_fraction: float = 0.3,
+    extra_modalities: tuple[str, ...] = (),
 ) -> list[StudyPlan]:
-    """Decide the hidden truth of every study (no rendering). Deterministic in (n_studies, seed, options)."""
+    """Decide the hidden truth of every study (no rendering). Deterministic in (n_studies, seed, options); the
+    ``extra_modalities`` (keys of :data:`EXTRA_MODALITIES`) only add their own presence flags."""
     if n_studies < 1:
         raise ValueError("n_studies must be >= 1")
     if len(splits) != len(SPLITS):
         raise ValueError(f"splits needs {len(SPLITS)} fractions (train, val, test)")
-    missing = {m: 0.0 for m in MODALITIES} | dict(missing or {})
+    unknown = sorted(set(extra_modalities) - set(EXTRA_MODALITIES))
+    if unknown:
+        raise ValueError(f"unknown extra modalities {unknown} (known: {sorted(EXTRA_MODALITIES)})")
+    extras = tuple(dict.fromkeys(extra_modalities))
+    known = (*CORPUS_MODALITIES, *extras)
+    missing = {m: 0.0 for m in CORPUS_MODALITIES} | {m: EXTRA_MODALITIES[m] for m in extras} | dict(missing or {})
     for m in missing:
-        if m not in MODALITIES:
-            raise ValueError(f"unknown modality {m!r} in missing (known: {MODALITIES})")
+        if m not in known:
+            raise ValueError(f"unknown modality {m!r} in missing (known: {known}; an extra one must be asked for)")
     rng = np.random.default_rng([int(seed), 1])
 
     # patients with 1-3 studies
@@ -340,9 +354,12 @@ def plan_corpus(
             srng = np.random.default_rng([int(seed), 4, index])
             findings = _study_findings(srng, pstate)
             attrs = _study_attributes(srng, findings, pstate)
-            present = {m: bool(srng.random() >= missing[m]) for m in MODALITIES}
+            present = {m: bool(srng.random() >= missing[m]) for m in CORPUS_MODALITIES}
             if not any(present.values()):  # a study carries at least one modality
-                present[MODALITIES[int(srng.integers(len(MODALITIES)))]] = True
+                present[CORPUS_MODALITIES[int(srng.integers(len(CORPUS_MODALITIES)))]] = True
+            for m in extras:
+                present[m] = bool(np.random.default_rng([int(seed), 11, index, MODALITY_CODE[m]]).random()
+                                  >= missing[m])
             views = ["PA"] + (["LATERAL"] if srng.random() < lateral_fraction else [])
             photometric = ["MONOCHROME1" if srng.random() < 0.4 else "MONOCHROME2" for _ in views]
             bits = 12 if srng.random() < 0.6 else 16
