@@ -59,7 +59,6 @@ class LossContext:
         return torch.arange(self.offset, self.offset + self.local_batch, device=self.local_group.device)
 
 
-
 # ------------------------------------------------------------------------------------------------------------
 # small functions, one concern each (open_clip style)
 # ------------------------------------------------------------------------------------------------------------

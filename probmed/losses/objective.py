@@ -43,41 +43,24 @@ class LossOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
-@dataclass
-class Gathered:
-    """The world rows :func:`gather_embeddings` returns.
-
-    Attributes:
-        world: per modality key, the rows of every rank in rank order, each rank's rows padded to ``stride``
-            (padding rows are absent in every modality: masks exclude them from every term).
-        group: ``[world_size * stride]`` group ids (0 on padding rows).
-        rank, world_size: this rank and the number of ranks.
-        stride: rows per rank in ``world`` (this rank's rows start at ``rank * stride``).
-    """
-
-    world: dict[str, GaussianEmbedding]
-    group: Tensor
-    rank: int
-    world_size: int
-    stride: int
-
-
 def gather_embeddings(
     local: dict[str, GaussianEmbedding], group: Tensor, keys: list[str], rows: int | None = None
-) -> Gathered:
+) -> tuple[dict[str, GaussianEmbedding], Tensor, int, int, int]:
     """Gather ``local[k]`` for ``k`` in ``keys`` (with gradients) and ``group`` (without) over all ranks.
 
     Two collectives for all modalities together: one differentiable gather of all means and log-variances packed
     side by side, one gather of the presence masks and group ids packed as integers. With ``rows`` (the largest
     local batch any rank can hold, e.g. the data module's batch size) every rank pads its rows to ``rows``, so ranks
     may hold different batch sizes and no batch-size check runs; without it a batch-size check (one more
-    collective) makes unequal batches a clear error. Without a process group (or world size 1) the local tensors
-    are returned as they are.
+    collective) makes unequal batches a clear error. Returns ``(world embeddings, world group, rank, world_size,
+    stride)``: the world rows in rank order, each rank's padded to ``stride`` rows (padding rows are absent in every
+    modality and have group id 0). Without a process group (or world size 1) the local tensors are returned as they
+    are.
     """
     rank, world = dist_world()
     n = int(group.shape[0])
     if world == 1:
-        return Gathered(dict(local), group, rank, world, n)
+        return dict(local), group, rank, world, n
     if rows is None:
         check_equal_batch(n, group.device, world)
         rows = n
@@ -89,7 +72,7 @@ def gather_embeddings(
     ints = gather_no_grad(pad_rows(torch.stack([group.long()] + [local[k].present.long() for k in keys], dim=1), rows))
     pieces = torch.split(packed, widths, dim=1)
     out = {k: GaussianEmbedding(pieces[2 * i], pieces[2 * i + 1], ints[:, 1 + i].bool()) for i, k in enumerate(keys)}
-    return Gathered(out, ints[:, 0], rank, world, rows)
+    return out, ints[:, 0], rank, world, rows
 
 
 @dataclass
@@ -176,12 +159,11 @@ class Objective(nn.Module):
         for k in keys:
             if local[k].mean.shape[0] != group.shape[0]:
                 raise ValueError(f"modality {k!r} has {local[k].mean.shape[0]} rows, group has {group.shape[0]}")
-        n = int(group.shape[0])
         if self.distributed == "auto":
-            g = gather_embeddings(local, group, keys, self.max_local_rows)
+            world, world_group, rank, size, stride = gather_embeddings(local, group, keys, self.max_local_rows)
         else:
-            g = Gathered(dict(local), group, 0, 1, n)
-        return LossContext(local, g.world, group, g.group, g.rank, g.world_size, self.step, g.stride)
+            world, world_group, rank, size, stride = dict(local), group, 0, 1, int(group.shape[0])
+        return LossContext(local, world, group, world_group, rank, size, self.step, stride)
 
     def forward(self, embeddings: dict[str, GaussianEmbedding], group: Tensor) -> LossOutput:
         ctx = self.build_context(embeddings, group)
