@@ -37,9 +37,10 @@ def main() -> None:
     parser.add_argument("--out", default="mimic_standin")
     args = parser.parse_args()
     from probmed.data.synthetic.mimic_layout import write_mimic_cxr_standin
+    from probmed.evaluation.prompts import load_prompt_set
 
     out = Path(args.out).resolve()
-    root = write_mimic_cxr_standin(out / "mimic-cxr", studies=args.studies, size=32)
+    root = write_mimic_cxr_standin(out / "mimic-cxr", load_prompt_set("chexpert14"), studies=args.studies, size=32)
     run(["data", "manifest", "mimic-cxr", "--root", str(root), "--out", str(out / "studies.csv")], out)
     run(["data", "build", "--manifest", str(out / "studies.csv"), "--out", str(out / "shards"), "--salt", "bench",
          "--quiet"], out)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from probmed.data.registry import SPECS
-from probmed.evaluation.corruptions import PIXEL_SCALE, corrupt, get_corruption
+from probmed.evaluation.corruptions import PIXEL_SCALE, corrupt, corruptions_for, get_corruption
 
-CORRUPTIONS = {name: spec.corruptions for name, spec in SPECS.items() if spec.view_of is None}
+CORRUPTIONS = {name: corruptions_for(spec.pipeline) for name, spec in SPECS.items() if spec.view_of is None}
 
 
 def _inputs():

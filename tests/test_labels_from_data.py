@@ -74,7 +74,7 @@ def test_configured_prompt_files_and_prompts(tmp_path):
 def mimic_standin(tmp_path_factory) -> Path:
     """120 studies in the MIMIC-CXR layout → manifest → shards (with labels.json)."""
     tmp = tmp_path_factory.mktemp("mimic")
-    root = write_mimic_cxr_standin(tmp / "mimic-cxr", studies=120, size=32)
+    root = write_mimic_cxr_standin(tmp / "mimic-cxr", load_prompt_set("chexpert14"), studies=120, size=32)
     manifest, n = make_mimic_cxr_manifest(root, tmp / "studies.csv")
     assert n == 120
     summary = build_dataset(manifest, tmp / "shards", salt="s", maxcount=40, progress=False)

@@ -29,16 +29,16 @@ TINY = REPO / "configs" / "presets" / "tiny"
 
 def test_the_lists_that_name_modalities_are_derived_from_the_registry():
     stored = tuple(n for n, s in registry.SPECS.items() if s.view_of is None and s.default)
-    assert schema.MODALITIES == stored == registry.default_modalities() == ("cxr", "ecg", "echo", "text")
+    assert registry.default_modalities() == stored == registry.default_modalities() == ("cxr", "ecg", "echo", "text")
     # the opt-in ct (written by `probmed data synth --extra-modalities ct`) is stored but loaded only when named
     assert registry.stored_modalities() == (*stored, "ct") and registry.SPECS["ct"].build is None
     views = {n: s.view_of for n, s in registry.SPECS.items() if s.view_of}
     assert views == {"cxr_view2": "cxr", "text_impression": "text"}
     # every registered pipeline's default files map back to its modality (views map to what they view)
-    assert schema.modality_of("cxr.1.dcm") == "cxr" and schema.modality_of("ecg.npy") == "ecg"
-    assert schema.modality_of("echo.npy") == "echo" and schema.modality_of("report.txt") == "text"
-    assert schema.modality_of("ct.0.dcm") == "ct"
-    assert schema.modality_of("json") is None and schema.modality_of("retina.0.png") is None
+    assert registry.modality_of("cxr.1.dcm") == "cxr" and registry.modality_of("ecg.npy") == "ecg"
+    assert registry.modality_of("echo.npy") == "echo" and registry.modality_of("report.txt") == "text"
+    assert registry.modality_of("ct.0.dcm") == "ct"
+    assert registry.modality_of("json") is None and registry.modality_of("retina.0.png") is None
     # manifest columns: the required ones, then each built modality's path column and its value columns
     assert manifest.COLUMNS == ("study_id", "patient_id", "split", "cxr", "cxr_views", "ecg", "echo", "echo_fps",
                                 "report", "report_text")
@@ -60,12 +60,14 @@ def test_a_registered_modality_joins_every_derived_list(tmp_path):
         def __init__(self, size: int = 16):
             super().__init__("retina", size)
 
-    spec = registry.ModalitySpec("retina", RetinaInput, registry.IMAGE_CORRUPTIONS,
-                                 build=registry.BuildSpec("retina", convert))
+    spec = registry.ModalitySpec("retina", RetinaInput, build=registry.BuildSpec("retina", convert))
     registry.register(spec)
     try:
-        assert schema.MODALITIES[-1] == "retina" and manifest.COLUMNS[-1] == "retina"
-        assert schema.modality_of("retina.0.png") == "retina"
+        assert registry.default_modalities()[-1] == "retina" and manifest.COLUMNS[-1] == "retina"
+        assert registry.modality_of("retina.0.png") == "retina"
+        from probmed.evaluation.corruptions import get_corruption
+
+        assert get_corruption("retina", "blur") is get_corruption("cxr", "blur")  # an image input's corruptions
         with pytest.raises(ValueError, match="already registered"):
             registry.register(spec)
         from PIL import Image
@@ -85,7 +87,7 @@ def test_a_registered_modality_joins_every_derived_list(tmp_path):
         assert decoded["present"]["retina"] and decoded["inputs"]["retina"].shape == (1, 16, 16)
     finally:
         registry.SPECS.pop("retina")
-    assert "retina" not in schema.MODALITIES and "retina" not in manifest.COLUMNS
+    assert "retina" not in registry.default_modalities() and "retina" not in manifest.COLUMNS
 
 
 def test_an_unknown_modality_without_a_pipeline_is_a_clear_error():
@@ -188,9 +190,9 @@ def test_a_fifth_modality_trains_from_config_and_shards_alone(tmp_path, monkeypa
 def test_a_config_modality_is_corrupted_like_a_registered_one():
     import torch
 
-    from probmed.evaluation.corruptions import corrupt, get_corruption
+    from probmed.evaluation.corruptions import corrupt, corruptions_for, get_corruption
 
-    assert get_corruption("mri", "blur", like="cxr") is registry.SPECS["cxr"].corruptions["blur"]
+    assert get_corruption("mri", "blur", like="cxr") is corruptions_for(registry.SPECS["cxr"].pipeline)["blur"]
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(corrupt("mri", "noise", x, 1.0, seed=3, like="cxr"), corrupt("cxr", "noise", x, 1.0, seed=3))
     with pytest.raises(ValueError, match="no corruptions registered for modality 'mri'.*set `like:`"):

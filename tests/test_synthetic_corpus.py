@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from probmed.data import schema
+from probmed.data import registry, schema
 from probmed.data.synthetic import fake_patient_phi, generate_corpus, plan_corpus
 
 SMALL = dict(cxr_size=96, echo_size=32, echo_frames=8, ecg_rate=250, ecg_seconds=10.0, shard_size=16)
@@ -77,7 +77,7 @@ def test_samples_metadata_and_modalities(corpus):
             assert all(v in (0, 1) for v in meta["findings"].values())
             patients_by_split[split].add(meta["patient_id"])
             assert not any(ext in schema.FORBIDDEN_EXTS for ext in files)
-            present = {schema.modality_of(ext) for ext in files} - {None}
+            present = {registry.modality_of(ext) for ext in files} - {None}
             assert present == set(meta["modalities"])
             assert "text" in present  # text is always present by default
             # CXR views

@@ -25,6 +25,7 @@ from probmed.data.synthetic import generate_corpus, plan_corpus
 from probmed.data.synthetic import cxr as cxr_mod
 from probmed.data.synthetic.ct import FIELD_OF_VIEW_MM, render_ct, to_ct_dicom_bytes
 from probmed.data.synthetic.plan import study_rng
+from probmed.evaluation.corruptions import corruptions_for
 from test_synthetic_corpus import ecg_cache, read_samples  # noqa: F401 (a session fixture)
 
 TINY = dict(cxr_size=64, echo_size=32, echo_frames=8, ecg_rate=100, ecg_seconds=10.0, shard_size=16)
@@ -149,10 +150,10 @@ def test_the_slices_carry_the_hidden_cardiomegaly():
 
 
 def test_registry_and_cli_know_ct_as_an_opt_in_modality(tmp_path):
-    assert schema.MODALITIES == ("cxr", "ecg", "echo", "text") == registry.default_modalities()
-    assert "ct" in registry.stored_modalities() and schema.modality_of("ct.0.dcm") == "ct"
-    assert registry.spec("ct").pipeline is CTInput and set(registry.spec("ct").corruptions) == {"noise", "blur",
-                                                                                                "contrast"}
+    assert registry.default_modalities() == ("cxr", "ecg", "echo", "text")
+    assert "ct" in registry.stored_modalities() and registry.modality_of("ct.0.dcm") == "ct"
+    assert registry.spec("ct").pipeline is CTInput
+    assert set(corruptions_for(registry.spec("ct").pipeline)) == {"noise", "blur", "contrast"}
     assert "ct" not in resolve_inputs(None, None)  # not loaded unless a config names it
     assert isinstance(resolve_inputs(None, {"ct": CTInput()})["ct"], CTInput)
     with pytest.raises(SystemExit):  # argparse: not among the choices

@@ -35,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probmed.data import schema
+from probmed.data import registry, schema
 from probmed.data.converters import BuildContext
 from probmed.data.deid import SALT_ENV, Pseudonymizer
 from probmed.data.labels import LABELS_FILE, write_vocabulary
@@ -274,7 +274,7 @@ def _check_chunk(entries: list[StudyEntry], opts: BuildOptions) -> list[tuple[li
     for entry in entries:
         result = build_study(pseudo.id("study", entry.study_id), entry, pseudo, opts)
         files = result.sample or {}
-        used = sorted({m for ext in files if (m := schema.modality_of(ext)) is not None})
+        used = sorted({m for ext in files if (m := registry.modality_of(ext)) is not None})
         out.append((used, [{**s, "source_study": entry.study_id} for s in result.skipped]))
     return out
 

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from probmed.data.schema import MODALITIES
+from probmed.data.registry import default_modalities
 from probmed.data.synthetic.plan import EXTRA_MODALITIES
 
 
@@ -26,9 +26,9 @@ def _parse_missing(text: str) -> dict[str, float]:
         if "=" not in part:
             raise argparse.ArgumentTypeError(f"expected modality=fraction, got {part!r}")
         name, value = (s.strip() for s in part.split("=", 1))
-        if name not in (*MODALITIES, *EXTRA_MODALITIES):
+        if name not in (*default_modalities(), *EXTRA_MODALITIES):
             raise argparse.ArgumentTypeError(f"unknown modality {name!r} (known: "
-                                             f"{', '.join((*MODALITIES, *EXTRA_MODALITIES))})")
+                                             f"{', '.join((*default_modalities(), *EXTRA_MODALITIES))})")
         try:
             frac = float(value)
         except ValueError as exc:

@@ -1,15 +1,15 @@
 """The modalities ProbMed knows by default: one :class:`ModalitySpec` per name, the list every other one derives from.
 
 A spec says everything the data side needs about one modality: its default input pipeline (which names its shard
-files, reader, options and placeholder: :mod:`probmed.data.modalities`), its test-time corruptions
-(:mod:`probmed.evaluation.corruptions`), and how ``probmed data build`` makes its shard files from a manifest
-column (:mod:`probmed.data.converters`). Derived from :data:`SPECS`:
+files, reader, options and placeholder: :mod:`probmed.data.inputs`) and how ``probmed data build`` makes its shard
+files from a manifest column (:mod:`probmed.data.converters`). The registry reads only data-side modules; others
+read it (the test-time corruptions of :mod:`probmed.evaluation.corruptions` are keyed by the input pipeline's
+class there). Derived from :data:`SPECS`:
 
-* :data:`probmed.data.schema.MODALITIES` — the default stored modalities (own shard files), in table order;
-* :func:`probmed.data.schema.modality_of` — which modality a shard file belongs to;
+* :func:`default_modalities` — the default stored modalities (own shard files), in table order;
+* :func:`modality_of` — which modality a shard file belongs to;
 * the data module's default pipelines (``data.modalities`` without ``data.inputs``);
-* :data:`probmed.data.manifest.COLUMNS` and the builder's conversions;
-* the corruptions a ``evaluation.corruptions`` entry may name.
+* :data:`probmed.data.manifest.COLUMNS` and the builder's conversions.
 
 **Adding a modality.** One stored in a format a pipeline already reads needs no code: give it in the data config,
 e.g. a retina photograph stored as ``retina.<i>.png`` beside the radiographs::
@@ -20,12 +20,12 @@ e.g. a retina photograph stored as ``retina.<i>.png`` beside the radiographs::
 
 plus a tower under ``model.encoders.retina`` and the pairs that contrast it in ``model.objective``. A new format
 needs a :class:`~probmed.data.modalities.ModalityInput` subclass (and, to build it from a manifest, a converter);
-:func:`register` then makes it a default modality with its corruptions and manifest column.
+:func:`register` then makes it a default modality with its manifest column.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable
 
 from probmed.data import converters
 from probmed.data.modalities import (
@@ -38,7 +38,6 @@ from probmed.data.modalities import (
     ModalityInput,
     TextInput,
 )
-from probmed.evaluation import corruptions as C
 
 __all__ = ["BuildSpec", "ModalitySpec", "SPECS", "register", "spec", "stored_modalities",
            "default_modalities", "modality_of",
@@ -78,18 +77,16 @@ class ModalitySpec:
         name: the modality key in batches, configs, loss pairs and logs.
         pipeline: its default input pipeline (a :class:`~probmed.data.modalities.ModalityInput` class; its
             constructor defaults are the default options, overridden by ``data.inputs.<name>``).
-        corruptions: test-time corruption kind → function(batch input, severity, generator).
         view_of: the stored modality whose files it reads (``cxr_view2`` is a second view of ``cxr``); None for a
             modality with shard files of its own.
         build: how ``probmed data build`` writes it (None: not built from a manifest, e.g. a view).
-        default: loaded when a data config names no modalities (and listed in ``schema.MODALITIES``); an opt-in
+        default: loaded when a data config names no modalities (and listed by :func:`default_modalities`); an opt-in
             modality (False, e.g. ``ct``: only ``probmed data synth --extra-modalities ct`` writes it) is known to
-            the registry (files, pipeline, corruptions) but loaded only where a config names it.
+            the registry (files, pipeline) but loaded only where a config names it.
     """
 
     name: str
     pipeline: type[ModalityInput]
-    corruptions: Mapping[str, Callable] = field(default_factory=dict)
     view_of: str | None = None
     build: BuildSpec | None = None
     default: bool = True
@@ -99,9 +96,6 @@ class ModalitySpec:
         """Glob patterns of its shard file names (from the default pipeline)."""
         return self.pipeline().files
 
-
-IMAGE_CORRUPTIONS = {"noise": C.cxr_noise, "blur": C.cxr_blur, "contrast": C.cxr_contrast}
-TEXT_CORRUPTIONS = {"word_dropout": C.text_word_dropout}
 
 #: Name → spec, in the fixed order used for logging and tables.
 SPECS: dict[str, ModalitySpec] = {}
@@ -118,21 +112,18 @@ def register(new: ModalitySpec) -> ModalitySpec:
 
 
 register(ModalitySpec(
-    "cxr", CXRInput, IMAGE_CORRUPTIONS,
+    "cxr", CXRInput,
     build=BuildSpec("cxr", converters.cxr_views, value_columns=("cxr_views",), many=True)))
+register(ModalitySpec("ecg", ECGInput, build=BuildSpec("ecg", converters.ecg_record)))
 register(ModalitySpec(
-    "ecg", ECGInput,
-    {"noise": C.ecg_noise, "baseline_wander": C.ecg_baseline_wander, "lead_dropout": C.ecg_lead_dropout},
-    build=BuildSpec("ecg", converters.ecg_record)))
-register(ModalitySpec(
-    "echo", EchoInput, {"frame_dropout": C.echo_frame_dropout, "speckle": C.echo_speckle},
+    "echo", EchoInput,
     build=BuildSpec("echo", converters.echo_cine, value_columns=("echo_fps",))))
 register(ModalitySpec(
-    "text", TextInput, TEXT_CORRUPTIONS,
+    "text", TextInput,
     build=BuildSpec("report", converters.report_text, value_columns=("report_text",), inline_column="report_text")))
-register(ModalitySpec("ct", CTInput, IMAGE_CORRUPTIONS, default=False))
-register(ModalitySpec("cxr_view2", CXRSecondViewInput, IMAGE_CORRUPTIONS, view_of="cxr"))
-register(ModalitySpec("text_impression", ImpressionInput, TEXT_CORRUPTIONS, view_of="text"))
+register(ModalitySpec("ct", CTInput, default=False))
+register(ModalitySpec("cxr_view2", CXRSecondViewInput, view_of="cxr"))
+register(ModalitySpec("text_impression", ImpressionInput, view_of="text"))
 
 
 def build_specs() -> list[ModalitySpec]:

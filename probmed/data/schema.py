@@ -19,7 +19,8 @@ file (``<key>.<ext>``)  content
 ``report.txt``         free-text report (UTF-8) with ``FINDINGS:`` and ``IMPRESSION:`` sections
 =====================  =========================================================================================
 
-These are the files of the modalities registered by default (:mod:`probmed.data.registry`); a data config can read
+These are the files of the modalities registered by default (:mod:`probmed.data.registry`, which also says which
+modality a file belongs to and which modalities load by default); a data config can read
 others (e.g. ``ct.<i>.dcm`` through ``data.inputs.ct``). Any subset of the modalities may be present; ``json``
 always is. Extensions that could execute code when
 decoded (pickle and friends) are refused by the decoder, never decoded.
@@ -70,21 +71,3 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 SIZES_FILE = "sizes.json"
 SHARD_PATTERN = "{split}-%06d.tar"
 
-
-def modality_of(ext: str) -> str | None:
-    """The registered modality a shard file name belongs to (``"cxr.1.dcm"`` → ``"cxr"``), or None (metadata or a
-    file no registered modality reads); see :func:`probmed.data.registry.modality_of`."""
-    from probmed.data.registry import modality_of as of
-
-    return of(ext)
-
-
-def __getattr__(name: str):
-    # MODALITIES — the default registered modalities with shard files of their own, in table order (opt-in ones such
-    # as ct left out) — is derived from the registry (probmed.data.registry), which imports the pipelines that import
-    # this module: resolved on first use.
-    if name == "MODALITIES":
-        from probmed.data.registry import default_modalities
-
-        return default_modalities()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
-"""Test-time input corruptions with severities; which apply to which modality is :mod:`probmed.data.registry`.
+"""Test-time input corruptions with severities, keyed by the input pipeline that makes a modality's batch input.
 
 Every function takes the batch input of its modality (as the data pipeline produces it, see
-:mod:`probmed.data.modalities`), a severity ``s ≥ 0`` (0 = unchanged) and a ``torch.Generator``, and returns a
+:mod:`probmed.data.inputs`), a severity ``s ≥ 0`` (0 = unchanged) and a ``torch.Generator``, and returns a
 corrupted copy; it never changes its input in place. ECG and echo inputs are ``{"signal", "lead_mask"}`` and
 ``{"frames", "frame_mask"}``; a bare signal tensor is accepted too (then there is no mask to update). Units:
 
@@ -26,6 +26,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
+
+from probmed.data.modalities import ECGInput, EchoInput, ImageInput, TextInput
+from probmed.data.registry import SPECS
 
 PIXEL_SCALE, PIXEL_SHIFT = 0.25, 0.5  # images are standardised as (pixel − 0.5) / 0.25 by the data pipeline
 
@@ -120,17 +123,34 @@ def text_word_dropout(x: dict[str, Tensor], s: float, g: torch.Generator) -> dic
     return {**x, "attention_mask": mask.masked_fill(drop, 0)}
 
 
-def get_corruption(modality: str, kind: str, like: str | None = None) -> Callable:
-    """The registered function for ``kind`` on ``modality`` (or on the registered modality ``like``, for a
-    modality added in the config alone, e.g. ``ct`` corrupted like ``cxr``), or a clear error naming what exists."""
-    from probmed.data.registry import SPECS
+#: Input pipeline class → corruption kind → function(batch input, severity, generator). A pipeline's subclasses
+#: (a second radiograph view, a CT slice, the impression section) share its batch layout and so its corruptions.
+CORRUPTIONS: dict[type, dict[str, Callable]] = {
+    ImageInput: {"noise": cxr_noise, "blur": cxr_blur, "contrast": cxr_contrast},
+    ECGInput: {"noise": ecg_noise, "baseline_wander": ecg_baseline_wander, "lead_dropout": ecg_lead_dropout},
+    EchoInput: {"frame_dropout": echo_frame_dropout, "speckle": echo_speckle},
+    TextInput: {"word_dropout": text_word_dropout},
+}
 
+
+def corruptions_for(pipeline: type) -> dict[str, Callable]:
+    """Kind → function for an input pipeline class (its nearest base in :data:`CORRUPTIONS`), or ``{}``."""
+    for cls in pipeline.__mro__:
+        if cls in CORRUPTIONS:
+            return CORRUPTIONS[cls]
+    return {}
+
+
+def get_corruption(modality: str, kind: str, like: str | None = None) -> Callable:
+    """The function for ``kind`` on the registered ``modality`` (or on the registered modality ``like``, for a
+    modality added in the config alone, e.g. ``retina`` corrupted like ``cxr``), or a clear error naming what
+    exists."""
     name = like or modality
-    if name not in SPECS or not SPECS[name].corruptions:
-        have = sorted(n for n, s in SPECS.items() if s.corruptions)
+    kinds = corruptions_for(SPECS[name].pipeline) if name in SPECS else {}
+    if not kinds:
+        have = sorted(n for n, s in SPECS.items() if corruptions_for(s.pipeline))
         raise ValueError(f"no corruptions registered for modality {name!r}; have {have} (for a modality added in "
                          f"the config, set `like:` to a registered one whose input has the same layout)")
-    kinds = SPECS[name].corruptions
     if kind not in kinds:
         raise ValueError(f"unknown {name} corruption {kind!r}; choose one of {sorted(kinds)}")
     return kinds[kind]

@@ -100,16 +100,16 @@ def _labels(rng: np.random.Generator) -> dict[str, str]:
     return labels
 
 
-def write_mimic_cxr_standin(root: str | Path, studies: int = 200, seed: int = 0, size: int = 64,
+def write_mimic_cxr_standin(root: str | Path, phrases: dict, studies: int = 200, seed: int = 0, size: int = 64,
                             splits: tuple[float, float] = (0.7, 0.85)) -> Path:
     """Write ``studies`` studies (one or two views each) in the MIMIC-CXR layout under ``root``; returns ``root``.
 
+    ``phrases``: per snake-case CheXpert label, ``{"positive": [...], "negative": [...]}`` sentences the reports
+    draw from (e.g. the shipped ``chexpert14`` zero-shot prompt set, so that zero-shot has something to find).
     ``splits``: cumulative fractions of train and validate (the rest is test), by study order.
     """
-    from probmed.evaluation.prompts import load_prompt_set
-
     root, rng = Path(root), np.random.default_rng(seed)
-    prompts = load_prompt_set("chexpert14")
+    prompts = phrases
     meta_rows, split_rows, label_rows = [], [], []
     for i in range(studies):
         subject, study = f"1{i // 2:07d}", f"5{i:07d}"
