@@ -50,7 +50,7 @@ from probmed.data import schema
 from probmed.data.converters import downsized_png
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.data.readers import read_cxr_dicom
-from probmed.data.modalities import CXRInput, ECGInput, EchoInput, TextInput
+from probmed.data.inputs import CXRInput, ECGInput, EchoInput, TextInput
 from probmed.data.shard_writer import write_shards
 
 WORDS = ("heart size is normal the lungs are clear without focal consolidation effusion or pneumothorax "

@@ -162,7 +162,7 @@ def echo_features(frames: np.ndarray) -> np.ndarray:
 
 def modality_features(studies) -> dict[str, tuple[list[int], np.ndarray]]:
     """``{modality: (study rows, features [n, F])}`` through the demo's input pipelines."""
-    from probmed.data.modalities import CXRInput, ECGInput, EchoInput
+    from probmed.data.inputs import CXRInput, ECGInput, EchoInput
 
     pipes = {"cxr": CXRInput(size=64), "ecg": ECGInput(rate=100.0, seconds=10.0),
              "echo": EchoInput(frames=16, size=40)}

@@ -226,7 +226,7 @@ def stage2(args, stage1: Path, data: Path, seed: int) -> dict[str, dict[str, flo
     import yaml
 
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.data.modalities import CXRInput, ECGInput, TextInput
+    from probmed.data.inputs import CXRInput, ECGInput, TextInput
     from probmed.distill import TeacherSpec, TextDistillation
     from probmed.encoders import TextEncoder
     from probmed.encoders.pretrained import load_state_dict_file

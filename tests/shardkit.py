@@ -85,7 +85,7 @@ def write_split(directory: Path, split: str, shards: list[list[dict]]) -> list[P
 
 def small_inputs():
     """Datamodule options matching :func:`study`'s sizes."""
-    from probmed.data.modalities import CXRInput, ECGInput, EchoInput, TextInput
+    from probmed.data.inputs import CXRInput, ECGInput, EchoInput, TextInput
 
     return dict(cxr=CXRInput(size=16), ecg=ECGInput(rate=50, seconds=10), echo=EchoInput(frames=4, size=8),
                 text=TextInput(max_length=16))

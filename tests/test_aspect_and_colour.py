@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from probmed.data.builder import BuildOptions, build_dataset
 from probmed.data.manifest import write_manifest
-from probmed.data.modalities import CXRInput, EchoInput, fit_square
+from probmed.data.inputs import CXRInput, EchoInput, fit_square
 from probmed.data.readers.echo_sources import FRAME_BLOCK, rgb_to_grey
 
 

@@ -19,7 +19,7 @@ from probmed.data.commands import main
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.data.deid import Pseudonymizer
 from probmed.data.manifest import read_manifest, write_manifest
-from probmed.data.modalities import CXRInput, ECGInput, EchoInput, TextInput
+from probmed.data.inputs import CXRInput, ECGInput, EchoInput, TextInput
 from probmed.data.readers import read_cxr, read_cxr_dicom
 
 

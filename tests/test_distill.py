@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO
 from probmed.data.datamodule import ProbMedDataModule
-from probmed.data.modalities import TextInput
+from probmed.data.inputs import TextInput
 from probmed.distill import TeacherSpec, TextDistillation, distilled_retrieval
 from probmed.encoders import TextEncoder
 
@@ -88,7 +88,7 @@ def _distill_cli(teachers: dict[str, TeacherSpec], corpus, run_dir, monkeypatch)
 
 
 def _held_out(corpus) -> ProbMedDataModule:
-    from probmed.data.modalities import CXRInput, ECGInput
+    from probmed.data.inputs import CXRInput, ECGInput
 
     return ProbMedDataModule(str(corpus), modalities=["cxr", "ecg", "text"], batch_size=8, num_workers=0,
                              inputs=dict(cxr=CXRInput(size=32), ecg=ECGInput(rate=100, seconds=5),

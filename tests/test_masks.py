@@ -10,7 +10,7 @@ from probmed.data import schema
 from probmed.data.builder import build_dataset
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.data.manifest import write_manifest
-from probmed.data.modalities import ECGInput, EchoInput
+from probmed.data.inputs import ECGInput, EchoInput
 from probmed.data.readers import UnreadableInput
 from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder
 from probmed.encoders import ECGEncoder, EchoEncoder

@@ -21,7 +21,7 @@ from shardkit import dicom_bytes, study, write_split
 
 from probmed.data import manifest, registry, schema
 from probmed.data.datamodule import ProbMedDataModule
-from probmed.data.modalities import ImageInput
+from probmed.data.inputs import ImageInput
 from probmed.data.studies import SkipCounter, StudyDecoder
 
 TINY = REPO / "configs" / "presets" / "tiny"
@@ -161,7 +161,7 @@ def test_a_fifth_modality_trains_from_config_and_shards_alone(tmp_path, monkeypa
             "ecg": {"class_path": "ECGInput", "init_args": {"rate": 50, "seconds": 10}},
             "echo": {"class_path": "EchoInput", "init_args": {"frames": 4, "size": 32}},
             "text": {"class_path": "TextInput", "init_args": {"max_length": 32}},
-            "mri": {"class_path": "probmed.data.modalities.ImageInput", "init_args": {"prefix": "mri", "size": 32}},
+            "mri": {"class_path": "probmed.data.inputs.ImageInput", "init_args": {"prefix": "mri", "size": 32}},
         }},
     }
     path = tmp_path / "five.yaml"

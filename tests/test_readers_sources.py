@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from probmed.data import schema
-from probmed.data.modalities import CXRInput, EchoInput
+from probmed.data.inputs import CXRInput, EchoInput
 from probmed.data.readers import UnreadableInput, read_cxr, read_cxr_dicom, read_cxr_image
 from probmed.data.readers.ecg_sources import (
     canonical_lead, read_ecg_dicom, read_ecg_muse_xml, read_ecg_source, read_ecg_wfdb, standardize_ecg,
@@ -324,7 +324,7 @@ def test_cxr_window_equals_pydicoms_voi_lut_after_scaling(function):
 
 
 def test_ecg_input_skips_records_with_too_few_real_leads():
-    from probmed.data.modalities import ECGInput
+    from probmed.data.inputs import ECGInput
 
     buffer = io.BytesIO()
     np.save(buffer, (np.random.default_rng(1).standard_normal((12, 500)) * 300).astype(np.int16))  # ~0.3 mV

@@ -184,7 +184,7 @@ def test_restored_loader_with_two_workers_continues_exactly_where_the_epoch_stop
     """The DataLoader takes batches from its workers round-robin: after a restore at ``done`` batches each worker
     skips its share, and the loader yields exactly the uninterrupted epoch's remaining batches, in order."""
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.data.modalities import ECGInput
+    from probmed.data.inputs import ECGInput
 
     def data_module():
         dm = ProbMedDataModule(str(smoke_corpus), modalities=["ecg"], batch_size=8, num_workers=2,
@@ -206,7 +206,7 @@ def test_workers_run_at_the_niceness_worker_nice_adds_and_serve_the_same_batches
     import os
 
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.data.modalities import ECGInput
+    from probmed.data.inputs import ECGInput
 
     def batches(nice: int) -> tuple[list, list[int]]:
         dm = ProbMedDataModule(str(smoke_corpus), modalities=["ecg"], batch_size=8, num_workers=2,

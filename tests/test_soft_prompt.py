@@ -42,7 +42,7 @@ def binding(smoke_corpus, tmp_path_factory) -> TeacherSpec:
 
 def _batch(model: SoftPromptQA, smoke_corpus):
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.data.modalities import CXRInput, ECGInput
+    from probmed.data.inputs import CXRInput, ECGInput
 
     dm = ProbMedDataModule(str(smoke_corpus), modalities=["cxr", "ecg"], batch_size=8, num_workers=0,
                            inputs=dict(cxr=CXRInput(size=32), ecg=ECGInput(rate=100, seconds=5)))

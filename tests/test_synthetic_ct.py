@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from probmed.data import registry, schema
 from probmed.data.commands import main as data_main
 from probmed.data.datamodule import resolve_inputs
-from probmed.data.modalities import CTInput, CXRInput, ImageInput
+from probmed.data.inputs import CTInput, CXRInput, ImageInput
 from probmed.data.readers import UnreadableInput
 from probmed.data.synthetic import generate_corpus, plan_corpus
 from probmed.data.synthetic import cxr as cxr_mod

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probmed.data.modalities import CXRInput, CXRSecondViewInput, ImpressionInput, TextInput
+from probmed.data.inputs import CXRInput, CXRSecondViewInput, ImpressionInput, TextInput
 from probmed.data.readers import read_cxr_dicom
 from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder
 from probmed.encoders import ECGEncoder, ImageEncoder, LoRA, TextEncoder

@@ -124,7 +124,7 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     (``meta["echo_fps"]``: the file's, else the manifest's ``echo_fps``, else ``--echo-fps``)."""
     import torch
 
-    from probmed.data.modalities import fit_square
+    from probmed.data.inputs import fit_square
 
     (source,) = entry.paths["echo"]
     cine, fps = read_echo_source(source)

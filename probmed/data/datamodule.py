@@ -11,7 +11,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from probmed.data import registry, schema
 from probmed.data.labels import read_vocabulary
-from probmed.data.modalities import ModalityInput, TextInput
+from probmed.data.inputs import ModalityInput, TextInput
 from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
 
@@ -37,7 +37,7 @@ class ProbMedDataModule(L.LightningDataModule):
         shuffle_buffer: studies held in each worker's shuffle buffer.
         seed: seeds shard order, shuffling and per-study random choices (with the epoch), identical on all ranks.
         inputs: modality name → its input pipeline, ``{class_path: ..., init_args: {...}}`` (any
-            :class:`~probmed.data.modalities.ModalityInput`; a class name alone is enough, e.g. ``ImageInput`` with
+            :class:`~probmed.data.inputs.ModalityInput`; a class name alone is enough, e.g. ``ImageInput`` with
             ``prefix: ct`` for a CT modality stored as ``ct.<i>.dcm``). A loaded modality without an entry gets
             the registry's default pipeline; one the registry does not know needs an entry. Override one option
             with ``--data.inputs.<name>.init_args.<option> VALUE``.
@@ -191,7 +191,7 @@ def resolve_inputs(modalities: list[str] | None, inputs: dict[str, ModalityInput
         else:
             raise ValueError(
                 f"unknown modality {name!r} in config: the registry knows {sorted(registry.SPECS)}; a new one needs "
-                f"its pipeline in data.inputs.{name} (class_path + init_args, e.g. probmed.data.modalities.ImageInput "
+                f"its pipeline in data.inputs.{name} (class_path + init_args, e.g. probmed.data.inputs.ImageInput "
                 f"with prefix: {name})")
     return out
 

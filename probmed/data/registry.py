@@ -16,10 +16,10 @@ e.g. a retina photograph stored as ``retina.<i>.png`` beside the radiographs::
 
     data:
       inputs:
-        retina: {class_path: probmed.data.modalities.ImageInput, init_args: {prefix: retina, size: 64}}
+        retina: {class_path: probmed.data.inputs.ImageInput, init_args: {prefix: retina, size: 64}}
 
 plus a tower under ``model.encoders.retina`` and the pairs that contrast it in ``model.objective``. A new format
-needs a :class:`~probmed.data.modalities.ModalityInput` subclass (and, to build it from a manifest, a converter);
+needs a :class:`~probmed.data.inputs.ModalityInput` subclass (and, to build it from a manifest, a converter);
 :func:`register` then makes it a default modality with its manifest column.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from probmed.data import converters
-from probmed.data.modalities import (
+from probmed.data.inputs import (
     CTInput,
     CXRInput,
     CXRSecondViewInput,
@@ -75,7 +75,7 @@ class ModalitySpec:
 
     Args:
         name: the modality key in batches, configs, loss pairs and logs.
-        pipeline: its default input pipeline (a :class:`~probmed.data.modalities.ModalityInput` class; its
+        pipeline: its default input pipeline (a :class:`~probmed.data.inputs.ModalityInput` class; its
             constructor defaults are the default options, overridden by ``data.inputs.<name>``).
         view_of: the stored modality whose files it reads (``cxr_view2`` is a second view of ``cxr``); None for a
             modality with shard files of its own.

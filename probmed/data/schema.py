@@ -55,7 +55,7 @@ META_FIELDS: tuple[str, ...] = (
 )
 
 #: Default shard file names of the registered modalities (``cxr`` views are numbered: ``cxr.0.dcm``, ...); the
-#: pipelines of :mod:`probmed.data.modalities` take them as defaults, a config may name others.
+#: pipelines of :mod:`probmed.data.inputs` take them as defaults, a config may name others.
 CXR_PREFIX = "cxr."
 ECG_EXT = "ecg.npy"
 ECHO_EXT = "echo.npy"

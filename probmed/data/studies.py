@@ -28,7 +28,7 @@ import torch
 
 from probmed.data import schema
 from probmed.data.labels import check_policy, label_vector
-from probmed.data.modalities import ModalityInput
+from probmed.data.inputs import ModalityInput
 from probmed.data.readers import UnreadableInput, UnsafeInput
 
 log = logging.getLogger(__name__)

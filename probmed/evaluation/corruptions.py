@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from probmed.data.modalities import ECGInput, EchoInput, ImageInput, TextInput
+from probmed.data.inputs import ECGInput, EchoInput, ImageInput, TextInput
 from probmed.data.registry import SPECS
 
 PIXEL_SCALE, PIXEL_SHIFT = 0.25, 0.5  # images are standardised as (pixel − 0.5) / 0.25 by the data pipeline
