@@ -28,6 +28,10 @@ class GaussianEmbedding:
         """``[B, D]`` or ``[B, 1]`` variance exp(log_var)."""
         return self.log_var.exp()
 
+    def mean_variance(self) -> Tensor:
+        """``[B]`` float32: each row's variance averaged over its dimensions (its overall uncertainty)."""
+        return self.log_var.float().exp().mean(dim=1)
+
     @property
     def isotropic(self) -> bool:
         return self.log_var.shape[-1] == 1 and self.mean.shape[-1] != 1

@@ -10,11 +10,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from probmed.distributed import all_gather_objects
 from probmed.embedding import GaussianEmbedding
 from probmed.encoders import HeadOptions
 from probmed.encoders._common import batch_norm_layers
@@ -212,7 +212,7 @@ class ProbMedModule(L.LightningModule):
         logs.update({f"train/{k}": v for k, v in out.parts.items()})
         logs.update({f"train/{k}": v for k, v in out.extras.items()})
         for name, emb in embeddings.items():
-            var = emb.log_var.detach().exp().mean(dim=1)
+            var = emb.detach().mean_variance()
             present = emb.present.float()
             logs[f"variance/{name}"] = (var * present).sum() / present.sum().clamp_min(1)
         if not finite:  # all ranks agree: no update on any rank
@@ -321,10 +321,7 @@ class ProbMedModule(L.LightningModule):
         ``data/<stage>/skipped/<cause>``."""
         mine = dict(self.skipped[stage])
         self.skipped[stage].clear()
-        counts = [mine]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            counts = [None] * dist.get_world_size()
-            dist.all_gather_object(counts, mine)
+        counts = all_gather_objects(mine)
         total = Counter()
         for c in counts:
             total.update(c)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from probmed.distributed import all_gather_objects
 from probmed.embedding import GaussianEmbedding
 
 
@@ -50,10 +50,7 @@ class EmbeddingCollector:
     def gather(self) -> tuple[dict[str, tuple[GaussianEmbedding, list[str]]], dict[str, Tensor]]:
         """All ranks' studies: ``({modality: (embedding, study_ids)}, {study_id: labels [F]})``, sorted by id."""
         local = self._local()
-        shards = [local]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            shards = [None] * dist.get_world_size()
-            dist.all_gather_object(shards, local)
+        shards = all_gather_objects(local)
         labels: dict[str, Tensor] = {}
         merged: dict[str, dict[str, tuple[Tensor, Tensor]]] = defaultdict(dict)
         for shard in shards:

@@ -16,7 +16,8 @@ from typing import Optional
 
 import lightning as L
 import numpy as np
-import torch.distributed as dist
+
+from probmed.distributed import all_gather_objects
 
 
 def write_embeddings(path: str | Path, rows: dict[str, dict[str, tuple[np.ndarray, np.ndarray, bool]]]) -> Path:
@@ -78,10 +79,7 @@ class EmbeddingWriter(L.Callback):
                     )
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        shards = [self.rows]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            shards = [None] * dist.get_world_size()
-            dist.all_gather_object(shards, self.rows)
+        shards = all_gather_objects(self.rows)
         if not trainer.is_global_zero:
             return
         merged: dict[str, dict] = defaultdict(dict)

@@ -65,7 +65,7 @@ def pair_ranks(embeddings: dict, score, a: str, b: str, chunk: int = 1024) -> di
     return {
         "ranks": ranks,
         "query_ids": [ids_a[i] for i in query_rows.tolist()],
-        "query_variance": query.log_var.float().exp().mean(dim=1),
+        "query_variance": query.mean_variance(),
         "gallery_size": len(gallery_ids),
     }
 

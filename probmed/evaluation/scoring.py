@@ -13,14 +13,9 @@ from torch import Tensor
 
 from probmed.embedding import GaussianEmbedding
 from probmed.losses import Objective
-from probmed.losses.similarity import SIMILARITIES, pairwise_similarity
+from probmed.losses.similarity import pairwise_similarity, similarity_kind
 
 Scorer = Callable[[GaussianEmbedding, GaussianEmbedding, str, str], Tensor]
-
-
-def contrasts(objective: Objective, a: str, b: str) -> bool:
-    """Whether some term of the objective contrasts modalities ``a`` and ``b`` (either order)."""
-    return any(set(p) == {a, b} for t in objective.terms for p in t.pairs)
 
 
 def term_logit_scale(term) -> float:
@@ -35,14 +30,17 @@ def term_logit_scale(term) -> float:
 
 def make_scorer(objective: Objective, untrained_similarity: Optional[str], device: torch.device, chunk: int = 1024) -> Scorer:
     """``score(query, gallery, a, b) -> [Nq, Ng]`` float32 CPU similarity, computed on ``device`` without gradient."""
-    if untrained_similarity is not None and untrained_similarity not in SIMILARITIES:
-        raise ValueError(f"untrained_similarity {untrained_similarity!r} is not one of {SIMILARITIES}")
+    if untrained_similarity is not None:
+        try:
+            similarity_kind(untrained_similarity)
+        except ValueError as exc:
+            raise ValueError(f"untrained_similarity: {exc}") from None
 
     @torch.no_grad()
     def score(query: GaussianEmbedding, gallery: GaussianEmbedding, a: str, b: str) -> Tensor:
         q = GaussianEmbedding(query.mean.to(device), query.log_var.to(device), query.present.to(device))
         g = GaussianEmbedding(gallery.mean.to(device), gallery.log_var.to(device), gallery.present.to(device))
-        if untrained_similarity is None or contrasts(objective, a, b):
+        if untrained_similarity is None or objective.contrasting_term(a, b) is not None:
             return objective.score(q, g, a, b, chunk=chunk).float().cpu()
         return torch.cat([
             pairwise_similarity(untrained_similarity, q.mean[s : s + chunk].float(), q.log_var[s : s + chunk].float(),

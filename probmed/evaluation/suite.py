@@ -356,7 +356,7 @@ class Evaluator:
                     found = pair_ranks(emb_dict, score, m, b)
                     if found is not None:
                         r1.append(100.0 * float((found["ranks"] == 0).double().mean()))
-            var = float(emb_dict[m][0].log_var.float().exp().mean()) if len(emb_dict[m][1]) else math.nan
+            var = float(emb_dict[m][0].mean_variance().mean()) if len(emb_dict[m][1]) else math.nan
             return {"mean_R@1": _nanmean(r1), "variance": var}
 
         for (m, kind, severity), gathered in corrupted.items():
@@ -365,8 +365,8 @@ class Evaluator:
             name = f"{m}/{kind}"
             by = out.setdefault(name, {0.0: measure(embeddings, m)})
             by[severity] = measure({**embeddings, m: gathered[m]}, m)
-            samples = per_sample.setdefault(name, {0.0: embeddings[m][0].log_var.float().exp().mean(dim=1)})
-            samples[severity] = gathered[m][0].log_var.float().exp().mean(dim=1)
+            samples = per_sample.setdefault(name, {0.0: embeddings[m][0].mean_variance()})
+            samples[severity] = gathered[m][0].mean_variance()
         rhos = []
         for name, by in out.items():
             for severity, v in by.items():
@@ -402,7 +402,7 @@ class Evaluator:
         for m, (emb, ids) in sorted(embeddings.items()):
             n = min(len(ids), self.config.projector_max)
             means.append(emb.mean[:n].float())
-            var = emb.log_var[:n].float().exp().mean(dim=1)
+            var = emb.mean_variance()[:n]
             for i in range(n):
                 lab = labels.get(ids[i])
                 found = [f for j, f in enumerate(self.findings) if lab is not None and lab[j] == 1]

@@ -32,13 +32,12 @@ from probmed.losses.base import (
     soft_targets,
 )
 from probmed.losses.similarity import (
-    DEFAULT_INIT_SCALE,
-    SIMILARITIES,
     Similarity,
     csd,
     hellinger_similarity,
     medprob_distance,
     pairwise_similarity,
+    similarity_kind,
 )
 
 class LogitScale(nn.Module):
@@ -116,18 +115,24 @@ def symmetric_infonce(ctx: LossContext, a: str, b: str, logits_fn, paired_only: 
 class PairTerm(LossTerm):
     """A term over one pair of modality keys ``(a, b)``, named ``<prefix>/<a>-<b>``.
 
-    Subclasses set :attr:`prefix`; the default :meth:`similarity` is :func:`pairwise_similarity` of ``self.kind``
-    (with ``self.normalize`` and ``self.chunk``), which terms with their own geometry override.
+    Subclasses set :attr:`prefix`; the default :meth:`similarity` is :func:`pairwise_similarity` of
+    ``similarity_name`` (a name of :data:`~probmed.losses.similarity.SIMILARITY_TABLE`, with ``normalize`` and
+    ``chunk``), which terms with their own geometry (PCME++'s CSD, MedProbCLIP's distance) override.
     """
 
     prefix = "pair"
 
-    def __init__(self, modalities: Sequence[str], weight: float, name: str | None) -> None:
+    def __init__(self, modalities: Sequence[str], weight: float, name: str | None, similarity: str = "cosine",
+                 normalize: bool = True, chunk: int | None = None) -> None:
         super().__init__(weight, name)
         mods = tuple(modalities)
         if len(mods) != 2 or mods[0] == mods[1]:
             raise ValueError(f"a pairwise term needs two different modality keys, got {mods}")
         self.a, self.b = mods
+        similarity_kind(similarity)  # an unknown name fails at construction, listing the known ones
+        self.similarity_name = similarity
+        self.normalize = normalize
+        self.chunk = chunk
 
     def default_name(self) -> str:
         return f"{self.prefix}/{self.a}-{self.b}"
@@ -141,7 +146,8 @@ class PairTerm(LossTerm):
         return ((self.a, self.b),)
 
     def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
-        return pairwise_similarity(self.kind, a.mean, a.log_var, b.mean, b.log_var, self.normalize, self.chunk)
+        return pairwise_similarity(self.similarity_name, a.mean, a.log_var, b.mean, b.log_var, self.normalize,
+                                   self.chunk)
 
 
 class ProbabilisticInfoNCE(PairTerm):
@@ -158,7 +164,8 @@ class ProbabilisticInfoNCE(PairTerm):
             literal ``PS = 1 - sqrt(1 - BC)``, which saturates at 0 in high dimension), ``bhattacharyya`` (log BC,
             <= 0), ``csd`` (minus PCME++'s closed-form sampled distance), ``medprob`` (minus MedProbCLIP's
             distance) or ``cosine`` (of the means; deterministic CLIP). docs/design.md compares them.
-        init_logit_scale: initial scale ``1/tau``; default per similarity, see :data:`DEFAULT_INIT_SCALE`.
+        init_logit_scale: initial scale ``1/tau``; default per similarity (``init_scale`` of
+            :data:`~probmed.losses.similarity.SIMILARITY_TABLE`).
         max_logit_scale: clamp of the scale (CLIP: 100); ``<= 0`` disables the clamp.
         learn_logit_scale: learn the scale (else fixed at ``init_logit_scale``).
         normalize: L2-normalise the means for ``cosine`` (a no-op if the head already does).
@@ -191,16 +198,12 @@ class ProbabilisticInfoNCE(PairTerm):
         fused_kernel: bool = True,
         name: str | None = None,
     ) -> None:
-        super().__init__(modalities, weight, name)
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {similarity!r}; choose one of {SIMILARITIES}")
-        self.kind = similarity
-        init = DEFAULT_INIT_SCALE[similarity] if init_logit_scale is None else init_logit_scale
+        super().__init__(modalities, weight, name, similarity, normalize, chunk)
+        kind = similarity_kind(similarity)
+        init = kind.init_scale if init_logit_scale is None else init_logit_scale
         self.logit_scale = LogitScale(init, max_logit_scale if max_logit_scale > 0 else None, learn_logit_scale)
-        self.normalize = normalize
         self.paired_only = paired_only
-        self.chunk = chunk
-        if learn_hellinger_exponent and not similarity.startswith("hellinger"):
+        if learn_hellinger_exponent and kind.exponent_base is None:
             raise ValueError(f"learn_hellinger_exponent needs a Hellinger similarity, not {similarity!r}")
         self.log_exponent_factor = nn.Parameter(torch.zeros(())) if learn_hellinger_exponent else None
         self.fused_kernel = fused_kernel
@@ -208,7 +211,7 @@ class ProbabilisticInfoNCE(PairTerm):
     def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
         if self.log_exponent_factor is None:
             return super().similarity(a, b)
-        base = 1.0 if self.kind == "hellinger_joint" else 1.0 / a.mean.shape[-1]
+        base = similarity_kind(self.similarity_name).exponent_base(a.mean.shape[-1])
         kappa = base * self.log_exponent_factor.exp().to(a.mean.dtype)
         return hellinger_similarity(a.mean, a.log_var, b.mean, b.log_var, kappa, chunk=self.chunk)
 
@@ -216,7 +219,7 @@ class ProbabilisticInfoNCE(PairTerm):
         """``rows_fn`` of :func:`symmetric_infonce` through the fused Triton kernel, or None where it does not
         apply (CPU without the Triton interpreter, other similarities, a learnt exponent, isotropic variances)."""
         mods = (ctx.world[self.a], ctx.world[self.b])
-        if (not self.fused_kernel or self.kind not in ("hellinger", "bhattacharyya")
+        if (not self.fused_kernel or similarity_kind(self.similarity_name).fused_code is None
                 or self.log_exponent_factor is not None or any(e.log_var.shape != e.mean.shape for e in mods)
                 or (mods[0].mean.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1")):
             return None
@@ -228,7 +231,7 @@ class ProbabilisticInfoNCE(PairTerm):
 
         def rows_fn(x: str, y: str, col_mask: Tensor):
             rows, cols = ctx.local[x], ctx.world[y]
-            return fused_infonce.fused_infonce_rows(self.kind, rows.mean, rows.log_var, cols.mean, cols.log_var,
+            return fused_infonce.fused_infonce_rows(self.similarity_name, rows.mean, rows.log_var, cols.mean, cols.log_var,
                                                     scale, ctx.local_group, ctx.world_group, col_mask)
 
         return rows_fn
@@ -305,12 +308,9 @@ class SigLIP(PairTerm):
         chunk: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(modalities, weight, name)
-        self.kind = similarity
+        super().__init__(modalities, weight, name, similarity, normalize, chunk)
         self.logit_scale = LogitScale(init_logit_scale, max_logit_scale if max_logit_scale > 0 else None)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
-        self.normalize = normalize
-        self.chunk = chunk
 
 
     def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
@@ -370,16 +370,13 @@ class PCMEpp(PairTerm):
         infonce_weight: float = 0.0,
         name: str | None = None,
     ) -> None:
-        super().__init__(modalities, weight, name)
+        super().__init__(modalities, weight, name, similarity="csd")
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
         self.shift = nn.Parameter(torch.tensor(float(init_shift)))
         self.min_scale = float(min_scale)
         self.pseudo_weight = float(pseudo_weight)
         self.infonce_weight = float(infonce_weight)
         self.infonce = LogitScale(1.0 / 0.07) if infonce_weight > 0 else None
-
-    def similarity(self, a: GaussianEmbedding, b: GaussianEmbedding) -> Tensor:
-        return -csd(a.mean, a.log_var, b.mean, b.log_var)
 
     def _logits(self, rows: GaussianEmbedding, cols: GaussianEmbedding) -> Tensor:
         d = csd(rows.mean, rows.log_var, cols.mean, cols.log_var)

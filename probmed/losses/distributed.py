@@ -14,12 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-def dist_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from probmed.distributed import rank_and_world_size
 
 
 def check_equal_batch(local_batch: int, device: torch.device, world_size: int) -> None:
@@ -56,7 +51,7 @@ def pad_rows(x: Tensor, rows: int) -> Tensor:
 
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` [B, ...] of every rank along dim 0, differentiably (the backward sums over ranks)."""
-    rank, world = dist_world()
+    rank, world = rank_and_world_size()
     if world == 1:
         return x
     from torch.distributed import _functional_collectives as fc
@@ -66,7 +61,7 @@ def gather_with_grad(x: Tensor) -> Tensor:
 
 def gather_no_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` [B, ...] of every rank along dim 0, without gradient (masks, group ids)."""
-    rank, world = dist_world()
+    rank, world = rank_and_world_size()
     if world == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world)]

@@ -50,7 +50,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from probmed.losses.similarity import SQRT_GRAD_FLOOR, hellinger_from_log_bc, log_bhattacharyya_naive
+from probmed.losses.similarity import (
+    SIMILARITY_TABLE, SQRT_GRAD_FLOOR, hellinger_from_log_bc, log_bhattacharyya_naive,
+)
 
 try:
     import triton
@@ -58,8 +60,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
-#: the similarities the fused kernel implements (``SIM`` constexpr codes of the kernels)
-SIMILARITY_CODES = {"bhattacharyya": 0, "hellinger": 1}
+#: the similarities the fused kernel implements (``SIM`` constexpr codes of the kernels), from the one table
+SIMILARITY_CODES = {name: k.fused_code for name, k in SIMILARITY_TABLE.items() if k.fused_code is not None}
 #: ``(BLOCK_M, BLOCK_N, BLOCK_D)``: rows, columns and dimensions of one register tile, and warps per program: the
 #: largest tiles whose sm_90 build spills no registers (compiled ahead of time without a GPU; not timed)
 DEFAULT_BLOCKS = (32, 32, 8)

@@ -23,9 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from probmed.distributed import rank_and_world_size
 from probmed.embedding import GaussianEmbedding
 from probmed.losses.base import LossContext, LossTerm, sanitize
-from probmed.losses.distributed import check_equal_batch, dist_world, gather_no_grad, gather_with_grad, pad_rows
+from probmed.losses.distributed import check_equal_batch, gather_no_grad, gather_with_grad, pad_rows
 
 
 @dataclass
@@ -57,7 +58,7 @@ def gather_embeddings(
     modality and have group id 0). Without a process group (or world size 1) the local tensors are returned as they
     are.
     """
-    rank, world = dist_world()
+    rank, world = rank_and_world_size()
     n = int(group.shape[0])
     if world == 1:
         return dict(local), group, rank, world, n
@@ -183,20 +184,19 @@ class Objective(nn.Module):
     # retrieval scoring
     # ---------------------------------------------------------------------------------------------------------
 
+    def contrasting_term(self, a: str, b: str) -> LossTerm | None:
+        """The first term that contrasts modalities ``a`` and ``b`` (either order), or None."""
+        return next((t for t in self.terms for p in t.pairs if set(p) == {a, b}), None)
+
     def scoring_term(self, query_modality: str, gallery_modality: str) -> LossTerm:
         """The term whose similarity scores this pair: the one contrasting it (either order), else the first
         contrastive term (pairs never trained together, e.g. cxr-ecg through the text anchor)."""
-        want = {query_modality, gallery_modality}
-        first = None
-        for t in self.terms:
-            for p in t.pairs:
-                if first is None:
-                    first = t
-                if set(p) == want:
-                    return t
-        if first is None:
+        term = self.contrasting_term(query_modality, gallery_modality)
+        if term is None:
+            term = next((t for t in self.terms if t.pairs), None)
+        if term is None:
             raise ValueError("the objective has no contrastive term to score with")
-        return first
+        return term
 
     @torch.no_grad()
     def score(

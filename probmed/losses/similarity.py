@@ -34,15 +34,15 @@ Every function takes rows ``a`` (``mu_a`` [B, D], ``lv_a`` [B, D] or [B, 1] log-
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probmed.losses.kernels import pairwise_diag_kernel, pairwise_diag_kernel_naive
+from probmed.losses.kernels import LOG2, pairwise_diag_kernel, pairwise_diag_kernel_naive
 
-LOG2 = math.log(2.0)
 LOG2PI = math.log(2.0 * math.pi)
 
 #: Floor on sqrt(H^2) used only in the *gradient* of the Hellinger similarity (the value is exact).
@@ -162,21 +162,53 @@ def gaussian_log_likelihood(z: Tensor, mu: Tensor, lv: Tensor) -> Tensor:
     return -0.5 * (dim * LOG2PI + lv.sum(-1)[None, :] + quad)
 
 
-#: Initial logit scale ``1 / tau`` per similarity; its keys are the similarity names (one list, configs are
-#: validated against it). Chosen so that the logit range at initialisation is comparable with CLIP's (cosine in
-#: [-1, 1] times 1/0.07): both Hellinger similarities are in [0, 1] (half the range of cosine) -> 2/0.07; -CSD of
-#: unit means is -(2 - 2 cos + sum v) (twice as steep as cosine) -> 0.5/0.07; log BC and the MedProbCLIP distance
-#: are sums over D dimensions of log-density-like terms -> 1.
-DEFAULT_INIT_SCALE: dict[str, float] = {
-    "hellinger": 2 / 0.07,
-    "hellinger_joint": 2 / 0.07,
-    "bhattacharyya": 1.0,
-    "csd": 0.5 / 0.07,
-    "medprob": 1.0,
-    "cosine": 1 / 0.07,
+@dataclass(frozen=True)
+class SimilarityKind:
+    """One similarity a loss term or the evaluation may name.
+
+    Args:
+        pairwise: ``(mu_a [B, D], lv_a, mu_b [N, D], lv_b, normalize, chunk) → [B, N]``, higher = more similar.
+        init_scale: the initial logit scale ``1 / tau`` of a term that uses it.
+        fused_code: the ``SIM`` code of the fused Triton InfoNCE kernel (:mod:`probmed.losses.fused_infonce`), or
+            None where the kernel does not implement it.
+        exponent_base: for a Hellinger similarity, the exponent on ``BC`` before a learnt factor as a function of
+            the dimension D (``1/D`` per-dimension, ``1`` joint); None for the others.
+    """
+
+    pairwise: Callable[..., Tensor]
+    init_scale: float
+    fused_code: int | None = None
+    exponent_base: Callable[[int], float] | None = None
+
+
+#: Name → similarity: the one table every config, loss term, kernel and evaluation reads. The initial logit scales
+#: make the logit range at initialisation comparable with CLIP's (cosine in [-1, 1] times 1/0.07): both Hellinger
+#: similarities are in [0, 1] (half the range of cosine) -> 2/0.07; -CSD of unit means is -(2 - 2 cos + sum v)
+#: (twice as steep as cosine) -> 0.5/0.07; log BC and the MedProbCLIP distance are sums over D dimensions of
+#: log-density-like terms -> 1.
+SIMILARITY_TABLE: dict[str, SimilarityKind] = {
+    "hellinger": SimilarityKind(
+        lambda ma, la, mb, lb, normalize, chunk: hellinger_similarity(ma, la, mb, lb, chunk=chunk),
+        2 / 0.07, fused_code=1, exponent_base=lambda dim: 1.0 / dim),
+    "hellinger_joint": SimilarityKind(
+        lambda ma, la, mb, lb, normalize, chunk: hellinger_similarity(ma, la, mb, lb, exponent=1.0, chunk=chunk),
+        2 / 0.07, exponent_base=lambda dim: 1.0),
+    "bhattacharyya": SimilarityKind(
+        lambda ma, la, mb, lb, normalize, chunk: log_bhattacharyya(ma, la, mb, lb, chunk=chunk), 1.0, fused_code=0),
+    "csd": SimilarityKind(lambda ma, la, mb, lb, normalize, chunk: -csd(ma, la, mb, lb), 0.5 / 0.07),
+    "medprob": SimilarityKind(
+        lambda ma, la, mb, lb, normalize, chunk: -medprob_distance(ma, la, mb, lb, chunk=chunk), 1.0),
+    "cosine": SimilarityKind(lambda ma, la, mb, lb, normalize, chunk: cosine(ma, mb, normalize), 1 / 0.07),
 }
-SIMILARITIES = tuple(DEFAULT_INIT_SCALE)
+SIMILARITIES = tuple(SIMILARITY_TABLE)
 Similarity = Literal[SIMILARITIES]  # type: ignore[valid-type]  # Literal["hellinger", ...] for jsonargparse
+
+
+def similarity_kind(name: str) -> SimilarityKind:
+    """The table entry of ``name``, or a clear error listing the known similarities."""
+    if name not in SIMILARITY_TABLE:
+        raise ValueError(f"unknown similarity {name!r}; choose one of {SIMILARITIES}")
+    return SIMILARITY_TABLE[name]
 
 
 def pairwise_similarity(
@@ -190,17 +222,5 @@ def pairwise_similarity(
 ) -> Tensor:
     """``[B, N]`` similarity (higher = more similar) of kind ``hellinger`` (ProbMED, PS on ``BC^(1/D)``, in
     [0, 1]), ``hellinger_joint`` (the paper's PS on ``BC``), ``bhattacharyya`` (log BC <= 0), ``csd`` (-CSD),
-    ``medprob`` (-MedProbCLIP distance) or ``cosine`` (of the means)."""
-    if kind == "hellinger":
-        return hellinger_similarity(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
-    if kind == "hellinger_joint":
-        return hellinger_similarity(mu_a, lv_a, mu_b, lv_b, exponent=1.0, chunk=chunk)
-    if kind == "bhattacharyya":
-        return log_bhattacharyya(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
-    if kind == "csd":
-        return -csd(mu_a, lv_a, mu_b, lv_b)
-    if kind == "medprob":
-        return -medprob_distance(mu_a, lv_a, mu_b, lv_b, chunk=chunk)
-    if kind == "cosine":
-        return cosine(mu_a, mu_b, normalize)
-    raise ValueError(f"unknown similarity {kind!r}; choose one of {SIMILARITIES}")
+    ``medprob`` (-MedProbCLIP distance) or ``cosine`` (of the means); see :data:`SIMILARITY_TABLE`."""
+    return similarity_kind(kind).pairwise(mu_a, lv_a, mu_b, lv_b, normalize, chunk)

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from probmed.distributed import world_size
+
 
 def logging_step(trainer) -> bool:
     """Whether the current training step's metrics reach the loggers (``log_every_n_steps``). It depends only on
@@ -29,7 +31,7 @@ def mean_over_ranks(values: dict[str, Tensor | float]) -> dict[str, Tensor]:
     keys = list(values)
     device = next((v.device for v in values.values() if torch.is_tensor(v)), torch.device("cpu"))
     packed = torch.stack([torch.as_tensor(values[k], device=device).detach().float().reshape(()) for k in keys])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed = packed / dist.get_world_size()
+        packed = packed / world_size()
     return dict(zip(keys, packed.unbind(0)))

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from probmed.distributed import world_size
+
 INJECT_ENV = "PROBMED_INJECT_NONFINITE"
 
 
@@ -84,7 +86,7 @@ class NonFiniteGuard:
         riders = {name: bool(flag()) for name, flag in self._riders.items()}
         values = [int(loss_ok), int(buffers_ok), *(int(not yes) for yes in riders.values())]
         flags = torch.tensor(values, dtype=torch.int32, device=loss.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MIN)
         flags = flags.tolist()  # one host sync for all of them
         loss_ok, buffers_ok = bool(flags[0]), bool(flags[1])

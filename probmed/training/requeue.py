@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from probmed.distributed import world_size
 from probmed.training.nonfinite import NonFiniteGuard
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class SlurmRequeue(L.Callback):
         if self._guard is not None and "requeue" in self._guard.agreed:
             return self._guard.agreed["requeue"]  # decided in this step's all-reduce
         flag = torch.tensor([int(self.received)], device=trainer.strategy.root_device)
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+        if world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
