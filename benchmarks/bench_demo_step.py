@@ -33,7 +33,7 @@ import torch
 from probmed.cli import ProbMedCLI
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.embedding import GaussianEmbedding
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 
 #: batches the workers' queue holds (2 workers × prefetch 2): fetched ahead, they leave the workers idle
 QUEUE = 4

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from probmed.cli import ProbMedCLI
 from probmed.data.datamodule import ProbMedDataModule
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 from probmed.training import TowerCompute
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

@@ -227,7 +227,7 @@ def stage2(args, stage1: Path, data: Path, seed: int) -> dict[str, dict[str, flo
 
     from probmed.data.datamodule import ProbMedDataModule
     from probmed.data.inputs import CXRInput, ECGInput, TextInput
-    from probmed.distill import TeacherSpec, TextDistillation
+    from probmed.tasks.distill import TeacherSpec, TextDistillation
     from probmed.encoders import TextEncoder
     from probmed.encoders.pretrained import load_state_dict_file
 
@@ -256,7 +256,7 @@ def stage2(args, stage1: Path, data: Path, seed: int) -> dict[str, dict[str, flo
                              inputs=dict(cxr=CXRInput(size=64), ecg=ECGInput(rate=100, seconds=10),
                                          text=TextInput(max_length=96)))
     test.setup("test")
-    from probmed.distill import distilled_retrieval
+    from probmed.tasks.distill import distilled_retrieval
 
     with torch.no_grad():
         result = distilled_retrieval(model, test.test_dataloader(), {"cxr": "cxr", "ecg": "ecg"}, ks=(5,))

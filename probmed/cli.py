@@ -7,8 +7,8 @@ Examples::
     probmed test --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt
     probmed fit --config configs/demo.yaml --print_config
     probmed predict --config configs/demo.yaml --ckpt_path last.ckpt --embeddings.path emb.npz   # means + variances
-    probmed distill fit --config configs/presets/m3bind_distill.yaml      (M3Bind stage 2, see probmed.distill)
-    probmed prompt fit --config configs/medbind_soft_prompt.yaml          (soft prompts, see probmed.soft_prompt)
+    probmed distill fit --config configs/presets/m3bind_distill.yaml      (M3Bind stage 2, see probmed.tasks.distill)
+    probmed prompt fit --config configs/medbind_soft_prompt.yaml          (soft prompts, see probmed.tasks.soft_prompt)
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.evaluation.export import EmbeddingWriter
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from probmed.training.console import adapt_console, silence_lightning_noise
 from probmed.training.requeue import SlurmRequeue, catch_early_requeue_signal, requeue_signal, slurm_requeue_wanted
@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(words[1:])
     if words and words[0] in ("distill", "prompt"):  # `probmed distill fit ...` (M3Bind stage 2), `probmed prompt fit`
         if words[0] == "distill":
-            from probmed.distill import TextDistillation as model_class
+            from probmed.tasks.distill import TextDistillation as model_class
         else:  # MEDBind: binding embeddings as soft prompts of a causal LM
-            from probmed.soft_prompt import SoftPromptQA as model_class
+            from probmed.tasks.soft_prompt import SoftPromptQA as model_class
 
         if argv is None:  # LightningCLI reads sys.argv itself: drop the first word from it
             sys.argv = [sys.argv[0], *words[1:]]

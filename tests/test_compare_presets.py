@@ -26,7 +26,7 @@ def _build(row: str, tmp_path, monkeypatch):
 
     from probmed.cli import TRAINER_DEFAULTS, ProbMedCLI
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.module import ProbMedModule
+    from probmed.tasks.binding import ProbMedModule
 
     preset_file, similarity = compare_presets.ROWS[row]
     over = compare_presets.override(compare_presets.preset_config(preset_file), similarity, _args(), 7,

@@ -94,7 +94,7 @@ def _build(preset: str, monkeypatch):
     objective, heads and input options are the preset's own)."""
     from probmed.cli import TRAINER_DEFAULTS, ProbMedCLI
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.module import ProbMedModule
+    from probmed.tasks.binding import ProbMedModule
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["probmed"])
@@ -135,7 +135,7 @@ def test_demo_trains_the_probmed_loss_on_every_pair(monkeypatch):
     pairs, with its synthetic sampling and VIB: the demo shows the method the project is named after."""
     from probmed.cli import TRAINER_DEFAULTS, ProbMedCLI
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.module import ProbMedModule
+    from probmed.tasks.binding import ProbMedModule
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["probmed"])

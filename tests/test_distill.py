@@ -9,7 +9,7 @@ import torch
 from conftest import REPO
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.data.inputs import TextInput
-from probmed.distill import TeacherSpec, TextDistillation, distilled_retrieval
+from probmed.tasks.distill import TeacherSpec, TextDistillation, distilled_retrieval
 from probmed.encoders import TextEncoder
 
 PRESETS = REPO / "configs" / "presets"

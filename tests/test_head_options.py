@@ -10,7 +10,7 @@ from torch import nn
 
 from probmed.encoders import GaussianHead, HeadOptions
 from probmed.losses import Objective, ProbabilisticInfoNCE
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 
 
 class _Tower(nn.Linear):

@@ -173,7 +173,7 @@ def test_stage1_trains_tiny_through_the_cli_on_unpaired_shards(smoke_corpus, tmp
 
 def test_a_distillation_teacher_names_its_text_tower(smoke_corpus, tmp_path, monkeypatch):
     """A stage-1 model with one text tower per imaging modality: each teacher's embedding is that tower's."""
-    from probmed.distill import TeacherSpec, TextDistillation
+    from probmed.tasks.distill import TeacherSpec, TextDistillation
     from probmed.encoders import TextEncoder
     from probmed.encoders.tower_input import run_tower
 

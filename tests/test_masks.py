@@ -18,7 +18,7 @@ from probmed.encoders.tower_input import select_rows
 from probmed.data.registry import SPECS
 from probmed.evaluation.corruptions import corrupt
 from probmed.losses import Objective, ProbabilisticInfoNCE
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 
 from realkit import avi, wfdb_record
 from shardkit import study

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from probmed.losses import Objective, ProbabilisticInfoNCE, VIB
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 
 
 class Recorder(nn.Module):

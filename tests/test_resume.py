@@ -298,7 +298,7 @@ def test_resuming_a_different_model_is_refused_listing_the_keys(three_steps):
 def test_evaluating_with_other_model_settings_warns_and_uses_the_checkpoints(three_steps, capsys):
     from probmed.cli import TRAINER_DEFAULTS, ProbMedCLI
     from probmed.data.datamodule import ProbMedDataModule
-    from probmed.module import ProbMedModule
+    from probmed.tasks.binding import ProbMedModule
 
     tmp, data = three_steps
     ckpt = tmp / "ckpt" / "step=2.ckpt"

@@ -1,4 +1,4 @@
-"""Binding embeddings as soft prompts of a causal LM (probmed.soft_prompt): the forward pass equals the LM run by
+"""Binding embeddings as soft prompts of a causal LM (probmed.tasks.soft_prompt): the forward pass equals the LM run by
 hand on [projected embeddings + question], the binding stays frozen, metrics match scikit-learn, bad settings are
 refused, and the whole thing trains tiny through `probmed prompt fit` / `test` on a tiny MEDBind model."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from sklearn.metrics import balanced_accuracy_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO
-from probmed.distill import TeacherSpec
-from probmed.soft_prompt import SoftPromptQA, balanced_accuracy, build_causal_lm, class_counts
+from probmed.tasks.distill import TeacherSpec
+from probmed.tasks.soft_prompt import SoftPromptQA, balanced_accuracy, build_causal_lm, class_counts
 
 PRESETS = REPO / "configs" / "presets"
 LM = {"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64}

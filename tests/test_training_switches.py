@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from conftest import run_probmed
 from probmed.encoders import ECGEncoder, ImageEncoder, TextEncoder
 from probmed.losses import VIB, Objective, ProbabilisticInfoNCE, SyntheticSampling
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 from probmed.training import TowerCompute
 from probmed.training.compute import checkpoint_forward
 from test_cli import _overrides
@@ -152,7 +152,7 @@ def test_micro_batch_configuration_errors_are_clear():
 
 
 @pytest.mark.parametrize("package", ["probmed.training", "probmed.encoders", "probmed.losses", "probmed.data",
-                                     "probmed.evaluation", "probmed.module"])
+                                     "probmed.evaluation", "probmed.tasks.binding"])
 def test_each_package_imports_first_in_a_fresh_interpreter(package):
     """No import cycle depends on which package a user (or a test file) imports first."""
     import subprocess

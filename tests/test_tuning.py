@@ -14,7 +14,7 @@ from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder
 from probmed.encoders import ECGEncoder, ImageEncoder, LoRA, TextEncoder
 from probmed.encoders.tower_input import run_tower
 from probmed.losses import Objective, ProbabilisticInfoNCE, VIB
-from probmed.module import ProbMedModule
+from probmed.tasks.binding import ProbMedModule
 from probmed.optim import GroupRule, ParamGroups
 
 from shardkit import dicom_bytes, study

@@ -1,4 +1,4 @@
-"""The evaluation run at the end of a validation/test epoch: what :class:`~probmed.module.ProbMedModule` calls.
+"""The evaluation run at the end of a validation/test epoch: what :class:`~probmed.tasks.binding.ProbMedModule` calls.
 
 It gathers the epoch's embeddings from all ranks (the only collectives), computes on rank 0 every metric the
 :class:`~probmed.evaluation.config.EvaluationConfig` asks for at that stage — retrieval, uncertainty, zero-shot,

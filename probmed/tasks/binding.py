@@ -25,6 +25,7 @@ from probmed.evaluation.retrieval import format_table
 from probmed.evaluation.suite import Evaluator
 from probmed.losses import Objective
 from probmed.training.accumulation import refuse_gradient_accumulation
+from probmed.training.checkpoint_io import TeacherSpec, load_frozen_module
 from probmed.training.determinism import seed_step
 from probmed.training.metric_sync import logging_step, mean_over_ranks
 from probmed.training.nonfinite import NonFiniteGuard
@@ -133,6 +134,15 @@ class ProbMedModule(L.LightningModule):
         self.nonfinite = NonFiniteGuard()
 
     # -- embedding -------------------------------------------------------------------------------------------------
+    @classmethod
+    def load_teacher(cls, run: TeacherSpec, modality: str = "text") -> "ProbMedModule":
+        """A trained binding model, rebuilt from its run's ``config.yaml`` and checkpoint, frozen in eval mode, that
+        must have a ``modality`` tower (the one a distillation or a soft prompt reads)."""
+        module = load_frozen_module(cls, run.config, run.checkpoint)
+        if modality not in module.encoders:
+            raise ValueError(f"teacher {run.config} has no {modality} tower; towers: {sorted(module.encoders)}")
+        return module
+
     def embed_modality(self, name: str, inputs: Any, present: Tensor) -> GaussianEmbedding:
         """Embed one modality of a batch. ``inputs`` is a tensor ``[B, ...]`` or a mapping of tensors (signal and
         masks) passed to the tower as keyword arguments (:mod:`probmed.encoders.tower_input`). Towers run on the

@@ -19,55 +19,21 @@ of that run; only the teacher's text tower and head are kept (frozen).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from probmed.embedding import GaussianEmbedding
 from probmed.encoders import GaussianHead
-from probmed.encoders.pretrained import load_state_dict_file
 from probmed.encoders.tower_input import run_tower, select_rows
 from probmed.evaluation.retrieval import rank_of_true, recall_at_k
+from probmed.tasks.binding import ProbMedModule
+from probmed.training.checkpoint_io import TeacherSpec
 
-__all__ = ["TeacherSpec", "load_teacher", "TextDistillation", "distilled_retrieval"]
-
-
-@dataclass
-class TeacherSpec:
-    """Where a stage-1 model is: the ``config.yaml`` its ``probmed fit`` run saved and a checkpoint of it, and
-    which of its towers embeds the text (``None``: the distillation's ``modality``; e.g. ``text_cxr``)."""
-
-    config: str
-    checkpoint: str
-    tower: Optional[str] = None
-
-
-def load_teacher(spec: TeacherSpec, modality: str = "text"):
-    """Rebuild a trained :class:`~probmed.module.ProbMedModule` from its saved config and checkpoint (eval mode,
-    frozen). The checkpoint is read with ``weights_only=True`` (its ``state_dict`` only)."""
-    from jsonargparse import ArgumentParser
-
-    from probmed.module import ProbMedModule
-
-    config = yaml.safe_load(Path(spec.config).read_text())
-    model_cfg = (config.get("fit") or config).get("model")
-    if not isinstance(model_cfg, dict):
-        raise ValueError(f"{spec.config}: no `model:` section (expected the config.yaml saved by `probmed fit`)")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(ProbMedModule, "model", fail_untyped=False)
-    module = parser.instantiate_classes(parser.parse_object({"model": model_cfg})).model
-    state = load_state_dict_file(spec.checkpoint)
-    module.load_state_dict(state, strict=True)
-    module.eval().requires_grad_(False)
-    if modality not in module.encoders:
-        raise ValueError(f"teacher {spec.config} has no {modality} tower; towers: {sorted(module.encoders)}")
-    return module
+__all__ = ["TeacherSpec", "TextDistillation", "distilled_retrieval"]
 
 
 class TextDistillation(L.LightningModule):
@@ -97,7 +63,7 @@ class TextDistillation(L.LightningModule):
         self.modality = modality
         #: teacher name → the key of its text tower and head
         self.towers = {name: spec.tower or modality for name, spec in teachers.items()}
-        loaded = {name: load_teacher(spec, self.towers[name]) for name, spec in teachers.items()}
+        loaded = {name: ProbMedModule.load_teacher(spec, self.towers[name]) for name, spec in teachers.items()}
         # frozen teacher parts live outside the state dict's trainable set; kept as plain attributes per name
         self.teachers = nn.ModuleDict(loaded)
         self.heads = nn.ModuleDict({name: _head_like(t.heads[self.towers[name]], student.output_dim)

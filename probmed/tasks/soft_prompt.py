@@ -1,6 +1,6 @@
 """MEDBind's embeddings as soft prompts of a causal language model, trained on a yes/no question per finding.
 
-A frozen binding model (any :class:`~probmed.module.ProbMedModule` run: its saved ``config.yaml`` and a checkpoint)
+A frozen binding model (any :class:`~probmed.tasks.binding.ProbMedModule` run: its saved ``config.yaml`` and a checkpoint)
 embeds a study's modalities; per modality a trainable projector maps the Gaussian embedding (the mean ``[D]``, or
 mean and log-variance ``[2D]``) to ``k`` soft-prompt vectors of the language model's width ``H``. The frozen
 causal LM (a local Hugging Face path, or an architecture built from config, e.g. a 2-layer GPT-2) reads::
@@ -25,7 +25,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from probmed.data.schema import FINDINGS
-from probmed.distill import TeacherSpec, load_teacher
+from probmed.tasks.binding import ProbMedModule
+from probmed.training.checkpoint_io import TeacherSpec
 from probmed.encoders.pretrained import load_tokenizer, resolve_local_path
 
 __all__ = ["SoftPromptQA", "build_causal_lm", "class_counts", "balanced_accuracy"]
@@ -111,7 +112,7 @@ class SoftPromptQA(L.LightningModule):
             raise ValueError(f"tokens_per_modality must be >= 1, got {tokens_per_modality}")
         if modalities and binding is None:
             raise ValueError(f"soft prompts from {modalities} need the binding model (model.binding)")
-        self.binding = load_teacher(binding, modality=modalities[0]) if modalities else None
+        self.binding = ProbMedModule.load_teacher(binding, modality=modalities[0]) if modalities else None
         if modalities:
             missing = sorted(set(modalities) - set(self.binding.encoders))
             if missing:

@@ -14,10 +14,15 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
+import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from probmed.encoders.pretrained import load_state_dict_file
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -77,3 +82,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         check_checkpoint_file(path)
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+@dataclass
+class TeacherSpec:
+    """Where a trained model is: the ``config.yaml`` its ``probmed fit`` run saved and a checkpoint of it, and which
+    of its towers embeds the text (``None``: the distillation's ``modality``; e.g. ``text_cxr``)."""
+
+    config: str
+    checkpoint: str
+    tower: Optional[str] = None
+
+
+def load_frozen_module(module_class: type[nn.Module], config: str | os.PathLike,
+                       checkpoint: str | os.PathLike) -> nn.Module:
+    """Rebuild a trained ``module_class`` from the ``config.yaml`` its run saved (its ``model:`` section) and a
+    checkpoint, in eval mode with gradients off. The checkpoint is read with ``weights_only=True`` (its
+    ``state_dict`` only), so a checkpoint from elsewhere cannot run code."""
+    from jsonargparse import ArgumentParser
+
+    saved = yaml.safe_load(Path(config).read_text())
+    model_cfg = (saved.get("fit") or saved).get("model") if isinstance(saved, dict) else None
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"{config}: no `model:` section (expected the config.yaml saved by `probmed fit`)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(module_class, "model", fail_untyped=False)
+    module = parser.instantiate_classes(parser.parse_object({"model": model_cfg})).model
+    module.load_state_dict(load_state_dict_file(checkpoint), strict=True)
+    return module.eval().requires_grad_(False)
