@@ -314,6 +314,24 @@ def new_dataset(sop_class: str, sop_uid: str) -> Dataset:
     return ds
 
 
+def _stored_pixels(density: np.ndarray, rng: np.random.Generator, photometric: str,
+                   bits: int) -> tuple[np.ndarray, float, float, float, float]:
+    """A density image ``[rows, cols]`` in [0, 1] as a detector stores it: ``(stored uint16, rescale slope,
+    rescale intercept, VOI window centre, window width)``, using part of the stored range (detectors rarely fill
+    it), one of four modality LUTs, and a window over the 1st-99th percentile of the rescaled values."""
+    max_stored = (1 << bits) - 1
+    lo = rng.uniform(0.0, 0.08) * max_stored
+    hi = rng.uniform(0.75, 0.98) * max_stored
+    shown = density if photometric == "MONOCHROME2" else 1.0 - density
+    stored = np.round(lo + shown * (hi - lo)).astype(np.uint16)
+    slope, intercept = [(1.0, 0.0), (1.0, -1024.0), (0.5, 0.0), (2.0, -100.0)][int(rng.integers(4))]
+    if bits == 12 and slope == 0.5:
+        slope = 1.0
+    rescaled = stored.astype(np.float64) * slope + intercept
+    p_lo, p_hi = np.percentile(rescaled, [1.0, 99.0])
+    return stored, slope, intercept, round(float((p_lo + p_hi) / 2.0), 1), round(float(max(p_hi - p_lo, 1.0)), 1)
+
+
 def to_dicom_bytes(
     density: np.ndarray,
     rng: np.random.Generator,
@@ -329,19 +347,7 @@ def to_dicom_bytes(
 ) -> bytes:
     """Encode a density image as a DX DICOM file (bytes) with a correct modality LUT and VOI window."""
     rows, cols = density.shape
-    max_stored = (1 << bits) - 1
-    # use part of the stored range (detectors rarely fill it), then pick a rescale
-    lo = rng.uniform(0.0, 0.08) * max_stored
-    hi = rng.uniform(0.75, 0.98) * max_stored
-    shown = density if photometric == "MONOCHROME2" else 1.0 - density
-    stored = np.round(lo + shown * (hi - lo)).astype(np.uint16)
-    slope, intercept = [(1.0, 0.0), (1.0, -1024.0), (0.5, 0.0), (2.0, -100.0)][int(rng.integers(4))]
-    if bits == 12 and slope == 0.5:
-        slope = 1.0
-    rescaled = stored.astype(np.float64) * slope + intercept
-    p_lo, p_hi = np.percentile(rescaled, [1.0, 99.0])
-    center = round(float((p_lo + p_hi) / 2.0), 1)
-    width = round(float(max(p_hi - p_lo, 1.0)), 1)
+    stored, slope, intercept, center, width = _stored_pixels(density, rng, photometric, bits)
 
     sop_uid = study_uid(seed, study_id, "sop", str(view_index))
     ds = new_dataset(DigitalXRayImageStorageForPresentation, sop_uid)
