@@ -169,3 +169,32 @@ def test_flop_counting_takes_the_eager_path_and_leaves_the_compiled_one_on(monke
     assert torch.equal(counted, eager)
     if has_c_compiler():
         assert K.use_fused(mu_a, 40) and not K._compile_state.get("failed_cpu", False)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 1e-4, 1e-2])
+def test_float32_log_variance_gradient_of_near_identical_gaussians(fused, eps):
+    """log BC's float32 gradient for (nearly) identical Gaussians, D = 512, log-variances over [-6, 6]: within 1e-6
+    (relative to the largest entry) of the float64 naive broadcast's autograd on the same float32-rounded inputs,
+    and exactly 0 for the log-variances of identical ones (tanh of an exact zero difference; the earlier chain rule
+    through v = exp(log v) left a difference of two rounded halves, 9e-3 relative)."""
+    if fused and not has_c_compiler():
+        pytest.skip("the compiled path needs a C compiler (without one every call is eager: the other case)")
+    g = torch.Generator().manual_seed(3)
+    b, d = 32, 512
+    mu = torch.randn(1, d, generator=g, dtype=torch.float64).expand(b, d)
+    lv = (torch.rand(1, d, generator=g, dtype=torch.float64) * 12 - 6).expand(b, d)
+    inputs = [x.float().double() for x in (mu, lv, mu + eps * torch.randn(b, d, generator=g, dtype=torch.float64),
+                                           lv + eps * torch.randn(b, d, generator=g, dtype=torch.float64))]
+    weights = torch.randn(b, b, generator=g, dtype=torch.float64)
+    leaves64 = [x.clone().requires_grad_() for x in inputs]
+    ref = torch.autograd.grad((K.pairwise_diag_kernel_naive(*leaves64, -0.25, -0.5, balanced=True) * weights).sum(),
+                              leaves64)
+    leaves32 = [x.float().requires_grad_() for x in inputs]
+    out = K.pairwise_diag_kernel(*leaves32, -0.25, -0.5, balanced=True, fused=fused)
+    got = torch.autograd.grad((out * weights.float()).sum(), leaves32)
+    if eps == 0.0:
+        assert all(float(x.abs().max()) == 0.0 for x in got)
+        return
+    for x, y in zip(got, ref):
+        assert float((x.double() - y).abs().max() / y.abs().max()) < 1e-6
