@@ -15,14 +15,22 @@ Usage::
 
 ``--micro-batch N`` runs every tower in checkpointed chunks of N studies (``TowerCompute(micro_batch_size=...)``,
 the exact contrastive form of gradient accumulation); ``--no-step`` builds everything and runs one no-grad forward
-only (the memory baseline of ``benchmarks/bench_micro_batch.py``). The last line reports peak memory: the
-process's peak resident set on CPU, the peak allocated device memory on CUDA.
+only (the memory baseline). The last line reports peak memory: the process's peak resident set on CPU, the peak
+allocated device memory on CUDA.
+
+``--micro-sweep M [M ...]`` compares micro-batching with the whole-batch step in the same run: this script again in
+a fresh process per setting (the ``--no-step`` baseline, whole batch, then each M), printing step time and the
+step's own memory (peak minus the baseline) with their ratios to the whole batch::
+
+    python benchmarks/bench_train.py --config configs/demo.yaml --batch-size 128 --steps 3 --micro-sweep 64 32 16
 """
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -80,7 +88,11 @@ def main() -> None:
     ap.add_argument("--precision", default=None, help="32-true | bf16-mixed | 16-mixed (default: the config's)")
     ap.add_argument("--micro-batch", type=int, default=None, help="studies per checkpointed tower chunk")
     ap.add_argument("--no-step", action="store_true", help="one no-grad forward only: the memory baseline")
+    ap.add_argument("--micro-sweep", type=int, nargs="+", default=None, metavar="M",
+                    help="compare whole-batch and micro-batched steps, one fresh process per setting")
     args, overrides = ap.parse_known_args()
+    if args.micro_sweep:
+        return micro_sweep(args, overrides)
     sys.argv = sys.argv[:1]
     cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, run=False,
                      args=["--config", args.config, "--trainer.logger", "false", "--trainer.callbacks", "[]",
@@ -137,6 +149,34 @@ def main() -> None:
     print(f"step {t:.3f} s (median of {args.steps}; min {min(times):.3f})  samples/s {batch_size / t:.2f}  "
           f"GFLOP/step {flops / 1e9:.1f}  achieved TFLOP/s {flops / t / 1e12:.3f}  MFU {mfu}")
     report_memory(device)
+
+
+def _child(common: list[str], extra: list[str]) -> tuple[float | None, float]:
+    """(step seconds or None for the baseline, peak MiB) of one run of this script in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, *common, *extra], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench_train.py {' '.join(extra)} failed:\n{out.stderr[-3000:]}")
+    step = re.search(r"^step ([\d.]+) s", out.stdout, re.M)
+    peak = re.search(r"^peak memory (\d+) MiB", out.stdout, re.M)
+    return (float(step.group(1)) if step else None), float(peak.group(1))
+
+
+def micro_sweep(args, overrides: list[str]) -> None:
+    """The ``--micro-sweep`` table: whole batch vs towers in chunks of M, time and memory as ratios."""
+    common = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
+              args.device, "--present", str(args.present), *overrides]
+    common += (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    common += (["--precision", args.precision] if args.precision else [])
+    _, base = _child(common, ["--no-step"])
+    plain_step, plain_peak = _child(common, [])
+    plain_mem = plain_peak - base
+    print(f"config {args.config}  batch {args.batch_size or 'config'}  device {args.device}  baseline {base:.0f} MiB")
+    print(f"{'towers run on':>16} {'step s':>8} {'vs plain':>9} {'step MiB':>9} {'vs plain':>9}")
+    print(f"{'whole batch':>16} {plain_step:8.3f} {1.0:9.2f} {plain_mem:9.0f} {1.0:9.2f}")
+    for m in args.micro_sweep:
+        step, peak = _child(common, ["--micro-batch", str(m)])
+        mem = peak - base
+        print(f"{f'chunks of {m}':>16} {step:8.3f} {step / plain_step:9.2f} {mem:9.0f} {mem / max(plain_mem, 1):9.2f}")
 
 
 def report_memory(device: torch.device) -> None:

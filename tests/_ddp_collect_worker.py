@@ -1,4 +1,4 @@
-"""Worker for tests/test_collect_ddp.py: one rank of a real gloo run of the EmbeddingCollector.
+"""Worker for tests/evaluation/test_collect_ddp.py: one rank of a real gloo run of the EmbeddingCollector.
 
 The global evaluation set is ten studies; ranks get uneven shares (one rank may get none) and the last rank also
 receives a *padding* copy of study s0 (as DistributedSampler pads uneven shards); the echo modality appears on

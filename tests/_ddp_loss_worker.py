@@ -1,4 +1,4 @@
-"""Worker for tests/test_loss_ddp.py: one rank of a real multi-process (gloo, CPU) run of the loss Objective.
+"""Worker for tests/losses/test_loss_ddp.py: one rank of a real multi-process (gloo, CPU) run of the loss Objective.
 
 Every rank builds the same tiny deterministic model (per-modality linear maps from fixed inputs to mean and
 log-variance, float64) and the same Objective with every loss term, takes its slice of the global batch, runs

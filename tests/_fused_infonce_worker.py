@@ -1,6 +1,6 @@
 """Runs the fused Triton InfoNCE kernel under Triton's CPU interpreter and saves what it computed.
 
-Started by tests/test_fused_infonce_kernel.py in a child process with ``TRITON_INTERPRET=1`` (Triton picks the
+Started by tests/losses/test_fused_infonce_kernel.py in a child process with ``TRITON_INTERPRET=1`` (Triton picks the
 interpreter when the kernels are decorated, so the variable must be set before the kernel module is imported,
 and must not reach the test process). ``python tests/_fused_infonce_worker.py OUT.pt`` writes a dict of tensors:
 per kernel case its inputs, upstream weights, outputs and input gradients (the test computes the float64

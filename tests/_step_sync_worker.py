@@ -1,4 +1,4 @@
-"""Gloo worker for tests/test_collectives.py: one rank's view of the per-step agreements. Rank ``r`` logs
+"""Gloo worker for tests/training/test_collectives.py: one rank's view of the per-step agreements. Rank ``r`` logs
 ``{"a": r + 1, "b": NaN on rank 1, "c": bfloat16 0.5·r}`` through :func:`mean_over_ranks`, and runs one
 :class:`NonFiniteGuard` step with a finite loss and a ``requeue`` rider that only rank 0 raises; writes
 ``{"means": {...}, "finite": bool, "agreed": {...}}`` as JSON to ``OUT.rank<r>``."""

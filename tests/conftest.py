@@ -19,6 +19,9 @@ os.environ["PROBMED_CACHE"] = tempfile.mkdtemp(prefix="probmed-test-cache-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+#: the smoke config every quick CLI test trains
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
 #: arguments of `probmed data synth` matching configs/smoke.yaml
 SMOKE_SYNTH = ["--studies", "120", "--seed", "0", "--cxr-size", "64", "--echo-size", "32", "--echo-frames", "8",
                "--ecg-rate", "100", "--shard-size", "20", "--workers", "1", "--quiet"]
@@ -61,3 +64,35 @@ def free_port() -> int:
 def has_c_compiler() -> bool:
     """Whether torch.compile's CPU backend can build kernels here (it needs a C compiler on PATH)."""
     return bool(shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
+
+
+def smoke_fit_args(corpus: Path, run_dir: Path) -> list[str]:
+    """`probmed fit|test` arguments: the smoke config on ``corpus``, logs and checkpoints under ``run_dir``."""
+    return ["--config", SMOKE, "--data.data_dir", str(corpus), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir)]
+
+
+def run_scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every TensorBoard scalar of the newest smoke run under ``run_dir``: ``{tag: [values in step order]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (version,) = sorted((run_dir / "smoke").glob("version_*"))[-1:]
+    events = EventAccumulator(str(version))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+#: environment variables a DDP child must not inherit (they would make it think it is inside another job)
+_DDP_SCRUB = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+              "MASTER_PORT", "TORCHELASTIC_RUN_ID"}
+
+
+def ddp_child_env() -> dict[str, str]:
+    """The environment of a hand-launched gloo worker (tests/_ddp_*_worker.py): no launcher variables, the eager
+    loss kernel, one thread, and the repository and tests/ importable."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in _DDP_SCRUB and not k.startswith("SLURM_") and not k.startswith("MASTER_")}
+    env["PROBMED_LOSS_COMPILE"] = "0"
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env

@@ -2,7 +2,7 @@
 
 The fifth-modality test trains (through ``probmed fit``, tiny, CPU) a model on CXR, ECG, echo, text and ``mri``,
 where ``mri`` exists only in the test's config and in the shards it writes: no registry entry, no code (the
-generated ``ct`` of ``probmed data synth --extra-modalities ct`` is registered: tests/test_synthetic_ct.py).
+generated ``ct`` of ``probmed data synth --extra-modalities ct`` is registered: tests/data/test_synthetic_ct.py).
 """
 from __future__ import annotations
 

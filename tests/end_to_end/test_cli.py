@@ -3,33 +3,18 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, run_probmed
+from conftest import SMOKE, run_probmed, run_scalars, smoke_fit_args
 
-SMOKE = str(REPO / "configs" / "smoke.yaml")
-
-
-def _overrides(corpus: Path, run_dir: Path) -> list[str]:
-    return ["--config", SMOKE, "--data.data_dir", str(corpus), "--trainer.default_root_dir", str(run_dir),
-            "--trainer.logger.init_args.save_dir", str(run_dir)]
-
-
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    (version,) = sorted((run_dir / "smoke").glob("version_*"))[-1:]
-    events = EventAccumulator(str(version))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
-    fit = run_probmed(["fit", *_overrides(smoke_corpus, tmp_path)], cwd=tmp_path)
+    fit = run_probmed(["fit", *smoke_fit_args(smoke_corpus, tmp_path)], cwd=tmp_path)
     assert fit.returncode == 0, fit.output[-4000:]
-    scalars = _scalars(tmp_path)
+    scalars = run_scalars(tmp_path)
     assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
     for tag in ("train/infonce/text-cxr", "train/synthetic/cxr", "train/vib", "train/logit_scale/infonce/text-cxr",
                 "variance/cxr", "variance/text", "perf/samples_per_s", "perf/data_wait_fraction",
@@ -41,7 +26,7 @@ def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
     assert "data/skipped_total" not in scalars
 
     (ckpt,) = (tmp_path / "smoke").glob("version_0/checkpoints/*.ckpt")
-    test = run_probmed(["test", *_overrides(smoke_corpus, tmp_path), "--ckpt_path", str(ckpt)], cwd=tmp_path)
+    test = run_probmed(["test", *smoke_fit_args(smoke_corpus, tmp_path), "--ckpt_path", str(ckpt)], cwd=tmp_path)
     assert test.returncode == 0, test.output[-4000:]
     assert "Cross-modal retrieval on the test split" in test.stdout and "text -> cxr" in test.stdout
     (result,) = (tmp_path / "smoke").glob("version_1/test_retrieval.json")
@@ -56,7 +41,7 @@ def test_fit_validate_test_at_d512_with_the_compiled_kernel_on_every_call(smoke_
     batches, then validation and test scoring of twelve pairs whose blocks all have other row counts (the smoke
     splits are uneven). Before, each new row count recompiled and the 9th raised FailOnRecompileLimitHit; now the
     run ends normally and the kernel never falls back."""
-    args = [*_overrides(smoke_corpus, tmp_path), "--model.embed_dim", "512"]
+    args = [*smoke_fit_args(smoke_corpus, tmp_path), "--model.embed_dim", "512"]
     fit = run_probmed(["fit", *args], cwd=tmp_path, PROBMED_LOSS_FUSED_MIN_TRIPLES="0")
     assert fit.returncode == 0, fit.output[-4000:]
     (ckpt,) = (tmp_path / "smoke").glob("version_0/checkpoints/*.ckpt")
@@ -72,12 +57,12 @@ def test_two_process_ddp_fit_on_cpu(smoke_corpus, tmp_path):
     micro = tmp_path / "micro_batch.yaml"
     micro.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
         "class_path": "probmed.training.TowerCompute", "init_args": {"micro_batch_size": {"cxr": 2, "text": 3}}}]}}))
-    args = [*_overrides(smoke_corpus, tmp_path), "--config", str(micro), "--trainer.strategy", "ddp",
+    args = [*smoke_fit_args(smoke_corpus, tmp_path), "--config", str(micro), "--trainer.strategy", "ddp",
             "--trainer.devices", "2", "--data.batch_size", "4"]
     fit = run_probmed(["fit", *args], cwd=tmp_path, timeout=400)
     assert fit.returncode == 0, fit.output[-4000:]
     assert "MEMBER: 1/2" in fit.output and "MEMBER: 2/2" in fit.output  # both ranks joined one process group
-    scalars = _scalars(tmp_path)
+    scalars = run_scalars(tmp_path)
     assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
     assert "val/mean_R@1" in scalars
 
@@ -93,10 +78,10 @@ def test_print_config_resolves_the_whole_tree(tmp_path):
 
 
 def test_config_errors_are_reported_not_crashed(smoke_corpus, tmp_path):
-    bad_modality = run_probmed(["fit", *_overrides(smoke_corpus, tmp_path), "--data.modalities", "[cxr, mri]"],
+    bad_modality = run_probmed(["fit", *smoke_fit_args(smoke_corpus, tmp_path), "--data.modalities", "[cxr, mri]"],
                                cwd=tmp_path)
     assert bad_modality.returncode != 0 and "unknown modality" in bad_modality.output
-    no_data = run_probmed(["fit", *_overrides(tmp_path / "absent", tmp_path)], cwd=tmp_path)
+    no_data = run_probmed(["fit", *smoke_fit_args(tmp_path / "absent", tmp_path)], cwd=tmp_path)
     assert no_data.returncode != 0 and "probmed data synth" in no_data.output
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/compare_presets.py: each row's preset + the shared override is a valid config that keeps the preset's
+"""experiments/compare_presets.py: each row's preset + the shared override is a valid config that keeps the preset's
 objective and data keys and swaps in the small towers, budget and corruptions; the table's columns are the means
 they say they are."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "experiments"))
 import compare_presets  # noqa: E402
 from probmed.data.registry import SPECS  # noqa: E402
 

@@ -7,7 +7,6 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import REPO
 
@@ -43,10 +42,10 @@ def _launches(fn: ast.AST, launchers: set[str]) -> bool:
 
 
 def multi_process_tests() -> dict[str, set[str]]:
-    """``{"tests/test_x.py::test_name": marks}`` for every test function that starts several processes, directly,
+    """``{"tests/<area>/test_x.py::test_name": marks}`` for every test function that starts several processes, directly,
     through a helper of its module or through a fixture of its module (helpers that call helpers included)."""
     found = {}
-    for path in sorted(TESTS.glob("test_*.py")):
+    for path in sorted(TESTS.rglob("test_*.py")):
         tree = ast.parse(path.read_text())
         functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
         module_marks: set[str] = set()
@@ -63,16 +62,16 @@ def multi_process_tests() -> dict[str, set[str]]:
         for name, fn in functions.items():
             params = {a.arg for a in fn.args.args}
             if name.startswith("test_") and (name in launchers or params & launchers):
-                found[f"tests/{path.name}::{name}"] = _marks(fn.decorator_list) | module_marks
+                found[f"{path.relative_to(REPO).as_posix()}::{name}"] = _marks(fn.decorator_list) | module_marks
     return found
 
 
 def test_every_multi_process_test_is_marked_ddp_or_slurm():
     found = multi_process_tests()
     # the suite has them in these files today: if this list shrinks to nothing the detector is broken, not the suite
-    assert {key.split("::")[0] for key in found} >= {"tests/test_cli.py", "tests/test_loss_ddp.py",
-                                                     "tests/test_collect_ddp.py", "tests/test_multinode.py",
-                                                     "tests/test_slurm.py"}
+    assert {key.split("::")[0] for key in found} >= {"tests/end_to_end/test_cli.py", "tests/losses/test_loss_ddp.py",
+                                                     "tests/evaluation/test_collect_ddp.py",
+                                                     "tests/training/test_multinode.py", "tests/training/test_slurm.py"}
     unmarked = sorted(key for key, marks in found.items() if not marks & MULTI_PROCESS_MARKS)
     assert not unmarked, f"start several processes but are not marked ddp/slurm (make test-fast would run them): " \
                          f"{unmarked}"
@@ -90,9 +89,9 @@ def test_make_test_fast_deselects_them_and_make_test_keeps_them():
     (fast,), (full,) = recipe("test-fast"), recipe("test")
     assert full == "not slow"  # `make test` (what .ci/run calls) stays the whole suite
     collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", fast, "-p",
-                                "no:cacheprovider", *map(str, sorted(TESTS.glob("test_*.py")))],
+                                "no:cacheprovider", *map(str, sorted(TESTS.rglob("test_*.py")))],
                                cwd=REPO, capture_output=True, text=True, timeout=600)
     assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
     ids = {re.sub(r"\[.*\]$", "", line) for line in collected.stdout.splitlines() if "::" in line}
-    assert "tests/test_suite_markers.py::test_every_multi_process_test_is_marked_ddp_or_slurm" in ids
+    assert "tests/end_to_end/test_suite_markers.py::test_every_multi_process_test_is_marked_ddp_or_slurm" in ids
     assert not ids & set(multi_process_tests()), sorted(ids & set(multi_process_tests()))

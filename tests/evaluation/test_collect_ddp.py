@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import _ddp_collect_worker as worker  # noqa: E402
-from conftest import free_port  # noqa: E402
-from test_loss_ddp import _child_env  # noqa: E402
+import _ddp_collect_worker as worker
+from conftest import REPO, ddp_child_env, free_port
+
+WORKERS = REPO / "tests"
 
 
 def _launch(world_size: int, out: Path) -> dict:
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, str(HERE / "_ddp_collect_worker.py"), "--rank", str(r), "--world-size",
+    procs = [subprocess.Popen([sys.executable, str(WORKERS / "_ddp_collect_worker.py"), "--rank", str(r), "--world-size",
                                str(world_size), "--port", str(port), "--out", str(out)],
-                              env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=ddp_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(world_size)]
     logs = []
     for proc in procs:

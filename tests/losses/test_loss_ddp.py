@@ -5,7 +5,6 @@ One launch per world size runs every loss term at once (see tests/_ddp_loss_work
 missing on one rank only and positive groups that span ranks."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,32 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import _ddp_loss_worker as worker  # noqa: E402
-from conftest import free_port  # noqa: E402
+import _ddp_loss_worker as worker
+from conftest import REPO, ddp_child_env, free_port
 
-SCRUB_PREFIXES = ("SLURM_",)
-SCRUB = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-         "MASTER_PORT", "TORCHELASTIC_RUN_ID"}
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in SCRUB and not k.startswith(SCRUB_PREFIXES) and not k.startswith("MASTER_")}
-    env["PROBMED_LOSS_COMPILE"] = "0"
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    return env
+WORKERS = REPO / "tests"
 
 
 def _launch(world_size: int, out: Path, timeout: float = 240.0) -> dict:
     port = free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "_ddp_loss_worker.py"), "--rank", str(r), "--world-size", str(world_size),
+            [sys.executable, str(WORKERS / "_ddp_loss_worker.py"), "--rank", str(r), "--world-size", str(world_size),
              "--port", str(port), "--out", str(out)],
-            env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=ddp_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for r in range(world_size)
     ]

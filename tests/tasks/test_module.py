@@ -122,7 +122,7 @@ def test_channels_last_towers_embed_as_the_default_layout_and_keep_it_through_a_
     from probmed.encoders import EchoEncoder, ImageEncoder
     from probmed.losses import Objective, ProbabilisticInfoNCE
 
-    demo_towers = Path(__file__).parents[1] / "configs" / "presets" / "towers" / "demo"
+    demo_towers = Path(__file__).parents[2] / "configs" / "presets" / "towers" / "demo"
     towers = yaml.safe_load((demo_towers / "echo.yaml").read_text())["init_args"]
     cxr = yaml.safe_load((demo_towers / "cxr.yaml").read_text())["init_args"]
 

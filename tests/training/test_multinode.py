@@ -11,16 +11,15 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, clean_env, free_port
+from conftest import REPO, clean_env, free_port, run_scalars, smoke_fit_args
 from probmed.training.nonfinite import INJECT_ENV
-from test_cli import _overrides, _scalars
 
 
 @pytest.mark.ddp
 def test_two_nodes_one_job_and_a_nan_on_rank1_or_an_inf_buffer_on_rank0_is_skipped_everywhere(smoke_corpus,
                                                                                                   tmp_path):
     weights = tmp_path / "weights"
-    args = [sys.executable, "-m", "probmed", "fit", *_overrides(smoke_corpus, tmp_path),
+    args = [sys.executable, "-m", "probmed", "fit", *smoke_fit_args(smoke_corpus, tmp_path),
             "--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1",
             "--data.batch_size", "4",
             "--trainer.callbacks+=_rank_weights.SaveRankWeights", f"--trainer.callbacks.out_dir={weights}"]
@@ -53,7 +52,7 @@ def test_two_nodes_one_job_and_a_nan_on_rank1_or_an_inf_buffer_on_rank0_is_skipp
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differing, f"ranks diverged: {differing[:5]}"  # identical updates on both ranks, skip included
 
-    scalars = _scalars(tmp_path)
+    scalars = run_scalars(tmp_path)
     assert scalars["train/skipped_nonfinite"] == [0.0, 1.0, 2.0]
     assert scalars["train/skipped_nonfinite_buffers"] == [0.0, 0.0, 1.0]
     # the skipped steps log NaN, not the previous step's values again

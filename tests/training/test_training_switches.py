@@ -1,6 +1,6 @@
 """Activation checkpointing and micro-batching are exact; Lightning's gradient accumulation is refused for a
 contrastive loss, pointing to the exact form. (bf16-mixed, TowerCompute and Throughput through the CLI are exercised
-by tests/test_resume.py's runs; micro-batching under DDP by tests/test_cli.py's two-process fit.)"""
+by tests/training/test_resume.py's runs; micro-batching under DDP by tests/end_to_end/test_cli.py's two-process fit.)"""
 from __future__ import annotations
 
 import copy
@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from conftest import run_probmed
+from conftest import run_probmed, smoke_fit_args
 from probmed.encoders import ECGEncoder, ImageEncoder, TextEncoder
 from probmed.losses import VIB, Objective, ProbabilisticInfoNCE, SyntheticSampling
 from probmed.tasks.binding import ProbMedModule
 from probmed.training import TowerCompute
 from probmed.training.compute import checkpoint_forward
-from test_cli import _overrides
 
 
 def _tiny_cxr() -> ImageEncoder:
@@ -41,7 +40,7 @@ def test_checkpointed_tower_gives_the_same_output_and_gradients():
 
 
 def test_gradient_accumulation_is_refused_with_the_reason(smoke_corpus, tmp_path):
-    fit = run_probmed(["fit", *_overrides(smoke_corpus, tmp_path), "--trainer.accumulate_grad_batches", "2"],
+    fit = run_probmed(["fit", *smoke_fit_args(smoke_corpus, tmp_path), "--trainer.accumulate_grad_batches", "2"],
                       cwd=tmp_path)
     assert fit.returncode != 0
     assert "accumulate_grad_batches=2" in fit.output and "negatives" in fit.output

@@ -31,10 +31,10 @@ Recalls use :func:`probmed.evaluation.retrieval.rank_of_true` (ties count agains
 
 Usage::
 
-    python benchmarks/corpus_ceiling.py --data data_shards/demo
-    python benchmarks/corpus_ceiling.py --data data_shards/demo --split all --probe
+    python experiments/corpus_ceiling.py --data data_shards/demo
+    python experiments/corpus_ceiling.py --data data_shards/demo --split all --probe
     probmed predict --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt --embeddings.path emb.npz
-    python benchmarks/corpus_ceiling.py --data data_shards/demo --embeddings emb.npz
+    python experiments/corpus_ceiling.py --data data_shards/demo --embeddings emb.npz
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ override shared by all rows: the demo's small towers, input sizes, optimiser, ba
 own optimisers are recipes for pretrained towers; the small towers start from scratch). ``probmed-logbc`` is the
 ProbMED preset with the Bhattacharyya logit in place of its Hellinger similarity.
 
-    python benchmarks/compare_presets.py                                  # 7 rows x seeds 0,1,2, demo budget
-    python benchmarks/compare_presets.py --epochs 3 --studies 600 --seeds 0 --only probmed,clip   # quick look
+    python experiments/compare_presets.py                                  # 7 rows x seeds 0,1,2, demo budget
+    python experiments/compare_presets.py --epochs 3 --studies 600 --seeds 0 --only probmed,clip   # quick look
 
 Printed per row, mean ± sd over seeds, on the test split (last checkpoint):
   R@1 and R@5 text<->cxr (the one pair every preset trains), mean R@1 and R@5 over the row's trained pairs,

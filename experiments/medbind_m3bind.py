@@ -1,8 +1,8 @@
 """MEDBind and M3Bind on the embedded corpus, over seeds: what docs/results.md reports for them.
 
-    python benchmarks/medbind_m3bind.py emcl --data data_shards/demo --epochs 2
-    python benchmarks/medbind_m3bind.py prompt --data data_shards/demo --binding runs/medbind/emcl/on/seed0
-    python benchmarks/medbind_m3bind.py m3bind --data data_shards/demo --epochs 2
+    python experiments/medbind_m3bind.py emcl --data data_shards/demo --epochs 2
+    python experiments/medbind_m3bind.py prompt --data data_shards/demo --binding runs/medbind/emcl/on/seed0
+    python experiments/medbind_m3bind.py m3bind --data data_shards/demo --epochs 2
 
 ``emcl``: configs/medbind_demo.yaml with and without its EMCL term (same towers, optimiser, batch and epochs), per
 seed: test R@1 / R@5 CXR->ECG and ECG->CXR, and cross-modal zero-shot AUROC per finding (CXR queries on the ECG's

@@ -8,7 +8,7 @@ ProbMED's Hellinger InfoNCE) →
 
 Usage::
 
-    python benchmarks/mimic_standin.py --studies 600 --epochs 8 --out /tmp/mimic_standin
+    python experiments/mimic_standin.py --studies 600 --epochs 8 --out /tmp/mimic_standin
 """
 from __future__ import annotations
 
