@@ -355,7 +355,8 @@ def self_check(device: torch.device | str) -> None:
         loss, pos, n_pos = fused_infonce_rows(similarity, *leaves, row_group, col_group, col_mask)
         got = [loss, pos, *torch.autograd.grad(loss.sum() + pos.sum(), leaves)]
         log_bc = log_bhattacharyya_naive(*leaves[:4])
-        sim = hellinger_from_log_bc(log_bc, 1.0 / d) if similarity == "hellinger" else log_bc
+        exponent_base = SIMILARITY_TABLE[similarity].exponent_base  # Hellinger on BC^(1/D), or log BC itself
+        sim = log_bc if exponent_base is None else hellinger_from_log_bc(log_bc, exponent_base(d))
         logits = leaves[4] * sim
         same = ((row_group[:, None] == col_group[None, :]) & col_mask[None, :]).to(logits.dtype)
         ref_pos = (same * logits).sum(1) / same.sum(1).clamp_min(1)
