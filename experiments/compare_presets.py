@@ -106,9 +106,10 @@ def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Pa
 def corruptions(keys: list[str]) -> list[dict]:
     """Every registered corruption of every input key, at severities 1-3 (for the variance~severity column)."""
     from probmed.data.registry import SPECS
+    from probmed.evaluation.corruptions import corruptions_for
 
     return [{"modality": k, "kind": kind, "severities": list(SEVERITIES)}
-            for k in keys if k in SPECS for kind in SPECS[k].corruptions]
+            for k in keys if k in SPECS for kind in corruptions_for(SPECS[k].pipeline)]
 
 
 def probmed(*words: str, log: Path) -> None:

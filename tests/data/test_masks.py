@@ -16,7 +16,7 @@ from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder
 from probmed.encoders import ECGEncoder, EchoEncoder
 from probmed.encoders.tower_input import select_rows
 from probmed.data.registry import SPECS
-from probmed.evaluation.corruptions import corrupt
+from probmed.evaluation.corruptions import corrupt, corruptions_for
 from probmed.losses import Objective, ProbabilisticInfoNCE
 from probmed.tasks.binding import ProbMedModule
 
@@ -138,7 +138,7 @@ def test_lead_and_frame_dropout_mark_what_they_drop_in_the_masks():
     assert torch.equal(corrupt("echo", "speckle", echo, 1.0, seed=3)["frame_mask"], frame_mask)
 
 
-@pytest.mark.parametrize("modality,kind", [(m, k) for m in ("ecg", "echo") for k in SPECS[m].corruptions])
+@pytest.mark.parametrize("modality,kind", [(m, k) for m in ("ecg", "echo") for k in corruptions_for(SPECS[m].pipeline)])
 def test_corruptions_of_dict_inputs_are_deterministic_pure_and_identity_at_severity_zero(modality, kind):
     g = torch.Generator().manual_seed(0)
     x = ({"signal": torch.randn(3, 12, 100, generator=g), "lead_mask": torch.rand(3, 12, generator=g) > 0.2}

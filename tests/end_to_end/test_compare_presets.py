@@ -14,6 +14,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "experiments"))
 import compare_presets  # noqa: E402
 from probmed.data.registry import SPECS  # noqa: E402
+from probmed.evaluation.corruptions import corruptions_for  # noqa: E402
 
 
 def _args(**kw):
@@ -51,7 +52,7 @@ def test_every_row_is_its_preset_with_the_small_tower_override(row, tmp_path, mo
     assert {h.embed_dim for h in model.heads.values()} == {preset["model"]["embed_dim"]}
     # the small towers: every tower is the demo's (a few million parameters in all, not ViT-B + BERT)
     assert sum(p.numel() for p in model.parameters()) < 20_000_000
-    expected = {(k, kind) for k in preset_inputs for kind in SPECS[k].corruptions}
+    expected = {(k, kind) for k in preset_inputs for kind in corruptions_for(SPECS[k].pipeline)}
     got = {(c.modality, c.kind) for c in model.evaluator.config.corruptions}
     assert got == expected and expected
     kinds = {getattr(t, "kind", None) for t in model.objective.terms}
