@@ -143,7 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="manifest CSV to write")
     m.add_argument("--reports-root", default=None,
                    help="mimic-cxr: directory holding files/pXX/pNNNNNNNN/sNNNNNNNN.txt (default: --root)")
+    m.add_argument("--echo-root", default=None,
+                   help="mimic-iv-note: the MIMIC-IV-ECHO root, whose echo-study-list.csv links reports (note_id) to "
+                   "echo studies")
+    m.add_argument("--link-field", default="study_id",
+                   help="mimic-iv-note: the radiology_detail field_name whose value is the id of the study a note "
+                   "describes (default study_id; MIMIC-IV-Note v2.2 has none)")
+    m.add_argument("--min-frames", type=_positive_int, default=16,
+                   help="mimic-iv-echo: fewest frames of the DICOM kept as a study's cine (default 16)")
     m.set_defaults(func=_cmd_manifest)
+
+    from probmed.data.link import add_link_parser
+
+    add_link_parser(sub)
     return parser
 
 
@@ -210,9 +222,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from probmed.data.manifests import MAKERS
 
+    from probmed.data.manifest import read_manifest
+
     extra = {"reports_root": args.reports_root} if args.dataset == "mimic-cxr" and args.reports_root else {}
+    if args.dataset == "mimic-iv-note":
+        extra = {"echo_root": args.echo_root, "link_field": args.link_field}
+    elif args.dataset == "mimic-iv-echo":
+        extra = {"min_frames": args.min_frames}
     path, count = MAKERS[args.dataset](args.root, args.out, **extra)
-    print(f"wrote {count} studies to {path}")
+    untimed = sum(entry.acquired_at is None for entry in read_manifest(path))
+    print(f"wrote {count} studies to {path} ({untimed} without acquired_at: unknown, not guessed)")
     return 0
 
 
