@@ -70,7 +70,7 @@ def _wfdb(directory: Path, name: str, seed: int, rate: int = 100, seconds: float
                 adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(directory))
 
 
-def _echo_dicom(path: Path, frames: int, when: datetime, seed: int, size: int = 32) -> None:
+def write_echo_dicom(path: Path, frames: int, when: datetime, seed: int, size: int = 32) -> None:
     """An ultrasound (multi-frame when ``frames`` > 1) DICOM: a bright disc whose radius pulses with time."""
     import pydicom
     from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
@@ -184,7 +184,7 @@ def write_mimic_family_standin(root: str | Path, patients: int = 200, seed: int 
                 if echo_case != "still_only":
                     files.append((f"{echo_study}_0002.dcm", 16, echo_when + timedelta(minutes=2)))
                 for name, frames, t in files:
-                    _echo_dicom(folder / name, frames, t, seed)
+                    write_echo_dicom(folder / name, frames, t, seed)
                     echo_records.append([subject, echo_study, t.isoformat(sep=" "),
                                          str((folder / name).relative_to(roots["mimic-iv-echo"]))])
                 note_id = f"{subject}-EC-{echo_study[-3:]}" if text_case == "echo_note" else ""
