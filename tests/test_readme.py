@@ -16,7 +16,7 @@ from conftest import REPO
 
 README = REPO / "README.md"
 #: the documents whose ```bash blocks are checked command by command
-COMMAND_DOCS = [README, REPO / "docs" / "results.md"]
+COMMAND_DOCS = [README, REPO / "docs" / "results.md", REPO / "docs" / "real_data.md"]
 #: links to documents written on another branch of the same change (the lead merges them; delete the entry then)
 PENDING_LINKS: set[str] = set()
 
