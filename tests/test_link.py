@@ -97,7 +97,8 @@ def test_nearest_wins_and_a_shared_candidate_is_counted(tmp_path):
 
 def test_patient_map_and_unknown_patients(tmp_path):
     cxr = write_manifest(tmp_path / "cxr.csv", [_row("a", "P-1", "2180-01-01T10:00:00", cxr="a.dcm"),
-                                                _row("b", "P-2", "2180-01-01T10:00:00", cxr="b.dcm")])
+                                                _row("b", "P-2", "2180-01-01T10:00:00", cxr="b.dcm"),
+                                                _row("c", "P-3", "2180-01-01T10:00:00", cxr="c.dcm")])
     ecg = write_manifest(tmp_path / "ecg.csv", [_row("e1", "muse-77", "2180-01-01T11:00:00", ecg="e1.hea"),
                                                 _row("e2", "muse-99", "2180-01-01T11:00:00", ecg="e2.hea")])
     (tmp_path / "map.csv").write_text("patient,cxr,ecg\nperson-1,P-1,muse-77\nperson-2,P-2,\n")
@@ -107,6 +108,7 @@ def test_patient_map_and_unknown_patients(tmp_path):
     assert rows["a"].patient_id == "person-1" and rows["a"].paths["ecg"][0].name == "e1.hea"
     assert rows["b"].patient_id == "person-2" and "ecg" not in rows["b"].paths
     assert report["modalities"]["ecg"]["unmatched"] == {"unknown_patient": 1}
+    assert "c" not in rows and report["anchor_rows"] == {"rows": 3, "unknown_patient": 1, "no_time": 0}
     (tmp_path / "bad.csv").write_text("cxr,ecg\nP-1,muse-77\nP-2,muse-77\n")
     with pytest.raises(ValueError, match="line 3: ecg id 'muse-77' is mapped to two patients"):
         link_manifests({"cxr": cxr, "ecg": ecg}, "cxr", {"ecg": "2h"}, tmp_path / "x.csv",

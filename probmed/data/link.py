@@ -18,12 +18,13 @@ Rules (printed with every run and written into the report):
   source's candidates for it are counted ``anchor_has_own``.
 * **Patients.** Ids are compared as written, unless ``--patient-map`` gives a CSV whose columns are source names (and
   optionally ``patient``, the joined id; else the anchor's column, else the first filled one): each row lists one
-  person's id in each source. A source that has a column in the map and an id missing from it: ``unknown_patient``.
+  person's id in each source. A source that has a column in the map and an id missing from it: ``unknown_patient``
+  (an anchor study of such a patient is left out, counted in ``anchor_rows``).
 * **Times.** A row without ``acquired_at`` is never guessed: it is counted ``no_time`` (an anchor study without a
   time gets no time-windowed links, counted ``anchor_no_time``).
 * **Splits.** By patient over the joined cohort (:func:`probmed.data.manifests.common.split_by_patient` on the
-  joined id with ``--splits``): no patient is in two splits, whatever split each source gave (patients whose source
-  rows disagreed are counted).
+  joined id with ``--splits``): no patient is in two splits, whatever split each source gave (patients whose rows,
+  in any source, carried different splits are counted).
 
 Output: one manifest (:mod:`probmed.data.manifest`; any subset of modalities per study) and a report (printed and
 written as JSON): studies per combination of modalities, per linked modality the time gaps (hours, linked minus
@@ -51,11 +52,14 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
-def _modality_columns() -> dict[str, tuple[str, ...]]:
-    """Modality → its manifest columns (``text`` → ``report``, ``report_text``), from the registry."""
+def _modality_columns() -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """From the registry: modality → its manifest columns (``text`` → ``report``, ``report_text``), and modality →
+    the columns whose presence means a row has it (its path column, and an inline column such as ``report_text``)."""
     from probmed.data.registry import build_specs
 
-    return {s.name: s.build.columns for s in build_specs()}
+    specs = build_specs()
+    return ({s.name: s.build.columns for s in specs},
+            {s.name: tuple(c for c in (s.build.path_column, s.build.inline_column) if c) for s in specs})
 
 
 def parse_window(text: str) -> timedelta | str:
@@ -125,7 +129,7 @@ def link_manifests(manifests: dict[str, str | Path], anchor: str, windows: dict[
     """Join ``manifests`` (modality → manifest CSV) around ``anchor``; write the joined manifest to ``out`` and the
     report (returned) to ``report_path`` (default ``<out>.report.json``). See the module docstring for the rules."""
     out = Path(out)
-    modality_columns = _modality_columns()
+    modality_columns, presence_columns = _modality_columns()
     for name in manifests:
         if name not in modality_columns:
             raise ValueError(f"source {name!r} is not a modality a manifest holds ({sorted(modality_columns)})")
@@ -162,7 +166,7 @@ def link_manifests(manifests: dict[str, str | Path], anchor: str, windows: dict[
         anchors_of[a.patient].append(a)
 
     def has_modality(entry: StudyEntry, modality: str) -> bool:
-        return any(entry.has(c) for c in modality_columns[modality])
+        return any(entry.has(c) for c in presence_columns[modality])
 
     per = {n: {"linked": 0, "anchor_no_time": 0, "anchor_has_own": 0, "gaps": []} for n in others}
     out_rows, combinations, split_count = [], Counter(), Counter()

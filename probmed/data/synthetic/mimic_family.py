@@ -13,7 +13,7 @@ by its running index ``k``, one case of each kind, so that the expected link rep
 * text (``k % 5``): MIMIC-CXR's own report; its own report and a radiology note linked to it (``anchor_has_own``);
   no own report and a linked radiology note (linked by same-study); no own report and an echo report linked to the
   study's echo study (linked through the echo, when that echo is linked); no report at all.
-* every 17th study has a blank ``StudyTime`` (no time-windowed links; its text cases still apply);
+* every 17th study has a blank ``StudyTime`` (no ECG or echo is planted for it; its text cases still apply);
 * clock formats: ``StudyTime`` as MIMIC-CXR's numeric CSV writes it (``75013.234`` = 07:50:13.234, ``213014.0``),
   ``ecg_time`` with seconds, ``study_datetime`` with milliseconds;
 * every 4th patient has one radiology note linked to nothing (``no_same_study``); every 10th patient has an ECG and
