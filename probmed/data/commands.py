@@ -60,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probmed data", description="Create ProbMed webdataset shards.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add in (_add_synth, _add_build, _add_check, _add_unpair, _add_manifest, _add_link):
+        add(sub)
+    return parser
 
+
+def _add_synth(sub) -> None:
+    """``probmed data synth``: the embedded corpus."""
     s = sub.add_parser(
         "synth",
         help="generate the embedded synthetic corpus (CXR DICOM, 12-lead ECG, echo cine, report text)",
@@ -97,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ct-size", type=_positive_int, default=128, help="CT slice side in pixels (default 128)")
     s.set_defaults(func=_cmd_synth)
 
+
+def _add_build(sub) -> None:
+    """``probmed data build``: a manifest to de-identified shards."""
     b = sub.add_parser(
         "build",
         help="real study files listed in a manifest CSV -> de-identified shards (resumable, parallel)",
@@ -113,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     _conversion_options(b)
     b.set_defaults(func=_cmd_build)
 
+
+def _add_check(sub) -> None:
+    """``probmed data check``: the dry run of build."""
     c = sub.add_parser(
         "check",
         help="dry run of build: read every file of a manifest, count per modality what would be used / skipped",
@@ -124,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     _conversion_options(c)
     c.set_defaults(func=_cmd_check)
 
+
+def _add_unpair(sub) -> None:
+    """``probmed data unpair``: a shard set whose studies never pair some modalities."""
     u = sub.add_parser("unpair", help="copy a shard set so that no study keeps more than one of some modalities",
                        description="Copy a shard set; in the given splits, a study holding several of --modalities "
                        "keeps one of them (by a hash of its id), so those modalities never co-occur (M3Bind).")
@@ -133,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--splits", nargs="+", default=["train"], help="splits to unpair (default: train)")
     u.set_defaults(func=_cmd_unpair)
 
+
+def _add_manifest(sub) -> None:
+    """``probmed data manifest``: a manifest for a public dataset layout."""
     from probmed.data.manifests import MAKERS
 
     m = sub.add_parser("manifest", help="write a manifest CSV for a public dataset layout",
@@ -143,8 +161,35 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="manifest CSV to write")
     m.add_argument("--reports-root", default=None,
                    help="mimic-cxr: directory holding files/pXX/pNNNNNNNN/sNNNNNNNN.txt (default: --root)")
+    m.add_argument("--echo-root", default=None,
+                   help="mimic-iv-note: the MIMIC-IV-ECHO root, whose echo-study-list.csv links reports (note_id) to "
+                   "echo studies")
+    m.add_argument("--link-field", default="study_id",
+                   help="mimic-iv-note: the radiology_detail field_name whose value is the id of the study a note "
+                   "describes (default study_id; MIMIC-IV-Note v2.2 has none)")
+    m.add_argument("--min-frames", type=_positive_int, default=16,
+                   help="mimic-iv-echo: fewest frames of the DICOM kept as a study's cine (default 16)")
     m.set_defaults(func=_cmd_manifest)
-    return parser
+
+
+def _add_link(sub) -> None:
+    """``probmed data link``: one-modality manifests joined into multimodal studies (:mod:`probmed.data.link`)."""
+    k = sub.add_parser("link", help="join one-modality manifests into multimodal studies by patient and time",
+                       description="Join manifests around an anchor modality: each other modality within its time "
+                       "window (nearest wins) or of the same study; write one manifest and a report.")
+    k.add_argument("--manifest", action="append", required=True, metavar="MODALITY=CSV",
+                   help="a source manifest and the modality it contributes (cxr, ecg, echo, text); repeat")
+    k.add_argument("--anchor", required=True, help="the modality whose studies become the output studies")
+    k.add_argument("--window", action="append", default=[], metavar="MODALITY=WINDOW",
+                   help="per non-anchor modality: a duration (30m, 24h, 7d; before or after, ends included) or "
+                   "same-study; repeat")
+    k.add_argument("--patient-map", default=None,
+                   help="CSV mapping patient ids across sources (columns: source names, optionally 'patient')")
+    k.add_argument("--splits", type=_parse_splits, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST",
+                   help="split fractions by patient over the joined cohort (default 0.8,0.1,0.1)")
+    k.add_argument("--out", required=True, help="the joined manifest CSV to write")
+    k.add_argument("--report", default=None, help="report JSON (default: <out>.report.json)")
+    k.set_defaults(func=_cmd_link)
 
 
 def _conversion_options(b: argparse.ArgumentParser) -> None:
@@ -207,12 +252,29 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_link(args: argparse.Namespace) -> int:
+    from probmed.data.link import format_report, link_manifests, name_value_pairs
+
+    report = link_manifests(name_value_pairs(args.manifest, "--manifest"), args.anchor,
+                            name_value_pairs(args.window, "--window"), args.out, patient_map=args.patient_map,
+                            splits=args.splits, report_path=args.report)
+    print(format_report(report))
+    return 0
+
+
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from probmed.data.manifests import MAKERS
 
+    from probmed.data.manifest import read_manifest
+
     extra = {"reports_root": args.reports_root} if args.dataset == "mimic-cxr" and args.reports_root else {}
+    if args.dataset == "mimic-iv-note":
+        extra = {"echo_root": args.echo_root, "link_field": args.link_field}
+    elif args.dataset == "mimic-iv-echo":
+        extra = {"min_frames": args.min_frames}
     path, count = MAKERS[args.dataset](args.root, args.out, **extra)
-    print(f"wrote {count} studies to {path}")
+    untimed = sum(entry.acquired_at is None for entry in read_manifest(path))
+    print(f"wrote {count} studies to {path} ({untimed} without acquired_at: unknown, not guessed)")
     return 0
 
 

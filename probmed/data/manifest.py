@@ -10,6 +10,9 @@ column              content
 ``study_id``        the study's id in the source system (required; replaced by a salted pseudonym in the shards)
 ``patient_id``      the patient's id (required; pseudonymised likewise)
 ``split``           ``train``, ``val`` (or ``validate``) or ``test`` (required)
+``acquired_at``     when the study was acquired: ISO 8601 without timezone (``2180-07-23T08:44:00``); empty:
+                    unknown (``probmed data link`` counts it, never guesses it); anything else is an error naming
+                    the line (:mod:`probmed.data.times`)
 ``cxr``             radiograph files (``.dcm``, ``.png``, ``.jpg``), ``;``-separated
 ``cxr_views``       their view positions (``PA;LATERAL``), ``;``-separated; empty: taken from the DICOM header
 ``ecg``             one ECG file (``.dcm`` waveform, WFDB ``.hea``, ``.xml``: GE MUSE, HL7 aECG, GE CardioSoft)
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from probmed.data.labels import value_name
+from probmed.data.times import TIME_COLUMN, parse_iso
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "patient_id", "split")
 FINDING_PREFIX = "finding:"
@@ -46,7 +51,7 @@ def columns() -> tuple[str, ...]:
     """Every column a manifest may have besides ``finding:<name>``, in the order :func:`write_manifest` writes."""
     from probmed.data.registry import build_specs
 
-    return REQUIRED_COLUMNS + tuple(c for s in build_specs() for c in s.build.columns)
+    return REQUIRED_COLUMNS + (TIME_COLUMN,) + tuple(c for s in build_specs() for c in s.build.columns)
 
 
 def __getattr__(name: str):
@@ -67,6 +72,7 @@ class StudyEntry:
         paths: path column → its files (several for a ``;``-separated column, e.g. radiograph views).
         values: every other non-empty column (besides ids, split and findings) as written.
         findings: label name → 1 / 0 / -1 (positive / negative / uncertain); missing labels are absent.
+        acquired_at: the ``acquired_at`` column (None: unknown).
     """
 
     study_id: str
@@ -75,6 +81,7 @@ class StudyEntry:
     paths: dict[str, list[Path]] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)
     findings: dict[str, int] = field(default_factory=dict)
+    acquired_at: datetime | None = None
 
     def values_of(self, column: str) -> list[str]:
         """A value column split at ``;`` (empty parts dropped)."""
@@ -109,6 +116,10 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
     split = SPLIT_ALIASES.get(row["split"].strip().lower())
     if split is None:
         raise ValueError(f"manifest line {line}: unknown split {row['split']!r} (use train, val or test)")
+    try:
+        acquired_at = parse_iso(row.get(TIME_COLUMN))
+    except ValueError as exc:
+        raise ValueError(f"manifest line {line}: {TIME_COLUMN} = {exc}") from exc
     findings, values = {}, {}
     for column, value in row.items():
         if column and column.startswith(FINDING_PREFIX) and (value or "").strip() != "":
@@ -118,12 +129,13 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
             except ValueError as exc:
                 raise ValueError(f"manifest line {line}: {column} = {value!r} is not 1, 0, -1 or empty") from exc
             findings[column[len(FINDING_PREFIX):]] = int(number)
-        elif column and column not in REQUIRED_COLUMNS and column not in file_columns and (value or "").strip():
+        elif (column and column not in REQUIRED_COLUMNS and column != TIME_COLUMN and column not in file_columns
+              and (value or "").strip()):
             values[column] = value.strip()
     paths = {c: [path(p) for p in _split_list(row.get(c, ""))] for c in file_columns}
     return StudyEntry(
         study_id=row["study_id"].strip(), patient_id=row["patient_id"].strip(), split=split,
-        paths={c: p for c, p in paths.items() if p}, values=values, findings=findings,
+        paths={c: p for c, p in paths.items() if p}, values=values, findings=findings, acquired_at=acquired_at,
     )
 
 

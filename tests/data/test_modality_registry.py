@@ -39,9 +39,9 @@ def test_the_lists_that_name_modalities_are_derived_from_the_registry():
     assert registry.modality_of("echo.npy") == "echo" and registry.modality_of("report.txt") == "text"
     assert registry.modality_of("ct.0.dcm") == "ct"
     assert registry.modality_of("json") is None and registry.modality_of("retina.0.png") is None
-    # manifest columns: the required ones, then each built modality's path column and its value columns
-    assert manifest.COLUMNS == ("study_id", "patient_id", "split", "cxr", "cxr_views", "ecg", "echo", "echo_fps",
-                                "report", "report_text")
+    # manifest columns: the required ones, the acquisition time, then each built modality's path and value columns
+    assert manifest.COLUMNS == ("study_id", "patient_id", "split", "acquired_at", "cxr", "cxr_views", "ecg", "echo",
+                                "echo_fps", "report", "report_text")
     assert manifest.FILE_COLUMNS == ("cxr", "ecg", "echo", "report")
     # the data module's defaults are the registry's
     dm = ProbMedDataModule("unused")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,37 +12,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from dockit import shell_commands
 
 README = REPO / "README.md"
 #: the documents whose ```bash blocks are checked command by command
-COMMAND_DOCS = [README, REPO / "docs" / "results.md"]
+COMMAND_DOCS = [README, REPO / "docs" / "results.md", REPO / "docs" / "real_data.md"]
 #: links to documents written on another branch of the same change (the lead merges them; delete the entry then)
 PENDING_LINKS: set[str] = set()
-
-
-def shell_commands(path: Path) -> list[tuple[str, dict[str, str], list[str]]]:
-    """``(where, env, words)`` for each command of the file's ```bash blocks: continuation lines joined, comments
-    dropped, leading ``VAR=value`` assignments moved to ``env``."""
-    commands, fence, pending = [], None, []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip().startswith("```"):
-            fence = None if fence else (line.strip()[3:] or "text")
-            continue
-        if fence != "bash":
-            continue
-        pending.append((number, line.rstrip()))
-        if pending[-1][1].endswith("\\"):
-            continue
-        where = f"{path.name}:{pending[0][0]}"
-        words = shlex.split(" ".join(part.removesuffix("\\") for _, part in pending), comments=True)
-        pending = []
-        env = {}
-        while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
-            key, _, value = words.pop(0).partition("=")
-            env[key] = value
-        if words:
-            commands.append((where, env, words))
-    return commands
 
 
 COMMANDS = [c for doc in COMMAND_DOCS for c in shell_commands(doc)]

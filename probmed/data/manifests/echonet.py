@@ -8,7 +8,7 @@ Layout (Stanford AIMI)::
 
 ``FileName`` is written with or without ``.avi`` depending on the release; both are handled. Each video is its own
 study and patient (EchoNet-Dynamic has one echo per patient). Split: the file's TRAIN / VAL / TEST. Labels:
-``finding:reduced_ef`` = EF < 40 %.
+``finding:reduced_ef`` = EF < 40 %. ``acquired_at`` is blank: the release carries no acquisition time.
 """
 from __future__ import annotations
 

@@ -4,14 +4,17 @@ Layout (PhysioNet)::
 
     <root>/files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.dcm   (or .jpg)
     <reports_root>/files/p10/p10000032/s50414267.txt          (mimic-cxr-reports; may be the same root)
-    <root>/mimic-cxr-2.0.0-metadata.csv[.gz]   dicom_id, subject_id, study_id, ..., ViewPosition, ...
+    <root>/mimic-cxr-2.0.0-metadata.csv[.gz]   dicom_id, subject_id, study_id, ..., ViewPosition, ...,
+                                               StudyDate, StudyTime, ...
     <root>/mimic-cxr-2.0.0-split.csv[.gz]      dicom_id, study_id, subject_id, split (train / validate / test)
     <root>/mimic-cxr-2.0.0-chexpert.csv[.gz]   subject_id, study_id, Atelectasis, Cardiomegaly, ... (1, 0, -1, blank)
 
 The CSVs are optional: without metadata the view comes from the DICOM header at build time (JPGs get none);
 without the split file studies are split by patient hash; the 14 CheXpert labels become ``finding:<label>`` columns
 with CheXpert's values kept (``1`` / ``0`` / ``-1`` uncertain / blank missing; the loader's ``uncertain`` policy
-decides what -1 means).
+decides what -1 means). ``acquired_at``: the metadata's ``StudyDate`` + ``StudyTime`` (numbers in the CSV, so
+``StudyTime`` ``75013.234`` is 07:50:13.234: :func:`probmed.data.times.numeric_date_time`), else the DICOM header's
+``AcquisitionDateTime`` or ``StudyDate`` + ``StudyTime``; blank for JPGs without metadata.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from probmed.data.manifest import FINDING_PREFIX, write_manifest
 from probmed.data.manifests.common import read_table, relative, snake, split_by_patient
+from probmed.data.times import TIME_COLUMN, file_time, format_time, numeric_date_time
 
 CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
                    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
@@ -29,11 +33,23 @@ CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enl
 CHEXPERT_VALUES = ("1", "0", "-1", "1.0", "0.0", "-1.0")
 
 
+def _study_time(images: list[Path], times: dict):
+    """The earliest time the metadata gives the study's images, else the first DICOM header that has one."""
+    known = [times[p.stem] for p in images if times.get(p.stem) is not None]
+    if known or times:
+        return min(known, default=None)
+    return next((t for p in images if p.suffix == ".dcm" and (t := file_time(p)) is not None), None)
+
+
 def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str | Path | None = None):
     root, out = Path(root), Path(out)
     reports = Path(reports_root) if reports_root else root
     meta = read_table(root, "mimic-cxr-2.0.0-metadata.csv")
     views = dict(zip(meta["dicom_id"], meta["ViewPosition"])) if meta is not None else {}
+    times = {}
+    if meta is not None and {"StudyDate", "StudyTime"} <= set(meta.columns):
+        times = {d: numeric_date_time(date, time)
+                 for d, date, time in zip(meta["dicom_id"], meta["StudyDate"], meta["StudyTime"])}
     split_table = read_table(root, "mimic-cxr-2.0.0-split.csv")
     splits = dict(zip(split_table["study_id"], split_table["split"])) if split_table is not None else {}
     labels = read_table(root, "mimic-cxr-2.0.0-chexpert.csv")
@@ -50,7 +66,8 @@ def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str
         row = {"study_id": study, "patient_id": patient, "split": splits.get(study) or split_by_patient(patient),
                "cxr": ";".join(relative(p, out.parent) for p in images),
                "cxr_views": ";".join(views.get(p.stem, "") for p in images) if views else "",
-               "report": relative(report, out.parent) if report.is_file() else ""}
+               "report": relative(report, out.parent) if report.is_file() else "",
+               TIME_COLUMN: format_time(_study_time(images, times))}
         for label in CHEXPERT_LABELS:
             value = label_rows.get(study, {}).get(label, "")
             row[FINDING_PREFIX + snake(label)] = str(int(float(value))) if value in CHEXPERT_VALUES else ""

@@ -10,7 +10,8 @@ Layout (PhysioNet)::
 Split: the recommended ``strat_fold`` 1–8 train, 9 val, 10 test. Report text: the free-text ``report`` followed by
 the descriptions of the record's SCP statements. Labels: the five diagnostic superclasses (``finding:norm``,
 ``mi``, ``sttc``, ``cd``, ``hyp``) and the embedded corpus's rhythm findings (AFIB/AFLT → atrial_fibrillation,
-SBRAD → bradycardia, STACH → tachycardia), 0 where absent.
+SBRAD → bradycardia, STACH → tachycardia), 0 where absent. ``acquired_at``: ``recording_date``
+(``YYYY-MM-DD HH:MM:SS``; blank when unreadable).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from probmed.data.manifest import FINDING_PREFIX, write_manifest
 from probmed.data.manifests.common import read_table, relative
 from probmed.data.readers.text import statements_report
+from probmed.data.times import TIME_COLUMN, format_time, parse_source_time
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 RHYTHM_FINDINGS = {"AFIB": "atrial_fibrillation", "AFLT": "atrial_fibrillation", "SBRAD": "bradycardia",
@@ -47,7 +49,8 @@ def make_ptbxl_manifest(root: str | Path, out: str | Path, high_rate: bool = Tru
         entry = {"study_id": row["ecg_id"], "patient_id": str(int(float(row["patient_id"]))),
                  "split": _split(row["strat_fold"]),
                  "ecg": relative(root / f"{row['filename_hr' if high_rate else 'filename_lr']}.hea", out.parent),
-                 "report_text": statements_report(statements)}
+                 "report_text": statements_report(statements),
+                 TIME_COLUMN: format_time(parse_source_time(row.get("recording_date")))}
         present = {classes[c] for c in codes if c in classes}
         for superclass in SUPERCLASSES:
             entry[FINDING_PREFIX + superclass.lower()] = int(superclass in present)

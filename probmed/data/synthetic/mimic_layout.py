@@ -100,6 +100,41 @@ def _labels(rng: np.random.Generator) -> dict[str, str]:
     return labels
 
 
+def write_cxr_study(root: Path, subject: str, study: str, index: int, rng: np.random.Generator, prompts: dict,
+                    size: int, report: bool = True) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """One study in the MIMIC-CXR layout: one or two DX films (PA, and LATERAL with probability 0.3) and, when
+    ``report``, its ``s<study>.txt``. Returns its CheXpert labels and ``[(dicom_id, view), ...]``."""
+    folder = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+    labels = _labels(rng)
+    images = []
+    for k, view in enumerate(["PA", "LATERAL"][: 1 + int(rng.random() < 0.3)]):
+        dicom_id = f"{index:08x}-{k:08x}"
+        _write_dx(folder / f"{dicom_id}.dcm", _film(labels, rng, size), subject, study, view)
+        images.append((dicom_id, view))
+    text = _report(labels, prompts, rng)  # drawn either way, so the films do not depend on `report`
+    if report:
+        (folder.parent / f"s{study}.txt").write_text(text)
+    return labels, images
+
+
+def write_cxr_tables(root: Path, studies: list[dict]) -> None:
+    """The metadata, split and CheXpert CSVs (gzip) of ``studies``: dicts with ``subject``, ``study``, ``split``
+    (``train`` / ``validate`` / ``test``), ``labels``, ``images`` (from :func:`write_cxr_study`) and optionally
+    ``StudyDate`` / ``StudyTime`` (as MIMIC-CXR writes them: numbers; then the metadata has those columns)."""
+    timed = any("StudyTime" in s for s in studies)
+    meta_header = ["dicom_id", "subject_id", "study_id", "ViewPosition", *(["StudyDate", "StudyTime"] if timed else [])]
+    meta_rows, split_rows, label_rows = [], [], []
+    for s in studies:
+        for dicom_id, view in s["images"]:
+            times = [s.get("StudyDate", ""), s.get("StudyTime", "")] if timed else []
+            meta_rows.append([dicom_id, s["subject"], s["study"], view, *times])
+            split_rows.append([dicom_id, s["study"], s["subject"], s["split"]])
+        label_rows.append([s["subject"], s["study"], *[s["labels"][label] for label in CHEXPERT_LABELS]])
+    _csv_gz(root / "mimic-cxr-2.0.0-metadata.csv.gz", meta_header, meta_rows)
+    _csv_gz(root / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
+    _csv_gz(root / "mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *CHEXPERT_LABELS], label_rows)
+
+
 def write_mimic_cxr_standin(root: str | Path, phrases: dict, studies: int = 200, seed: int = 0, size: int = 64,
                             splits: tuple[float, float] = (0.7, 0.85)) -> Path:
     """Write ``studies`` studies (one or two views each) in the MIMIC-CXR layout under ``root``; returns ``root``.
@@ -110,21 +145,11 @@ def write_mimic_cxr_standin(root: str | Path, phrases: dict, studies: int = 200,
     """
     root, rng = Path(root), np.random.default_rng(seed)
     prompts = phrases
-    meta_rows, split_rows, label_rows = [], [], []
+    written = []
     for i in range(studies):
         subject, study = f"1{i // 2:07d}", f"5{i:07d}"
-        folder = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
-        labels = _labels(rng)
+        labels, images = write_cxr_study(root, subject, study, i, rng, prompts, size)
         split = "train" if i < splits[0] * studies else ("validate" if i < splits[1] * studies else "test")
-        for k, view in enumerate(["PA", "LATERAL"][: 1 + int(rng.random() < 0.3)]):
-            dicom_id = f"{i:08x}-{k:08x}"
-            _write_dx(folder / f"{dicom_id}.dcm", _film(labels, rng, size), subject, study, view)
-            meta_rows.append([dicom_id, subject, study, view])
-            split_rows.append([dicom_id, study, subject, split])
-        (folder.parent / f"s{study}.txt").write_text(_report(labels, prompts, rng))
-        label_rows.append([subject, study, *[labels[label] for label in CHEXPERT_LABELS]])
-    _csv_gz(root / "mimic-cxr-2.0.0-metadata.csv.gz", ["dicom_id", "subject_id", "study_id", "ViewPosition"],
-            meta_rows)
-    _csv_gz(root / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
-    _csv_gz(root / "mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *CHEXPERT_LABELS], label_rows)
+        written.append({"subject": subject, "study": study, "split": split, "labels": labels, "images": images})
+    write_cxr_tables(root, written)
     return root
