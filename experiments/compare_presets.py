@@ -61,7 +61,11 @@ LOWER_IS_BETTER = {"ECE", "AURC"}
 
 
 def preset_config(name: str) -> dict:
-    return yaml.safe_load((PRESETS / name).read_text())
+    preset = yaml.safe_load((PRESETS / name).read_text())
+    objective = preset.get("model", {}).get("objective")
+    if isinstance(objective, str):  # a file beside the preset (presets/objectives/...): its content, to edit
+        preset["model"]["objective"] = yaml.safe_load((PRESETS / objective).read_text())
+    return preset
 
 
 def base_modality(key: str) -> str:

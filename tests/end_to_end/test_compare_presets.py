@@ -55,7 +55,7 @@ def test_every_row_is_its_preset_with_the_small_tower_override(row, tmp_path, mo
     expected = {(k, kind) for k in preset_inputs for kind in corruptions_for(SPECS[k].pipeline)}
     got = {(c.modality, c.kind) for c in model.evaluator.config.corruptions}
     assert got == expected and expected
-    kinds = {getattr(t, "kind", None) for t in model.objective.terms}
+    kinds = {getattr(t, "similarity_name", None) for t in model.objective.terms}
     if row == "probmed-logbc":
         assert "bhattacharyya" in kinds and "hellinger" not in kinds
     if row == "probmed":

@@ -46,6 +46,8 @@ def _how_to_load(path, tmp_path) -> list[str]:
         return [*smoke, "--trainer", str(path)]
     if rel.name == "_data.yaml":
         return [*smoke, "--data", str(path)]
+    if "objectives" in rel.parts:  # an objective file is the value of model.objective
+        return [*smoke, "--model.objective", str(path)]
     return ["--config", str(path)]
 
 
@@ -105,8 +107,8 @@ def _build(preset: str, monkeypatch):
 
 
 def _terms(model) -> list[tuple]:
-    """``(type, name, weight, similarity)`` of every term in order (similarity: the pair terms' ``kind``)."""
-    return [(type(t).__name__, t.name, t.weight, getattr(t, "kind", None)) for t in model.objective.terms]
+    """``(type, name, weight, similarity)`` of every term in order (similarity: the pair terms' ``similarity_name``)."""
+    return [(type(t).__name__, t.name, t.weight, getattr(t, "similarity_name", None)) for t in model.objective.terms]
 
 
 def _heads(model) -> dict[str, tuple]:
@@ -167,7 +169,7 @@ def test_pcmepp_preset(monkeypatch):
     """PCME++: closed-form sampled distance, match logit -a d + b with a = 5 and b = 7 at init, 0.1 x
     pseudo-positives, log-variance -8 at init."""
     model, _ = _build("pcmepp", monkeypatch)
-    assert _terms(model) == [("PCMEpp", "pcmepp/cxr-text", 1.0, None), ("VIB", "vib", 1e-4, None)]
+    assert _terms(model) == [("PCMEpp", "pcmepp/cxr-text", 1.0, "csd"), ("VIB", "vib", 1e-4, None)]
     term = model.objective.terms[0]
     assert float(term.scale) == 5.0 and float(term.shift) == 7.0 and term.pseudo_weight == 0.1
     assert model.objective.terms[1].dim_reduction == "mean"  # PCME++'s KL: .mean() over batch and dimensions
