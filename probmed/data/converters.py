@@ -18,11 +18,13 @@ from probmed.data import schema
 from probmed.data.deid import (
     Pseudonymizer, blank_outside, deidentify_dicom, scrub_text, strip_image_metadata, study_identifiers,
 )
-from probmed.data.readers.cxr import CXR_READERS
+from probmed.data.readers.cxr import CXR_READERS, read_cxr
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
 from probmed.data.readers.echo_sources import echo_header, read_echo_source
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.text import plain_report
+from probmed.data.limits import check_dicom_image_header, check_raster_header, dicom_header
+from probmed.data.safe_paths import read_checked
 
 INT16_MAX_UV = 32767
 
@@ -50,7 +52,12 @@ def _cxr_view(path: Path, ctx: BuildContext):
     ext = "jpg" if ext == "jpeg" else ext
     if ext not in CXR_READERS:
         raise UnreadableInput("cxr_unknown_format", f"{path.name}: no CXR reader for .{ext}")
-    data = path.read_bytes()
+    limits = ctx.opts.limits
+    data = read_checked(path, limits.file_bytes, "cxr")
+    if ext == "dcm":  # the declared size, from the header alone, before anything is decoded
+        check_dicom_image_header(dicom_header(data, "cxr_corrupt_dicom"), "cxr", limits)
+    else:
+        check_raster_header(data, "cxr", limits)
     if ext == "dcm":
         data, report = deidentify_dicom(data, ctx.pseudo, ctx.patient)
         if report.burned_in_annotation:
@@ -59,7 +66,7 @@ def _cxr_view(path: Path, ctx: BuildContext):
                 raise UnreadableInput("cxr_burned_in_annotation", f"{path.name} declares burned-in text")
     else:
         data = strip_image_metadata(data, ext)
-    image, header_view = CXR_READERS[ext](data)
+    image, header_view = read_cxr(f"view.{ext}", data, limits=limits)
     if ctx.opts.cxr_size and max(image.shape) > ctx.opts.cxr_size:
         return "png", downsized_png(image, ctx.opts.cxr_size), header_view
     return ext, data, header_view
@@ -164,7 +171,8 @@ def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     ids, and the names, dates, ids and UIDs in its DICOM headers and ECG XML) is replaced by ``___``."""
     paths = entry.paths.get("report", [])
     try:
-        raw = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
+        raw = (read_checked(paths[0], ctx.opts.limits.report_bytes, "text").decode("utf-8") if paths
+               else "".join(entry.values_of("report_text")))
     except UnicodeDecodeError as exc:
         raise UnreadableInput("text_not_utf8", str(exc)) from exc
     text, scrubbed = scrub_text(plain_report(raw), study_identifiers(entry))

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from probmed.data.readers.ecg import resample_ecg
+from probmed.data.limits import DEFAULT_LIMITS, Limits, too_large
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_ecg
@@ -80,8 +81,29 @@ def _checked(record: EcgRecord) -> EcgRecord:
         raise UnreadableInput("ecg_nonfinite", "NaN or inf samples")
     if not record.rate or record.rate <= 0:
         raise UnreadableInput("ecg_no_sampling_rate", f"sampling rate {record.rate!r}")
+    check_ecg_rate(record.rate)
     check_ecg(record.signal)  # physiological bounds, as at load time: absurd records never reach a shard
     return record
+
+
+#: Sampling rates a real electrocardiograph records at (Hz): below, the QRS is not resolved; above, no device.
+ECG_RATE_RANGE = (50.0, 20000.0)
+
+
+def check_ecg_rate(rate: float) -> None:
+    """Refuse a physically impossible ECG sampling rate (outside :data:`ECG_RATE_RANGE`) as
+    ``ecg_implausible_rate``: a file declaring 1e6 Hz would otherwise become 99.9 % zeros after resampling."""
+    low, high = ECG_RATE_RANGE
+    if not (np.isfinite(rate) and low <= rate <= high):
+        raise UnreadableInput("ecg_implausible_rate", f"sampling rate {rate!r} Hz (accepted {low:g}-{high:g} Hz)")
+
+
+def _check_ecg_size(leads: int, samples: int, rate: float, limits: Limits) -> None:
+    """The declared leads and samples per lead against the limits, before any sample is read."""
+    check_ecg_rate(rate)
+    if leads > limits.ecg_leads or samples > limits.ecg_samples:
+        raise too_large("ecg", f"declares {leads} leads x {samples} samples (limits: {limits.ecg_leads} leads, "
+                               f"{limits.ecg_samples} samples)")
 
 
 def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
@@ -104,6 +126,18 @@ def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
     labels = [str(g.get("MultiplexGroupLabel", "")).upper() for g in groups]
     index = labels.index(group.upper()) if group.upper() in labels else 0
     channels = groups[index].ChannelDefinitionSequence
+    for channel in channels:  # a negative or zero sensitivity inverts or erases the lead: impossible, refused
+        sensitivity = channel.get("ChannelSensitivity")
+        if sensitivity is not None and str(sensitivity).strip() != "" and not float(sensitivity) > 0:
+            raise UnreadableInput("ecg_implausible_sensitivity", f"ChannelSensitivity {sensitivity}")
+    try:
+        _check_ecg_size(int(groups[index].get("NumberOfWaveformChannels", 0) or 0),
+                        int(groups[index].get("NumberOfWaveformSamples", 0) or 0),
+                        float(groups[index].get("SamplingFrequency", 0) or 0), DEFAULT_LIMITS)
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, UnreadableInput):
+            raise
+        raise UnreadableInput("ecg_unreadable", f"waveform header: {type(exc).__name__}: {exc}") from exc
     try:
         values = ds.waveform_array(index).T.astype(np.float64)  # [channels, samples]
     except Exception as exc:
@@ -123,6 +157,11 @@ def read_ecg_wfdb(path: str | Path) -> EcgRecord:
     import wfdb
 
     record_name = str(Path(path).with_suffix("")) if str(path).endswith(".hea") else str(path)
+    try:
+        header = wfdb.rdheader(record_name)
+    except Exception as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    _check_ecg_size(int(header.n_sig or 0), int(header.sig_len or 0), float(header.fs or 0), DEFAULT_LIMITS)
     try:
         record = wfdb.rdrecord(record_name)
     except Exception as exc:

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from probmed.data.limits import DEFAULT_LIMITS, check_cine_dims, check_dicom_cine_header, dicom_header, too_large
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_echo
@@ -97,6 +98,8 @@ def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
     import pydicom
     from pydicom.pixels import apply_color_lut
 
+    # frames and frame size from the header, before any pixel is read
+    check_dicom_cine_header(dicom_header(path, "echo_unreadable"), "echo", DEFAULT_LIMITS)
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as exc:
@@ -143,7 +146,15 @@ def read_echo_video(path: str | Path) -> tuple[np.ndarray, float | None]:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             rate = float(stream.average_rate) if stream.average_rate else None
-            frames = [frame.to_ndarray(format="gray") for frame in container.decode(stream)]
+            limits = DEFAULT_LIMITS
+            check_cine_dims("echo", int(stream.frames or 0), int(stream.codec_context.height or 0),
+                            int(stream.codec_context.width or 0), limits)
+            frames = []
+            for frame in container.decode(stream):  # a container may not state its frame count: cut while decoding
+                if len(frames) == limits.echo_frames:
+                    raise too_large("echo", f"more than {limits.echo_frames} frames")
+                check_cine_dims("echo", len(frames) + 1, frame.height, frame.width, limits)
+                frames.append(frame.to_ndarray(format="gray"))
     except (av.FFmpegError, IndexError, OSError, ValueError) as exc:
         raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
     if not frames:

@@ -1,0 +1,203 @@
+"""Resource limits on untrusted input: what one file may declare before it is decoded.
+
+Every source file ``probmed data build|check`` reads, and every shard member the loader reads, is checked against
+these limits **from its header** (file size from ``os.stat``, tar member size from the tar header, DICOM rows ×
+columns × frames × bits with ``stop_before_pixels``, PNG / JPEG size from Pillow's lazy ``Image.open``, ``.npy``
+shape from its header) before any pixel or sample is decoded, so a file that declares gigabytes costs a header read
+and a counted cause ``<modality>_too_large``, never an allocation.
+
+The defaults are sized from real data with head-room (largest CR / DX radiographs ≈ 4300 × 3500; echo cines a few
+hundred frames at ≤ 1024²; 12-lead ECGs ≤ 5000 Hz × 60 s; radiology reports well under 1 MB):
+
+===================  ============  ===========================================================================
+limit                default       what it bounds
+===================  ============  ===========================================================================
+``image_side``       8192          rows and columns of a radiograph / CT slice (pixels)
+``image_pixels``     8192²         rows × columns × samples per pixel of one image
+``echo_frames``      1024          frames of an echo cine
+``echo_side``        1024          rows and columns of an echo frame (pixels)
+``ecg_samples``      300 000       samples per lead (5000 Hz × 60 s)
+``ecg_leads``        16            leads (channels) of one ECG
+``report_bytes``     1 MiB         a report file / ``report.txt`` member
+``file_bytes``       512 MiB       any one source file or shard member (compressed size as stored)
+``meta_bytes``       1 MiB         a shard's ``json`` metadata member
+===================  ============  ===========================================================================
+
+Change them with ``probmed data build|check --limit NAME=VALUE`` (repeatable) or, for the loader, the data
+config's ``limits: {NAME: VALUE}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from dataclasses import dataclass
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits (see the module docstring for units and how the defaults were sized)."""
+
+    image_side: int = 8192
+    image_pixels: int = 8192 * 8192
+    echo_frames: int = 1024
+    echo_side: int = 1024
+    ecg_samples: int = 300_000
+    ecg_leads: int = 16
+    report_bytes: int = 1 * MiB
+    file_bytes: int = 512 * MiB
+    meta_bytes: int = 1 * MiB
+
+    @classmethod
+    def from_overrides(cls, overrides: dict | list | tuple | None = None) -> "Limits":
+        """Defaults with some values replaced: a mapping ``{name: value}`` or ``["name=value", ...]``.
+
+        Raises:
+            ValueError: for an unknown name or a value that is not a positive integer.
+        """
+        if not overrides:
+            return cls()
+        if not isinstance(overrides, dict):
+            pairs = {}
+            for item in overrides:
+                name, sep, value = str(item).partition("=")
+                if not sep:
+                    raise ValueError(f"limit {item!r}: expected NAME=VALUE")
+                pairs[name.strip()] = value.strip()
+            overrides = pairs
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in overrides.items():
+            if name not in names:
+                raise ValueError(f"unknown limit {name!r} (known: {', '.join(sorted(names))})")
+            try:
+                number = int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"limit {name}={value!r} is not an integer") from exc
+            if number < 1:
+                raise ValueError(f"limit {name}={value!r} must be positive")
+            values[name] = number
+        return dataclasses.replace(cls(), **values)
+
+    def member_bytes(self, modality: str, file_name: str) -> int:
+        """The largest stored size a shard member of ``modality`` may have (bytes)."""
+        if modality == "text" or file_name.endswith(".txt"):
+            return self.report_bytes
+        if file_name == "json" or file_name.endswith(".json"):
+            return self.meta_bytes
+        return self.file_bytes
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _error(reason: str, detail: str):
+    # imported here: the readers import this module, and probmed.data.readers' __init__ imports the readers
+    from probmed.data.readers.errors import UnreadableInput
+
+    return UnreadableInput(reason, detail)
+
+
+def too_large(modality: str, detail: str):
+    """The counted refusal of an over-limit input: cause ``<modality>_too_large``."""
+    return _error(f"{modality}_too_large", detail)
+
+
+def check_image_dims(modality: str, rows: int, cols: int, samples: int = 1, frames: int = 1,
+                     limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse an image (radiograph, CT slice) whose declared size exceeds the limits (before decoding it)."""
+    # a header without a size (or an unparsable one) is left to the decoder, which refuses it with its own cause
+    if max(rows, cols) > limits.image_side or rows * cols * max(samples, 1) * max(frames, 1) > limits.image_pixels:
+        raise too_large(modality, f"declares {frames} x {rows} x {cols} x {samples} samples (limits: side "
+                                  f"{limits.image_side}, {limits.image_pixels} pixels)")
+
+
+def check_cine_dims(modality: str, frames: int, rows: int, cols: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse a cine whose declared frames or frame size exceed the limits (before decoding it)."""
+    if frames > limits.echo_frames or max(rows, cols) > limits.echo_side:
+        raise too_large(modality, f"declares {frames} frames of {rows} x {cols} (limits: {limits.echo_frames} "
+                                  f"frames, side {limits.echo_side})")
+
+
+def dicom_header(data_or_path, reason: str):
+    """A DICOM file's header only (``stop_before_pixels``; nothing past it is read or decoded).
+
+    Raises:
+        UnreadableInput: ``reason`` (e.g. ``cxr_corrupt_dicom``) when pydicom cannot parse the header.
+    """
+    import pydicom
+
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, (bytes, bytearray, memoryview)) else str(data_or_path)
+    try:
+        return pydicom.dcmread(source, force=True, stop_before_pixels=True)
+    except Exception as exc:
+        raise _error(reason, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _header_int(ds, keyword: str, default: int) -> int:
+    value = ds.get(keyword, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        return -1
+
+
+def check_dicom_image_header(ds, modality: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Rows × Columns × NumberOfFrames × SamplesPerPixel of a DICOM image header against the image limits (bits per
+    sample are at most 64, so the pixel limit bounds the decoded bytes at 8 × ``image_pixels``)."""
+    check_image_dims(modality, _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0),
+                     _header_int(ds, "SamplesPerPixel", 1), _header_int(ds, "NumberOfFrames", 1), limits)
+
+
+def check_dicom_cine_header(ds, modality: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Frames and frame size of a DICOM cine header against the cine limits."""
+    check_cine_dims(modality, _header_int(ds, "NumberOfFrames", 1), _header_int(ds, "Rows", 0),
+                    _header_int(ds, "Columns", 0), limits)
+
+
+def check_raster_header(data: bytes, modality: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """PNG / JPEG width × height from the header (Pillow's ``Image.open`` is lazy: nothing is decoded here).
+
+    Raises:
+        UnreadableInput: ``<modality>_too_large``; ``<modality>_corrupt_image`` when the header cannot be read.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            bands = len(img.getbands())
+    except Exception as exc:
+        raise _error(f"{modality}_corrupt_image", f"{type(exc).__name__}: {exc}") from exc
+    check_image_dims(modality, height, width, bands, 1, limits)
+
+
+def npy_header(data: bytes, modality: str) -> tuple[tuple[int, ...], "object"]:
+    """``(shape, dtype)`` of a ``.npy`` from its header alone (``np.lib.format``); nothing else is read.
+
+    Raises:
+        UnreadableInput: ``<modality>_unreadable`` for a file without a valid ``.npy`` header (or a pickled dtype).
+    """
+    import numpy as np
+
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"npy format version {version}")
+        shape, _, dtype = reader(stream)
+    except Exception as exc:
+        raise _error(f"{modality}_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    if dtype.hasobject:
+        raise _error(f"{modality}_unreadable", f"object dtype {dtype}")
+    return tuple(int(s) for s in shape), dtype
+
+
+def check_npy_elements(shape: tuple[int, ...], dtype, available: int, modality: str) -> None:
+    """A ``.npy`` whose header declares more bytes than the file holds is truncated (refused before reading)."""
+    need = math.prod(shape) * dtype.itemsize
+    if need > available:
+        raise _error(f"{modality}_unreadable", f"header declares {need} bytes, file holds {available}")
