@@ -23,7 +23,7 @@ from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
 from probmed.data.readers.echo_sources import echo_header, read_echo_source
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.text import plain_report
-from probmed.data.limits import check_dicom_image_header, check_raster_header, dicom_header
+from probmed.data.limits import check_dicom_image_header, check_raster_header, dicom_header, image_inflated_bytes
 from probmed.data.safe_paths import read_checked
 
 INT16_MAX_UV = 32767
@@ -55,7 +55,7 @@ def _cxr_view(path: Path, ctx: BuildContext):
     limits = ctx.opts.limits
     data = read_checked(path, limits.file_bytes, "cxr")
     if ext == "dcm":  # the declared size, from the header alone, before anything is decoded
-        check_dicom_image_header(dicom_header(data, "cxr_corrupt_dicom"), "cxr", limits)
+        check_dicom_image_header(dicom_header(data, "cxr_corrupt_dicom", image_inflated_bytes(limits)), "cxr", limits)
     else:
         check_raster_header(data, "cxr", limits)
     if ext == "dcm":

@@ -121,15 +121,22 @@ def check_cine_dims(modality: str, frames: int, rows: int, cols: int, limits: Li
                                   f"frames, side {limits.echo_side})")
 
 
-def dicom_header(data_or_path, reason: str):
-    """A DICOM file's header only (``stop_before_pixels``; nothing past it is read or decoded).
+def dicom_header(data_or_path, reason: str, max_inflated: int = DEFAULT_LIMITS.file_bytes):
+    """A DICOM file's header only (``stop_before_pixels``; nothing past it is read or decoded; a deflated file is
+    first checked not to inflate past ``max_inflated`` bytes, :func:`check_deflated_dicom`).
 
     Raises:
         UnreadableInput: ``reason`` (e.g. ``cxr_corrupt_dicom``) when pydicom cannot parse the header.
     """
     import pydicom
 
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, (bytes, bytearray, memoryview)) else str(data_or_path)
+    if isinstance(data_or_path, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(data_or_path)
+        check_deflated_dicom(source, reason.split("_")[0], max_inflated)
+    else:
+        source = str(data_or_path)
+        with open(source, "rb") as fh:
+            check_deflated_dicom(fh, reason.split("_")[0], max_inflated)
     try:
         return pydicom.dcmread(source, force=True, stop_before_pixels=True)
     except Exception as exc:
@@ -169,6 +176,8 @@ def check_raster_header(data: bytes, modality: str, limits: Limits = DEFAULT_LIM
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             bands = len(img.getbands())
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (over 2 × its MAX_IMAGE_PIXELS) at open
+        raise too_large(modality, str(exc)) from exc
     except Exception as exc:
         raise _error(f"{modality}_corrupt_image", f"{type(exc).__name__}: {exc}") from exc
     check_image_dims(modality, height, width, bands, 1, limits)
@@ -201,3 +210,98 @@ def check_npy_elements(shape: tuple[int, ...], dtype, available: int, modality: 
     need = math.prod(shape) * dtype.itemsize
     if need > available:
         raise _error(f"{modality}_unreadable", f"header declares {need} bytes, file holds {available}")
+
+
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+_CHUNK = 1 << 20
+
+
+def check_deflated_dicom(fp, modality: str, max_inflated: int) -> None:
+    """A DICOM file in the Deflated Explicit VR Little Endian transfer syntax: its inflated size, counted in 1 MiB
+    chunks that are not kept, must stay under ``max_inflated`` bytes (pydicom inflates the whole dataset in memory
+    before it reads even the header: a few KB can declare gigabytes). Other transfer syntaxes pass untouched; the
+    file position is restored.
+
+    Raises:
+        UnreadableInput: ``<modality>_too_large``.
+    """
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    start = fp.tell()
+    try:
+        try:
+            read_preamble(fp, force=True)
+            meta = _read_file_meta_info(fp)
+        except Exception:  # no file meta: pydicom decides what the file is
+            return
+        if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_TRANSFER_SYNTAX:
+            return
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while not inflater.eof:
+            chunk = inflater.unconsumed_tail or fp.read(_CHUNK)
+            if not chunk:
+                break
+            total += len(inflater.decompress(chunk, _CHUNK))
+            if total > max_inflated:
+                raise too_large(modality, f"deflated dataset inflates past {max_inflated} bytes")
+    except zlib.error as exc:
+        raise _error(f"{modality}_unreadable", f"deflated dataset: {exc}") from exc
+    finally:
+        fp.seek(start)
+
+
+def image_inflated_bytes(limits: Limits = DEFAULT_LIMITS) -> int:
+    """The most a deflated radiograph may inflate to: 16 bits per pixel (CR / DX store 8 or 16) plus 16 MiB of
+    header."""
+    return limits.image_pixels * 2 + 16 * MiB
+
+
+#: How much of a shard member :func:`check_member_head` looks at (a ``.npy`` header, a PNG IHDR, a DICOM header
+#: without its pixel data all fit; a JPEG whose size marker comes later is checked when decoded).
+HEAD_BYTES = 64 * 1024
+
+
+def check_member_head(modality: str | None, ext: str, head: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    """A shard member's declared size, from its first :data:`HEAD_BYTES` only, before the rest is read: ``.npy``
+    shape (ECG leads × samples, echo frames × side², others their byte count), PNG / JPEG width × height, DICOM
+    rows × columns × frames. A head that cannot be parsed passes: the member is then bounded by its size limit
+    and checked again when decoded.
+
+    Raises:
+        UnreadableInput: ``<modality>_too_large``; ``<modality>_unreadable`` for a ``.npy`` without a valid header.
+    """
+    name = modality or "member"
+    if ext.endswith("npy"):
+        shape, dtype = npy_header(head, name)
+        if modality == "ecg" and len(shape) == 2:
+            if shape[0] > limits.ecg_leads or shape[1] > limits.ecg_samples:
+                raise too_large(name, f"declares {list(shape)} (limits: {limits.ecg_leads} leads, "
+                                      f"{limits.ecg_samples} samples)")
+        elif modality == "echo" and len(shape) == 3:
+            check_cine_dims(name, shape[0], shape[1], shape[2], limits)
+        elif math.prod(shape) * dtype.itemsize > limits.file_bytes:
+            raise too_large(name, f"declares {list(shape)} {dtype}")
+    elif ext.endswith(("png", "jpg", "jpeg")):
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(head)) as img:
+                width, height = img.size
+                bands = len(img.getbands())
+        except Image.DecompressionBombError as exc:
+            raise too_large(name, str(exc)) from exc
+        except Exception:
+            return
+        check_image_dims(name, height, width, bands, 1, limits)
+    elif ext.endswith("dcm"):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(head), force=True, stop_before_pixels=True)
+            rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
+        except Exception:
+            return
+        check_image_dims(name, rows, cols, _header_int(ds, "SamplesPerPixel", 1), _header_int(ds, "NumberOfFrames", 1),
+                         limits)

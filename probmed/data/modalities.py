@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probmed.data import schema
+from probmed.data.limits import DEFAULT_LIMITS
 from probmed.data.readers.identity import ACCEPTED
 from probmed.data.readers import (
     UnreadableInput,
@@ -280,6 +281,12 @@ class EchoInput(ModalityInput):
         }
 
 
+#: Characters of text kept per token of a text window before tokenising. A WordPiece token of English report text
+#: averages 4-5 characters and BERT tokenizers map any word longer than 100 characters to one [UNK]; 32 characters
+#: per token keeps every real report's window whole while a 100 MB text costs the tokenizer at most this much.
+CHARS_PER_TOKEN = 32
+
+
 class TextInput(ModalityInput):
     """Report text → token ids. Batches are ``{"input_ids": [B, S], "attention_mask": [B, S]}`` (int64), padded
     to the longest report in the batch and truncated at ``max_length`` tokens.
@@ -307,7 +314,17 @@ class TextInput(ModalityInput):
         return self._tokenizer
 
     def decode(self, sample, meta, rng, train):
-        return read_report(sample[self.file], tuple(self.sections))
+        data = sample[self.file]
+        if len(data) > DEFAULT_LIMITS.report_bytes:
+            raise UnreadableInput("text_too_large", f"{len(data)} bytes (limit {DEFAULT_LIMITS.report_bytes})")
+        # bounded before tokenising: a huge report can abort the process inside the (Rust) tokenizer
+        return read_report(data, tuple(self.sections))[: self.max_chars]
+
+    @property
+    def max_chars(self) -> int:
+        """Characters of report text kept for the tokenizer: :data:`CHARS_PER_TOKEN` per token of the window (the
+        window of a text whose tokens average under 32 characters, i.e. any natural-language report, is whole)."""
+        return self.max_length * CHARS_PER_TOKEN
 
     def placeholder(self):
         return ""

@@ -14,7 +14,9 @@ import pydicom
 from PIL import Image, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from probmed.data.limits import DEFAULT_LIMITS, Limits, check_dicom_image_header, check_raster_header
+from probmed.data.limits import (
+    DEFAULT_LIMITS, Limits, check_deflated_dicom, check_dicom_image_header, check_raster_header, image_inflated_bytes,
+)
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_cxr
@@ -35,10 +37,19 @@ def _normalise(image: np.ndarray) -> np.ndarray:
 
 def _modality(pixels: np.ndarray, ds) -> np.ndarray:
     """The modality LUT: a linear RescaleSlope / RescaleIntercept in float32 (pydicom's float64 version costs
-    ~4× more on a 2k² radiograph); a Modality LUT Sequence goes through pydicom."""
+    ~4× more on a 2k² radiograph); a Modality LUT Sequence goes through pydicom. A slope that is not a positive
+    finite number (or a non-finite intercept) is refused as ``cxr_implausible_rescale``."""
     if "ModalityLUTSequence" in ds:
         return apply_modality_lut(pixels, ds)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    raw_slope = ds.get("RescaleSlope", None)
+    try:
+        slope = 1.0 if raw_slope is None or str(raw_slope).strip() == "" else float(raw_slope)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableInput("cxr_corrupt_dicom", f"rescale: {exc}") from exc
+    if not (np.isfinite(slope) and slope > 0 and np.isfinite(intercept)):
+        # a slope of -1 inverts the film, 0 erases it: no device writes either (PS3.3 C.11.1.1.2)
+        raise UnreadableInput("cxr_implausible_rescale", f"RescaleSlope {raw_slope}, RescaleIntercept {intercept}")
     image = pixels.astype(np.float32)
     if slope != 1.0:
         image *= np.float32(slope)
@@ -91,6 +102,7 @@ def read_cxr_dicom(data: bytes, identity: str = "cxr", limits: Limits = DEFAULT_
             ``<identity>_not_greyscale`` for a colour PhotometricInterpretation (RGB, YBR, PALETTE COLOR),
             ``cxr_not_2d`` for a multi-frame image, ``cxr_blank`` for a constant image.
     """
+    check_deflated_dicom(io.BytesIO(data), identity, image_inflated_bytes(limits))  # before pydicom inflates it
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for corrupt input

@@ -1,0 +1,200 @@
+"""Hostile values (issue 28): manifests and shard metadata with absurd values, damaged shards and physically
+impossible headers end in one clear error line or a counted cause for the one study — never a traceback, never the
+end of a run."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from probmed.data import schema
+from probmed.data.commands import main
+from probmed.data.datamodule import ProbMedDataModule
+from probmed.data.manifest import read_manifest, write_manifest
+from probmed.data.modalities import TextInput
+from probmed.data.readers import UnreadableInput, read_cxr, read_cxr_dicom, read_cxr_image
+from probmed.data.readers.ecg_sources import read_ecg_dicom
+from probmed.data.streams import EvalStream
+
+from shardkit import dicom_bytes, small_inputs, study, write_split
+
+
+def _eval(data: Path) -> tuple[list[str], Counter]:
+    """Every study id the loader yields from the ``val`` split, and the skip counts."""
+    dm = ProbMedDataModule(str(data), batch_size=4, inputs=small_inputs())
+    stream = EvalStream(dm.shards("val")[0], dm.decoder, dm.collator, 4, 0)
+    ids, counts = [], Counter()
+    for batch in stream.batches_for(0, 1):
+        ids += batch["study_id"]
+        counts.update(batch["skipped"])
+    return ids, counts
+
+
+# -- manifests ------------------------------------------------------------------------------------------------------
+def test_a_manifest_saved_by_excel_with_a_bom_is_read(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes("\ufeffstudy_id,patient_id,split,report_text\r\ns1,p1,train,FINDINGS: ok.\r\n".encode("utf-8"))
+    (entry,) = read_manifest(path)
+    assert entry.study_id == "s1" and entry.values["report_text"] == "FINDINGS: ok." and entry.line == 2
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "2", "yes"])
+def test_a_finding_that_is_not_1_0_or_minus_1_is_one_error_line_naming_row_and_column(tmp_path, capsys, value):
+    write_manifest(tmp_path / "m.csv", [{"study_id": "s1", "patient_id": "p1", "split": "train",
+                                         "report_text": "x", "finding:edema": 1},
+                                        {"study_id": "s2", "patient_id": "p2", "split": "train",
+                                         "report_text": "x", "finding:edema": value}])
+    assert main(["check", "--manifest", str(tmp_path / "m.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "manifest line 3: finding:edema" in err and "Traceback" not in err
+
+
+def test_an_over_long_cell_is_one_error_line_naming_row_and_column(tmp_path, capsys):
+    rows = [{"study_id": "s1", "patient_id": "p1", "split": "train", "report_text": "A" * (2 << 20)}]
+    write_manifest(tmp_path / "m.csv", rows)
+    assert main(["check", "--manifest", str(tmp_path / "m.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "manifest line 2, column 'report_text'" in err
+    # beyond the csv module's (raised) limit: still one line, naming the row
+    (tmp_path / "huge.csv").write_text("study_id,patient_id,split,report_text\ns1,p1,train,\"" + "B" * (17 << 20)
+                                       + "\"\n")
+    assert main(["check", "--manifest", str(tmp_path / "huge.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "manifest line" in err and "field larger than field limit" in err
+
+
+# -- shard metadata and damaged shards --------------------------------------------------------------------------------
+@pytest.mark.parametrize("findings_json", ['{"cardiomegaly": Infinity}', '{"cardiomegaly": NaN}',
+                                           '{"cardiomegaly": ' + "9" * 4000 + "}", '{"cardiomegaly": [1]}'])
+def test_absurd_label_values_in_shard_metadata_skip_that_study_with_a_cause(tmp_path, findings_json):
+    rng = np.random.default_rng(0)
+    samples = [study(f"v{i}", split="val", rng=rng) for i in range(5)]
+    meta = json.loads(samples[2][schema.META_EXT])
+    text = json.dumps({k: v for k, v in meta.items() if k != "findings"})
+    samples[2][schema.META_EXT] = (text[:-1] + ', "findings": ' + findings_json + "}").encode()
+    write_split(tmp_path, "val", [samples])
+    ids, counts = _eval(tmp_path)
+    assert sorted(ids) == ["v0", "v1", "v3", "v4"] and counts["label_invalid"] == 1
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], end_marker: bool = True) -> Path:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        offset = tar.offset
+    data = buffer.getvalue()
+    path.write_bytes(data if end_marker else data[:offset])  # offset: just after the last member's data
+    return path
+
+
+def _members(samples: list[dict]) -> list[tuple[str, bytes]]:
+    return [(f"{s['__key__']}.{ext}", data) for s in samples for ext, data in s.items() if ext != "__key__"]
+
+
+def test_a_duplicate_member_costs_its_own_study_only(tmp_path):
+    rng = np.random.default_rng(1)
+    samples = [study(f"v{i}", split="val", rng=rng) for i in range(10)]
+    members = _members(samples)
+    at = next(i for i, (name, _) in enumerate(members) if name == f"v1.{schema.REPORT_EXT}")
+    members.insert(at + 1, members[at])
+    _tar(tmp_path / "val-000000.tar", members)
+    (tmp_path / schema.SIZES_FILE).write_text(json.dumps({"val-000000.tar": 10}))
+    ids, counts = _eval(tmp_path)
+    assert sorted(ids) == sorted(f"v{i}" for i in range(10) if i != 1)
+    assert counts["duplicate_member"] == 1 and "shard_read_error" not in counts
+
+
+def test_a_truncation_exactly_at_a_member_boundary_is_counted(tmp_path):
+    rng = np.random.default_rng(2)
+    samples = [study(f"v{i}", split="val", rng=rng) for i in range(6)]
+    _tar(tmp_path / "val-000000.tar", _members(samples)[:-3], end_marker=False)  # cut inside the last study
+    (tmp_path / schema.SIZES_FILE).write_text(json.dumps({"val-000000.tar": 6}))
+    ids, counts = _eval(tmp_path)
+    assert sorted(ids) == [f"v{i}" for i in range(5)] and counts["shard_read_error"] == 1
+
+
+# -- physically impossible headers -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("slope", [-1.0, 0.0])
+def test_a_radiograph_with_a_non_positive_rescale_slope_is_refused(slope):
+    pixels = np.tile(np.arange(32, dtype=np.uint16) * 100, (32, 1))
+    assert read_cxr_dicom(dicom_bytes(pixels, slope=2.0))[0].shape == (32, 32)
+    with pytest.raises(UnreadableInput) as err:
+        read_cxr_dicom(dicom_bytes(pixels, slope=slope))
+    assert err.value.reason == "cxr_implausible_rescale"
+
+
+def _ecg_file(tmp_path: Path, edit) -> Path:
+    ds = pydicom.dcmread(get_testdata_file("waveform_ecg.dcm", download=False))
+    edit(ds)
+    path = tmp_path / "ecg.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("rate, reason", [(1e6, "ecg_implausible_rate"), (10.0, "ecg_implausible_rate")])
+def test_an_ecg_sampling_rate_outside_50_to_20000_hz_is_refused(tmp_path, rate, reason):
+    def edit(ds):
+        for group in ds.WaveformSequence:
+            group.SamplingFrequency = rate
+
+    with pytest.raises(UnreadableInput) as err:
+        read_ecg_dicom(_ecg_file(tmp_path, edit))
+    assert err.value.reason == reason
+
+
+def test_an_ecg_channel_with_a_negative_sensitivity_is_refused(tmp_path):
+    def edit(ds):
+        ds.WaveformSequence[0].ChannelDefinitionSequence[1].ChannelSensitivity = "-0.00125"
+
+    assert read_ecg_dicom(_ecg_file(tmp_path, lambda ds: None)).signal.shape[0] == 12
+    with pytest.raises(UnreadableInput) as err:
+        read_ecg_dicom(_ecg_file(tmp_path, edit))
+    assert err.value.reason == "ecg_implausible_sensitivity"
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_colour_photograph_is_refused_as_a_radiograph_and_a_grey_film_saved_as_rgb_is_not():
+    rng = np.random.default_rng(3)
+    grey = np.repeat(rng.integers(0, 255, (64, 64, 1), dtype=np.uint8), 3, axis=2)
+    assert read_cxr_image(_png(grey))[0].shape == (64, 64)
+    photo = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    with pytest.raises(UnreadableInput) as err:
+        read_cxr_image(_png(photo))
+    assert err.value.reason == "cxr_colour_image"
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.ones((8, 8), np.uint16) * 7)))
+    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored = "RGB", 3, 8, 8
+    ds.HighBit, ds.PlanarConfiguration, ds.PixelData = 7, 0, photo[:8, :8].tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(UnreadableInput) as err:
+        read_cxr("cxr.0.dcm", buffer.getvalue())
+    assert err.value.reason == "cxr_not_greyscale"
+
+
+# -- text -------------------------------------------------------------------------------------------------------------
+def test_a_huge_report_is_cut_before_the_tokenizer_or_refused_over_the_limit():
+    text = TextInput(max_length=16)
+    long = ("FINDINGS: " + "word " * 180_000).encode()  # 900 kB: under the 1 MiB report limit
+    decoded = text.decode({schema.REPORT_EXT: long}, {}, None, False)
+    assert len(decoded) == 16 * 32 and decoded.startswith("FINDINGS: word word")
+    batch = text.collate([decoded])
+    assert batch["input_ids"].shape == (1, 16)
+    with pytest.raises(UnreadableInput) as err:
+        text.decode({schema.REPORT_EXT: b"A" * (2 << 20)}, {}, None, False)
+    assert err.value.reason == "text_too_large"
