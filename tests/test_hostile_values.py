@@ -198,3 +198,45 @@ def test_a_huge_report_is_cut_before_the_tokenizer_or_refused_over_the_limit():
     with pytest.raises(UnreadableInput) as err:
         text.decode({schema.REPORT_EXT: b"A" * (2 << 20)}, {}, None, False)
     assert err.value.reason == "text_too_large"
+
+
+# -- XML -------------------------------------------------------------------------------------------------------------
+_LAUGHS = ('<!DOCTYPE {root} [<!ENTITY a "lol">' + "".join(f'<!ENTITY {c} "{("&" + p + ";") * 10}">'
+                                                         for p, c in zip("abcdefgh", "bcdefghi")) + "]>")
+_QUADRATIC = '<!DOCTYPE {root} [<!ENTITY x "' + "X" * 50_000 + '">]>'
+_EXTERNAL = '<!DOCTYPE {root} [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+_BODY = {"RestingECG": "<RestingECG><Waveform><WaveformType>Rhythm</WaveformType>{ref}</Waveform></RestingECG>",
+         "AnnotatedECG": '<AnnotatedECG xmlns="urn:hl7-org:v3"><id root="{ref}"/></AnnotatedECG>',
+         "ClinicalDocument": ('<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody><component>'
+                              "<section><title>FINDINGS</title><text>{ref}</text></section></component>"
+                              "</structuredBody></component></ClinicalDocument>")}
+
+
+@pytest.mark.parametrize("attack, ref", [(_LAUGHS, "&i;"), (_QUADRATIC, "&x;" * 2000), (_EXTERNAL, "&x;")],
+                         ids=["billion_laughs", "quadratic_blowup", "external_entity"])
+@pytest.mark.parametrize("root", sorted(_BODY))
+def test_xml_entity_attacks_are_refused_with_a_cause_by_every_xml_reader(tmp_path, attack, ref, root):
+    from probmed.data.readers.ecg_sources import read_ecg_source
+    from probmed.data.readers.text import plain_report
+
+    document = '<?xml version="1.0"?>' + attack.format(root=root) + _BODY[root].format(ref=ref)
+    with pytest.raises(UnreadableInput) as err:
+        if root == "ClinicalDocument":
+            plain_report(document)
+        else:
+            (tmp_path / "ecg.xml").write_text(document)
+            read_ecg_source(tmp_path / "ecg.xml")
+    assert err.value.reason == ("text_xml_unsafe" if root == "ClinicalDocument" else "ecg_xml_unsafe")
+    assert "root:x:0" not in str(err.value)
+
+
+def test_an_xml_report_with_an_entity_bomb_is_a_counted_skip_in_the_build(tmp_path):
+    from probmed.data.builder import build_dataset
+
+    (tmp_path / "r.xml").write_text('<?xml version="1.0"?>' + _LAUGHS.format(root="ClinicalDocument")
+                                    + _BODY["ClinicalDocument"].format(ref="&i;"))
+    write_manifest(tmp_path / "m.csv", [{"study_id": "s1", "patient_id": "p1", "split": "train", "report": "r.xml"},
+                                        {"study_id": "s2", "patient_id": "p2", "split": "train",
+                                         "report_text": "FINDINGS: clear."}])
+    summary = build_dataset(tmp_path / "m.csv", tmp_path / "out", salt="k", progress=False)
+    assert summary["skipped"]["text_xml_unsafe"] == 1 and summary["written"] == 1

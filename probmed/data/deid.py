@@ -270,10 +270,10 @@ def dicom_identifiers(path) -> set[str]:
 
 def xml_identifiers(path) -> set[str]:
     """Patient names and ids in an ECG XML export (:data:`XML_IDENTIFIER_TAGS`)."""
-    import xml.etree.ElementTree as ET
+    from probmed.data.readers import safe_xml
 
     found: set[str] = set()
-    for element in ET.parse(str(path)).getroot().iter():
+    for element in safe_xml.parse_file(path, "ecg").iter():
         text = (element.text or "").strip()
         if element.tag.rsplit("}", 1)[-1] in XML_IDENTIFIER_TAGS and len(text) >= 3:
             found |= date_forms(text.replace("-", "")) if text.replace("-", "").isdigit() else {text}

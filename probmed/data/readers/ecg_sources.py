@@ -23,7 +23,6 @@ These readers run when shards are built (paths on the user's disk); the loader r
 from __future__ import annotations
 
 import base64
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +31,7 @@ import numpy as np
 
 from probmed.data.readers.ecg import resample_ecg
 from probmed.data.limits import DEFAULT_LIMITS, Limits, too_large
+from probmed.data.readers import safe_xml
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_ecg
@@ -319,10 +319,7 @@ def _record_from_leads(leads: dict[str, np.ndarray], rate: float, fmt: str) -> E
 
 
 def _parse_xml(path: str | Path):
-    try:
-        return ET.parse(str(path)).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    return safe_xml.parse_file(path, "ecg")  # defusedxml: entity bombs and external entities refused
 
 
 #: XML root element (namespace stripped) → (format name, reader or None when recognised but not decoded).
@@ -339,14 +336,13 @@ def ecg_xml_format(path: str | Path) -> str:
     """The root element of an XML file, read without parsing the rest (a corrupt tail still names its vendor).
 
     Raises:
-        UnreadableInput: ``ecg_unreadable`` when the file has no XML element at all.
+        UnreadableInput: ``ecg_unreadable`` when the file has no XML element at all, ``ecg_xml_unsafe`` for
+            entity declarations or external references (:mod:`probmed.data.readers.safe_xml`).
     """
-    try:
-        for _, element in ET.iterparse(str(path), events=("start",)):
-            return _local(element.tag)
-    except (ET.ParseError, OSError) as exc:
-        raise UnreadableInput("ecg_unreadable", f"not XML: {type(exc).__name__}: {exc}") from exc
-    raise UnreadableInput("ecg_unreadable", "empty XML document")
+    tag = safe_xml.root_tag(path, "ecg")
+    if tag is None:
+        raise UnreadableInput("ecg_unreadable", "empty XML document")
+    return _local(tag)
 
 
 def read_ecg_xml(path: str | Path) -> EcgRecord:
