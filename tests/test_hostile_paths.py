@@ -146,3 +146,43 @@ def test_images_and_reports_inside_the_root_still_build(tmp_path):
     summary = _build(tmp_path, rows)
     assert summary["skipped"] == {} and summary["written"] == 2
     assert check_dataset(export / "studies.csv", progress=False)["modalities"]["cxr"]["used"] == 1
+
+
+def test_the_mimic_cxr_manifest_maker_follows_no_symlink_out_of_its_root(tmp_path):
+    from probmed.data.manifest import read_manifest
+    from probmed.data.manifests.mimic_cxr import make_mimic_cxr_manifest
+
+    root = tmp_path / "mimic"
+    inside = root / "files" / "p10" / "p10000001" / "s50000001"
+    inside.mkdir(parents=True)
+    png_with_text(inside / "view.jpg", "x")
+    (inside.parent / "s50000001.txt").write_text("FINDINGS: ok.")
+    elsewhere = tmp_path / "elsewhere" / "s50000002"
+    elsewhere.mkdir(parents=True)
+    png_with_text(elsewhere / "secret.jpg", "x")
+    (inside.parent / "s50000002").symlink_to(elsewhere)  # a whole study directory pointing out of the tree
+    (inside / "passwd.jpg").symlink_to("/etc/passwd")  # one file pointing out
+    (inside.parent / "s50000003").mkdir()
+    (inside.parent / "s50000003.txt").symlink_to("/etc/passwd")  # a report pointing out
+    path, count = make_mimic_cxr_manifest(root, tmp_path / "m.csv")
+    assert count == 1
+    (entry,) = read_manifest(path)
+    assert [p.name for p in entry.paths["cxr"]] == ["view.jpg"] and entry.paths["report"][0].name == "s50000001.txt"
+    assert b"elsewhere" not in path.read_bytes() and b"passwd" not in path.read_bytes()
+
+
+@pytest.mark.parametrize("cell", ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+                                  "\tx"])
+def test_manifest_cells_that_a_spreadsheet_would_run_are_quoted_and_read_back_unchanged(tmp_path, cell):
+    from probmed.data.manifest import read_manifest
+
+    path = write_manifest(tmp_path / "m.csv", [{"study_id": cell, "patient_id": "p", "split": "train",
+                                                "report_text": "x", "finding:edema": -1}])
+    import csv
+
+    with open(path, newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["study_id"] == "'" + cell  # quoted on disk
+    assert row["finding:edema"] == "-1"  # a number is not a formula: written as it is
+    (entry,) = read_manifest(path)
+    assert entry.study_id == cell.strip() and entry.findings == {"edema": -1}

@@ -174,7 +174,8 @@ def read_manifest(path: str | Path) -> list[StudyEntry]:
                 raise ValueError(f"{path}: manifest lacks column(s) {missing}; see probmed.data.manifest for the "
                                  "format")
             file_columns = path_columns()
-            entries = [_parse_row(row, path.parent, reader.line_num, file_columns) for row in reader]
+            entries = [_parse_row({k: _unquoted(v) if isinstance(v, str) else v for k, v in row.items()},
+                                  path.parent, reader.line_num, file_columns) for row in reader]
         except csv.Error as exc:  # a cell over the csv module's limit, a NUL byte, ...
             raise ValueError(f"{path}: manifest line {reader.line_num}: {exc}") from exc
         except UnicodeDecodeError as exc:
@@ -196,5 +197,33 @@ def write_manifest(path: str | Path, rows: list[dict[str, object]]) -> Path:
         writer = csv.DictWriter(fh, fieldnames=[*columns(), *findings], extrasaction="raise")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow({k: spreadsheet_safe("" if v is None else v) for k, v in row.items()})
     return path
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A cell as :func:`write_manifest` writes it: text starting with ``= + - @``, a tab or a carriage return (a
+    formula when the CSV is opened in a spreadsheet) gets a leading ``'``, which :func:`read_manifest` removes
+    again; numbers (``-1``) are written as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def _unquoted(value: str | None) -> str | None:
+    """The inverse of :func:`spreadsheet_safe` for one cell read back."""
+    if value and value.startswith("'") and value[1:].startswith(FORMULA_STARTS) and not _is_number(value[1:]):
+        return value[1:]
+    return value

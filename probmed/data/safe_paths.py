@@ -38,6 +38,12 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path`` resolves (symlinks followed) inside ``root`` (resolved too); used by the manifest makers so a
+    symlink in a dataset tree never puts a file from elsewhere into a manifest."""
+    return _inside(Path(os.path.realpath(path)), Path(os.path.realpath(root)))
+
+
 def check_input_path(path: str | os.PathLike, roots: tuple[Path, ...], where: str = "",
                      max_bytes: int | None = None, modality: str = "input") -> Path:
     """The resolved path of an input file that passed the policy (see the module docstring); nothing is opened.
