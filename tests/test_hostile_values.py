@@ -240,3 +240,17 @@ def test_an_xml_report_with_an_entity_bomb_is_a_counted_skip_in_the_build(tmp_pa
                                          "report_text": "FINDINGS: clear."}])
     summary = build_dataset(tmp_path / "m.csv", tmp_path / "out", salt="k", progress=False)
     assert summary["skipped"]["text_xml_unsafe"] == 1 and summary["written"] == 1
+
+
+def test_the_data_module_limits_apply_to_the_loader_and_an_unknown_limit_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(4)
+    write_split(tmp_path, "val", [[study(f"v{i}", split="val", rng=rng) for i in range(3)]])  # 6-frame cines
+    dm = ProbMedDataModule(str(tmp_path), batch_size=4, inputs=small_inputs(), limits={"echo_frames": 4})
+    dm.setup("validate")
+    counts, present = Counter(), []
+    for batch in dm._streams["val"].batches_for(0, 1):
+        counts.update(batch["skipped"])
+        present += batch["present"]["echo"].tolist()
+    assert counts["echo_too_large"] == 3 and not any(present)
+    with pytest.raises(ValueError, match="unknown limit 'echo_frame'"):
+        ProbMedDataModule(str(tmp_path), inputs=small_inputs(), limits={"echo_frame": 4})

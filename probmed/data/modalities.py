@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probmed.data import schema
-from probmed.data.limits import DEFAULT_LIMITS
+from probmed.data.limits import DEFAULT_LIMITS, Limits
 from probmed.data.readers.identity import ACCEPTED
 from probmed.data.readers import (
     UnreadableInput,
@@ -66,6 +66,8 @@ class ModalityInput:
     """
 
     files: tuple[str, ...] = ()
+    #: resource limits the decoders check headers against (:mod:`probmed.data.limits`; the data module sets its own)
+    limits: Limits = DEFAULT_LIMITS
 
     def owns(self, file_name: str) -> bool:
         """Whether a sample file name (``"cxr.0.dcm"``, ``"ecg.npy"``) is one of this pipeline's files."""
@@ -135,7 +137,7 @@ class ImageInput(ModalityInput):
             key = views[1]
         else:
             key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
-        image, _ = read_cxr(key, sample[key], self.identity)  # reader chosen by the extension (dcm, png, jpg)
+        image, _ = read_cxr(key, sample[key], self.identity, self.limits)  # reader chosen by the extension (dcm, png, jpg)
         image = fit_square(torch.from_numpy(image)[None], self.size, self.fit)
         return ((image - 0.5) / 0.25).float()
 
@@ -210,7 +212,7 @@ class ECGInput(ModalityInput):
 
     def decode(self, sample, meta, rng, train):
         mask = self.lead_mask(meta)
-        signal = read_ecg_npy(sample[self.file], self.leads)
+        signal = read_ecg_npy(sample[self.file], self.leads, self.limits)
         rate = float(meta.get("ecg_sampling_rate") or 0)
         if rate <= 0:
             raise UnreadableInput("ecg_no_sampling_rate", "meta lacks ecg_sampling_rate")
@@ -264,7 +266,7 @@ class EchoInput(ModalityInput):
         return np.rint(np.arange(self.frames) * source / self.fps).astype(np.int64)
 
     def decode(self, sample, meta, rng, train):
-        cine = read_echo_npy(sample[self.file])
+        cine = read_echo_npy(sample[self.file], self.limits)
         offsets = self.offsets(meta)
         span = int(offsets[-1]) + 1
         start = int(rng.integers(cine.shape[0] - span + 1)) if (train and cine.shape[0] > span) else 0
@@ -315,8 +317,8 @@ class TextInput(ModalityInput):
 
     def decode(self, sample, meta, rng, train):
         data = sample[self.file]
-        if len(data) > DEFAULT_LIMITS.report_bytes:
-            raise UnreadableInput("text_too_large", f"{len(data)} bytes (limit {DEFAULT_LIMITS.report_bytes})")
+        if len(data) > self.limits.report_bytes:
+            raise UnreadableInput("text_too_large", f"{len(data)} bytes (limit {self.limits.report_bytes})")
         # bounded before tokenising: a huge report can abort the process inside the (Rust) tokenizer
         return read_report(data, tuple(self.sections))[: self.max_chars]
 
