@@ -254,3 +254,72 @@ def test_the_data_module_limits_apply_to_the_loader_and_an_unknown_limit_is_a_cl
     assert counts["echo_too_large"] == 3 and not any(present)
     with pytest.raises(ValueError, match="unknown limit 'echo_frame'"):
         ProbMedDataModule(str(tmp_path), inputs=small_inputs(), limits={"echo_frame": 4})
+
+
+# -- de-identification of what the hostile scan found ------------------------------------------------------------------
+def test_free_text_inside_kept_dicom_sequences_is_removed_at_any_depth():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from probmed.data.deid import Pseudonymizer, deidentify_dicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.tile(np.arange(16, dtype=np.uint16) * 200, (16, 1)))))
+    modifier = Dataset()
+    modifier.CodeValue, modifier.CodingSchemeDesignator = "R-10226", "SRT"
+    modifier.CodeMeaning = "St Elsewhere General Hospital"
+    view = Dataset()
+    view.CodeValue, view.CodingSchemeDesignator, view.CodeMeaning = "R-10206", "SRT", "John Public MRN 12345678"
+    view.ViewModifierCodeSequence = Sequence([modifier])
+    ds.ViewCodeSequence = Sequence([view])
+    lut = Dataset()
+    lut.LUTDescriptor, lut.LUTExplanation = [4, 0, 16], "window chosen by Dr Ramoray"
+    lut.add_new(0x00283006, "US", [0, 100, 200, 4095])  # LUTData
+    ds.VOILUTSequence = Sequence([lut])
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    out, _ = deidentify_dicom(buffer.getvalue(), Pseudonymizer("k"), "p")
+    for value in (b"John Public", b"12345678", b"Elsewhere", b"Ramoray"):
+        assert value not in out
+    kept = pydicom.dcmread(io.BytesIO(out))
+    assert kept.ViewCodeSequence[0].CodeValue == "R-10206"
+    assert kept.ViewCodeSequence[0].ViewModifierCodeSequence[0].CodingSchemeDesignator == "SRT"
+    assert list(kept.VOILUTSequence[0].LUTDescriptor) == [4, 0, 16]
+
+
+def test_a_jpeg_is_re_encoded_so_no_comment_between_scans_nor_bytes_after_the_end_survive():
+    from probmed.data.deid import strip_image_metadata
+
+    rng = np.random.default_rng(5)
+    grey = (np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)) + rng.integers(0, 8, (64, 64))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="JPEG", quality=90, progressive=True)
+    data = buffer.getvalue()
+    second_scan = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)  # a COM segment after the first scan
+    comment = b"John Public MRN 12345678"
+    data = data[:second_scan] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[second_scan:]
+    data += b"TRAILING Smithfield"
+    assert read_cxr_image(data)[0].shape == (64, 64)  # still a valid JPEG
+    clean = strip_image_metadata(data, "jpg")
+    assert comment not in clean and b"Smithfield" not in clean and clean.endswith(b"\xff\xd9")
+    np.testing.assert_allclose(read_cxr_image(clean)[0], read_cxr_image(data)[0], atol=0.05)
+    assert strip_image_metadata(data, "jpg") == clean  # deterministic: a rebuild gives the same shard bytes
+
+
+@pytest.mark.parametrize("text", ["Compared with 3/14/23.", "Study of March 14th, 2023.", "Seen 14-Mar-2023.",
+                                  "Ref 1234-5678.", "Call (617) 555-1234.", "SSN 123-45-6789.",
+                                  "Lives at 42 Wallaby Way Sydney.", "Discussed with Dr. Jones.", "MRN 12345678."])
+def test_report_identifier_forms_the_build_does_not_know_are_scrubbed(text):
+    from probmed.data.deid import scrub_identifier_forms
+
+    scrubbed, n = scrub_identifier_forms(text)
+    assert n >= 1 and "___" in scrubbed
+    for token in ("3/14/23", "14th", "Mar-2023", "1234-5678", "555-1234", "6789", "Wallaby", "Jones", "12345678"):
+        assert token not in scrubbed
+
+
+def test_clinical_numbers_in_a_report_are_not_scrubbed():
+    from probmed.data.deid import scrub_identifier_forms
+
+    text = ("FINDINGS: Heart size 12.5 cm, a 3 mm nodule, EF 55%, BP 120/80 mmHg, T10-T12 levels, 1 of 2 views, "
+            "unchanged since 2019. Drains in place. IMPRESSION: Mild cardiomegaly.")
+    assert scrub_identifier_forms(text) == (text, 0)

@@ -16,7 +16,8 @@ import numpy as np
 
 from probmed.data import schema
 from probmed.data.deid import (
-    Pseudonymizer, blank_outside, deidentify_dicom, scrub_text, strip_image_metadata, study_identifiers,
+    Pseudonymizer, blank_outside, deidentify_dicom, scrub_identifier_forms, scrub_text, strip_image_metadata,
+    study_identifiers,
 )
 from probmed.data.readers.cxr import CXR_READERS, read_cxr
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
@@ -114,7 +115,8 @@ def ecg_record(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     with the lead mask in ``meta["ecg_lead_mask"]``."""
     opts = ctx.opts
     (source,) = entry.paths["ecg"]
-    signal, mask, rate = standardize_ecg(read_ecg_source(source), schema.ECG_LEADS, opts.ecg_rate, opts.ecg_clean)
+    record = read_ecg_source(source, opts.limits)
+    signal, mask, rate = standardize_ecg(record, schema.ECG_LEADS, opts.ecg_rate, opts.ecg_clean)
     microvolts = np.rint(signal * 1000.0)
     if np.abs(microvolts).max() > INT16_MAX_UV:
         ctx.notes["ecg_clipped"] += 1
@@ -134,7 +136,7 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     from probmed.data.modalities import fit_square
 
     (source,) = entry.paths["echo"]
-    cine, fps = read_echo_source(source)
+    cine, fps = read_echo_source(source, ctx.opts.limits)
     cine = _without_burned_in_text(cine, echo_header(source), source.name, ctx)
     given = entry.values_of("echo_fps")
     fps = fps or (float(given[0]) if given else None) or ctx.opts.echo_fps
@@ -168,7 +170,8 @@ def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``; an HL7 CDA
     document becomes its narrative, other markup (HTML, XML) is refused (:func:`~probmed.data.readers.text.plain_report`).
     Every identifying value the builder knows for the study (:func:`~probmed.data.deid.study_identifiers`: its
-    ids, and the names, dates, ids and UIDs in its DICOM headers and ECG XML) is replaced by ``___``."""
+    ids, and the names, dates, ids and UIDs in its DICOM headers and ECG XML) is replaced by ``___``, and so is every
+    identifier form of :data:`~probmed.data.deid.IDENTIFIER_PATTERNS` (dates, phones, ids, addresses, titled names)."""
     paths = entry.paths.get("report", [])
     try:
         raw = (read_checked(paths[0], ctx.opts.limits.report_bytes, "text").decode("utf-8") if paths
@@ -176,8 +179,11 @@ def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     except UnicodeDecodeError as exc:
         raise UnreadableInput("text_not_utf8", str(exc)) from exc
     text, scrubbed = scrub_text(plain_report(raw), study_identifiers(entry))
+    text, forms = scrub_identifier_forms(text)  # dates, phones, ids, addresses, titled names the build does not know
     if scrubbed:
         ctx.notes["report_identifiers_scrubbed"] += scrubbed
+    if forms:
+        ctx.notes["report_identifier_forms_scrubbed"] += forms
     if not text.strip():
         raise UnreadableInput("text_empty", "empty report")
     return {schema.REPORT_EXT: text.encode("utf-8")}, {}

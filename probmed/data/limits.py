@@ -121,6 +121,13 @@ def check_cine_dims(modality: str, frames: int, rows: int, cols: int, limits: Li
                                   f"frames, side {limits.echo_side})")
 
 
+def check_ecg_dims(leads: int, samples: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse an ECG whose declared leads or samples per lead exceed the limits (before reading a sample)."""
+    if leads > limits.ecg_leads or samples > limits.ecg_samples:
+        raise too_large("ecg", f"declares {leads} leads x {samples} samples (limits: {limits.ecg_leads} leads, "
+                               f"{limits.ecg_samples} samples)")
+
+
 def dicom_header(data_or_path, reason: str, max_inflated: int = DEFAULT_LIMITS.file_bytes):
     """A DICOM file's header only (``stop_before_pixels``; nothing past it is read or decoded; a deflated file is
     first checked not to inflate past ``max_inflated`` bytes, :func:`check_deflated_dicom`).
@@ -276,9 +283,7 @@ def check_member_head(modality: str | None, ext: str, head: bytes, limits: Limit
     if ext.endswith("npy"):
         shape, dtype = npy_header(head, name)
         if modality == "ecg" and len(shape) == 2:
-            if shape[0] > limits.ecg_leads or shape[1] > limits.ecg_samples:
-                raise too_large(name, f"declares {list(shape)} (limits: {limits.ecg_leads} leads, "
-                                      f"{limits.ecg_samples} samples)")
+            check_ecg_dims(shape[0], shape[1], limits)
         elif modality == "echo" and len(shape) == 3:
             check_cine_dims(name, shape[0], shape[1], shape[2], limits)
         elif math.prod(shape) * dtype.itemsize > limits.file_bytes:

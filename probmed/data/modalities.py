@@ -137,7 +137,8 @@ class ImageInput(ModalityInput):
             key = views[1]
         else:
             key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
-        image, _ = read_cxr(key, sample[key], self.identity, self.limits)  # reader chosen by the extension (dcm, png, jpg)
+        # reader chosen by the extension (dcm, png, jpg); declared sizes checked against the limits first
+        image, _ = read_cxr(key, sample[key], self.identity, self.limits)
         image = fit_square(torch.from_numpy(image)[None], self.size, self.fit)
         return ((image - 0.5) / 0.25).float()
 

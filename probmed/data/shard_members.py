@@ -5,10 +5,10 @@ Replaces webdataset's ``tarfile_samples`` in the loader (:mod:`probmed.data.stre
 (``{"__key__": key, "__url__": url, "<ext>": bytes, ...}``, members grouped by the path before the first dot of the
 file name, extensions lower-cased) and these differences:
 
-* **member size from the tar header first**, then the size the member itself declares in its first 64 KiB
-  (:func:`probmed.data.limits.check_member_head`: ``.npy`` shape, PNG / JPEG / DICOM dimensions); a member larger than its modality's limit
+* **member size from the tar header first**: a member larger than its modality's limit
   (:meth:`probmed.data.limits.Limits.member_bytes`) is skipped unread, counted as ``<modality>_too_large`` (the
-  sample keeps its other members). The archive is read as a stream (``tarfile`` mode ``r|*``): a gzip shard is
+  sample keeps its other members); then the size the member declares in its first 64 KiB
+  (:func:`probmed.data.limits.check_member_head`: ``.npy`` shape, PNG / JPEG / DICOM dimensions), likewise. The archive is read as a stream (``tarfile`` mode ``r|*``): a gzip shard is
   decompressed in 16 KiB chunks, a skipped member is read through and discarded in chunks, and a GNU sparse member
   declares its expanded size, so neither a gzip bomb nor a sparse 4 GiB member is ever held in memory;
 * **a duplicate member costs its own study only**: the study holding two members of one name is dropped and

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from probmed.data.readers.ecg import resample_ecg
-from probmed.data.limits import DEFAULT_LIMITS, Limits, too_large
+from probmed.data.limits import DEFAULT_LIMITS, Limits, check_ecg_dims
 from probmed.data.readers import safe_xml
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
@@ -101,12 +101,10 @@ def check_ecg_rate(rate: float) -> None:
 def _check_ecg_size(leads: int, samples: int, rate: float, limits: Limits) -> None:
     """The declared leads and samples per lead against the limits, before any sample is read."""
     check_ecg_rate(rate)
-    if leads > limits.ecg_leads or samples > limits.ecg_samples:
-        raise too_large("ecg", f"declares {leads} leads x {samples} samples (limits: {limits.ecg_leads} leads, "
-                               f"{limits.ecg_samples} samples)")
+    check_ecg_dims(leads, samples, limits)
 
 
-def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
+def read_ecg_dicom(path: str | Path, group: str = "RHYTHM", limits: Limits = DEFAULT_LIMITS) -> EcgRecord:
     """A DICOM ECG waveform: the multiplex group labelled ``group`` (else the first one), in millivolts.
 
     pydicom's ``waveform_array`` applies channel sensitivity, correction factor and baseline; the result is in
@@ -133,7 +131,7 @@ def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
     try:
         _check_ecg_size(int(groups[index].get("NumberOfWaveformChannels", 0) or 0),
                         int(groups[index].get("NumberOfWaveformSamples", 0) or 0),
-                        float(groups[index].get("SamplingFrequency", 0) or 0), DEFAULT_LIMITS)
+                        float(groups[index].get("SamplingFrequency", 0) or 0), limits)
     except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, UnreadableInput):
             raise
@@ -152,7 +150,7 @@ def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
     return _checked(EcgRecord(signal, leads, float(groups[index].SamplingFrequency)))
 
 
-def read_ecg_wfdb(path: str | Path) -> EcgRecord:
+def read_ecg_wfdb(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> EcgRecord:
     """A WFDB record (``path`` is the ``.hea`` file or the record name without extension), in millivolts."""
     import wfdb
 
@@ -161,7 +159,7 @@ def read_ecg_wfdb(path: str | Path) -> EcgRecord:
         header = wfdb.rdheader(record_name)
     except Exception as exc:
         raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
-    _check_ecg_size(int(header.n_sig or 0), int(header.sig_len or 0), float(header.fs or 0), DEFAULT_LIMITS)
+    _check_ecg_size(int(header.n_sig or 0), int(header.sig_len or 0), float(header.fs or 0), limits)
     try:
         record = wfdb.rdrecord(record_name)
     except Exception as exc:
@@ -372,8 +370,9 @@ ECG_SOURCE_READERS: dict[str, Callable[[Path], EcgRecord]] = {
 }
 
 
-def read_ecg_source(path: str | Path) -> EcgRecord:
-    """Read an ECG file with the reader registered for its suffix (a WFDB record may be named without one)."""
+def read_ecg_source(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> EcgRecord:
+    """Read an ECG file with the reader registered for its suffix (a WFDB record may be named without one); the
+    DICOM and WFDB readers check the declared leads, samples and rate against ``limits`` before reading samples."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in ECG_SOURCE_READERS and path.with_suffix(path.suffix + ".hea").is_file():
@@ -384,7 +383,7 @@ def read_ecg_source(path: str | Path) -> EcgRecord:
     if reader is None:
         raise UnreadableInput("ecg_unknown_format", f"{path.name}: no ECG reader for {suffix or 'no suffix'!r} "
                                                     f"(known: {sorted(ECG_SOURCE_READERS)})")
-    return reader(path)
+    return reader(path, limits=limits) if reader in (read_ecg_dicom, read_ecg_wfdb) else reader(path)
 
 
 def standardize_ecg(record: EcgRecord, leads: tuple[str, ...] = ECG_LEADS, rate: float | None = None,
