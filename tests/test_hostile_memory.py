@@ -215,3 +215,17 @@ def test_each_bomb_is_refused_with_a_cause_within_the_memory_bound(tmp_path, nor
     assert got["counts"].get(cause) == 1, got["counts"]
     assert [k for k in got["keys"] if k.startswith("n")] == [f"n{i}" for i in range(4)]  # the studies beside it
     assert got["rss_kb"] <= 1.5 * normal_rss + 32 * 1024, (got["rss_kb"], normal_rss)
+
+
+def test_unpair_never_writes_out_a_sparse_member_declaring_4_gib(tmp_path):
+    from probmed.data.unpair import unpair_shards
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _plain_shard(src / "train-000000.tar", [(_sparse_header("b0.echo.npy", 4 << 30), b"")])
+    (src / "sizes.json").write_text(json.dumps({"train-000000.tar": 4}))
+    summary = unpair_shards(src, tmp_path / "out", ["cxr", "ecg"])
+    assert summary["skipped"] == {"echo_too_large": 1}
+    assert (tmp_path / "out" / "train-000000.tar").stat().st_size < 4 * MiB
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
+        assert not any(m.name.startswith("b0.") for m in tar.getmembers())

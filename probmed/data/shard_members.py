@@ -62,6 +62,15 @@ def member_modality(ext: str) -> str:
     return ext.split(".", 1)[0]
 
 
+def over_limit(info: tarfile.TarInfo, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """``<modality>_too_large`` when a member's header declares more bytes than its modality's limit (a GNU sparse
+    member declares its expanded size), else None."""
+    match = _BASE_PLUS_EXT.match(info.name or "")
+    ext = match.group(2).lower() if match else ""
+    modality = member_modality(ext)
+    return f"{modality}_too_large" if info.size > limits.member_bytes(modality, ext) else None
+
+
 def _members(url: str, limits: Limits, skip: Callable[[str, str], None]) -> Iterator[tuple[str, str, bytes]]:
     """``(key, ext, data)`` of each regular member within its limit, in archive order."""
     with open(url, "rb") as fh:
@@ -74,10 +83,9 @@ def _members(url: str, limits: Limits, skip: Callable[[str, str], None]) -> Iter
                     continue
                 key, ext = match.group(1), match.group(2).lower()
                 modality = member_modality(ext)
-                limit = limits.member_bytes(modality, ext)
-                if info.size > limit:
-                    skip(f"{modality}_too_large",
-                         f"{url}: {info.name} declares {info.size} bytes (limit {limit}); skipped unread")
+                over = over_limit(info, limits)
+                if over is not None:
+                    skip(over, f"{url}: {info.name} declares {info.size} bytes; skipped unread")
                     continue
                 member = stream.extractfile(info)
                 head = member.read(HEAD_BYTES)
