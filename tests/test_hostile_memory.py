@@ -1,10 +1,13 @@
 """Bounded memory on hostile shards (issue 28): each bomb — a few KB to a few MB on disk, declaring hundreds of MB
-to GBs — is read by the shard reader and the readers in a child process whose peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) must stay within 1.5× the peak on a normal shard (+ 32 MB), with
-the bomb refused by a counted ``*_too_large`` cause and the normal studies beside it still read.
+to GBs — is read by the shard reader and the readers in a child process whose peak RSS must stay within 1.5× the
+peak on a normal shard (+ 32 MB), with the bomb refused by a counted ``*_too_large`` cause and the normal studies
+beside it still read.
 
 The child imports only what the loader's decoding needs (the ``probmed`` package's ``__init__``, which imports
-torch, is bypassed), so the bound is not hidden under the ~1 GB of a torch import."""
+torch, is bypassed), so the bound is not hidden under the ~1 GB of a torch import. Its peak is read from
+``/proc/self/status`` (``VmHWM``, the peak of the child's own address space): on Linux
+``getrusage(RUSAGE_SELF).ru_maxrss`` keeps the parent's peak across ``exec``, so a child of the pytest process
+(torch imported) would report pytest's ~800 MB whatever it read."""
 from __future__ import annotations
 
 import gzip
@@ -54,8 +57,9 @@ for sample in shard_samples(sys.argv[2], handler, lambda cause, detail: counts.u
                 json.loads(data)
         except UnreadableInput as exc:
             counts[exc.reason] += 1
-print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "counts": counts,
-                  "keys": keys, "torch": "torch" in sys.modules}))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rss_kb": hwm, "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "counts": counts, "keys": keys, "torch": "torch" in sys.modules}))
 """
 
 MiB = 1 << 20

@@ -8,9 +8,11 @@ file name, extensions lower-cased) and these differences:
 * **member size from the tar header first**: a member larger than its modality's limit
   (:meth:`probmed.data.limits.Limits.member_bytes`) is skipped unread, counted as ``<modality>_too_large`` (the
   sample keeps its other members); then the size the member declares in its first 64 KiB
-  (:func:`probmed.data.limits.check_member_head`: ``.npy`` shape, PNG / JPEG / DICOM dimensions), likewise. The archive is read as a stream (``tarfile`` mode ``r|*``): a gzip shard is
-  decompressed in 16 KiB chunks, a skipped member is read through and discarded in chunks, and a GNU sparse member
-  declares its expanded size, so neither a gzip bomb nor a sparse 4 GiB member is ever held in memory;
+  (:func:`probmed.data.limits.check_member_head`: ``.npy`` shape, PNG / JPEG / DICOM dimensions), likewise. The
+  archive is read as a stream (``tarfile`` mode ``r|*``): a gzip shard is decompressed 10 KiB of input at a time
+  (at most ~10 MiB out, deflate being at most 1032:1), a skipped member is read through and discarded in such
+  steps, and a GNU sparse member declares its expanded size, so neither a gzip bomb nor a sparse 4 GiB member is
+  ever held in memory;
 * **a duplicate member costs its own study only**: the study holding two members of one name is dropped and
   counted as ``duplicate_member``; the studies after it are read (webdataset ended the shard there);
 * **a truncation is always counted**: an archive that ends without its end-of-archive blocks — cut inside a member
