@@ -216,6 +216,8 @@ def test_each_bomb_is_refused_with_a_cause_within_the_memory_bound(tmp_path, nor
     shard = build(tmp_path / "val-000000.tar")
     assert shard.stat().st_size < 8 * MiB  # a compressed stream of a few KB to a few MB
     got = _measure(shard)
+    print(f"\n{name}: {shard.stat().st_size} B on disk, peak {got['rss_kb']} kB "
+          f"({got['rss_kb'] / normal_rss:.2f}x a normal shard's {normal_rss} kB), counted {dict(got['counts'])}")
     assert got["counts"].get(cause) == 1, got["counts"]
     assert [k for k in got["keys"] if k.startswith("n")] == [f"n{i}" for i in range(4)]  # the studies beside it
     assert got["rss_kb"] <= 1.5 * normal_rss + 32 * 1024, (got["rss_kb"], normal_rss)
