@@ -270,10 +270,13 @@ def name_forms(value: str) -> set[str]:
 
 
 def dicom_identifiers(path) -> set[str]:
-    """Identifying values in one DICOM header (names, dates, ids, UIDs), without reading the pixels."""
+    """Identifying values in one DICOM header (names, dates, ids, UIDs), without reading the pixels (a deflated file
+    is first checked not to inflate past the file limit, :func:`probmed.data.limits.dicom_header`)."""
     import pydicom
 
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    from probmed.data.limits import dicom_header
+
+    ds = dicom_header(path, "cxr_corrupt_dicom")
     found: set[str] = set()
     for elem in ds.iterall():
         values = elem.value if isinstance(elem.value, (list, pydicom.multival.MultiValue)) else [elem.value]
