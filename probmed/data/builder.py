@@ -17,7 +17,13 @@ row gives converted by its registered converter (:mod:`probmed.data.registry`, :
 The label vocabulary (the manifest's ``finding:<name>`` columns, their value convention and counts) is written to
 ``labels.json`` (:mod:`probmed.data.labels`); the loader and evaluation take the labels from there.
 
-Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored.
+Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored, and a shard
+whose members hold it (in any common encoding, :mod:`probmed.data.secret_scan`) is refused before it is written.
+
+Every input path passes the path policy before a converter sees it (:mod:`probmed.data.safe_paths`): it must
+resolve inside the manifest's directory or a ``--root``, be a regular file (never under ``/proc``, ``/sys``,
+``/dev``) and stay under the size limit (:mod:`probmed.data.limits`); a refused path is a counted skip naming the
+manifest line and column.
 
 The plan is deterministic: studies are sorted by pseudonym within each split and cut into shards of at most
 ``maxcount`` studies and ``maxsize`` input bytes. Every finished shard has a record ``.build/<shard>.json`` (its
