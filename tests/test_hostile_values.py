@@ -323,3 +323,19 @@ def test_clinical_numbers_in_a_report_are_not_scrubbed():
     text = ("FINDINGS: Heart size 12.5 cm, a 3 mm nodule, EF 55%, BP 120/80 mmHg, T10-T12 levels, 1 of 2 views, "
             "unchanged since 2019. Drains in place. IMPRESSION: Mild cardiomegaly.")
     assert scrub_identifier_forms(text) == (text, 0)
+
+
+def test_an_echo_dicom_header_declaring_too_many_frames_or_samples_is_refused_before_decoding():
+    from pydicom.dataset import Dataset
+
+    from probmed.data.limits import Limits, check_dicom_cine_header
+
+    ds = Dataset()
+    ds.NumberOfFrames, ds.Rows, ds.Columns, ds.SamplesPerPixel = 300, 600, 800, 3
+    check_dicom_cine_header(ds, "echo")  # a long real cine passes
+    for frames, samples in ((1500, 1), (1000, 3)):  # over the frame limit; 1000 RGB frames of 800 x 600 = 1.44 G
+        ds.NumberOfFrames, ds.SamplesPerPixel = frames, samples
+        with pytest.raises(UnreadableInput) as err:
+            check_dicom_cine_header(ds, "echo")
+        assert err.value.reason == "echo_too_large"
+    check_dicom_cine_header(ds, "echo", Limits.from_overrides(["echo_samples=2e9"]))  # raised by --limit

@@ -7,7 +7,8 @@ shape from its header) before any pixel or sample is decoded, so a file that dec
 and a counted cause ``<modality>_too_large``, never an allocation.
 
 The defaults are sized from real data with head-room (largest CR / DX radiographs ≈ 4300 × 3500; echo cines a few
-hundred frames at ≤ 1024²; 12-lead ECGs ≤ 5000 Hz × 60 s; radiology reports well under 1 MB):
+hundred frames at ≤ 1024², e.g. 300 RGB frames of 800 × 600 = 0.43 × 2³⁰ samples; 12-lead ECGs ≤ 5000 Hz × 60 s;
+radiology reports well under 1 MB):
 
 ===================  ============  ===========================================================================
 limit                default       what it bounds
@@ -16,6 +17,7 @@ limit                default       what it bounds
 ``image_pixels``     8192²         rows × columns × samples per pixel of one image
 ``echo_frames``      1024          frames of an echo cine
 ``echo_side``        1024          rows and columns of an echo frame (pixels)
+``echo_samples``     2³⁰           frames × rows × columns × samples per pixel of one cine (1 GiB as 8 bits)
 ``ecg_samples``      300 000       samples per lead (5000 Hz × 60 s)
 ``ecg_leads``        16            leads (channels) of one ECG
 ``report_bytes``     1 MiB         a report file / ``report.txt`` member
@@ -44,6 +46,7 @@ class Limits:
     image_pixels: int = 8192 * 8192
     echo_frames: int = 1024
     echo_side: int = 1024
+    echo_samples: int = 1 << 30
     ecg_samples: int = 300_000
     ecg_leads: int = 16
     report_bytes: int = 1 * MiB
@@ -114,11 +117,15 @@ def check_image_dims(modality: str, rows: int, cols: int, samples: int = 1, fram
                                   f"{limits.image_side}, {limits.image_pixels} pixels)")
 
 
-def check_cine_dims(modality: str, frames: int, rows: int, cols: int, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Refuse a cine whose declared frames or frame size exceed the limits (before decoding it)."""
-    if frames > limits.echo_frames or max(rows, cols) > limits.echo_side:
-        raise too_large(modality, f"declares {frames} frames of {rows} x {cols} (limits: {limits.echo_frames} "
-                                  f"frames, side {limits.echo_side})")
+def check_cine_dims(modality: str, frames: int, rows: int, cols: int, limits: Limits = DEFAULT_LIMITS,
+                    samples: int = 1) -> None:
+    """Refuse a cine whose declared frames, frame size or decoded samples (frames × rows × columns × samples per
+    pixel) exceed the limits (before decoding it)."""
+    if (frames > limits.echo_frames or max(rows, cols) > limits.echo_side
+            or frames * rows * cols * max(samples, 1) > limits.echo_samples):
+        raise too_large(modality, f"declares {frames} frames of {rows} x {cols} x {samples} (limits: "
+                                  f"{limits.echo_frames} frames, side {limits.echo_side}, {limits.echo_samples} "
+                                  "samples)")
 
 
 def check_ecg_dims(leads: int, samples: int, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -168,7 +175,7 @@ def check_dicom_image_header(ds, modality: str, limits: Limits = DEFAULT_LIMITS)
 def check_dicom_cine_header(ds, modality: str, limits: Limits = DEFAULT_LIMITS) -> None:
     """Frames and frame size of a DICOM cine header against the cine limits."""
     check_cine_dims(modality, _header_int(ds, "NumberOfFrames", 1), _header_int(ds, "Rows", 0),
-                    _header_int(ds, "Columns", 0), limits)
+                    _header_int(ds, "Columns", 0), limits, _header_int(ds, "SamplesPerPixel", 1))
 
 
 def check_raster_header(data: bytes, modality: str, limits: Limits = DEFAULT_LIMITS) -> None:
