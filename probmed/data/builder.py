@@ -17,7 +17,13 @@ row gives converted by its registered converter (:mod:`probmed.data.registry`, :
 The label vocabulary (the manifest's ``finding:<name>`` columns, their value convention and counts) is written to
 ``labels.json`` (:mod:`probmed.data.labels`); the loader and evaluation take the labels from there.
 
-Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored.
+Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored, and a shard
+whose members hold it (in any common encoding, :mod:`probmed.data.secret_scan`) is refused before it is written.
+
+Every input path passes the path policy before a converter sees it (:mod:`probmed.data.safe_paths`): it must
+resolve inside the manifest's directory or a ``--root``, be a regular file (never under ``/proc``, ``/sys``,
+``/dev``) and stay under the size limit (:mod:`probmed.data.limits`); a refused path is a counted skip naming the
+manifest line and column.
 
 The plan is deterministic: studies are sorted by pseudonym within each split and cut into shards of at most
 ``maxcount`` studies and ``maxsize`` input bytes. Every finished shard has a record ``.build/<shard>.json`` (its
@@ -32,16 +38,19 @@ import os
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from probmed.data import registry, schema
 from probmed.data.converters import BuildContext
 from probmed.data.deid import SALT_ENV, Pseudonymizer
 from probmed.data.labels import LABELS_FILE, write_vocabulary
+from probmed.data.limits import Limits
 from probmed.data.manifest import StudyEntry, label_columns, read_manifest
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.registry import build_specs
+from probmed.data.safe_paths import check_entry_paths, resolved_roots
+from probmed.data.secret_scan import SecretInOutput, find_secret
 from probmed.data.shard_writer import shard_name, write_shard, write_sizes
 
 RECORD_DIR = ".build"
@@ -63,6 +72,10 @@ class BuildOptions:
     fit: str = "pad"
     us_blank: str = "sector"
     keep_burned_in: bool = False
+    #: directories inputs may resolve into besides the manifest's own (``--root``; resolved, symlinks followed)
+    roots: tuple[str, ...] = ()
+    #: resource limits (:class:`probmed.data.limits.Limits`; ``--limit NAME=VALUE``)
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -106,6 +119,24 @@ def _attempt(result: StudyResult, key: str, modality: str, fn):
     return None
 
 
+def _confined(entry: StudyEntry, key: str, opts: BuildOptions, result: StudyResult) -> StudyEntry:
+    """The entry with only the paths that pass the path policy (:mod:`probmed.data.safe_paths`: inside a root,
+    a regular file, under the size limit; checked with ``stat``, nothing opened); each refused path is a skipped
+    input of its modality with its cause."""
+    roots = resolved_roots(opts.roots)
+    paths = {}
+    for spec in build_specs():
+        column = spec.build.path_column
+        if column not in entry.paths:
+            continue
+        kept, refused = check_entry_paths(entry, column, spec.name, roots, opts.limits)
+        for reason, detail in refused:
+            result.skipped.append({"study": key, "modality": spec.name, "reason": reason, "detail": detail[:300]})
+        if kept:
+            paths[column] = kept
+    return replace(entry, paths=paths)
+
+
 def build_study(key: str, entry: StudyEntry, pseudo: Pseudonymizer, opts: BuildOptions) -> StudyResult:
     """Convert one manifest entry into a shard sample: every registered modality the row gives, by its converter
     (:mod:`probmed.data.converters`; which column builds which modality is :mod:`probmed.data.registry`)."""
@@ -115,6 +146,7 @@ def build_study(key: str, entry: StudyEntry, pseudo: Pseudonymizer, opts: BuildO
     sample: dict = {"__key__": key}
     ctx = BuildContext(key, patient, pseudo, opts, result.notes,
                        lambda modality, fn: _attempt(result, key, modality, fn))
+    entry = _confined(entry, key, opts, result)
     for spec in build_specs():
         build = spec.build
         if not (entry.has(build.path_column) or (build.inline_column and entry.has(build.inline_column))):
@@ -156,6 +188,11 @@ def plan_shards(entries: list[StudyEntry], pseudo: Pseudonymizer, maxcount: int,
     return jobs
 
 
+def _with_manifest_root(options: BuildOptions, manifest: str | Path) -> BuildOptions:
+    """The options with the manifest's directory first among the roots inputs may resolve into."""
+    return replace(options, roots=(os.path.realpath(Path(manifest).parent), *options.roots))
+
+
 def _record_path(out: Path, name: str) -> Path:
     return out / RECORD_DIR / f"{name}.json"
 
@@ -177,6 +214,11 @@ def run_job(job: ShardJob, out: str, salt: str, opts: BuildOptions) -> dict:
     out_dir = Path(out)
     pseudo = Pseudonymizer(salt)
     results = [build_study(key, entry, pseudo, opts) for key, entry in job.studies]
+    leaks = find_secret([r.sample for r in results if r.sample is not None], salt)
+    if leaks:  # checked before anything is written: a shard holding the salt is never published
+        raise SecretInOutput(f"refusing to write {job.name}: the de-identification salt appears in {len(leaks)} "
+                             f"member(s) ({', '.join(leaks[:5])}); find which input carries it "
+                             "(probmed data check) and remove it")
     count = write_shard(out_dir / job.name, [r.sample for r in results if r.sample is not None])
     notes: Counter = Counter()
     for r in results:
@@ -211,7 +253,7 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
     """
     from tqdm import tqdm
 
-    options = options or BuildOptions()
+    options = _with_manifest_root(options or BuildOptions(), manifest)
     pseudo = Pseudonymizer(salt)  # raises a clear error without a salt
     salt = salt if salt is not None else os.environ.get(SALT_ENV, "")
     entries = read_manifest(manifest)
@@ -292,7 +334,7 @@ def check_dataset(manifest: str | Path, options: BuildOptions | None = None, wor
 
     from probmed.data.labels import count_values
 
-    options = options or BuildOptions()
+    options = _with_manifest_root(options or BuildOptions(), manifest)
     entries = read_manifest(manifest)
     chunks = [entries[i : i + chunk] for i in range(0, len(entries), chunk)]
     results: list[tuple[list[str], list[dict]]] = []

@@ -210,13 +210,21 @@ def _conversion_options(b: argparse.ArgumentParser) -> None:
                    help="blank echo pixels outside the imaging sector (default), the top header band, or nothing")
     b.add_argument("--keep-burned-in", action="store_true",
                    help="write cines whose header says BurnedInAnnotation=YES even when not blanked by their sector")
+    b.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="a directory input files may lie in besides the manifest's own (repeatable); a path that "
+                   "resolves (symlinks followed) anywhere else is refused as path_outside_root")
+    b.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="change a resource limit (repeatable; names and defaults: probmed.data.limits, "
+                   "docs/fault_tolerance.md), e.g. --limit image_side=16384")
     b.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
 
 def _options(args: argparse.Namespace):
     from probmed.data.builder import BuildOptions
+    from probmed.data.limits import Limits
 
-    return BuildOptions(cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean,
+    return BuildOptions(roots=tuple(args.root), limits=Limits.from_overrides(args.limit),
+                        cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean,
                         echo_size=args.echo_size or None, echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in,
                         fit=args.fit, us_blank=args.us_blank, keep_burned_in=args.keep_burned_in)
 

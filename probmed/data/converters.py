@@ -16,13 +16,16 @@ import numpy as np
 
 from probmed.data import schema
 from probmed.data.deid import (
-    Pseudonymizer, blank_outside, deidentify_dicom, scrub_text, strip_image_metadata, study_identifiers,
+    Pseudonymizer, blank_outside, deidentify_dicom, scrub_identifier_forms, scrub_text, strip_image_metadata,
+    study_identifiers,
 )
-from probmed.data.readers.cxr import CXR_READERS
+from probmed.data.readers.cxr import CXR_READERS, read_cxr
 from probmed.data.readers.ecg_sources import read_ecg_source, standardize_ecg
 from probmed.data.readers.echo_sources import echo_header, read_echo_source
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.text import plain_report
+from probmed.data.limits import check_dicom_image_header, check_raster_header, dicom_header, image_inflated_bytes
+from probmed.data.safe_paths import read_checked
 
 INT16_MAX_UV = 32767
 
@@ -50,7 +53,12 @@ def _cxr_view(path: Path, ctx: BuildContext):
     ext = "jpg" if ext == "jpeg" else ext
     if ext not in CXR_READERS:
         raise UnreadableInput("cxr_unknown_format", f"{path.name}: no CXR reader for .{ext}")
-    data = path.read_bytes()
+    limits = ctx.opts.limits
+    data = read_checked(path, limits.file_bytes, "cxr")
+    if ext == "dcm":  # the declared size, from the header alone, before anything is decoded
+        check_dicom_image_header(dicom_header(data, "cxr_corrupt_dicom", image_inflated_bytes(limits)), "cxr", limits)
+    else:
+        check_raster_header(data, "cxr", limits)
     if ext == "dcm":
         data, report = deidentify_dicom(data, ctx.pseudo, ctx.patient)
         if report.burned_in_annotation:
@@ -59,7 +67,7 @@ def _cxr_view(path: Path, ctx: BuildContext):
                 raise UnreadableInput("cxr_burned_in_annotation", f"{path.name} declares burned-in text")
     else:
         data = strip_image_metadata(data, ext)
-    image, header_view = CXR_READERS[ext](data)
+    image, header_view = read_cxr(f"view.{ext}", data, limits=limits)
     if ctx.opts.cxr_size and max(image.shape) > ctx.opts.cxr_size:
         return "png", downsized_png(image, ctx.opts.cxr_size), header_view
     return ext, data, header_view
@@ -107,7 +115,8 @@ def ecg_record(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     with the lead mask in ``meta["ecg_lead_mask"]``."""
     opts = ctx.opts
     (source,) = entry.paths["ecg"]
-    signal, mask, rate = standardize_ecg(read_ecg_source(source), schema.ECG_LEADS, opts.ecg_rate, opts.ecg_clean)
+    record = read_ecg_source(source, opts.limits)
+    signal, mask, rate = standardize_ecg(record, schema.ECG_LEADS, opts.ecg_rate, opts.ecg_clean)
     microvolts = np.rint(signal * 1000.0)
     if np.abs(microvolts).max() > INT16_MAX_UV:
         ctx.notes["ecg_clipped"] += 1
@@ -127,7 +136,7 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     from probmed.data.inputs import fit_square
 
     (source,) = entry.paths["echo"]
-    cine, fps = read_echo_source(source)
+    cine, fps = read_echo_source(source, ctx.opts.limits)
     cine = _without_burned_in_text(cine, echo_header(source), source.name, ctx)
     given = entry.values_of("echo_fps")
     fps = fps or (float(given[0]) if given else None) or ctx.opts.echo_fps
@@ -161,15 +170,20 @@ def report_text(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     """A UTF-8 report file, or the row's inline ``report_text`` when it has no file → ``report.txt``; an HL7 CDA
     document becomes its narrative, other markup (HTML, XML) is refused (:func:`~probmed.data.readers.text.plain_report`).
     Every identifying value the builder knows for the study (:func:`~probmed.data.deid.study_identifiers`: its
-    ids, and the names, dates, ids and UIDs in its DICOM headers and ECG XML) is replaced by ``___``."""
+    ids, and the names, dates, ids and UIDs in its DICOM headers and ECG XML) is replaced by ``___``, and so is every
+    identifier form of :data:`~probmed.data.deid.IDENTIFIER_PATTERNS` (dates, phones, ids, addresses, titled names)."""
     paths = entry.paths.get("report", [])
     try:
-        raw = paths[0].read_bytes().decode("utf-8") if paths else "".join(entry.values_of("report_text"))
+        raw = (read_checked(paths[0], ctx.opts.limits.report_bytes, "text").decode("utf-8") if paths
+               else "".join(entry.values_of("report_text")))
     except UnicodeDecodeError as exc:
         raise UnreadableInput("text_not_utf8", str(exc)) from exc
     text, scrubbed = scrub_text(plain_report(raw), study_identifiers(entry))
+    text, forms = scrub_identifier_forms(text)  # dates, phones, ids, addresses, titled names the build does not know
     if scrubbed:
         ctx.notes["report_identifiers_scrubbed"] += scrubbed
+    if forms:
+        ctx.notes["report_identifier_forms_scrubbed"] += forms
     if not text.strip():
         raise UnreadableInput("text_empty", "empty report")
     return {schema.REPORT_EXT: text.encode("utf-8")}, {}

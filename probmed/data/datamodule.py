@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from probmed.data import registry, schema
 from probmed.data.labels import read_vocabulary
 from probmed.data.inputs import ModalityInput, TextInput
+from probmed.data.limits import Limits
 from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
 
@@ -44,6 +45,8 @@ class ProbMedDataModule(L.LightningDataModule):
         uncertain: what an uncertain (-1) label of the dataset becomes: ``ignore`` (unknown), ``positive`` or
             ``negative`` (CheXpert's U-Ignore / U-Ones / U-Zeros). The label names come from the dataset's
             ``labels.json`` (:mod:`probmed.data.labels`), as :attr:`label_names`.
+        limits: resource limits to change from their defaults, ``{name: value}`` (:mod:`probmed.data.limits`: shard
+            members over them are skipped unread and counted as ``<modality>_too_large``).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class ProbMedDataModule(L.LightningDataModule):
         inputs: dict[str, ModalityInput] | None = None,
         uncertain: Literal["ignore", "positive", "negative"] = "ignore",
         worker_nice: int = 0,
+        limits: dict[str, int] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -66,6 +70,9 @@ class ProbMedDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.inputs = resolve_inputs(modalities, inputs)
         self.modalities = list(self.inputs)
+        self.limits = Limits.from_overrides(limits)
+        for pipeline in self.inputs.values():
+            pipeline.limits = self.limits
         if worker_nice < 0:
             raise ValueError(f"worker_nice must be ≥ 0 (workers can only lower their priority), got {worker_nice}")
         self.batch_size, self.num_workers, self.worker_nice = batch_size, num_workers, worker_nice
@@ -127,6 +134,8 @@ class ProbMedDataModule(L.LightningDataModule):
         ):
             urls, _ = self.shards(split)
             self._streams[split] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
+        for stream in self._streams.values():
+            stream.limits = self.limits
 
     def train_dataloader(self):
         train = loader(self._place(self._streams["train"]), self.num_workers, self._epoch, nice=self.worker_nice)

@@ -9,7 +9,8 @@
   reference, and the file meta's instance UID) with a pseudonymous ``2.25.<int>`` UID; it sets PatientIdentityRemoved
   and reports whether the image declares burned-in annotation (text in the pixels cannot be scrubbed from headers).
   Finally every top-level attribute outside the allowlist :data:`KEPT_ATTRIBUTES` is removed, so an attribute the
-  DICOM PS3.15 Basic Profile removes cannot survive by being missing from the blocklists.
+  DICOM PS3.15 Basic Profile removes cannot survive by being missing from the blocklists, and the items of the kept
+  sequences lose every free-text value (a ``CodeMeaning`` typed by an operator, an ``LUTExplanation``).
 
 The allowlist was chosen over a maintained blocklist library (``deid``'s recipes, ``dicognito``): those implement
 the profile's per-attribute actions for every IOD, while the shards need ~60 attributes to decode a radiograph;
@@ -21,6 +22,7 @@ import hashlib
 import hmac
 import io
 import os
+import re
 from dataclasses import dataclass
 
 #: Environment variable holding the de-identification salt when ``--salt`` is not given.
@@ -62,8 +64,8 @@ PHI_VRS: frozenset[str] = frozenset({"PN", "DA", "DT", "TM"})
 #: The only top-level attributes a built DICOM keeps, each with why (checked against the DICOM PS3.15 Basic
 #: Application Level Confidentiality Profile, Table E.1-1): everything else — including attributes the profile
 #: removes that the blocklists above do not name (TimezoneOffsetFromUTC, PostprocessingFunction, Manufacturer's
-#: model and software names, acquisition parameters ...) — is removed. Nested items of kept sequences are LUT
-#: tables and region geometry, no identifiers.
+#: model and software names, acquisition parameters ...) — is removed. Nested items of kept sequences (view codes,
+#: LUT tables, region geometry) lose every free-text value at any depth (:func:`_scrub_kept_items`).
 KEPT_ATTRIBUTES: dict[str, str] = {
     **{k: "identifies the kind of file: the readers refuse a CT or MR given as a chest film"
        for k in ("SOPClassUID", "Modality", "BodyPartExamined", "ImageType", "PresentationIntentType")},
@@ -147,6 +149,27 @@ def _keep_only_allowed(ds, report: DeidReport) -> None:
             report.removed += 1
 
 
+#: Value representations of free text, removed from the items of kept sequences (a ``CodeMeaning`` or an
+#: ``LUTExplanation`` can hold anything a modality operator typed).
+TEXT_VRS: frozenset[str] = frozenset({"LO", "LT", "ST", "UT", "SH", "UC", "UR", "PN", "AE", "AS"})
+#: Text attributes kept inside those items: coded values only, and only when they look like a code.
+NESTED_CODES: frozenset[str] = frozenset({"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion",
+                                          "ModalityLUTType"})
+_CODE = re.compile(r"^[A-Za-z0-9._:-]{1,16}$")
+
+
+def _scrub_kept_items(ds, report: DeidReport) -> None:
+    """In every item of a kept sequence (view codes and their modifiers, LUTs, ultrasound regions), at any depth:
+    remove free text (:data:`TEXT_VRS`) but the coded values of :data:`NESTED_CODES` that look like a code."""
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _scrub_kept_items(item, report)
+        elif elem.VR in TEXT_VRS and not (elem.keyword in NESTED_CODES and _CODE.match(str(elem.value or ""))):
+            del ds[elem.tag]
+            report.removed += 1
+
+
 def deidentify_dicom(data: bytes, pseudo: Pseudonymizer, patient_pseudonym: str) -> tuple[bytes, DeidReport]:
     """Scrub one DICOM file (bytes in, bytes out; the pixel data and transfer syntax are kept as they are).
 
@@ -159,6 +182,10 @@ def deidentify_dicom(data: bytes, pseudo: Pseudonymizer, patient_pseudonym: str)
     report = DeidReport(burned_in_annotation=str(ds.get("BurnedInAnnotation", "")).upper() == "YES")
     _scrub(ds, pseudo, report)
     _keep_only_allowed(ds, report)
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _scrub_kept_items(item, report)
     meta = ds.file_meta
     if "MediaStorageSOPInstanceUID" in meta:
         meta.MediaStorageSOPInstanceUID = pseudo.uid(str(meta.MediaStorageSOPInstanceUID))
@@ -180,35 +207,29 @@ def deidentify_dicom(data: bytes, pseudo: Pseudonymizer, patient_pseudonym: str)
     return out.getvalue(), report
 
 
+#: JPEG quality of a re-encoded radiograph (4:4:4, no chroma subsampling): visually lossless for a grey film.
+JPEG_QUALITY = 95
+
+
 def strip_image_metadata(data: bytes, ext: str) -> bytes:
-    """PNG / JPEG bytes without metadata that could carry PHI (EXIF, XMP, comments, text chunks).
-
-    PNG is re-encoded losslessly by Pillow from its pixels only. JPEG keeps its compressed data bit for bit: only
-    the APP1–APP13, APP15 and COM segments before the first scan are dropped (APP0 JFIF and APP14 Adobe stay:
-    decoders need them for the colour transform).
+    """PNG / JPEG bytes without anything but pixels: both are decoded and re-encoded by Pillow from their pixels
+    only, so no EXIF, XMP, ICC, text chunk, comment segment — also one hidden between the scans of a progressive
+    JPEG — and no byte after the end-of-image marker survives. PNG is re-encoded losslessly; JPEG at
+    :data:`JPEG_QUALITY` (deterministic: the same input gives the same bytes).
     """
-    if ext.lower() == "png":
-        from PIL import Image
+    from PIL import Image
 
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            out = io.BytesIO()
-            Image.frombytes(img.mode, img.size, img.tobytes()).save(out, format="PNG")
-            return out.getvalue()
-    if data[:2] != b"\xff\xd8":
-        raise ValueError("not a JPEG file (no SOI marker)")
-    out, pos = bytearray(data[:2]), 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:  # start of scan: the rest is image data
-            break
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        segment = data[pos : pos + 2 + length]
-        if not (0xE1 <= marker <= 0xED or marker in (0xEF, 0xFE)):
-            out += segment
-        pos += 2 + length
-    out += data[pos:]
-    return bytes(out)
+    with Image.open(io.BytesIO(data)) as img:
+        if ext.lower() != "png" and img.format != "JPEG":
+            raise ValueError(f"not a JPEG file ({img.format})")
+        img.load()
+        pixels = Image.frombytes(img.mode, img.size, img.tobytes())
+    out = io.BytesIO()
+    if ext.lower() == "png":
+        pixels.save(out, format="PNG")
+    else:
+        pixels.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False, progressive=False)
+    return out.getvalue()
 
 
 # -- report text -----------------------------------------------------------------------------------------------------
@@ -249,10 +270,13 @@ def name_forms(value: str) -> set[str]:
 
 
 def dicom_identifiers(path) -> set[str]:
-    """Identifying values in one DICOM header (names, dates, ids, UIDs), without reading the pixels."""
+    """Identifying values in one DICOM header (names, dates, ids, UIDs), without reading the pixels (a deflated file
+    is first checked not to inflate past the file limit, :func:`probmed.data.limits.dicom_header`)."""
     import pydicom
 
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    from probmed.data.limits import dicom_header
+
+    ds = dicom_header(path, "cxr_corrupt_dicom")
     found: set[str] = set()
     for elem in ds.iterall():
         values = elem.value if isinstance(elem.value, (list, pydicom.multival.MultiValue)) else [elem.value]
@@ -270,10 +294,10 @@ def dicom_identifiers(path) -> set[str]:
 
 def xml_identifiers(path) -> set[str]:
     """Patient names and ids in an ECG XML export (:data:`XML_IDENTIFIER_TAGS`)."""
-    import xml.etree.ElementTree as ET
+    from probmed.data.readers import safe_xml
 
     found: set[str] = set()
-    for element in ET.parse(str(path)).getroot().iter():
+    for element in safe_xml.parse_file(path, "ecg").iter():
         text = (element.text or "").strip()
         if element.tag.rsplit("}", 1)[-1] in XML_IDENTIFIER_TAGS and len(text) >= 3:
             found |= date_forms(text.replace("-", "")) if text.replace("-", "").isdigit() else {text}
@@ -306,6 +330,40 @@ def scrub_text(text: str, identifiers: set[str], mask: str = "___") -> tuple[str
     pattern = re.compile("(?<![0-9A-Za-z])(?:" + "|".join(re.escape(v) for v in values) + ")(?![0-9A-Za-z])",
                          re.IGNORECASE)
     return pattern.subn(mask, text)
+
+
+_MONTH_NAMES = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+                r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
+#: Identifier forms a report can hold that no header or manifest names (issue 28), each replaced by ``___`` whatever
+#: its value: dates (numeric with / - . and 2- or 4-digit years, month names with or without an ordinal, either
+#: order), times of day, phone numbers, US social security numbers, digit groups joined by a hyphen (ids such as
+#: ``1234-5678``), runs of 6+ digits (record numbers), a street address (number, capitalised words, a street
+#: suffix) and the name after a title (``Dr. Jones`` → ``Dr. ___``). Measurements (``3.5 cm``, ``12 mm``), years
+#: alone and ordinary numbers are not touched.
+IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("date", r"\b\d{1,2}[/.-]\d{1,2}[/.-](?:\d{4}|\d{2})\b"),
+    ("date", r"\b\d{4}[/.-]\d{1,2}[/.-]\d{1,2}\b"),
+    ("date", rf"\b{_MONTH_NAMES}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b"),
+    ("date", rf"\b\d{{1,2}}(?:st|nd|rd|th)?[\s-]+(?:of\s+)?{_MONTH_NAMES}[\s,-]+\d{{2,4}}\b"),
+    ("time", r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s*[AaPp]\.?[Mm]\b)?(?![\d:])"),
+    ("phone", r"(?<!\w)(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b"),
+    ("ssn", r"\b\d{3}-\d{2}-\d{4}\b"),
+    ("id", r"\b\d{3,}(?:-\d{3,})+\b"),
+    ("id", r"\b\d{6,}\b"),
+    ("address", r"\b\d{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Way|Lane|Ln|Drive|"
+                r"Boulevard|Blvd|Court|Ct|Place|Pl|Terrace|Parkway|Highway)\b\.?"),
+    ("name", r"\b(?P<keep>(?:Dr|Mr|Ms|Mrs|Prof)\.?\s+)[A-Z][A-Za-z'-]+(?:\s+[A-Z][A-Za-z'-]+)?"),
+)
+_IDENTIFIER_RES = tuple(re.compile(pattern) for _, pattern in IDENTIFIER_PATTERNS)
+
+
+def scrub_identifier_forms(text: str, mask: str = "___") -> tuple[str, int]:
+    """Replace every match of :data:`IDENTIFIER_PATTERNS` with ``mask``; returns ``(text, replacements)``."""
+    total = 0
+    for pattern in _IDENTIFIER_RES:  # a ``keep`` group (the title before a name) stays
+        text, n = pattern.subn(lambda m: (m.groupdict().get("keep") or "") + mask, text)
+        total += n
+    return text, total
 
 
 # -- burned-in text in ultrasound pixels -----------------------------------------------------------------------------

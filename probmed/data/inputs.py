@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probmed.data import schema
+from probmed.data.limits import DEFAULT_LIMITS, Limits
 from probmed.data.readers.identity import ACCEPTED
 from probmed.data.readers import (
     UnreadableInput,
@@ -65,6 +66,8 @@ class ModalityInput:
     """
 
     files: tuple[str, ...] = ()
+    #: resource limits the decoders check headers against (:mod:`probmed.data.limits`; the data module sets its own)
+    limits: Limits = DEFAULT_LIMITS
 
     def owns(self, file_name: str) -> bool:
         """Whether a sample file name (``"cxr.0.dcm"``, ``"ecg.npy"``) is one of this pipeline's files."""
@@ -134,7 +137,8 @@ class ImageInput(ModalityInput):
             key = views[1]
         else:
             key = views[int(rng.integers(len(views)))] if (train and self.view == "random") else views[0]
-        image, _ = read_cxr(key, sample[key], self.identity)  # reader chosen by the extension (dcm, png, jpg)
+        # reader chosen by the extension (dcm, png, jpg); declared sizes checked against the limits first
+        image, _ = read_cxr(key, sample[key], self.identity, self.limits)
         image = fit_square(torch.from_numpy(image)[None], self.size, self.fit)
         return ((image - 0.5) / 0.25).float()
 
@@ -209,7 +213,7 @@ class ECGInput(ModalityInput):
 
     def decode(self, sample, meta, rng, train):
         mask = self.lead_mask(meta)
-        signal = read_ecg_npy(sample[self.file], self.leads)
+        signal = read_ecg_npy(sample[self.file], self.leads, self.limits)
         rate = float(meta.get("ecg_sampling_rate") or 0)
         if rate <= 0:
             raise UnreadableInput("ecg_no_sampling_rate", "meta lacks ecg_sampling_rate")
@@ -263,7 +267,7 @@ class EchoInput(ModalityInput):
         return np.rint(np.arange(self.frames) * source / self.fps).astype(np.int64)
 
     def decode(self, sample, meta, rng, train):
-        cine = read_echo_npy(sample[self.file])
+        cine = read_echo_npy(sample[self.file], self.limits)
         offsets = self.offsets(meta)
         span = int(offsets[-1]) + 1
         start = int(rng.integers(cine.shape[0] - span + 1)) if (train and cine.shape[0] > span) else 0
@@ -278,6 +282,12 @@ class EchoInput(ModalityInput):
             "frames": torch.zeros(self.frames, 1, self.size, self.size),
             "frame_mask": torch.zeros(self.frames, dtype=torch.bool),
         }
+
+
+#: Characters of text kept per token of a text window before tokenising. A WordPiece token of English report text
+#: averages 4-5 characters and BERT tokenizers map any word longer than 100 characters to one [UNK]; 32 characters
+#: per token keeps every real report's window whole while a 100 MB text costs the tokenizer at most this much.
+CHARS_PER_TOKEN = 32
 
 
 class TextInput(ModalityInput):
@@ -307,7 +317,17 @@ class TextInput(ModalityInput):
         return self._tokenizer
 
     def decode(self, sample, meta, rng, train):
-        return read_report(sample[self.file], tuple(self.sections))
+        data = sample[self.file]
+        if len(data) > self.limits.report_bytes:
+            raise UnreadableInput("text_too_large", f"{len(data)} bytes (limit {self.limits.report_bytes})")
+        # bounded before tokenising: a huge report can abort the process inside the (Rust) tokenizer
+        return read_report(data, tuple(self.sections))[: self.max_chars]
+
+    @property
+    def max_chars(self) -> int:
+        """Characters of report text kept for the tokenizer: :data:`CHARS_PER_TOKEN` per token of the window (the
+        window of a text whose tokens average under 32 characters, i.e. any natural-language report, is whole)."""
+        return self.max_length * CHARS_PER_TOKEN
 
     def placeholder(self):
         return ""

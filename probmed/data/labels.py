@@ -39,11 +39,16 @@ def value_name(value) -> str:
     """``1`` → ``"positive"``, ``0`` → ``"negative"``, ``-1`` → ``"uncertain"``, ``None`` → ``"missing"``.
 
     Raises:
-        ValueError: for any other value (labels are 1 / 0 / -1 or absent).
+        ValueError: for any other value (labels are 1 / 0 / -1 or absent), including ``inf``, NaN, booleans and
+            integers too large for a float.
     """
     if value is None:
         return "missing"
-    name = _NAME_OF_VALUE.get(int(value)) if float(value) == int(value) else None
+    try:  # a shard's metadata is untrusted: "Infinity", a 4000-digit integer, a list, ... are refused, not raised on
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    name = _NAME_OF_VALUE.get(int(number)) if number is not None and number in (1.0, 0.0, -1.0) else None
     if name is None:
         raise ValueError(f"label value {value!r} is not one of 1 (positive), 0 (negative), -1 (uncertain)")
     return name

@@ -27,6 +27,7 @@ column              content
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,12 @@ from probmed.data.times import TIME_COLUMN, parse_iso
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "patient_id", "split")
 FINDING_PREFIX = "finding:"
+#: Longest manifest cell accepted (characters): an inline report up to the report limit
+#: (:attr:`probmed.data.limits.Limits.report_bytes`).
+MAX_CELL_CHARS = 1 << 20
+#: The csv module's cell limit while a manifest is read: larger than :data:`MAX_CELL_CHARS` so an over-long cell is
+#: refused naming its column; bounded so one cell cannot take the machine's memory.
+CSV_FIELD_LIMIT = 16 << 20
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val",
                  "test": "test"}
 
@@ -73,6 +80,7 @@ class StudyEntry:
         values: every other non-empty column (besides ids, split and findings) as written.
         findings: label name → 1 / 0 / -1 (positive / negative / uncertain); missing labels are absent.
         acquired_at: the ``acquired_at`` column (None: unknown).
+        line: the row's line number in the manifest (for messages; 0 when not read from a file).
     """
 
     study_id: str
@@ -82,6 +90,7 @@ class StudyEntry:
     values: dict[str, str] = field(default_factory=dict)
     findings: dict[str, int] = field(default_factory=dict)
     acquired_at: datetime | None = None
+    line: int = 0
 
     def values_of(self, column: str) -> list[str]:
         """A value column split at ``;`` (empty parts dropped)."""
@@ -122,6 +131,11 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
         raise ValueError(f"manifest line {line}: {TIME_COLUMN} = {exc}") from exc
     findings, values = {}, {}
     for column, value in row.items():
+        if column is None or not isinstance(value, (str, type(None))):  # csv.DictReader: cells beyond the header
+            continue
+        if value is not None and len(value) > MAX_CELL_CHARS:
+            raise ValueError(f"manifest line {line}, column {column!r}: a cell of {len(value)} characters "
+                             f"(at most {MAX_CELL_CHARS})")
         if column and column.startswith(FINDING_PREFIX) and (value or "").strip() != "":
             try:
                 number = float(value)
@@ -136,26 +150,49 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
     return StudyEntry(
         study_id=row["study_id"].strip(), patient_id=row["patient_id"].strip(), split=split,
         paths={c: p for c, p in paths.items() if p}, values=values, findings=findings, acquired_at=acquired_at,
+        line=line,
     )
+
+
+@contextmanager
+def _field_limit():
+    """The csv module's cell limit raised to :data:`CSV_FIELD_LIMIT` while a manifest is read (then restored), so
+    a long cell gets :func:`_parse_row`'s message naming its column."""
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def label_columns(path: str | Path) -> list[str]:
     """The label names of a manifest (its ``finding:<name>`` columns), in column order: the label vocabulary."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
+    with open(path, newline="", encoding="utf-8-sig") as fh, _field_limit():
+        try:
+            header = next(csv.reader(fh), [])
+        except csv.Error as exc:
+            raise ValueError(f"{path}: manifest line 1: {exc}") from exc
     return [c[len(FINDING_PREFIX):] for c in header if c.startswith(FINDING_PREFIX)]
 
 
 def read_manifest(path: str | Path) -> list[StudyEntry]:
     """Parse a manifest CSV; raises ValueError with the line number for a malformed row or a repeated study id."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh, _field_limit():  # utf-8-sig: Excel's BOM
         reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: manifest lacks column(s) {missing}; see probmed.data.manifest for the format")
-        file_columns = path_columns()
-        entries = [_parse_row(row, path.parent, i + 2, file_columns) for i, row in enumerate(reader)]
+        try:
+            fieldnames = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
+            if missing:
+                raise ValueError(f"{path}: manifest lacks column(s) {missing}; see probmed.data.manifest for the "
+                                 "format")
+            file_columns = path_columns()
+            entries = [_parse_row({k: _unquoted(v) if isinstance(v, str) else v for k, v in row.items()},
+                                  path.parent, reader.line_num, file_columns) for row in reader]
+        except csv.Error as exc:  # a cell over the csv module's limit, a NUL byte, ...
+            raise ValueError(f"{path}: manifest line {reader.line_num}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     seen: set[str] = set()
     for entry in entries:
         if entry.study_id in seen:
@@ -173,5 +210,33 @@ def write_manifest(path: str | Path, rows: list[dict[str, object]]) -> Path:
         writer = csv.DictWriter(fh, fieldnames=[*columns(), *findings], extrasaction="raise")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow({k: spreadsheet_safe("" if v is None else v) for k, v in row.items()})
     return path
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A cell as :func:`write_manifest` writes it: text starting with ``= + - @``, a tab or a carriage return (a
+    formula when the CSV is opened in a spreadsheet) gets a leading ``'``, which :func:`read_manifest` removes
+    again; numbers (``-1``) are written as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def _unquoted(value: str | None) -> str | None:
+    """The inverse of :func:`spreadsheet_safe` for one cell read back."""
+    if value and value.startswith("'") and value[1:].startswith(FORMULA_STARTS) and not _is_number(value[1:]):
+        return value[1:]
+    return value

@@ -23,9 +23,10 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import shuffle
-from webdataset.tariterators import tarfile_samples
 
 from probmed.data.child_processes import init_worker, requeue_signals_blocked, start_fork_server
+from probmed.data.limits import DEFAULT_LIMITS
+from probmed.data.shard_members import shard_samples
 from probmed.data.studies import SkipCounter, StudyCollator, StudyDecoder, batches, stable_hash
 
 
@@ -91,6 +92,7 @@ class _ShardStream(IterableDataset):
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = 0, 1
         self.position = SharedPosition()
+        self.limits = DEFAULT_LIMITS  # member size limits (probmed.data.limits); the data module may set others
 
     @property
     def epoch(self) -> int:
@@ -139,7 +141,8 @@ class _ShardStream(IterableDataset):
                     errors.append(exc)
                     return True
 
-                for sample in tarfile_samples([{"url": url}], handler=read_error):
+                # bounded: members over their limit skipped unread, gzip read in chunks (probmed.data.shard_members)
+                for sample in shard_samples(url, read_error, skips.add, self.limits):
                     if errors:  # the incomplete sample at the break: part of this shard's one read error
                         continue
                     count += 1

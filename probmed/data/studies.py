@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from probmed.data import schema
-from probmed.data.labels import check_policy, label_vector
 from probmed.data.inputs import ModalityInput
+from probmed.data.labels import check_policy, label_vector, value_name
 from probmed.data.readers import UnreadableInput, UnsafeInput
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,14 @@ class SkipCounter(Counter):
         counts = dict(self)
         self.clear()
         return counts
+
+
+def _valid_label(value) -> bool:
+    try:
+        value_name(value)
+    except ValueError:
+        return False
+    return True
 
 
 class StudyDecoder:
@@ -125,6 +133,11 @@ class StudyDecoder:
         group_key = meta.get("patient_id") if self.positives == "patient" else None
         study["group"] = stable_hash(str(group_key or study["study_id"]))
         findings = meta.get("findings")
+        if isinstance(findings, dict):  # untrusted metadata: "Infinity", a 4000-digit integer, ... skip this study
+            bad = [n for n in self.labels if not _valid_label(findings.get(n))]
+            if bad:
+                skips.add("label_invalid", f"{key}: findings {bad[:3]} are not 1, 0, -1 or absent")
+                return None
         study["labels"] = label_vector(findings if isinstance(findings, dict) else {}, self.labels, self.uncertain)
         return study
 

@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 from probmed.data.registry import modality_of, stored_modalities
+from probmed.data.shard_members import over_limit
 from probmed.data.studies import stable_hash
 
 
@@ -39,7 +40,13 @@ def kept_modality(study: str, present: list[str]) -> str:
 
 def _unpair_tar(src: Path, dst: Path, modalities: set[str], counts: dict[str, int]) -> None:
     with tarfile.open(src) as tin:
-        members = [m for m in tin.getmembers() if m.isfile()]
+        members = []
+        for m in tin.getmembers():
+            cause = over_limit(m) if m.isfile() else None
+            if cause is not None:  # never copied: a sparse member declaring 4 GiB would be written out in full
+                counts[f"skipped:{cause}"] = counts.get(f"skipped:{cause}", 0) + 1
+            elif m.isfile():
+                members.append(m)
         by_key: dict[str, set[str]] = {}
         for m in members:
             if _modality(m.name) in modalities:
@@ -63,7 +70,9 @@ def _unpair_tar(src: Path, dst: Path, modalities: set[str], counts: dict[str, in
 def unpair_shards(src: str | Path, out: str | Path, modalities: list[str],
                   splits: tuple[str, ...] = ("train",)) -> dict:
     """Copy the shard set ``src`` to ``out``, unpairing ``modalities`` in ``splits``; returns a summary
-    ``{"studies_keeping": {modality: n}, "dropped_files": n, "shards": n}``."""
+    ``{"studies_keeping": {modality: n}, "dropped_files": n, "shards": n, "skipped": {cause: n}}``; a member whose
+    header declares more than its modality's limit (:mod:`probmed.data.limits`) is not copied
+    (``<modality>_too_large``)."""
     src, out = Path(src), Path(out)
     if len(set(modalities)) < 2:
         raise ValueError(f"name at least two modalities to unpair, got {modalities}")
@@ -86,4 +95,5 @@ def unpair_shards(src: str | Path, out: str | Path, modalities: list[str],
     for extra in sorted(p for p in src.iterdir() if p.suffix == ".json"):
         shutil.copyfile(extra, out / extra.name)
     dropped = counts.pop("dropped_files", 0)
-    return {"studies_keeping": counts, "dropped_files": dropped, "shards": len(sizes)}
+    skipped = {key.split(":", 1)[1]: counts.pop(key) for key in sorted(counts) if key.startswith("skipped:")}
+    return {"studies_keeping": counts, "dropped_files": dropped, "shards": len(sizes), "skipped": skipped}

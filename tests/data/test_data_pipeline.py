@@ -28,9 +28,12 @@ def test_cxr_monochrome1_is_inverted_and_rescale_applied():
     assert view == "LATERAL"
     assert mono2[0, 0] == 0.0 and mono2[0, -1] == 1.0
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
-    # a linear rescale does not change the normalised image; a negative slope flips it
-    flipped, _ = read_cxr_dicom(dicom_bytes(ramp, "MONOCHROME2", slope=-2.0, intercept=5000))
-    np.testing.assert_allclose(flipped, 1.0 - mono2, atol=1e-6)
+    # a positive linear rescale does not change the normalised image; a negative slope (an inverted film, which no
+    # device writes) is refused (issue 28; tests/hostile/test_hostile_values.py)
+    scaled, _ = read_cxr_dicom(dicom_bytes(ramp, "MONOCHROME2", slope=2.0, intercept=5000))
+    np.testing.assert_allclose(scaled, mono2, atol=1e-6)
+    with pytest.raises(UnreadableInput, match="cxr_implausible_rescale"):
+        read_cxr_dicom(dicom_bytes(ramp, "MONOCHROME2", slope=-2.0, intercept=5000))
 
 
 @pytest.mark.parametrize("payload, reason", [

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from probmed.data.manifest import FINDING_PREFIX, write_manifest
+from probmed.data.safe_paths import within
 from probmed.data.manifests.common import read_table, relative, snake, split_by_patient
 from probmed.data.times import TIME_COLUMN, file_time, format_time, numeric_date_time
 
@@ -56,17 +57,18 @@ def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str
     label_rows = {row["study_id"]: row for row in labels.to_dict("records")} if labels is not None else {}
     rows = []
     for study_dir in sorted((root / "files").glob("p*/p*/s*")):
-        if not study_dir.is_dir():
+        if not study_dir.is_dir() or not within(study_dir, root):
             continue
-        images = sorted(study_dir.glob("*.dcm")) or sorted(study_dir.glob("*.jpg"))
+        images = [p for p in sorted(study_dir.glob("*.dcm")) or sorted(study_dir.glob("*.jpg")) if within(p, root)]
         patient, study = study_dir.parent.name[1:], study_dir.name[1:]
         report = reports / "files" / study_dir.parent.parent.name / study_dir.parent.name / f"{study_dir.name}.txt"
-        if not images and not report.is_file():
+        has_report = report.is_file() and within(report, reports)  # a symlink out of the tree is no report
+        if not images and not has_report:
             continue
         row = {"study_id": study, "patient_id": patient, "split": splits.get(study) or split_by_patient(patient),
                "cxr": ";".join(relative(p, out.parent) for p in images),
                "cxr_views": ";".join(views.get(p.stem, "") for p in images) if views else "",
-               "report": relative(report, out.parent) if report.is_file() else "",
+               "report": relative(report, out.parent) if has_report else "",
                TIME_COLUMN: format_time(_study_time(images, times))}
         for label in CHEXPERT_LABELS:
             value = label_rows.get(study, {}).get(label, "")

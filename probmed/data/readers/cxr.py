@@ -14,6 +14,9 @@ import pydicom
 from PIL import Image, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from probmed.data.limits import (
+    DEFAULT_LIMITS, Limits, check_deflated_dicom, check_dicom_image_header, check_raster_header, image_inflated_bytes,
+)
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_cxr
@@ -34,10 +37,19 @@ def _normalise(image: np.ndarray) -> np.ndarray:
 
 def _modality(pixels: np.ndarray, ds) -> np.ndarray:
     """The modality LUT: a linear RescaleSlope / RescaleIntercept in float32 (pydicom's float64 version costs
-    ~4× more on a 2k² radiograph); a Modality LUT Sequence goes through pydicom."""
+    ~4× more on a 2k² radiograph); a Modality LUT Sequence goes through pydicom. A slope that is not a positive
+    finite number (or a non-finite intercept) is refused as ``cxr_implausible_rescale``."""
     if "ModalityLUTSequence" in ds:
         return apply_modality_lut(pixels, ds)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    raw_slope = ds.get("RescaleSlope", None)
+    try:
+        slope = 1.0 if raw_slope is None or str(raw_slope).strip() == "" else float(raw_slope)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableInput("cxr_corrupt_dicom", f"rescale: {exc}") from exc
+    if not (np.isfinite(slope) and slope > 0 and np.isfinite(intercept)):
+        # a slope of -1 inverts the film, 0 erases it: no device writes either (PS3.3 C.11.1.1.2)
+        raise UnreadableInput("cxr_implausible_rescale", f"RescaleSlope {raw_slope}, RescaleIntercept {intercept}")
     image = pixels.astype(np.float32)
     if slope != 1.0:
         image *= np.float32(slope)
@@ -67,7 +79,7 @@ def _voi(image: np.ndarray, ds) -> np.ndarray:
     return np.clip(image, np.float32(low), np.float32(high))
 
 
-def read_cxr_dicom(data: bytes, identity: str = "cxr") -> tuple[np.ndarray, str]:
+def read_cxr_dicom(data: bytes, identity: str = "cxr", limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, str]:
     """Decode one radiograph (or, with ``identity="ct"``, one CT slice: the same 2-D grey decoding).
 
     Applies the modality LUT (RescaleSlope / RescaleIntercept), then the VOI LUT or window from the header,
@@ -86,8 +98,11 @@ def read_cxr_dicom(data: bytes, identity: str = "cxr") -> tuple[np.ndarray, str]
         UnreadableInput: ``cxr_corrupt_dicom`` when pydicom cannot parse the file or its pixels,
             ``<identity>_wrong_modality`` for a file that is not of that modality (for ``cxr``: a CT slice, an MR
             image, ...; see :mod:`probmed.data.readers.identity`),
-            ``cxr_not_2d`` for a multi-frame or colour image, ``cxr_blank`` for a constant image.
+            ``<identity>_too_large`` for a header declaring more pixels than ``limits`` allow (nothing decoded),
+            ``<identity>_not_greyscale`` for a colour PhotometricInterpretation (RGB, YBR, PALETTE COLOR),
+            ``cxr_not_2d`` for a multi-frame image, ``cxr_blank`` for a constant image.
     """
+    check_deflated_dicom(io.BytesIO(data), identity, image_inflated_bytes(limits))  # before pydicom inflates it
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for corrupt input
@@ -95,6 +110,10 @@ def read_cxr_dicom(data: bytes, identity: str = "cxr") -> tuple[np.ndarray, str]
     if "PixelData" not in ds:
         raise UnreadableInput("cxr_corrupt_dicom", "no pixel data (not a DICOM image)")
     check_identity(ds, identity)
+    check_dicom_image_header(ds, identity, limits)  # rows x columns x frames from the header, before decoding
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnreadableInput(f"{identity}_not_greyscale", f"PhotometricInterpretation {photometric}")
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -107,24 +126,56 @@ def read_cxr_dicom(data: bytes, identity: str = "cxr") -> tuple[np.ndarray, str]
     return image, str(ds.get("ViewPosition", "") or "")
 
 
-def read_cxr_image(data: bytes) -> tuple[np.ndarray, str]:
+def read_cxr_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, str]:
     """Decode a PNG or JPEG radiograph (8- or 16-bit grey; colour is converted to luma) with Pillow.
 
     Returns:
         ``(image, "")``: ``float32 [H, W]`` in ``[0, 1]``; the view is not in the file (the manifest gives it).
 
     Raises:
-        UnreadableInput: ``cxr_corrupt_image`` when Pillow cannot decode the bytes, ``cxr_blank``.
+        UnreadableInput: ``cxr_too_large`` for a header declaring more pixels than ``limits`` allow (nothing
+            decoded), ``cxr_corrupt_image`` when Pillow cannot decode the bytes, ``cxr_colour_image``
+            (:func:`check_not_colour`), ``cxr_blank``.
     """
+    check_raster_header(data, "cxr", limits)  # width x height from the header: Image.open decodes nothing
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if img.mode not in ("L", "I", "I;16", "I;16B", "F"):
+                colour = np.asarray(img.convert("RGB"))
+                check_not_colour(colour)
                 img = img.convert("L")
             pixels = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, UnreadableInput):
+            raise
         raise UnreadableInput("cxr_corrupt_image", f"{type(exc).__name__}: {exc}") from exc
     return _normalise(pixels), ""
+
+
+#: A pixel is coloured when its channels differ by more than this many 8-bit levels (JPEG chroma noise of a grey
+#: film stays below it).
+CHROMA_LEVELS = 24
+#: A radiograph stored as RGB is refused when more than this fraction of its pixels is coloured.
+COLOUR_FRACTION = 0.02
+
+
+def check_not_colour(rgb: np.ndarray) -> None:
+    """Refuse a colour photograph or a coloured diagram given as a radiograph.
+
+    Args:
+        rgb: ``uint8 [H, W, 3]``.
+
+    Raises:
+        UnreadableInput: ``cxr_colour_image`` when more than :data:`COLOUR_FRACTION` of the pixels have channels
+            more than :data:`CHROMA_LEVELS` apart (a grey film saved as RGB has R = G = B up to compression noise).
+    """
+    channels = rgb.astype(np.int16)
+    spread = channels.max(axis=-1) - channels.min(axis=-1)
+    fraction = float(np.mean(spread > CHROMA_LEVELS))
+    if fraction > COLOUR_FRACTION:
+        raise UnreadableInput("cxr_colour_image", f"{fraction:.1%} of the pixels are coloured (a photograph or "
+                                                  "diagram, not a radiograph)")
 
 
 #: Stored CXR file extension (last part of ``cxr.<i>.<ext>``) → reader.
@@ -136,7 +187,8 @@ CXR_READERS: dict[str, Callable[[bytes], tuple[np.ndarray, str]]] = {
 }
 
 
-def read_cxr(name: str, data: bytes, identity: str = "cxr") -> tuple[np.ndarray, str]:
+def read_cxr(name: str, data: bytes, identity: str = "cxr", limits: Limits = DEFAULT_LIMITS
+             ) -> tuple[np.ndarray, str]:
     """Decode a stored view by its file name or extension (``"cxr.0.dcm"``, ``"x.png"``) through
     :data:`CXR_READERS`; a DICOM file must be of the modality ``identity`` (:func:`read_cxr_dicom`).
 
@@ -147,4 +199,4 @@ def read_cxr(name: str, data: bytes, identity: str = "cxr") -> tuple[np.ndarray,
     reader = CXR_READERS.get(ext)
     if reader is None:
         raise UnreadableInput("cxr_unknown_format", f"no CXR reader for .{ext} (known: {sorted(CXR_READERS)})")
-    return reader(data, identity) if reader is read_cxr_dicom else reader(data)
+    return reader(data, identity, limits) if reader is read_cxr_dicom else reader(data, limits)

@@ -7,21 +7,27 @@ from math import gcd
 import numpy as np
 from scipy.signal import resample_poly
 
+from probmed.data.limits import DEFAULT_LIMITS, Limits, check_ecg_dims, check_npy_elements, npy_header
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.plausibility import check_ecg
 
 
-def read_ecg_npy(data: bytes, n_leads: int) -> np.ndarray:
+def read_ecg_npy(data: bytes, n_leads: int, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode a ``.npy`` ECG of shape ``[leads, samples]`` (microvolts) into ``float32`` millivolts.
 
     The file is read with ``allow_pickle=False``: an object array is refused, never unpickled.
 
     Raises:
-        UnreadableInput: ``ecg_unreadable`` (not a plain numeric .npy), ``ecg_wrong_lead_count`` (first axis is not
-            ``n_leads``), ``ecg_nonfinite`` (NaN/inf samples), ``ecg_empty`` (no samples), and the physiological
+        UnreadableInput: ``ecg_too_large`` (the header declares more leads or samples than ``limits``; nothing
+            read), ``ecg_unreadable`` (not a plain numeric .npy, or shorter than its header declares),
+            ``ecg_wrong_lead_count`` (first axis is not ``n_leads``), ``ecg_nonfinite`` (NaN/inf samples), ``ecg_empty`` (no samples), and the physiological
             bounds of :func:`~probmed.data.readers.plausibility.check_ecg` (``ecg_implausible_amplitude``,
             ``ecg_flat_line``, ``ecg_stuck_lead``).
     """
+    shape, dtype = npy_header(data, "ecg")  # the declared shape, before any sample is read
+    if len(shape) == 2:
+        check_ecg_dims(shape[0], shape[1], limits)
+    check_npy_elements(shape, dtype, len(data), "ecg")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:

@@ -23,7 +23,6 @@ These readers run when shards are built (paths on the user's disk); the loader r
 from __future__ import annotations
 
 import base64
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +30,8 @@ from typing import Callable
 import numpy as np
 
 from probmed.data.readers.ecg import resample_ecg
+from probmed.data.limits import DEFAULT_LIMITS, Limits, check_ecg_dims
+from probmed.data.readers import safe_xml
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_ecg
@@ -80,11 +81,30 @@ def _checked(record: EcgRecord) -> EcgRecord:
         raise UnreadableInput("ecg_nonfinite", "NaN or inf samples")
     if not record.rate or record.rate <= 0:
         raise UnreadableInput("ecg_no_sampling_rate", f"sampling rate {record.rate!r}")
+    check_ecg_rate(record.rate)
     check_ecg(record.signal)  # physiological bounds, as at load time: absurd records never reach a shard
     return record
 
 
-def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
+#: Sampling rates a real electrocardiograph records at (Hz): below, the QRS is not resolved; above, no device.
+ECG_RATE_RANGE = (50.0, 20000.0)
+
+
+def check_ecg_rate(rate: float) -> None:
+    """Refuse a physically impossible ECG sampling rate (outside :data:`ECG_RATE_RANGE`) as
+    ``ecg_implausible_rate``: a file declaring 1e6 Hz would otherwise become 99.9 % zeros after resampling."""
+    low, high = ECG_RATE_RANGE
+    if not (np.isfinite(rate) and low <= rate <= high):
+        raise UnreadableInput("ecg_implausible_rate", f"sampling rate {rate!r} Hz (accepted {low:g}-{high:g} Hz)")
+
+
+def _check_ecg_size(leads: int, samples: int, rate: float, limits: Limits) -> None:
+    """The declared leads and samples per lead against the limits, before any sample is read."""
+    check_ecg_rate(rate)
+    check_ecg_dims(leads, samples, limits)
+
+
+def read_ecg_dicom(path: str | Path, group: str = "RHYTHM", limits: Limits = DEFAULT_LIMITS) -> EcgRecord:
     """A DICOM ECG waveform: the multiplex group labelled ``group`` (else the first one), in millivolts.
 
     pydicom's ``waveform_array`` applies channel sensitivity, correction factor and baseline; the result is in
@@ -104,6 +124,18 @@ def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
     labels = [str(g.get("MultiplexGroupLabel", "")).upper() for g in groups]
     index = labels.index(group.upper()) if group.upper() in labels else 0
     channels = groups[index].ChannelDefinitionSequence
+    for channel in channels:  # a negative or zero sensitivity inverts or erases the lead: impossible, refused
+        sensitivity = channel.get("ChannelSensitivity")
+        if sensitivity is not None and str(sensitivity).strip() != "" and not float(sensitivity) > 0:
+            raise UnreadableInput("ecg_implausible_sensitivity", f"ChannelSensitivity {sensitivity}")
+    try:
+        _check_ecg_size(int(groups[index].get("NumberOfWaveformChannels", 0) or 0),
+                        int(groups[index].get("NumberOfWaveformSamples", 0) or 0),
+                        float(groups[index].get("SamplingFrequency", 0) or 0), limits)
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, UnreadableInput):
+            raise
+        raise UnreadableInput("ecg_unreadable", f"waveform header: {type(exc).__name__}: {exc}") from exc
     try:
         values = ds.waveform_array(index).T.astype(np.float64)  # [channels, samples]
     except Exception as exc:
@@ -118,11 +150,16 @@ def read_ecg_dicom(path: str | Path, group: str = "RHYTHM") -> EcgRecord:
     return _checked(EcgRecord(signal, leads, float(groups[index].SamplingFrequency)))
 
 
-def read_ecg_wfdb(path: str | Path) -> EcgRecord:
+def read_ecg_wfdb(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> EcgRecord:
     """A WFDB record (``path`` is the ``.hea`` file or the record name without extension), in millivolts."""
     import wfdb
 
     record_name = str(Path(path).with_suffix("")) if str(path).endswith(".hea") else str(path)
+    try:
+        header = wfdb.rdheader(record_name)
+    except Exception as exc:
+        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    _check_ecg_size(int(header.n_sig or 0), int(header.sig_len or 0), float(header.fs or 0), limits)
     try:
         record = wfdb.rdrecord(record_name)
     except Exception as exc:
@@ -280,10 +317,7 @@ def _record_from_leads(leads: dict[str, np.ndarray], rate: float, fmt: str) -> E
 
 
 def _parse_xml(path: str | Path):
-    try:
-        return ET.parse(str(path)).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise UnreadableInput("ecg_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    return safe_xml.parse_file(path, "ecg")  # defusedxml: entity bombs and external entities refused
 
 
 #: XML root element (namespace stripped) → (format name, reader or None when recognised but not decoded).
@@ -300,14 +334,13 @@ def ecg_xml_format(path: str | Path) -> str:
     """The root element of an XML file, read without parsing the rest (a corrupt tail still names its vendor).
 
     Raises:
-        UnreadableInput: ``ecg_unreadable`` when the file has no XML element at all.
+        UnreadableInput: ``ecg_unreadable`` when the file has no XML element at all, ``ecg_xml_unsafe`` for
+            entity declarations or external references (:mod:`probmed.data.readers.safe_xml`).
     """
-    try:
-        for _, element in ET.iterparse(str(path), events=("start",)):
-            return _local(element.tag)
-    except (ET.ParseError, OSError) as exc:
-        raise UnreadableInput("ecg_unreadable", f"not XML: {type(exc).__name__}: {exc}") from exc
-    raise UnreadableInput("ecg_unreadable", "empty XML document")
+    tag = safe_xml.root_tag(path, "ecg")
+    if tag is None:
+        raise UnreadableInput("ecg_unreadable", "empty XML document")
+    return _local(tag)
 
 
 def read_ecg_xml(path: str | Path) -> EcgRecord:
@@ -337,8 +370,9 @@ ECG_SOURCE_READERS: dict[str, Callable[[Path], EcgRecord]] = {
 }
 
 
-def read_ecg_source(path: str | Path) -> EcgRecord:
-    """Read an ECG file with the reader registered for its suffix (a WFDB record may be named without one)."""
+def read_ecg_source(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> EcgRecord:
+    """Read an ECG file with the reader registered for its suffix (a WFDB record may be named without one); the
+    DICOM and WFDB readers check the declared leads, samples and rate against ``limits`` before reading samples."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in ECG_SOURCE_READERS and path.with_suffix(path.suffix + ".hea").is_file():
@@ -349,7 +383,7 @@ def read_ecg_source(path: str | Path) -> EcgRecord:
     if reader is None:
         raise UnreadableInput("ecg_unknown_format", f"{path.name}: no ECG reader for {suffix or 'no suffix'!r} "
                                                     f"(known: {sorted(ECG_SOURCE_READERS)})")
-    return reader(path)
+    return reader(path, limits=limits) if reader in (read_ecg_dicom, read_ecg_wfdb) else reader(path)
 
 
 def standardize_ecg(record: EcgRecord, leads: tuple[str, ...] = ECG_LEADS, rate: float | None = None,

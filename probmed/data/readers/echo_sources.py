@@ -18,6 +18,9 @@ from typing import Callable
 
 import numpy as np
 
+from probmed.data.limits import (
+    DEFAULT_LIMITS, Limits, check_cine_dims, check_dicom_cine_header, dicom_header, too_large,
+)
 from probmed.data.readers.errors import UnreadableInput
 from probmed.data.readers.identity import check_identity
 from probmed.data.readers.plausibility import check_echo
@@ -87,7 +90,7 @@ def echo_header(path: str | Path) -> dict:
     return {"burned_in": str(ds.get("BurnedInAnnotation", "") or "").upper(), "regions": ultrasound_regions(ds)}
 
 
-def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
+def read_echo_dicom(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, float | None]:
     """A cine DICOM → ``(uint8 [frames, H, W], fps or None)``.
 
     Raises:
@@ -97,6 +100,8 @@ def read_echo_dicom(path: str | Path) -> tuple[np.ndarray, float | None]:
     import pydicom
     from pydicom.pixels import apply_color_lut
 
+    # frames and frame size from the header, before any pixel is read
+    check_dicom_cine_header(dicom_header(path, "echo_unreadable", limits.file_bytes), "echo", limits)
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as exc:
@@ -131,7 +136,7 @@ def _palette_grey(pixels: np.ndarray, ds, apply_color_lut) -> np.ndarray:
     return rgb_to_grey(rgb, 65535 if rgb.max() > 255 else 255)
 
 
-def read_echo_video(path: str | Path) -> tuple[np.ndarray, float | None]:
+def read_echo_video(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, float | None]:
     """An AVI / MP4 video → ``(uint8 [frames, H, W], fps)`` with PyAV (every frame decoded to grey).
 
     Raises:
@@ -143,7 +148,14 @@ def read_echo_video(path: str | Path) -> tuple[np.ndarray, float | None]:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             rate = float(stream.average_rate) if stream.average_rate else None
-            frames = [frame.to_ndarray(format="gray") for frame in container.decode(stream)]
+            check_cine_dims("echo", int(stream.frames or 0), int(stream.codec_context.height or 0),
+                            int(stream.codec_context.width or 0), limits)
+            frames = []
+            for frame in container.decode(stream):  # a container may not state its frame count: cut while decoding
+                if len(frames) == limits.echo_frames:
+                    raise too_large("echo", f"more than {limits.echo_frames} frames")
+                check_cine_dims("echo", len(frames) + 1, frame.height, frame.width, limits)
+                frames.append(frame.to_ndarray(format="gray"))
     except (av.FFmpegError, IndexError, OSError, ValueError) as exc:
         raise UnreadableInput("echo_unreadable", f"{type(exc).__name__}: {exc}") from exc
     if not frames:
@@ -160,8 +172,9 @@ ECHO_SOURCE_READERS: dict[str, Callable[[Path], tuple[np.ndarray, float | None]]
 }
 
 
-def read_echo_source(path: str | Path) -> tuple[np.ndarray, float | None]:
-    """Read an echo file with the reader registered for its suffix."""
+def read_echo_source(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> tuple[np.ndarray, float | None]:
+    """Read an echo file with the reader registered for its suffix; the DICOM and video readers check frames and
+    frame size against ``limits`` (from the header, and while decoding a video)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such echo file", str(path))
@@ -169,6 +182,6 @@ def read_echo_source(path: str | Path) -> tuple[np.ndarray, float | None]:
     if reader is None:
         raise UnreadableInput("echo_unknown_format", f"{path.name}: no echo reader for {path.suffix!r} "
                                                      f"(known: {sorted(ECHO_SOURCE_READERS)})")
-    cine, fps = reader(path)
+    cine, fps = reader(path, limits=limits) if reader in (read_echo_dicom, read_echo_video) else reader(path)
     check_echo(cine.astype(np.float32) / 255.0)  # as at load time: a constant or frozen cine never reaches a shard
     return cine, fps

@@ -3,9 +3,9 @@ report."""
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from typing import Iterable
 
+from probmed.data.readers import safe_xml
 from probmed.data.readers.errors import UnreadableInput
 
 #: Section names recognised in any letter case, with or without a colon (alone on their line), mapped to the
@@ -95,7 +95,7 @@ def cda_text(document: str) -> str:
     Only ``structuredBody`` sections are kept; the header (patient, author, custodian, legal authenticator) is
     never read, so names there cannot reach the report text.
     """
-    root = ET.fromstring(document)
+    root = safe_xml.parse_text(document, "text")
     parts = []
     for section in root.iter():
         if _local(section.tag) != "section":
@@ -118,16 +118,18 @@ def plain_report(report: str) -> str:
     (:data:`REPORT_XML_FORMATS`, HL7 CDA); refused otherwise.
 
     Raises:
-        UnreadableInput: ``text_markup`` for an HTML or other XML document, or text with embedded tags (markup and
-            the author and patient names such documents carry would be trained on as report text).
+        UnreadableInput: ``text_xml_unsafe`` for XML with entity declarations or external references
+            (:mod:`probmed.data.readers.safe_xml`); ``text_markup`` for an HTML or other XML document, or text with
+            embedded tags (markup and the author and patient names such documents carry would be trained on as
+            report text).
     """
     if not _MARKUP.match(report):
         if len(_TAG.findall(report)) >= 3:
             raise UnreadableInput("text_markup", f"report text with {len(_TAG.findall(report))} embedded tags")
         return report
     try:
-        root = ET.fromstring(report.lstrip("\ufeff \t\r\n"))
-    except ET.ParseError:
+        root = safe_xml.parse_text(report.lstrip("\ufeff \t\r\n"), "text")
+    except safe_xml.ParseError:
         root = None
     name = _local(root.tag) if root is not None else "unparsable markup"
     name = "HTML" if re.search(r"<html[\s>]", report, re.I) else name
