@@ -84,6 +84,16 @@ class StudyPlan:
     cxr_bits: int
     patient_traits: dict[str, Any] = field(default_factory=dict)
     phi: dict[str, str] = field(default_factory=dict)
+    #: modality → ambiguity in [0, 1], for the modalities the study has (:mod:`.quality`)
+    ambiguity: dict[str, float] = field(default_factory=dict)
+    #: modality → the quality mechanisms' strengths (:mod:`.quality`)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: findings whose label is uncertain (-1): the study is borderline on them (``findings`` keeps the hidden state)
+    uncertain: list[str] = field(default_factory=list)
+
+    def labels(self) -> dict[str, int]:
+        """The findings as written into the shard: 1 / 0, and -1 for a borderline (uncertain) finding."""
+        return {k: (-1 if k in self.uncertain else int(v)) for k, v in self.findings.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -282,6 +292,18 @@ def _study_devices(rng: np.random.Generator, pstate: dict[str, Any]) -> dict[str
     }
 
 
+def _borderline(seed: int, index: int, findings: dict[str, int], attrs: dict[str, Any]
+                ) -> tuple[dict[str, Any], list[str]]:
+    """``(attributes, uncertain findings)``: a borderline study's attribute moved onto its threshold
+    (:func:`.quality.borderline_finding`), the others unchanged."""
+    from probmed.data.synthetic.quality import borderline_finding, place_on_threshold
+
+    finding = borderline_finding(seed, index, findings)
+    if finding is None:
+        return attrs, []
+    return place_on_threshold(seed, index, finding, attrs), [finding]
+
+
 def _split_patients(n_patients: int, studies_per_patient: list[int], fractions: tuple[float, ...],
                     rng: np.random.Generator) -> list[str]:
     """Assign whole patients to splits so that the study counts follow ``fractions``."""
@@ -334,6 +356,8 @@ def plan_corpus(
     for m in missing:
         if m not in known:
             raise ValueError(f"unknown modality {m!r} in missing (known: {known}; an extra one must be asked for)")
+    from probmed.data.synthetic.quality import study_quality
+
     rng = np.random.default_rng([int(seed), 1])
 
     # patients with 1-3 studies
@@ -366,6 +390,10 @@ def plan_corpus(
             attrs |= _study_devices(srng, pstate)
             attrs |= _study_structure(np.random.default_rng([int(seed), 10, index]), findings, pstate)
             phi = phi_p | fake_study_phi(seed, index, phi_p["PatientBirthDate"]) | {"PatientSex": pstate["sex"]}
+            attrs, uncertain = _borderline(seed, index, findings, attrs)
+            ambiguity, quality = study_quality(seed, index, [m for m in known if present[m]])
+            if present["cxr"] and quality["cxr"]["projection"] == "AP":
+                views = ["AP"] + views[1:]  # a portable film: anteroposterior instead of posteroanterior
             plans.append(
                 StudyPlan(
                     index=index,
@@ -381,6 +409,9 @@ def plan_corpus(
                     cxr_bits=bits,
                     patient_traits=pstate["traits"],
                     phi=phi,
+                    ambiguity=ambiguity,
+                    quality=quality,
+                    uncertain=uncertain,
                 )
             )
             index += 1
