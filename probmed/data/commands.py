@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"change: {', '.join(sorted(EXTRA_MODALITIES))} (an axial chest CT slice, missing in 20 %% of "
                    "studies unless --missing says otherwise)")
     s.add_argument("--ct-size", type=_positive_int, default=128, help="CT slice side in pixels (default 128)")
+    s.add_argument("--no-ambiguity", action="store_true",
+                   help="render every study clean, without borderline studies and without the metadata's "
+                   "'ambiguity' / 'quality' keys: the corpus of before issue 25, byte for byte")
     s.set_defaults(func=_cmd_synth)
 
     b = sub.add_parser(
@@ -246,6 +249,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         extra_modalities=tuple(args.extra_modalities),
         ct_size=args.ct_size,
+        ambiguity=not args.no_ambiguity,
     )
     brief = {k: summary[k] for k in ("out_dir", "n_studies", "n_patients", "split_counts", "normal_fraction",
                                      "findings_prevalence", "modality_presence", "seconds", "studies_per_s",

@@ -69,10 +69,9 @@ def study_meta(plan: StudyPlan, cfg: RenderConfig) -> dict[str, Any]:
         "echo_fps": float(cfg.echo_fps) if plan.present["echo"] else None,
         "modalities": [m for m, present in plan.present.items() if present],
         "attributes": dict(plan.attributes),
-        "ambiguity": dict(plan.ambiguity),
-        "quality": {m: dict(q) for m, q in plan.quality.items()},
         "source": "probmed-synthetic",
-    }
+    } | ({"ambiguity": dict(plan.ambiguity), "quality": {m: dict(q) for m, q in plan.quality.items()}}
+         if plan.ambiguity else {})
 
 
 # worker state (set by the pool initializer, or directly when running in-process)
@@ -89,10 +88,10 @@ def _init_worker(bank: ecg_mod.ECGBank | None) -> None:
 def _render_cxr(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
     rng = study_rng(cfg.seed, plan.index, "cxr")
     noise = quality.noise_rng(cfg.seed, plan.index, "cxr")
-    q = plan.quality["cxr"]
+    q = plan.quality.get("cxr")
     for i, (view, phot) in enumerate(zip(plan.cxr_views, plan.cxr_photometric)):
         density = cxr_mod.render_cxr(rng, view, plan.attributes, plan.patient_traits, cfg.cxr_size, quality=q)
-        density = quality.degrade_cxr(density, noise, q)
+        density = quality.degrade_cxr(density, noise, q) if q else density
         sample[f"cxr.{i}.dcm"] = cxr_mod.to_dicom_bytes(
             density, rng, seed=cfg.seed, study_id=plan.study_id, view=view, view_index=i, photometric=phot,
             bits=plan.cxr_bits, phi=plan.phi, n_views=len(plan.cxr_views),
@@ -107,31 +106,36 @@ def _render_ecg(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any], bank
         bank, study_rng(cfg.seed, plan.index, "ecg"), heart_rate=a["heart_rate"], rhythm=a["rhythm"],
         traits=plan.patient_traits, sampling_rate=cfg.ecg_rate, seconds=cfg.ecg_seconds, structure=a,
     )
-    sig = quality.degrade_ecg(sig, quality.noise_rng(cfg.seed, plan.index, "ecg"), plan.quality["ecg"], cfg.ecg_rate)
+    if "ecg" in plan.quality:
+        sig = quality.degrade_ecg(sig, quality.noise_rng(cfg.seed, plan.index, "ecg"), plan.quality["ecg"],
+                                  cfg.ecg_rate)
     sample[ECG_EXT] = _npy_bytes(sig)
 
 
 def _render_echo(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
-    a, q = plan.attributes, plan.quality["echo"]
+    a, q = plan.attributes, plan.quality.get("echo")
     cine = echo_mod.render_echo(
         study_rng(cfg.seed, plan.index, "echo"), heart_rate=a["heart_rate"], rhythm=a["rhythm"], ef=a["ef"],
         lv_scale=a["lv_scale"], traits=plan.patient_traits, frames=cfg.echo_frames, size=cfg.echo_size,
         fps=cfg.echo_fps, lv_wall_mm=a["lv_wall_mm"], la_diameter_mm=a["la_diameter_mm"],
-        foreshortening=q["foreshortening"],
+        foreshortening=q["foreshortening"] if q else 0.0,
     )
-    sample[ECHO_EXT] = _npy_bytes(quality.degrade_echo(cine, quality.noise_rng(cfg.seed, plan.index, "echo"), q))
+    if q:
+        cine = quality.degrade_echo(cine, quality.noise_rng(cfg.seed, plan.index, "echo"), q)
+    sample[ECHO_EXT] = _npy_bytes(cine)
 
 
 def _render_text(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
     text = make_report(study_rng(cfg.seed, plan.index, "text"), plan.findings, plan.attributes,
-                       quality=plan.quality["text"], quality_rng=quality.noise_rng(cfg.seed, plan.index, "text"),
+                       quality=plan.quality.get("text"), quality_rng=quality.noise_rng(cfg.seed, plan.index, "text"),
                        uncertain=plan.uncertain)
     sample[REPORT_EXT] = text.encode("utf-8")
 
 
 def _render_ct(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
     hu = ct_mod.render_ct(study_rng(cfg.seed, plan.index, "ct"), plan.attributes, plan.patient_traits, cfg.ct_size)
-    hu = quality.degrade_ct(hu, quality.noise_rng(cfg.seed, plan.index, "ct"), plan.quality["ct"])
+    if "ct" in plan.quality:
+        hu = quality.degrade_ct(hu, quality.noise_rng(cfg.seed, plan.index, "ct"), plan.quality["ct"])
     sample["ct.0.dcm"] = ct_mod.to_ct_dicom_bytes(hu, seed=cfg.seed, study_id=plan.study_id, phi=plan.phi)
 
 
@@ -184,12 +188,13 @@ def generate_corpus(
     progress: bool = False,
     extra_modalities: tuple[str, ...] = (),
     ct_size: int = 128,
+    ambiguity: bool = True,
 ) -> dict[str, Any]:
     """Write a synthetic corpus of ``n_studies`` studies as webdataset shards under ``out_dir``.
 
     Each study's modalities carry an ambiguity rendered into the signal and recorded in the metadata; 10 % of
     studies are borderline (a -1 label). Defaults (:mod:`probmed.data.synthetic.quality`): 70 % clean (a < 0.05),
-    a 0.05 + 0.95·Beta(1.2, 1.8) tail.
+    a 0.05 + 0.95·Beta(1.2, 1.8) tail. ``ambiguity=False``: every study clean, no borderline ones, no such keys.
 
     Args:
         missing: fraction of studies lacking each modality (defaults :data:`DEFAULT_MISSING`; unnamed
@@ -216,7 +221,7 @@ def generate_corpus(
         ecg_rate=int(ecg_rate), ecg_seconds=float(ecg_seconds), ct_size=int(ct_size),
     )
     plans = plan_corpus(n_studies, seed, missing=miss, splits=tuple(splits), lateral_fraction=lateral_fraction,
-                        extra_modalities=extras)
+                        extra_modalities=extras, ambiguity=ambiguity)
     modalities = (*CORPUS_MODALITIES, *extras)
     # write order: a seeded permutation, so a shard mixes patients (a patient's studies are not adjacent)
     order = np.random.default_rng([int(seed), 9]).permutation(len(plans))
@@ -333,10 +338,11 @@ def _write_info(out_dir: Path, plans: list[StudyPlan], modalities, arguments: di
         "normal_fraction": round(float((F.sum(1) == 0).mean()), 4),
         "modality_presence": {m: int(sum(p.present[m] for p in plans)) for m in modalities},
         "cxr_lateral": int(sum(len(p.cxr_views) > 1 for p in plans)),
-        "borderline_fraction": round(float(np.mean([bool(p.uncertain) for p in plans])), 4),
-        "ambiguity_mean": {m: round(float(v.mean()), 4) for m, v in amb.items() if len(v)},
         "shards": sizes,
     }
+    if any(p.ambiguity for p in plans):  # (a corpus without ambiguity keeps the info file of before, byte for byte)
+        info |= {"borderline_fraction": round(float(np.mean([bool(p.uncertain) for p in plans])), 4),
+                 "ambiguity_mean": {m: round(float(v.mean()), 4) for m, v in amb.items() if len(v)}}
     tmp = out_dir / f"{INFO_FILE}.tmp"
     tmp.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, out_dir / INFO_FILE)

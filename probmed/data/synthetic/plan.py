@@ -340,9 +340,11 @@ def plan_corpus(
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
     lateral_fraction: float = 0.3,
     extra_modalities: tuple[str, ...] = (),
+    ambiguity: bool = True,
 ) -> list[StudyPlan]:
     """Decide the hidden truth of every study (no rendering). Deterministic in (n_studies, seed, options); the
-    ``extra_modalities`` (keys of :data:`EXTRA_MODALITIES`) only add their own presence flags."""
+    ``extra_modalities`` (keys of :data:`EXTRA_MODALITIES`) only add their own presence flags. ``ambiguity``: draw
+    each study's quality and the borderline studies (:mod:`.quality`); False leaves every study clean."""
     if n_studies < 1:
         raise ValueError("n_studies must be >= 1")
     if len(splits) != len(SPLITS):
@@ -390,9 +392,9 @@ def plan_corpus(
             attrs |= _study_devices(srng, pstate)
             attrs |= _study_structure(np.random.default_rng([int(seed), 10, index]), findings, pstate)
             phi = phi_p | fake_study_phi(seed, index, phi_p["PatientBirthDate"]) | {"PatientSex": pstate["sex"]}
-            attrs, uncertain = _borderline(seed, index, findings, attrs)
-            ambiguity, quality = study_quality(seed, index, [m for m in known if present[m]])
-            if present["cxr"] and quality["cxr"]["projection"] == "AP":
+            attrs, uncertain = _borderline(seed, index, findings, attrs) if ambiguity else (attrs, [])
+            amb, quality = study_quality(seed, index, [m for m in known if present[m]]) if ambiguity else ({}, {})
+            if "cxr" in quality and quality["cxr"]["projection"] == "AP":
                 views = ["AP"] + views[1:]  # a portable film: anteroposterior instead of posteroanterior
             plans.append(
                 StudyPlan(
@@ -409,7 +411,7 @@ def plan_corpus(
                     cxr_bits=bits,
                     patient_traits=pstate["traits"],
                     phi=phi,
-                    ambiguity=ambiguity,
+                    ambiguity=amb,
                     quality=quality,
                     uncertain=uncertain,
                 )
