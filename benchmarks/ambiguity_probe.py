@@ -8,7 +8,7 @@ regression per finding, 5-fold cross-validated predictions over the whole corpus
 the out-of-fold predictions among *clean* studies (ambiguity < 0.05) and among *poor* ones (ambiguity ≥ 0.4) of that
 modality. Borderline (-1) labels are left out.
 
-    python benchmarks/ambiguity_probe.py data_shards/demo [--out probe.json]
+    python benchmarks/ambiguity_probe.py data_shards/demo [--out probe.json] [--modalities echo ...]
 """
 from __future__ import annotations
 
@@ -120,9 +120,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--modalities", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     args = parser.parse_args()
     data = features(args.data_dir)
-    results = {m: probe(data[m], m) for m in TARGETS if data[m]["x"]}
+    results = {m: probe(data[m], m) for m in args.modalities if data[m]["x"]}
     print(f"{'modality':8s} {'n clean':>8s} {'n poor':>7s} {'AUROC all':>10s} {'clean':>7s} {'poor':>7s}")
     for m, r in results.items():
         print(f"{m:8s} {r['n']['clean']:8d} {r['n']['poor']:7d} {r['mean']['all']:10.3f} "

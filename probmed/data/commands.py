@@ -254,6 +254,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     brief = {k: summary[k] for k in ("out_dir", "n_studies", "n_patients", "split_counts", "normal_fraction",
                                      "findings_prevalence", "modality_presence", "seconds", "studies_per_s",
                                      "bank_seconds", "profile_ms")}
+    brief |= {k: summary[k] for k in ("borderline_fraction", "ambiguity_mean") if k in summary}
     brief["shards"] = len(summary["shards"])
     print(json.dumps(brief, indent=1))
     return 0

@@ -81,8 +81,9 @@ def render_echo(
     """One study's cine, ``uint8 [frames, size, size]``; wall thickness and LA diameter in millimetres.
 
     ``foreshortening`` in [0, 1] (a quality mechanism, :mod:`probmed.data.synthetic.quality`): the imaging plane
-    misses the true apex, so the LV is drawn up to 30 % shorter and its long-axis shortening is reduced by up to
-    60 % (the apparent EF is wrong); 0 renders the cine exactly as without it.
+    misses the true apex and cuts the ventricle obliquely, so the LV is drawn up to 30 % shorter and its apparent
+    contraction (length, width and wall thickening) is damped by up to 70 % — the apparent EF is wrong; 0 renders
+    the cine exactly as without it.
     """
     fps = fps or default_fps(frames)
     U, W, R, sector = _geometry(size)
@@ -121,7 +122,9 @@ def render_echo(
     cf = c[:, None, None].astype(np.float32)
     s = (1.0 - efrac * cf) ** (1.0 / 3.0)
     fs = float(foreshortening)
-    L = l_ed * s**0.6 if fs == 0.0 else l_ed * (1.0 - 0.3 * fs) * s ** (0.6 * (1.0 - 0.6 * fs))
+    if fs > 0.0:
+        s = s ** (1.0 - 0.7 * fs)
+    L = l_ed * s**0.6 * (1.0 - 0.3 * fs)
     Wd = w_ed * s**1.2
     wall = wall_ed * (1.0 + 0.8 * (1.0 - s**3))  # systolic wall thickening
     cw = apex_w + L / 2.0

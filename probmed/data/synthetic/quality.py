@@ -27,10 +27,10 @@ mechanism grows with ``a``:
   0.3-1.5 s of up to 1.2 mV rms), **electrode problems** (with probability clip((a − 0.3) / 0.4, 0, 1): a flat
   lead — 1-3 leads replaced by a few µV of noise — or a limb-lead reversal, LA/RA swapped: I inverted, II↔III,
   aVR↔aVL).
-* Echo (CAMUS good / medium / poor): **contrast loss** (the tissue-blood contrast blended away by up to 75 % and
-  filled with clutter speckle), **wall dropout** (a wedge of up to 0.6 rad of the sector attenuated by up to 90 %),
-  **foreshortening** (in :func:`~.echo.render_echo`: the LV drawn up to 30 % shorter and its long-axis shortening
-  reduced, so the apparent EF is wrong).
+* Echo (CAMUS good / medium / poor): **contrast loss** (the tissue-blood contrast blended away by up to 85 % and
+  filled with clutter speckle that changes every frame), **wall dropout** (a wedge of up to 0.6 rad of the sector
+  attenuated by up to 90 %), **foreshortening** (in :func:`~.echo.render_echo`: the LV drawn up to 30 % shorter and
+  its apparent contraction damped by up to 70 %, so the apparent EF is wrong).
 * Text (in :func:`~.report.make_report`): with probability clip((a − 0.5) / 0.35, 0, 1) a **terse** template
   report that names at most the first positive finding in a fixed order, word for word the same for many studies
   (``"No acute cardiopulmonary process."`` for every normal one); otherwise each finding topic is **hedged** with
@@ -246,7 +246,7 @@ def degrade_echo(cine: np.ndarray, rng: np.random.Generator, mech: dict[str, Any
         mean = float(img[:, sector > 0.5].mean()) if (sector > 0.5).any() else 0.0
         clutter = np.sqrt(2.0 * rng.standard_exponential(size=img.shape, dtype=np.float32))
         clutter = ndimage.uniform_filter(clutter, size=(1, 2, 2)) / 1.25
-        img = img * (1.0 - 0.75 * c) + 0.75 * c * mean * clutter * sector[None]
+        img = img * (1.0 - 0.85 * c) + 0.85 * c * mean * clutter * sector[None]
     d = float(mech["wall_dropout"])
     if d > 0.05:
         th = np.arctan2(U, W - APEX_DEPTH)

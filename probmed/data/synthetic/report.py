@@ -191,19 +191,27 @@ def make_report(rng: np.random.Generator, findings: dict[str, int], attrs: dict,
     return text
 
 
-def _hedge(rng: np.random.Generator, topic: str, style: ReportStyle) -> list[str]:
-    return [_pick(rng, HEDGED[topic])]
+def _qualified(rng: np.random.Generator, topic: str, style: ReportStyle, impression: list[str],
+               borderline_item: str | None = None) -> list[str] | None:
+    """The sentences of a borderline or hedged topic (appending ``borderline_item`` to the impression for a
+    borderline one), or None when the topic is described as usual."""
+    if topic in style.uncertain:
+        sentences = [_pick(rng, BORDERLINE[topic])]
+        if borderline_item:
+            impression.append(borderline_item)
+        return sentences
+    if topic in style.hedged:
+        return [_pick(rng, HEDGED[topic])]
+    return None
 
 
 def _heart_and_lungs(rng, f, attrs, impression: list[str], where, style: ReportStyle) -> list[str]:
     """FINDINGS sentences on heart size, effusion, lungs, left atrium and devices (CXR); appends impressions."""
     ctr = float(attrs["ctr"])
     g: list[str] = []
-    if "cardiomegaly" in style.uncertain:
-        g.append(_pick(rng, BORDERLINE["cardiomegaly"]))
-        impression.append("Borderline heart size")
-    elif "cardiomegaly" in style.hedged:
-        g.extend(_hedge(rng, "cardiomegaly", style))
+    qualified = _qualified(rng, "cardiomegaly", style, impression, "Borderline heart size")
+    if qualified is not None:
+        g.extend(qualified)
     elif f["cardiomegaly"]:
         w = where()
         grade = _heart_grade(ctr)
@@ -224,8 +232,9 @@ def _heart_and_lungs(rng, f, attrs, impression: list[str], where, style: ReportS
             "Normal heart size.", "There is no evidence of cardiomegaly.",
             f"Cardiothoracic ratio {ctr:.2f}, within normal limits.",
         ]))
-    if "pleural_effusion" in style.hedged:
-        g.extend(_hedge(rng, "pleural_effusion", style))
+    qualified = _qualified(rng, "pleural_effusion", style, impression)
+    if qualified is not None:
+        g.extend(qualified)
     elif f["pleural_effusion"]:
         w = where()
         side, size = attrs.get("effusion_side", "left"), attrs.get("effusion_size", "small")
@@ -276,8 +285,9 @@ def _rhythm(rng, f, attrs, impression: list[str], where, style: ReportStyle) -> 
     """FINDINGS sentences on rhythm, rate and QRS voltage (ECG); appends impressions."""
     hr = int(round(float(attrs["heart_rate"])))
     g: list[str] = []
-    if "rhythm" in style.hedged:
-        g.extend(_hedge(rng, "rhythm", style))
+    qualified = _qualified(rng, "rhythm", style, impression)
+    if qualified is not None:
+        g.extend(qualified)
     else:
         mention_rate = rng.random() < 0.5
         rate_txt = f" at {hr} bpm" if mention_rate else ""
@@ -294,34 +304,32 @@ def _rhythm(rng, f, attrs, impression: list[str], where, style: ReportStyle) -> 
                 impression.append(imp)
         else:
             g.extend(_sinus_rate(rng, rate_f, attrs, impression, where, hr, rate_txt, bool(borderline_rate)))
-    if "lvh" in style.uncertain:
-        g.append(_pick(rng, BORDERLINE["lvh"]))
-    elif "lvh" in style.hedged:
-        g.extend(_hedge(rng, "lvh", style))
-    else:
-        g.extend(_lvh_ecg(rng, f, attrs, impression, where))
+    qualified = _qualified(rng, "lvh", style, impression)
+    g.extend(qualified if qualified is not None else _lvh_ecg(rng, f, attrs, impression, where))
     return g
+
+
+#: FINDINGS phrases (``{rate}``: " at N bpm" or "", ``{hr}``: the rate) and IMPRESSION items of a sinus rate class.
+_SINUS_RATE = {
+    "bradycardia": (("sinus bradycardia{rate}", "sinus rhythm with bradycardia at {hr} bpm", "slow sinus rhythm{rate}"),
+                    ("Sinus bradycardia", "Bradycardia")),
+    "tachycardia": (("sinus tachycardia{rate}", "sinus rhythm with tachycardia at {hr} bpm", "rapid sinus rhythm{rate}"),
+                    ("Sinus tachycardia", "Tachycardia")),
+}
 
 
 def _sinus_rate(rng, f, attrs, impression: list[str], where, hr: int, rate_txt: str, borderline: bool) -> list[str]:
     """FINDINGS sentences of a sinus rhythm's rate class (and the AF / P-mitrale remarks)."""
     g: list[str] = []
-    if f["bradycardia"]:
+    rate = "bradycardia" if f["bradycardia"] else "tachycardia" if f["tachycardia"] else None
+    if rate is not None:
         w = where()
-        phr = _pick(rng, [f"sinus bradycardia{rate_txt}", f"sinus rhythm with bradycardia at {hr} bpm",
-                          f"slow sinus rhythm{rate_txt}"])
+        phrases, impressions = _SINUS_RATE[rate]
+        phr = _pick(rng, [p.format(rate=rate_txt, hr=hr) for p in phrases])
         if w in ("both", "findings"):
             g.append(_cap(_pick(rng, ["ECG shows ", "Rhythm: ", ""]) + phr) + ".")
         if w in ("both", "impression"):
-            impression.append(_pick(rng, ["Sinus bradycardia", "Bradycardia"]))
-    elif f["tachycardia"]:
-        w = where()
-        phr = _pick(rng, [f"sinus tachycardia{rate_txt}", f"sinus rhythm with tachycardia at {hr} bpm",
-                          f"rapid sinus rhythm{rate_txt}"])
-        if w in ("both", "findings"):
-            g.append(_cap(_pick(rng, ["ECG shows ", "Rhythm: ", ""]) + phr) + ".")
-        if w in ("both", "impression"):
-            impression.append(_pick(rng, ["Sinus tachycardia", "Tachycardia"]))
+            impression.append(_pick(rng, impressions))
     elif rng.random() < 0.6 and not borderline:
         g.append(_pick(rng, [f"Normal sinus rhythm{rate_txt}.", f"Sinus rhythm{rate_txt}.",
                              f"ECG: normal sinus rhythm at {hr} bpm.", "Regular sinus rhythm."]))
@@ -338,11 +346,9 @@ def _lv_function(rng, f, attrs, impression: list[str], where, style: ReportStyle
     """FINDINGS sentences on LV function, wall thickness and the left atrium (echo); appends impressions."""
     ef = int(round(float(attrs["ef"])))
     g: list[str] = []
-    if "reduced_ef" in style.uncertain:
-        g.append(_pick(rng, BORDERLINE["reduced_ef"]))
-        impression.append("Borderline LV systolic function")
-    elif "reduced_ef" in style.hedged:
-        g.extend(_hedge(rng, "reduced_ef", style))
+    qualified = _qualified(rng, "reduced_ef", style, impression, "Borderline LV systolic function")
+    if qualified is not None:
+        g.extend(qualified)
     elif f["reduced_ef"]:
         w = where()
         grade = "severely" if ef < 30 else "moderately" if ef < 40 else "mildly"
