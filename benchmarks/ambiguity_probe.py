@@ -9,6 +9,10 @@ the out-of-fold predictions among *clean* studies (ambiguity < 0.05) and among *
 modality. Borderline (-1) labels are left out.
 
     python benchmarks/ambiguity_probe.py data_shards/demo [--out probe.json] [--modalities echo ...]
+    python benchmarks/ambiguity_probe.py data_shards/demo --embeddings emb.npz    (``probmed predict``'s output)
+
+With ``--embeddings``, instead: Spearman(mean predicted σ², recorded ambiguity) per modality over the studies of the
+``.npz`` (the test split) that have the modality.
 """
 from __future__ import annotations
 
@@ -116,12 +120,38 @@ def probe(data: dict, modality: str, folds: int = 5) -> dict:
     return result
 
 
+def variance_spearman(embeddings: Path, data_dir: Path) -> dict[str, tuple[int, float]]:
+    """modality → (studies, Spearman ρ of the mean of ``<m>/var`` with ``meta["ambiguity"][m]``)."""
+    from scipy.stats import spearmanr
+
+    npz = np.load(embeddings, allow_pickle=False)
+    meta = {}
+    for sample in _samples(data_dir):
+        m = json.loads(sample["json"])
+        meta[m["study_id"]] = m.get("ambiguity", {})
+    ids = [str(s) for s in npz["study_id"]]
+    out = {}
+    for m in TARGETS:
+        if f"{m}/var" not in npz:
+            continue
+        var = npz[f"{m}/var"].mean(1)
+        amb = np.array([float(meta.get(s, {}).get(m, np.nan)) for s in ids])
+        ok = npz[f"{m}/present"].astype(bool) & ~np.isnan(amb)
+        out[m] = (int(ok.sum()), round(float(spearmanr(var[ok], amb[ok]).correlation), 3))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--modalities", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    parser.add_argument("--embeddings", type=Path, help="probmed predict's .npz: report Spearman(σ², ambiguity)")
     args = parser.parse_args()
+    if args.embeddings:
+        for m, (n, rho) in variance_spearman(args.embeddings, args.data_dir).items():
+            print(f"{m:8s} n={n:5d}  Spearman(mean var, ambiguity) = {rho:+.3f}")
+        return
     data = features(args.data_dir)
     results = {m: probe(data[m], m) for m in args.modalities if data[m]["x"]}
     print(f"{'modality':8s} {'n clean':>8s} {'n poor':>7s} {'AUROC all':>10s} {'clean':>7s} {'poor':>7s}")
