@@ -15,7 +15,8 @@ Generative model (per patient, then per study):
   ventricular response) about half the time; reduced EF makes tachycardia likelier;
 * continuous attributes consistent with the labels, with a gap around each clinical threshold so labels are
   learnable: heart rate (brady 38-57, normal 62-97, tachy 104-150 bpm), cardiothoracic ratio (normal
-  0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size;
+  0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size — except the
+  10 % *borderline* studies (:mod:`.quality`), one of whose attributes sits on its threshold with a -1 label;
 * cardiac structure shared by the film, the ECG, the cine and the report (what links CXR and ECG, as in real
   studies). Each patient carries two uniform latents ``u_lvh``, ``u_lae``; a study has the state when its latent
   falls below the study's probability, so a patient's studies agree unless the findings behind them changed:
@@ -40,7 +41,8 @@ Generative model (per patient, then per study):
   (right internal jugular / left subclavian, p≈0.2), ECG monitoring leads (p≈0.35) and a nasogastric tube
   (p≈0.1). They are not labels; they make a study's film and report identifiable beyond its findings class.
 
-About 30 % of studies come out with no finding ("normal").
+About 30 % of studies come out with no finding ("normal"). Each study's modalities get an ambiguity and its quality
+mechanisms (:func:`.quality.study_quality`, generators of their own), unless ``plan_corpus(..., ambiguity=False)``.
 """
 from __future__ import annotations
 
