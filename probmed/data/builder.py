@@ -15,7 +15,9 @@ row gives converted by its registered converter (:mod:`probmed.data.registry`, :
 * Report (file or inline text, e.g. ECG statements) → ``report.txt``.
 
 The label vocabulary (the manifest's ``finding:<name>`` columns, their value convention and counts) is written to
-``labels.json`` (:mod:`probmed.data.labels`); the loader and evaluation take the labels from there.
+``labels.json`` (:mod:`probmed.data.labels`); the loader and evaluation take the labels from there. The
+manifest's ``ambiguity:<m>`` columns go into ``meta["ambiguity"][<m>]`` for each modality the study ends up with
+(evaluation truth, as in the synthetic corpus).
 
 Study and patient ids become salted pseudonyms (the shard key and ``meta``); the salt is never stored, and a shard
 whose members hold it (in any common encoding, :mod:`probmed.data.secret_scan`) is refused before it is written.
@@ -159,6 +161,8 @@ def build_study(key: str, entry: StudyEntry, pseudo: Pseudonymizer, opts: BuildO
         if got is not None:
             sample.update(got[0])
             meta.update(got[1])
+            if got[0] and spec.name in entry.ambiguity:  # the manifest's ambiguity:<m>, for a modality it has
+                meta.setdefault("ambiguity", {})[spec.name] = entry.ambiguity[spec.name]
     if len(sample) == 1:
         result.skipped.append({"study": key, "modality": "study", "reason": "no_usable_modality", "detail": ""})
         return result

@@ -101,6 +101,9 @@ def _add_synth(sub) -> None:
                    f"change: {', '.join(sorted(EXTRA_MODALITIES))} (an axial chest CT slice, missing in 20 %% of "
                    "studies unless --missing says otherwise)")
     s.add_argument("--ct-size", type=_positive_int, default=128, help="CT slice side in pixels (default 128)")
+    s.add_argument("--no-ambiguity", action="store_true",
+                   help="render every study clean, without borderline studies and without the metadata's "
+                   "'ambiguity' / 'quality' keys: the corpus of before issue 25, byte for byte")
     s.set_defaults(func=_cmd_synth)
 
 
@@ -316,10 +319,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         extra_modalities=tuple(args.extra_modalities),
         ct_size=args.ct_size,
+        ambiguity=not args.no_ambiguity,
     )
     brief = {k: summary[k] for k in ("out_dir", "n_studies", "n_patients", "split_counts", "normal_fraction",
                                      "findings_prevalence", "modality_presence", "seconds", "studies_per_s",
                                      "bank_seconds", "profile_ms")}
+    brief |= {k: summary[k] for k in ("borderline_fraction", "ambiguity_mean") if k in summary}
     brief["shards"] = len(summary["shards"])
     print(json.dumps(brief, indent=1))
     return 0

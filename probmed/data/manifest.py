@@ -22,11 +22,17 @@ column              content
 ``report_text``     the report inline (e.g. ECG machine statements); used when ``report`` is empty
 ``finding:<name>``  a label: ``1`` positive, ``0`` negative, ``-1`` uncertain, empty: missing (CheXpert's convention,
                     :mod:`probmed.data.labels`); any number of such columns, in label-vector order
+``ambiguity:<m>``   optional: the recorded ambiguity of modality ``<m>`` (a registered one: ``cxr``, ``ecg``,
+                    ``echo``, ``text``, ...), a number in [0, 1], empty: unknown. Written into the shard's
+                    ``meta["ambiguity"][<m>]`` when the study has the modality: evaluation truth, never read by the
+                    model (the manifest makers fill it from PTB-XL's noise columns, MIMIC-CXR's ViewPosition and
+                    CheXpert's uncertain labels)
 ==================  ================================================================================================
 """
 from __future__ import annotations
 
 import csv
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +49,7 @@ MAX_CELL_CHARS = 1 << 20
 #: The csv module's cell limit while a manifest is read: larger than :data:`MAX_CELL_CHARS` so an over-long cell is
 #: refused naming its column; bounded so one cell cannot take the machine's memory.
 CSV_FIELD_LIMIT = 16 << 20
+AMBIGUITY_PREFIX = "ambiguity:"
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val",
                  "test": "test"}
 
@@ -80,6 +87,7 @@ class StudyEntry:
         values: every other non-empty column (besides ids, split and findings) as written.
         findings: label name → 1 / 0 / -1 (positive / negative / uncertain); missing labels are absent.
         acquired_at: the ``acquired_at`` column (None: unknown).
+        ambiguity: modality → recorded ambiguity in [0, 1] (``ambiguity:<m>`` columns); unknown ones are absent.
         line: the row's line number in the manifest (for messages; 0 when not read from a file).
     """
 
@@ -90,6 +98,7 @@ class StudyEntry:
     values: dict[str, str] = field(default_factory=dict)
     findings: dict[str, int] = field(default_factory=dict)
     acquired_at: datetime | None = None
+    ambiguity: dict[str, float] = field(default_factory=dict)
     line: int = 0
 
     def values_of(self, column: str) -> list[str]:
@@ -129,7 +138,7 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
         acquired_at = parse_iso(row.get(TIME_COLUMN))
     except ValueError as exc:
         raise ValueError(f"manifest line {line}: {TIME_COLUMN} = {exc}") from exc
-    findings, values = {}, {}
+    findings, values, ambiguity = {}, {}, {}
     for column, value in row.items():
         if column is None or not isinstance(value, (str, type(None))):  # csv.DictReader: cells beyond the header
             continue
@@ -143,6 +152,9 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
             except ValueError as exc:
                 raise ValueError(f"manifest line {line}: {column} = {value!r} is not 1, 0, -1 or empty") from exc
             findings[column[len(FINDING_PREFIX):]] = int(number)
+        elif column and column.startswith(AMBIGUITY_PREFIX):
+            if (value or "").strip() != "":
+                ambiguity[column[len(AMBIGUITY_PREFIX):]] = _ambiguity(column, value, line)
         elif (column and column not in REQUIRED_COLUMNS and column != TIME_COLUMN and column not in file_columns
               and (value or "").strip()):
             values[column] = value.strip()
@@ -150,7 +162,7 @@ def _parse_row(row: dict[str, str], base: Path, line: int, file_columns: tuple[s
     return StudyEntry(
         study_id=row["study_id"].strip(), patient_id=row["patient_id"].strip(), split=split,
         paths={c: p for c, p in paths.items() if p}, values=values, findings=findings, acquired_at=acquired_at,
-        line=line,
+        ambiguity=ambiguity, line=line,
     )
 
 
@@ -163,6 +175,22 @@ def _field_limit():
         yield
     finally:
         csv.field_size_limit(previous)
+
+
+def _ambiguity(column: str, value: str, line: int) -> float:
+    """The number of an ``ambiguity:<m>`` cell (ValueError naming the line for a bad one)."""
+    from probmed.data.registry import SPECS
+
+    modality = column[len(AMBIGUITY_PREFIX):]
+    if modality not in SPECS:
+        raise ValueError(f"manifest line {line}: column {column!r} names no registered modality ({sorted(SPECS)})")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"manifest line {line}: {column} = {value!r} is not a number in [0, 1] or empty")
+    return number
 
 
 def label_columns(path: str | Path) -> list[str]:
@@ -202,12 +230,14 @@ def read_manifest(path: str | Path) -> list[StudyEntry]:
 
 
 def write_manifest(path: str | Path, rows: list[dict[str, object]]) -> Path:
-    """Write manifest rows (dicts keyed by the columns above, ``finding:<name>`` included) as CSV; returns the path."""
+    """Write manifest rows (dicts keyed by the columns above, ``finding:<name>`` and ``ambiguity:<m>`` included) as
+    CSV; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     findings = sorted({k for row in rows for k in row if k.startswith(FINDING_PREFIX)})
+    ambiguity = sorted({k for row in rows for k in row if k.startswith(AMBIGUITY_PREFIX)})
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*columns(), *findings], extrasaction="raise")
+        writer = csv.DictWriter(fh, fieldnames=[*columns(), *findings, *ambiguity], extrasaction="raise")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: spreadsheet_safe("" if v is None else v) for k, v in row.items()})

@@ -11,6 +11,11 @@ A *batch* (what the LightningModule receives) is a dict:
 - ``group``: ``int64 [B]`` positive-group id (hash of the study id, or of the patient id);
 - ``labels``: ``float32 [B, len(labels)]`` in the dataset's label-vocabulary order (:mod:`probmed.data.labels`),
   NaN where a label is missing (or uncertain under the ``ignore`` policy);
+- ``ambiguity``: ``{modality: float32 [B]}`` for every modality of ``inputs``: the study's recorded ambiguity in
+  [0, 1] (``meta["ambiguity"][modality]``: the synthetic corpus's quality, or a manifest's ``ambiguity:<m>``
+  column), NaN where the study lacks the modality or the metadata gives no value; an invalid value (not a number,
+  not finite, outside [0, 1]) is NaN and counted as ``ambiguity_invalid``. Ground truth for evaluation only: the
+  model never reads it;
 - ``study_id``: list of B strings;
 - ``skipped``: ``{cause: count}`` of inputs this worker skipped since its previous batch.
 """
@@ -139,7 +144,32 @@ class StudyDecoder:
                 skips.add("label_invalid", f"{key}: findings {bad[:3]} are not 1, 0, -1 or absent")
                 return None
         study["labels"] = label_vector(findings if isinstance(findings, dict) else {}, self.labels, self.uncertain)
+        study["ambiguity"] = study_ambiguity(meta, study["present"], skips, str(key))
         return study
+
+
+def study_ambiguity(meta: dict, present: dict[str, bool], skips: SkipCounter, key: str = "?") -> dict[str, float]:
+    """``{modality: ambiguity}`` for each modality of ``present``: ``meta["ambiguity"][modality]`` as a float in
+    [0, 1]; NaN where the modality is absent or no value is recorded; NaN and one ``ambiguity_invalid`` skip per
+    invalid value (non-numeric, non-finite, outside [0, 1]) or a non-object ``ambiguity`` field."""
+    recorded = meta.get("ambiguity")
+    if recorded is None:
+        recorded = {}
+    elif not isinstance(recorded, dict):
+        skips.add("ambiguity_invalid", f"{key}: 'ambiguity' is {type(recorded).__name__}, not an object")
+        recorded = {}
+    out: dict[str, float] = {}
+    for name, is_present in present.items():
+        value = recorded.get(name)
+        out[name] = float("nan")
+        if value is None:
+            continue
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+        if not (0.0 <= number <= 1.0):  # also False for NaN
+            skips.add("ambiguity_invalid", f"{key}: ambiguity of {name} is {value!r} (a number in [0, 1] expected)")
+        elif is_present:
+            out[name] = number
+    return out
 
 
 class StudyCollator:
@@ -154,6 +184,8 @@ class StudyCollator:
             "present": {n: torch.tensor([s["present"][n] for s in studies]) for n in self.inputs},
             "group": torch.tensor([s["group"] for s in studies], dtype=torch.int64),
             "labels": torch.from_numpy(np.stack([s["labels"] for s in studies])),
+            "ambiguity": {n: torch.tensor([s.get("ambiguity", {}).get(n, float("nan")) for s in studies],
+                                          dtype=torch.float32) for n in self.inputs},
             "study_id": [s["study_id"] for s in studies],
             "skipped": skipped,
         }

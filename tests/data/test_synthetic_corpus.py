@@ -74,7 +74,8 @@ def test_samples_metadata_and_modalities(corpus):
                 assert field in meta
             assert meta["study_id"] == key and meta["split"] == split
             assert set(meta["findings"]) == set(schema.FINDINGS)
-            assert all(v in (0, 1) for v in meta["findings"].values())
+            assert all(v in (0, 1, -1) for v in meta["findings"].values())  # -1: a borderline study
+            assert set(meta["ambiguity"]) == set(meta["modalities"]) == set(meta["quality"])
             patients_by_split[split].add(meta["patient_id"])
             assert not any(ext in schema.FORBIDDEN_EXTS for ext in files)
             present = {registry.modality_of(ext) for ext in files} - {None}
@@ -84,7 +85,7 @@ def test_samples_metadata_and_modalities(corpus):
             cxr_exts = sorted(e for e in files if e.startswith(schema.CXR_PREFIX))
             assert cxr_exts == [f"cxr.{i}.dcm" for i in range(len(meta["cxr_views"]))]
             if cxr_exts:
-                assert meta["cxr_views"][0] == "PA"
+                assert meta["cxr_views"][0] == ("AP" if meta["quality"]["cxr"]["projection"] == "AP" else "PA")
             for i, ext in enumerate(cxr_exts):
                 ds = pydicom.dcmread(io.BytesIO(files[ext]))
                 assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
@@ -121,7 +122,7 @@ def test_samples_metadata_and_modalities(corpus):
                 assert k in attrs
     assert n == 40
     assert photometric == {"MONOCHROME1", "MONOCHROME2"}
-    assert views_seen == {"PA", "LATERAL"}
+    assert {"PA", "LATERAL"} <= views_seen <= {"PA", "AP", "LATERAL"}  # AP: a portable film (issue 25)
     # split by patient: no patient in two splits
     splits = list(patients_by_split.values())
     for i in range(len(splits)):
@@ -147,6 +148,8 @@ def test_plan_statistics():
     assert sum(len(v) > 1 for v in by_patient.values()) > 100
     assert all(len({p.split for p in v}) == 1 for v in by_patient.values())
     for p in plans:
+        if p.uncertain:  # a borderline study sits on its threshold (tests/test_corpus_ambiguity.py); the rest keep the gap
+            continue
         hr = p.attributes["heart_rate"]
         if p.findings["bradycardia"]:
             assert hr < 60
@@ -163,7 +166,7 @@ def test_plan_statistics():
 def test_plan_cardiac_structure_links_film_and_ecg():
     """LV hypertrophy goes with cardiomegaly and left-atrial enlargement with AF, at the documented rates; the
     continuous attributes sit on the right side of their clinical thresholds; a patient's studies agree."""
-    plans = plan_corpus(4000, seed=12)
+    plans = [p for p in plan_corpus(4000, seed=12) if not p.uncertain]  # borderline studies sit on the threshold
     f = {k: np.array([p.findings[k] for p in plans]) == 1 for k in schema.FINDINGS}
     a = {k: np.array([p.attributes[k] for p in plans]) for k in
          ("sokolow_lyon_mv", "lv_strain", "lv_wall_mm", "la_enlarged", "la_diameter_mm")}

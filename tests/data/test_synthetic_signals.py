@@ -1,4 +1,7 @@
-"""The hidden findings really drive the rendered signals (measured from the pixels / samples, not from meta)."""
+"""The hidden findings really drive the rendered signals (measured from the pixels / samples, not from meta).
+
+The corpus here is rendered clean (``ambiguity=False``): these are the properties of a clean study; how the
+ambiguity degrades them is tests/test_corpus_ambiguity.py."""
 from __future__ import annotations
 
 import io
@@ -23,7 +26,7 @@ def studies(tmp_path_factory):
     out = tmp_path_factory.mktemp("signals")
     generate_corpus(out, N, seed=21, missing={"cxr": 0, "ecg": 0, "echo": 0, "text": 0}, cxr_size=128,
                     echo_size=48, echo_frames=16, ecg_rate=FS, ecg_seconds=10.0, shard_size=50, workers=1,
-                    cache_dir=tmp_path_factory.getbasetemp() / "probmed_ecg_bank")
+                    cache_dir=tmp_path_factory.getbasetemp() / "probmed_ecg_bank", ambiguity=False)
     rows = []
     for tar_path in sorted(out.glob("*.tar")):
         samples = defaultdict(dict)

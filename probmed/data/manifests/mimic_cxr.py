@@ -15,19 +15,58 @@ with CheXpert's values kept (``1`` / ``0`` / ``-1`` uncertain / blank missing; t
 decides what -1 means). ``acquired_at``: the metadata's ``StudyDate`` + ``StudyTime`` (numbers in the CSV, so
 ``StudyTime`` ``75013.234`` is 07:50:13.234: :func:`probmed.data.times.numeric_date_time`), else the DICOM header's
 ``AcquisitionDateTime`` or ``StudyDate`` + ``StudyTime``; blank for JPGs without metadata.
+
+Ambiguity (documented rules; blank = unknown):
+
+* ``ambiguity:cxr`` from the metadata's ``ViewPosition`` of the study's frontal views, the best one counting (a
+  study is as readable as its best frontal film): ``PA`` 0; ``AP`` (portable: magnified heart, often rotated and
+  poorly inspired) 0.5, or 0.75 when ``PatientOrientationCodeSequence_CodeMeaning`` is ``Recumbent`` (a supine
+  film: effusions layer, the heart broadens); other frontal positions (``AP AXIAL``, decubitus ``AP LLD`` ...,
+  ``SWIMMERS``) 0.75. Blank without the metadata file or without a frontal view.
+* ``ambiguity:text`` from CheXpert's uncertain labels, where the study has a report and a CheXpert row:
+  min(1, (number of the 14 labels that are -1) / 3), i.e. 0 for a report that hedges nothing, 1/3 per hedged
+  finding, 1 from three on.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from probmed.data.manifest import FINDING_PREFIX, write_manifest
-from probmed.data.safe_paths import within
+from probmed.data.manifest import AMBIGUITY_PREFIX, FINDING_PREFIX, write_manifest
 from probmed.data.manifests.common import read_table, relative, snake, split_by_patient
+from probmed.data.safe_paths import within
 from probmed.data.times import TIME_COLUMN, file_time, format_time, numeric_date_time
 
 CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
                    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
                    "Pneumonia", "Pneumothorax", "Support Devices")
+
+
+#: ViewPosition → ambiguity of a frontal film (anything else that is not lateral: :data:`OTHER_FRONTAL`).
+VIEW_AMBIGUITY = {"PA": 0.0, "AP": 0.5}
+SUPINE_AP, OTHER_FRONTAL = 0.75, 0.75
+LATERAL_VIEWS = ("LATERAL", "LL", "RL", "XTABLE LATERAL", "LAO", "RAO", "LPO", "RPO")
+
+
+def cxr_ambiguity(views: list[tuple[str, str]]) -> float | str:
+    """The study's CXR ambiguity from ``(ViewPosition, patient orientation)`` of its images ("" = unknown)."""
+    scores = []
+    for view, orientation in views:
+        view = (view or "").strip().upper()
+        if not view or view in LATERAL_VIEWS:
+            continue
+        if view == "AP" and (orientation or "").strip().lower() == "recumbent":
+            scores.append(SUPINE_AP)
+        else:
+            scores.append(VIEW_AMBIGUITY.get(view, OTHER_FRONTAL))
+    return min(scores) if scores else ""
+
+
+def text_ambiguity(label_row: dict | None) -> float | str:
+    """min(1, uncertain CheXpert labels / 3) of a study's label row ("" without one)."""
+    if not label_row:
+        return ""
+    uncertain = sum(str(label_row.get(label, "")).strip() in ("-1", "-1.0") for label in CHEXPERT_LABELS)
+    return round(min(1.0, uncertain / 3.0), 4)
 
 
 #: The values of the CheXpert label CSV that are labels (anything else, blank included, is missing).
@@ -51,6 +90,9 @@ def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str
     if meta is not None and {"StudyDate", "StudyTime"} <= set(meta.columns):
         times = {d: numeric_date_time(date, time)
                  for d, date, time in zip(meta["dicom_id"], meta["StudyDate"], meta["StudyTime"])}
+    orient_column = "PatientOrientationCodeSequence_CodeMeaning"
+    orientation = dict(zip(meta["dicom_id"], meta[orient_column])) if meta is not None and orient_column in meta \
+        else {}
     split_table = read_table(root, "mimic-cxr-2.0.0-split.csv")
     splits = dict(zip(split_table["study_id"], split_table["split"])) if split_table is not None else {}
     labels = read_table(root, "mimic-cxr-2.0.0-chexpert.csv")
@@ -73,5 +115,8 @@ def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str
         for label in CHEXPERT_LABELS:
             value = label_rows.get(study, {}).get(label, "")
             row[FINDING_PREFIX + snake(label)] = str(int(float(value))) if value in CHEXPERT_VALUES else ""
+        row[AMBIGUITY_PREFIX + "cxr"] = cxr_ambiguity([(views.get(p.stem, ""), orientation.get(p.stem, ""))
+                                                       for p in images]) if views and images else ""
+        row[AMBIGUITY_PREFIX + "text"] = text_ambiguity(label_rows.get(study)) if row["report"] else ""
         rows.append(row)
     return write_manifest(out, rows), len(rows)

@@ -12,18 +12,33 @@ the descriptions of the record's SCP statements. Labels: the five diagnostic sup
 ``mi``, ``sttc``, ``cd``, ``hyp``) and the embedded corpus's rhythm findings (AFIB/AFLT → atrial_fibrillation,
 SBRAD → bradycardia, STACH → tachycardia), 0 where absent. ``acquired_at``: ``recording_date``
 (``YYYY-MM-DD HH:MM:SS``; blank when unreadable).
+
+Ambiguity (``ambiguity:ecg``): the fraction of PTB-XL's four signal-quality columns (``baseline_drift``,
+``static_noise``, ``burst_noise``, ``electrodes_problems``: free text naming the affected leads, empty when the
+annotator saw no problem) that are annotated for the record: 0, 0.25, 0.5, 0.75 or 1. Blank (unknown) when the
+database has none of the four columns (an older release).
 """
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from probmed.data.manifest import FINDING_PREFIX, write_manifest
+from probmed.data.manifest import AMBIGUITY_PREFIX, FINDING_PREFIX, write_manifest
 from probmed.data.manifests.common import read_table, relative
 from probmed.data.readers.text import statements_report
 from probmed.data.times import TIME_COLUMN, format_time, parse_source_time
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
+#: PTB-XL's signal-quality columns (Wagner et al. 2020, Table 2: "Signal Metadata").
+NOISE_COLUMNS = ("baseline_drift", "static_noise", "burst_noise", "electrodes_problems")
+
+
+def ecg_ambiguity(row: dict) -> float | None:
+    """The fraction of the four noise columns annotated (non-empty) for one database row; None without them."""
+    known = [c for c in NOISE_COLUMNS if c in row]
+    if not known:
+        return None
+    return sum(bool(str(row[c] or "").strip()) for c in NOISE_COLUMNS if c in row) / len(NOISE_COLUMNS)
 RHYTHM_FINDINGS = {"AFIB": "atrial_fibrillation", "AFLT": "atrial_fibrillation", "SBRAD": "bradycardia",
                    "STACH": "tachycardia"}
 
@@ -56,5 +71,7 @@ def make_ptbxl_manifest(root: str | Path, out: str | Path, high_rate: bool = Tru
             entry[FINDING_PREFIX + superclass.lower()] = int(superclass in present)
         for finding in sorted(set(RHYTHM_FINDINGS.values())):
             entry[FINDING_PREFIX + finding] = int(any(RHYTHM_FINDINGS.get(c) == finding for c in codes))
+        amb = ecg_ambiguity(row)
+        entry[AMBIGUITY_PREFIX + "ecg"] = "" if amb is None else amb
         rows.append(entry)
     return write_manifest(out, rows), len(rows)

@@ -25,6 +25,7 @@ from probmed.data.synthetic import ct as ct_mod
 from probmed.data.synthetic import cxr as cxr_mod
 from probmed.data.synthetic import echo as echo_mod
 from probmed.data.synthetic import ecg as ecg_mod
+from probmed.data.synthetic import quality
 from probmed.data.synthetic.plan import CORPUS_MODALITIES, EXTRA_MODALITIES, StudyPlan, plan_corpus, study_rng
 from probmed.data.synthetic.report import make_report
 
@@ -51,12 +52,17 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 
 
 def study_meta(plan: StudyPlan, cfg: RenderConfig) -> dict[str, Any]:
-    """The ``json`` metadata of one study (schema keys + hidden attributes)."""
+    """The ``json`` metadata of one study (schema keys + hidden attributes + the quality ground truth).
+
+    ``findings`` holds 1 / 0 and -1 for a borderline study's uncertain finding; ``ambiguity`` maps each modality
+    the study has to its ambiguity in [0, 1] and ``quality`` to its mechanisms' strengths
+    (:mod:`probmed.data.synthetic.quality`): truth for evaluation, never read by the model.
+    """
     return {
         "study_id": plan.study_id,
         "patient_id": plan.patient_id,
         "split": plan.split,
-        "findings": {k: int(plan.findings[k]) for k in FINDINGS},
+        "findings": {k: int(v) for k, v in plan.labels().items() if k in FINDINGS},
         "cxr_views": list(plan.cxr_views),
         "ecg_leads": list(ECG_LEADS) if plan.present["ecg"] else [],
         "ecg_sampling_rate": int(cfg.ecg_rate) if plan.present["ecg"] else None,
@@ -64,7 +70,8 @@ def study_meta(plan: StudyPlan, cfg: RenderConfig) -> dict[str, Any]:
         "modalities": [m for m, present in plan.present.items() if present],
         "attributes": dict(plan.attributes),
         "source": "probmed-synthetic",
-    }
+    } | ({"ambiguity": dict(plan.ambiguity), "quality": {m: dict(q) for m, q in plan.quality.items()}}
+         if plan.ambiguity else {})
 
 
 # worker state (set by the pool initializer, or directly when running in-process)
@@ -78,51 +85,74 @@ def _init_worker(bank: ecg_mod.ECGBank | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _render_cxr(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
+    rng = study_rng(cfg.seed, plan.index, "cxr")
+    noise = quality.noise_rng(cfg.seed, plan.index, "cxr")
+    q = plan.quality.get("cxr")
+    for i, (view, phot) in enumerate(zip(plan.cxr_views, plan.cxr_photometric)):
+        density = cxr_mod.render_cxr(rng, view, plan.attributes, plan.patient_traits, cfg.cxr_size, quality=q)
+        density = quality.degrade_cxr(density, noise, q) if q else density
+        sample[f"cxr.{i}.dcm"] = cxr_mod.to_dicom_bytes(
+            density, rng, seed=cfg.seed, study_id=plan.study_id, view=view, view_index=i, photometric=phot,
+            bits=plan.cxr_bits, phi=plan.phi, n_views=len(plan.cxr_views),
+        )
+
+
+def _render_ecg(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any], bank: ecg_mod.ECGBank | None) -> None:
+    if bank is None:
+        raise RuntimeError("render_study needs the ECG bank")
+    a = plan.attributes
+    sig = ecg_mod.synthesize_ecg(
+        bank, study_rng(cfg.seed, plan.index, "ecg"), heart_rate=a["heart_rate"], rhythm=a["rhythm"],
+        traits=plan.patient_traits, sampling_rate=cfg.ecg_rate, seconds=cfg.ecg_seconds, structure=a,
+    )
+    if "ecg" in plan.quality:
+        sig = quality.degrade_ecg(sig, quality.noise_rng(cfg.seed, plan.index, "ecg"), plan.quality["ecg"],
+                                  cfg.ecg_rate)
+    sample[ECG_EXT] = _npy_bytes(sig)
+
+
+def _render_echo(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
+    a, q = plan.attributes, plan.quality.get("echo")
+    cine = echo_mod.render_echo(
+        study_rng(cfg.seed, plan.index, "echo"), heart_rate=a["heart_rate"], rhythm=a["rhythm"], ef=a["ef"],
+        lv_scale=a["lv_scale"], traits=plan.patient_traits, frames=cfg.echo_frames, size=cfg.echo_size,
+        fps=cfg.echo_fps, lv_wall_mm=a["lv_wall_mm"], la_diameter_mm=a["la_diameter_mm"],
+        foreshortening=q["foreshortening"] if q else 0.0,
+    )
+    if q:
+        cine = quality.degrade_echo(cine, quality.noise_rng(cfg.seed, plan.index, "echo"), q)
+    sample[ECHO_EXT] = _npy_bytes(cine)
+
+
+def _render_text(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
+    text = make_report(study_rng(cfg.seed, plan.index, "text"), plan.findings, plan.attributes,
+                       quality=plan.quality.get("text"), quality_rng=quality.noise_rng(cfg.seed, plan.index, "text"),
+                       uncertain=plan.uncertain)
+    sample[REPORT_EXT] = text.encode("utf-8")
+
+
+def _render_ct(plan: StudyPlan, cfg: RenderConfig, sample: dict[str, Any]) -> None:
+    hu = ct_mod.render_ct(study_rng(cfg.seed, plan.index, "ct"), plan.attributes, plan.patient_traits, cfg.ct_size)
+    if "ct" in plan.quality:
+        hu = quality.degrade_ct(hu, quality.noise_rng(cfg.seed, plan.index, "ct"), plan.quality["ct"])
+    sample["ct.0.dcm"] = ct_mod.to_ct_dicom_bytes(hu, seed=cfg.seed, study_id=plan.study_id, phi=plan.phi)
+
+
 def render_study(plan: StudyPlan, cfg: RenderConfig, bank: ecg_mod.ECGBank | None = None
                  ) -> tuple[str, dict[str, Any], dict[str, float]]:
-    """Render one study: ``(split, sample dict for the shard writer, per-modality seconds)``."""
+    """Render one study: ``(split, sample dict for the shard writer, per-modality seconds)``; each modality is
+    rendered at its plan's quality (:mod:`probmed.data.synthetic.quality`)."""
     bank = bank if bank is not None else _BANK
     timing: dict[str, float] = {}
     sample: dict[str, Any] = {"__key__": plan.study_id}
-    a, f, tr = plan.attributes, plan.findings, plan.patient_traits
-    if plan.present["cxr"]:
-        t0 = time.process_time()
-        rng = study_rng(cfg.seed, plan.index, "cxr")
-        for i, (view, phot) in enumerate(zip(plan.cxr_views, plan.cxr_photometric)):
-            density = cxr_mod.render_cxr(rng, view, a, tr, cfg.cxr_size)
-            sample[f"cxr.{i}.dcm"] = cxr_mod.to_dicom_bytes(
-                density, rng, seed=cfg.seed, study_id=plan.study_id, view=view, view_index=i, photometric=phot,
-                bits=plan.cxr_bits, phi=plan.phi, n_views=len(plan.cxr_views),
-            )
-        timing["cxr"] = time.process_time() - t0
-    if plan.present["ecg"]:
-        t0 = time.process_time()
-        if bank is None:
-            raise RuntimeError("render_study needs the ECG bank")
-        sig = ecg_mod.synthesize_ecg(
-            bank, study_rng(cfg.seed, plan.index, "ecg"), heart_rate=a["heart_rate"], rhythm=a["rhythm"],
-            traits=tr, sampling_rate=cfg.ecg_rate, seconds=cfg.ecg_seconds, structure=a,
-        )
-        sample[ECG_EXT] = _npy_bytes(sig)
-        timing["ecg"] = time.process_time() - t0
-    if plan.present["echo"]:
-        t0 = time.process_time()
-        cine = echo_mod.render_echo(
-            study_rng(cfg.seed, plan.index, "echo"), heart_rate=a["heart_rate"], rhythm=a["rhythm"], ef=a["ef"],
-            lv_scale=a["lv_scale"], traits=tr, frames=cfg.echo_frames, size=cfg.echo_size, fps=cfg.echo_fps,
-            lv_wall_mm=a["lv_wall_mm"], la_diameter_mm=a["la_diameter_mm"],
-        )
-        sample[ECHO_EXT] = _npy_bytes(cine)
-        timing["echo"] = time.process_time() - t0
-    if plan.present["text"]:
-        t0 = time.process_time()
-        sample[REPORT_EXT] = make_report(study_rng(cfg.seed, plan.index, "text"), f, a).encode("utf-8")
-        timing["text"] = time.process_time() - t0
-    if plan.present.get("ct"):
-        t0 = time.process_time()
-        hu = ct_mod.render_ct(study_rng(cfg.seed, plan.index, "ct"), a, tr, cfg.ct_size)
-        sample["ct.0.dcm"] = ct_mod.to_ct_dicom_bytes(hu, seed=cfg.seed, study_id=plan.study_id, phi=plan.phi)
-        timing["ct"] = time.process_time() - t0
+    renderers = {"cxr": _render_cxr, "ecg": lambda p, c, s: _render_ecg(p, c, s, bank), "echo": _render_echo,
+                 "text": _render_text, "ct": _render_ct}
+    for modality, render in renderers.items():
+        if plan.present.get(modality):
+            t0 = time.process_time()
+            render(plan, cfg, sample)
+            timing[modality] = time.process_time() - t0
     sample[META_EXT] = json.dumps(study_meta(plan, cfg), sort_keys=True).encode("utf-8")
     return plan.split, sample, timing
 
@@ -158,8 +188,13 @@ def generate_corpus(
     progress: bool = False,
     extra_modalities: tuple[str, ...] = (),
     ct_size: int = 128,
+    ambiguity: bool = True,
 ) -> dict[str, Any]:
     """Write a synthetic corpus of ``n_studies`` studies as webdataset shards under ``out_dir``.
+
+    Each study's modalities carry an ambiguity rendered into the signal and recorded in the metadata; 10 % of
+    studies are borderline (a -1 label). Defaults (:mod:`probmed.data.synthetic.quality`): 70 % clean (a < 0.05),
+    a 0.05 + 0.95·Beta(1.2, 1.8) tail. ``ambiguity=False``: every study clean, no borderline ones, no such keys.
 
     Args:
         missing: fraction of studies lacking each modality (defaults :data:`DEFAULT_MISSING`; unnamed
@@ -172,13 +207,52 @@ def generate_corpus(
             ``ct_size`` pixels, missing in 20 % of studies unless ``missing`` says otherwise; see
             :data:`~probmed.data.synthetic.plan.EXTRA_MODALITIES`). The corpus's own files do not change.
 
-    Returns:
-        a summary dict: counts per split, shard sizes, finding prevalence, modality presence, timings
-        (``profile_ms``: mean CPU milliseconds per study and modality inside the renderer).
+    Returns a summary dict: counts per split, shard sizes, finding prevalence, modality presence, timings
+    (``profile_ms``: mean CPU milliseconds per study and modality inside the renderer).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     extras = tuple(dict.fromkeys(extra_modalities))
+    miss = _check_arguments(extras, missing, shard_size, cxr_size, ct_size, echo_size, echo_frames, ecg_rate,
+                            ecg_seconds)
+    cfg = RenderConfig(
+        seed=int(seed), cxr_size=int(cxr_size), echo_size=int(echo_size), echo_frames=int(echo_frames),
+        echo_fps=float(echo_fps) if echo_fps else echo_mod.default_fps(int(echo_frames)),
+        ecg_rate=int(ecg_rate), ecg_seconds=float(ecg_seconds), ct_size=int(ct_size),
+    )
+    plans = plan_corpus(n_studies, seed, missing=miss, splits=tuple(splits), lateral_fraction=lateral_fraction,
+                        extra_modalities=extras, ambiguity=ambiguity)
+    modalities = (*CORPUS_MODALITIES, *extras)
+    # write order: a seeded permutation, so a shard mixes patients (a patient's studies are not adjacent)
+    order = np.random.default_rng([int(seed), 9]).permutation(len(plans))
+    ordered = [plans[int(i)] for i in order]
+    t_bank = time.perf_counter()
+    bank, n_templates = _build_bank(plans, cfg, cache_dir, workers)
+    t_render = time.perf_counter()
+    split_counts, profile_ms, sizes = _render_and_write(ordered, cfg, bank, out_dir, shard_size, workers, progress,
+                                                        modalities)
+    arguments = {"n_studies": int(n_studies), "seed": int(seed), "missing": miss, "splits": list(splits)} | {
+        k: v for k, v in asdict(cfg).items() if k not in ("seed", "ct_size")} | {
+        "shard_size": int(shard_size), "lateral_fraction": lateral_fraction,
+    } | ({"extra_modalities": list(extras), "ct_size": cfg.ct_size} if extras else {})
+    info = _write_info(out_dir, plans, modalities, arguments, split_counts, sizes)
+    total = time.perf_counter() - t_start
+    return dict(info) | dict(
+        out_dir=str(out_dir),
+        seconds=round(total, 3),
+        bank_seconds=round(t_render - t_bank, 3),
+        bank_templates=n_templates,
+        render_seconds=round(total - (t_render - t_start), 3),
+        studies_per_s=round(len(plans) / max(total, 1e-9), 2),
+        profile_ms=profile_ms,
+        workers=int(workers),
+        config=asdict(cfg),
+    )
+
+
+def _check_arguments(extras, missing, shard_size, cxr_size, ct_size, echo_size, echo_frames, ecg_rate,
+                     ecg_seconds) -> dict[str, float]:
+    """The missing fraction of every modality, after refusing impossible arguments (ValueError)."""
     unknown = sorted(set(extras) - set(EXTRA_MODALITIES))
     if unknown:
         raise ValueError(f"unknown extra modalities {unknown} (known: {sorted(EXTRA_MODALITIES)})")
@@ -190,18 +264,12 @@ def generate_corpus(
         raise ValueError("shard_size must be >= 1")
     if cxr_size < 32 or ct_size < 32 or echo_size < 16 or echo_frames < 2 or ecg_rate < 50 or ecg_seconds < 2:
         raise ValueError("sizes too small (cxr and ct >= 32, echo >= 16 px and >= 2 frames, ECG >= 50 Hz and >= 2 s)")
-    cfg = RenderConfig(
-        seed=int(seed), cxr_size=int(cxr_size), echo_size=int(echo_size), echo_frames=int(echo_frames),
-        echo_fps=float(echo_fps) if echo_fps else echo_mod.default_fps(int(echo_frames)),
-        ecg_rate=int(ecg_rate), ecg_seconds=float(ecg_seconds), ct_size=int(ct_size),
-    )
-    plans = plan_corpus(n_studies, seed, missing=miss, splits=tuple(splits), lateral_fraction=lateral_fraction,
-                        extra_modalities=extras)
-    modalities = (*CORPUS_MODALITIES, *extras)
-    # write order: a seeded permutation, so a shard mixes patients (a patient's studies are not adjacent)
-    order = np.random.default_rng([int(seed), 9]).permutation(len(plans))
-    ordered = [plans[int(i)] for i in order]
+    return miss
 
+
+def _build_bank(plans: list[StudyPlan], cfg: RenderConfig, cache_dir, workers: int
+                ) -> tuple[ecg_mod.ECGBank, int]:
+    """The ECG beat bank the plans need (from the disk cache when there) and its number of templates."""
     if cache_dir is True:
         cache: Path | None = ecg_mod.ECGBank.cache_dir_default()
     elif cache_dir in (None, False):
@@ -211,21 +279,20 @@ def generate_corpus(
     keys = ecg_mod.needed_templates(
         [(p.attributes["rhythm"], p.attributes["heart_rate"]) for p in plans if p.present["ecg"]], cfg.ecg_rate
     )
-    t_bank = time.perf_counter()
-    ctx = _mp_context()
     if workers > 1 and keys:
-        with ctx.Pool(workers) as pool:
-            bank = ecg_mod.ECGBank.build(keys, cache_dir=cache, pool=pool)
-    else:
-        bank = ecg_mod.ECGBank.build(keys, cache_dir=cache)
-    bank_seconds = time.perf_counter() - t_bank
+        with _mp_context().Pool(workers) as pool:
+            return ecg_mod.ECGBank.build(keys, cache_dir=cache, pool=pool), len(keys)
+    return ecg_mod.ECGBank.build(keys, cache_dir=cache), len(keys)
 
+
+def _render_and_write(ordered: list[StudyPlan], cfg: RenderConfig, bank, out_dir: Path, shard_size: int,
+                      workers: int, progress: bool, modalities) -> tuple[dict[str, int], dict[str, float], dict]:
+    """Render the studies in ``ordered`` (in worker processes when ``workers > 1``) and write them, in that order,
+    as shards: ``(studies per split, mean CPU ms per study and modality, shard sizes)``."""
     timing_sum = {m: 0.0 for m in modalities}
     timing_n = {m: 0 for m in modalities}
     split_counts = {s: 0 for s in SPLITS}
-    done = 0
-    t_render = time.perf_counter()
-    last_print = 0.0
+    done, last_print, t_render = 0, 0.0, time.perf_counter()
     tty = sys.stderr.isatty()  # a terminal gets one updating line; a log gets a whole line every 30 s
 
     def consume(results, writer):
@@ -246,24 +313,24 @@ def generate_corpus(
 
     with ShardSetWriter(out_dir, maxcount=shard_size) as writer:
         if workers > 1:
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(bank,)) as pool:
+            with _mp_context().Pool(workers, initializer=_init_worker, initargs=(bank,)) as pool:
                 consume(pool.imap(_render_task, [(p, cfg) for p in ordered], chunksize=4), writer)
         else:
             consume((render_study(p, cfg, bank) for p in ordered), writer)
     if progress and tty:
         print(file=sys.stderr)
-    render_seconds = time.perf_counter() - t_render
-    sizes = writer.sizes
+    profile = {m: round(1000 * timing_sum[m] / timing_n[m], 3) for m in modalities if timing_n[m]}
+    return split_counts, profile, writer.sizes
 
+
+def _write_info(out_dir: Path, plans: list[StudyPlan], modalities, arguments: dict, split_counts: dict,
+                sizes: dict) -> dict[str, Any]:
+    """Write (atomically) and return ``corpus_info.json``: arguments, counts, prevalences, ambiguity summary."""
     F = np.array([[p.findings[k] for k in FINDINGS] for p in plans])
+    amb = {m: np.array([p.ambiguity[m] for p in plans if m in p.ambiguity]) for m in modalities}
     info = {
         "generator": "probmed.data.synthetic",
-        "arguments": {
-            "n_studies": int(n_studies), "seed": int(seed), "missing": miss, "splits": list(splits),
-            "cxr_size": cfg.cxr_size, "echo_size": cfg.echo_size, "echo_frames": cfg.echo_frames,
-            "echo_fps": cfg.echo_fps, "ecg_rate": cfg.ecg_rate, "ecg_seconds": cfg.ecg_seconds,
-            "shard_size": int(shard_size), "lateral_fraction": lateral_fraction,
-        } | ({"extra_modalities": list(extras), "ct_size": cfg.ct_size} if extras else {}),
+        "arguments": arguments,
         "n_studies": len(plans),
         "n_patients": len({p.patient_id for p in plans}),
         "split_counts": split_counts,
@@ -273,20 +340,10 @@ def generate_corpus(
         "cxr_lateral": int(sum(len(p.cxr_views) > 1 for p in plans)),
         "shards": sizes,
     }
+    if any(p.ambiguity for p in plans):  # (a corpus without ambiguity keeps the info file of before, byte for byte)
+        info |= {"borderline_fraction": round(float(np.mean([bool(p.uncertain) for p in plans])), 4),
+                 "ambiguity_mean": {m: round(float(v.mean()), 4) for m, v in amb.items() if len(v)}}
     tmp = out_dir / f"{INFO_FILE}.tmp"
     tmp.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, out_dir / INFO_FILE)
-    total = time.perf_counter() - t_start
-    summary = dict(info)
-    summary.update(
-        out_dir=str(out_dir),
-        seconds=round(total, 3),
-        bank_seconds=round(bank_seconds, 3),
-        bank_templates=len(keys),
-        render_seconds=round(render_seconds, 3),
-        studies_per_s=round(len(plans) / max(total, 1e-9), 2),
-        profile_ms={m: round(1000 * timing_sum[m] / timing_n[m], 3) for m in modalities if timing_n[m]},
-        workers=int(workers),
-        config=asdict(cfg),
-    )
-    return summary
+    return info

@@ -80,16 +80,22 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int, amp: float) -
     return amp * big[:size, :size]
 
 
-def render_cxr(rng: np.random.Generator, view: str, attrs: dict, traits: dict, size: int = 256) -> np.ndarray:
-    """The density image (float32 in [0, 1], white = dense) of one view.
+def render_cxr(rng: np.random.Generator, view: str, attrs: dict, traits: dict, size: int = 256,
+               quality: dict | None = None) -> np.ndarray:
+    """The density image (float32 in [0, 1], white = dense) of one view (``PA`` or ``AP``: frontal; ``LATERAL``).
 
     The smooth anatomy is drawn at half resolution for sizes >= 192 (4x cheaper) and upsampled bilinearly; the
-    quantum noise is added at full resolution.
+    quantum noise is added at full resolution. ``quality``: the film's geometric quality mechanisms
+    (:func:`probmed.data.synthetic.quality.cxr_mechanisms`: ``rotation`` adds up to ±14° of tilt, ``inspiration``
+    shortens the lungs by up to 22 % and broadens the heart by up to 10 %; an ``AP`` view magnifies the heart by
+    15 %); ``None`` renders the film exactly as without quality.
     """
+    q = quality or {}
+    frontal = view in ("PA", "AP")
     work = size // 2 if size >= 192 else size
     U, V = _grid(work)
     # positioning jitter
-    theta = np.deg2rad(rng.normal(0.0, 2.0))
+    theta = np.deg2rad(rng.normal(0.0, 2.0) + 14.0 * float(q.get("rotation", 0.0)))
     scale = rng.uniform(0.93, 1.05)
     du, dv = rng.uniform(-0.05, 0.05, size=2)
     c, s = np.cos(theta), np.sin(theta)
@@ -100,15 +106,19 @@ def render_cxr(rng: np.random.Generator, view: str, attrs: dict, traits: dict, s
     tw = traits.get("cxr_thorax_width", 0.78)
     lung_h = traits.get("cxr_lung_height", 0.62)
     ctr = float(attrs["ctr"])
+    if q:  # apparent heart size and lung height of a portable / poorly inspired film
+        inspiration = float(q.get("inspiration", 0.0))
+        lung_h = lung_h * (1.0 - 0.22 * inspiration)
+        ctr = ctr * (1.0 + 0.1 * inspiration) * (1.15 if view == "AP" else 1.0)
     side = attrs.get("effusion_side", "none")
     esize = attrs.get("effusion_size", "none")
     lung_cy = -0.08
     la = la_enlargement(attrs.get("la_diameter_mm"))
-    if view == "PA":
+    if frontal:
         img = _render_pa(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits, la)
     else:
         img = _render_lateral(rng, u, v, eps, work, tw, lung_h, lung_cy, ctr, side, esize, traits, la)
-    img = _overlay_extras(img, rng, view, u, v, eps, attrs, tw, lung_h, lung_cy)
+    img = _overlay_extras(img, rng, "PA" if frontal else view, u, v, eps, attrs, tw, lung_h, lung_cy)
     # exposure gradient, contrast, noise, blur
     img = img * (1.0 + _smooth_noise(rng, work, 4, 0.04)) * traits.get("cxr_brightness", 1.0)
     img = np.clip(img, 0.0, 1.0) ** rng.uniform(0.85, 1.15)
@@ -381,7 +391,7 @@ def to_dicom_bytes(
     ds.StudyID = study_id[-8:]
     ds.SeriesNumber = view_index + 1
     ds.InstanceNumber = 1
-    ds.PatientOrientation = ["L", "F"] if view == "PA" else ["P", "F"]
+    ds.PatientOrientation = ["L", "F"] if view in ("PA", "AP") else ["P", "F"]
     ds.BurnedInAnnotation = "NO"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

@@ -76,8 +76,15 @@ def render_echo(
     fps: float | None = None,
     lv_wall_mm: float = 9.0,
     la_diameter_mm: float = 35.0,
+    foreshortening: float = 0.0,
 ) -> np.ndarray:
-    """One study's cine, ``uint8 [frames, size, size]``; wall thickness and LA diameter in millimetres."""
+    """One study's cine, ``uint8 [frames, size, size]``; wall thickness and LA diameter in millimetres.
+
+    ``foreshortening`` in [0, 1] (a quality mechanism, :mod:`probmed.data.synthetic.quality`): the imaging plane
+    misses the true apex and cuts the ventricle obliquely, so the LV is drawn up to 30 % shorter and its apparent
+    contraction (length, width and wall thickening) is damped by up to 70 % — the apparent EF is wrong; 0 renders
+    the cine exactly as without it.
+    """
     fps = fps or default_fps(frames)
     U, W, R, sector = _geometry(size)
     rr_mean = 60.0 / heart_rate
@@ -114,7 +121,10 @@ def render_echo(
     # per-frame geometry, broadcast over [frames, size, size] (no Python loop over frames)
     cf = c[:, None, None].astype(np.float32)
     s = (1.0 - efrac * cf) ** (1.0 / 3.0)
-    L = l_ed * s**0.6
+    fs = float(foreshortening)
+    if fs > 0.0:
+        s = s ** (1.0 - 0.7 * fs)
+    L = l_ed * s**0.6 * (1.0 - 0.3 * fs)
     Wd = w_ed * s**1.2
     wall = wall_ed * (1.0 + 0.8 * (1.0 - s**3))  # systolic wall thickening
     cw = apex_w + L / 2.0

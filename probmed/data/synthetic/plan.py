@@ -15,7 +15,8 @@ Generative model (per patient, then per study):
   ventricular response) about half the time; reduced EF makes tachycardia likelier;
 * continuous attributes consistent with the labels, with a gap around each clinical threshold so labels are
   learnable: heart rate (brady 38-57, normal 62-97, tachy 104-150 bpm), cardiothoracic ratio (normal
-  0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size;
+  0.38-0.48, cardiomegaly 0.53-0.66), EF (normal 55-72 %, reduced 20-42 %), effusion side and size — except the
+  10 % *borderline* studies (:mod:`.quality`), one of whose attributes sits on its threshold with a -1 label;
 * cardiac structure shared by the film, the ECG, the cine and the report (what links CXR and ECG, as in real
   studies). Each patient carries two uniform latents ``u_lvh``, ``u_lae``; a study has the state when its latent
   falls below the study's probability, so a patient's studies agree unless the findings behind them changed:
@@ -40,7 +41,8 @@ Generative model (per patient, then per study):
   (right internal jugular / left subclavian, p≈0.2), ECG monitoring leads (p≈0.35) and a nasogastric tube
   (p≈0.1). They are not labels; they make a study's film and report identifiable beyond its findings class.
 
-About 30 % of studies come out with no finding ("normal").
+About 30 % of studies come out with no finding ("normal"). Each study's modalities get an ambiguity and its quality
+mechanisms (:func:`.quality.study_quality`, generators of their own), unless ``plan_corpus(..., ambiguity=False)``.
 """
 from __future__ import annotations
 
@@ -84,6 +86,16 @@ class StudyPlan:
     cxr_bits: int
     patient_traits: dict[str, Any] = field(default_factory=dict)
     phi: dict[str, str] = field(default_factory=dict)
+    #: modality → ambiguity in [0, 1], for the modalities the study has (:mod:`.quality`)
+    ambiguity: dict[str, float] = field(default_factory=dict)
+    #: modality → the quality mechanisms' strengths (:mod:`.quality`)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: findings whose label is uncertain (-1): the study is borderline on them (``findings`` keeps the hidden state)
+    uncertain: list[str] = field(default_factory=list)
+
+    def labels(self) -> dict[str, int]:
+        """The findings as written into the shard: 1 / 0, and -1 for a borderline (uncertain) finding."""
+        return {k: (-1 if k in self.uncertain else int(v)) for k, v in self.findings.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -282,6 +294,18 @@ def _study_devices(rng: np.random.Generator, pstate: dict[str, Any]) -> dict[str
     }
 
 
+def _borderline(seed: int, index: int, findings: dict[str, int], attrs: dict[str, Any]
+                ) -> tuple[dict[str, Any], list[str]]:
+    """``(attributes, uncertain findings)``: a borderline study's attribute moved onto its threshold
+    (:func:`.quality.borderline_finding`), the others unchanged."""
+    from probmed.data.synthetic.quality import borderline_finding, place_on_threshold
+
+    finding = borderline_finding(seed, index, findings)
+    if finding is None:
+        return attrs, []
+    return place_on_threshold(seed, index, finding, attrs), [finding]
+
+
 def _split_patients(n_patients: int, studies_per_patient: list[int], fractions: tuple[float, ...],
                     rng: np.random.Generator) -> list[str]:
     """Assign whole patients to splits so that the study counts follow ``fractions``."""
@@ -318,9 +342,11 @@ def plan_corpus(
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
     lateral_fraction: float = 0.3,
     extra_modalities: tuple[str, ...] = (),
+    ambiguity: bool = True,
 ) -> list[StudyPlan]:
     """Decide the hidden truth of every study (no rendering). Deterministic in (n_studies, seed, options); the
-    ``extra_modalities`` (keys of :data:`EXTRA_MODALITIES`) only add their own presence flags."""
+    ``extra_modalities`` (keys of :data:`EXTRA_MODALITIES`) only add their own presence flags. ``ambiguity``: draw
+    each study's quality and the borderline studies (:mod:`.quality`); False leaves every study clean."""
     if n_studies < 1:
         raise ValueError("n_studies must be >= 1")
     if len(splits) != len(SPLITS):
@@ -334,6 +360,8 @@ def plan_corpus(
     for m in missing:
         if m not in known:
             raise ValueError(f"unknown modality {m!r} in missing (known: {known}; an extra one must be asked for)")
+    from probmed.data.synthetic.quality import study_quality
+
     rng = np.random.default_rng([int(seed), 1])
 
     # patients with 1-3 studies
@@ -366,6 +394,10 @@ def plan_corpus(
             attrs |= _study_devices(srng, pstate)
             attrs |= _study_structure(np.random.default_rng([int(seed), 10, index]), findings, pstate)
             phi = phi_p | fake_study_phi(seed, index, phi_p["PatientBirthDate"]) | {"PatientSex": pstate["sex"]}
+            attrs, uncertain = _borderline(seed, index, findings, attrs) if ambiguity else (attrs, [])
+            amb, quality = study_quality(seed, index, [m for m in known if present[m]]) if ambiguity else ({}, {})
+            if "cxr" in quality and quality["cxr"]["projection"] == "AP":
+                views = ["AP"] + views[1:]  # a portable film: anteroposterior instead of posteroanterior
             plans.append(
                 StudyPlan(
                     index=index,
@@ -381,6 +413,9 @@ def plan_corpus(
                     cxr_bits=bits,
                     patient_traits=pstate["traits"],
                     phi=phi,
+                    ambiguity=amb,
+                    quality=quality,
+                    uncertain=uncertain,
                 )
             )
             index += 1
