@@ -52,9 +52,9 @@ from typing import Any
 import numpy as np
 
 from probmed.data.schema import FINDINGS, SPLITS
+from probmed.data.synthetic.quality import borderline_finding, place_on_threshold, study_quality
+from probmed.data.synthetic.seeds import MODALITY_CODE
 
-#: Modality codes mixed into per-study seeds (stable: changing them changes every corpus).
-MODALITY_CODE = {"plan": 0, "cxr": 1, "ecg": 2, "echo": 3, "text": 4, "patient": 5, "ct": 6}
 #: The corpus's own modalities, in the order their presence is drawn from the study's plan generator (fixed: a
 #: modality added here would shift every later draw and change the corpus).
 CORPUS_MODALITIES: tuple[str, ...] = ("cxr", "ecg", "echo", "text")
@@ -298,8 +298,6 @@ def _borderline(seed: int, index: int, findings: dict[str, int], attrs: dict[str
                 ) -> tuple[dict[str, Any], list[str]]:
     """``(attributes, uncertain findings)``: a borderline study's attribute moved onto its threshold
     (:func:`.quality.borderline_finding`), the others unchanged."""
-    from probmed.data.synthetic.quality import borderline_finding, place_on_threshold
-
     finding = borderline_finding(seed, index, findings)
     if finding is None:
         return attrs, []
@@ -360,7 +358,6 @@ def plan_corpus(
     for m in missing:
         if m not in known:
             raise ValueError(f"unknown modality {m!r} in missing (known: {known}; an extra one must be asked for)")
-    from probmed.data.synthetic.quality import study_quality
 
     rng = np.random.default_rng([int(seed), 1])
 

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from probmed.data.synthetic.plan import MODALITY_CODE
+from probmed.data.synthetic.seeds import MODALITY_CODE
 
 CLEAN_FRACTION = 0.7
 CLEAN_MAX = 0.05
