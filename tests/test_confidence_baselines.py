@@ -204,3 +204,23 @@ def test_spearman_of_variance_with_recorded_ambiguity_from_batches():
     keep = [i for i in range(n) if i not in (3, 5)]
     ref = spearmanr(log_var[keep].exp().mean(1).numpy(), amb[keep].numpy()).statistic
     assert scalars["test/ambiguity_spearman/cxr"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_compare_presets_reads_the_suites_baselines_and_per_modality_severity_rho():
+    import sys
+
+    from conftest import REPO
+    from probmed.data.registry import SPECS
+    from probmed.evaluation.corruptions import all_corruptions
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import compare_presets
+
+    scalars = {"test/pmrp/cxr->text": 30.0, "test/pmrp/text->cxr": 50.0, "test/confidence/margin/mean_aurc": 0.8,
+               "test/confidence/variance/mean_e_aurc": 0.1, "test/confidence/margin/mean_e_aurc": 0.05,
+               "test/confidence/variance/mean_binned_pearson": -0.9, "test/zeroshot/mean_ece_scaled": 0.03}
+    got = compare_presets.summarise(scalars, ["cxr", "text"])
+    assert got["PMRP"] == 40.0 and got["AURC margin"] == 0.8 and got["ECE scaled"] == 0.03
+    assert (got["E-AURC"], got["E-AURC margin"], got["10-bin Pearson"]) == (0.1, 0.05, -0.9)
+    assert all_corruptions(["cxr", "nope"], (1, 2)) == [
+        {"modality": "cxr", "kind": kind, "severities": [1.0, 2.0]} for kind in SPECS["cxr"].corruptions]

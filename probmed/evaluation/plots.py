@@ -27,7 +27,8 @@ def _grid(n: int, size: float = 3.0) -> tuple[Figure, list]:
 
 
 def bins_ece(b: dict[str, Tensor]) -> float:
-    """ECE from :func:`~probmed.evaluation.uncertainty.reliability_bins`: ``sum_b n_b/N · |confidence − frequency|``."""
+    """ECE from :func:`~probmed.evaluation.uncertainty.reliability_bins`:
+    ``sum_b n_b/N · |confidence − frequency|``."""
     count = b["count"].double()
     gap = (b["confidence"].double() - b["frequency"].double()).abs().nan_to_num(0.0)
     total = float(count.sum())
@@ -58,28 +59,26 @@ def reliability_figure(bins: dict[str, dict[str, Tensor]]) -> Figure:
 def risk_coverage_figure(curves: dict[str, dict]) -> Figure:
     """A panel per ordered pair: risk (1 − R@1 of the kept queries) against coverage when abstaining on each
     uncertainty signal, with the oracle (misses abstained on first) and random (the error rate) references; the
-    legend gives each signal's AURC; the y-axis spans the plotted risks.
+    legend gives each signal's AURC; the y-axis spans the random line and the signals' risks from 10 % coverage on
+    (the oracle may leave it).
 
     Args:
         curves: ``{pair: {"oracle": (coverage, risk), "random": error rate, signal: (coverage, risk, aurc)}}``.
     """
     fig, axes = _grid(len(curves))
     for ax, (name, by) in zip(axes, sorted(curves.items())):
-        lows, highs = [], []
         coverage, risk = by["oracle"]
         ax.plot(coverage.numpy(), risk.numpy(), "k:", lw=1, label=f"oracle {float(risk.mean()):.3f}")
         ax.axhline(by["random"], color="0.5", ls="--", lw=1, label=f"random {by['random']:.3f}")
-        lows.append(float(risk.min()) if len(risk) else 0.0)
-        highs.append(by["random"])
-        for i, (signal, (coverage, risk, area)) in enumerate((k, v) for k, v in by.items() if k not in ("oracle", "random")):
+        shown = [by["random"]]  # the y-range: the random line and the signals' risks from 10 % coverage on
+        signals = [(k, v) for k, v in by.items() if k not in ("oracle", "random")]
+        for i, (signal, (coverage, risk, area)) in enumerate(signals):
             ax.plot(coverage.numpy(), risk.numpy(), color=f"C{i}", lw=1.1, label=f"{signal} {area:.3f}")
-            if len(risk):
-                lows.append(float(risk.min()))
-                highs.append(float(risk.max()))
-        lo, hi = min(lows), max(highs)
-        pad = max(0.02, 0.05 * (hi - lo))
-        ax.set(xlabel="coverage", ylabel="risk (1 − R@1)", xlim=(0, 1), ylim=(max(0.0, lo - pad), min(1.0, hi + pad) + 1e-3),
-               title=name)
+            shown += risk[coverage >= 0.1].tolist()
+        lo, hi = min(shown), max(shown)
+        pad = max(0.02, 0.08 * (hi - lo))
+        ax.set(xlabel="coverage", ylabel="risk (1 − R@1)", xlim=(0, 1), title=name,
+               ylim=(max(0.0, lo - pad), min(1.0, hi + pad) + 1e-3))
         ax.legend(fontsize=5, loc="lower right", title="AURC", title_fontsize=5)
     fig.tight_layout()
     return fig
