@@ -358,7 +358,7 @@ class ProbMedModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.load_state_dict(checkpoint.get("nonfinite", {}))
-        self.evaluator.fitted = checkpoint.get("evaluation_fitted")
+        self.evaluator.load_fitted(checkpoint.get("evaluation_fitted"))
 
     # -- optimisation ----------------------------------------------------------------------------------------------
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):

@@ -224,3 +224,15 @@ def test_compare_presets_reads_the_suites_baselines_and_per_modality_severity_rh
     assert (got["E-AURC"], got["E-AURC margin"], got["10-bin Pearson"]) == (0.1, 0.05, -0.9)
     assert all_corruptions(["cxr", "nope"], (1, 2)) == [
         {"modality": "cxr", "kind": kind, "severities": [1.0, 2.0]} for kind in SPECS["cxr"].corruptions]
+
+
+def test_a_fitted_state_of_another_version_is_dropped_with_a_warning():
+    from probmed.evaluation.suite import FITTED_VERSION
+
+    evaluator = Evaluator()
+    state = {"version": FITTED_VERSION, "step": 3, "confidence": {}, "temperature": {"cxr": 2.0}}
+    evaluator.load_fitted(state)
+    assert evaluator.fitted == state
+    with pytest.warns(UserWarning, match="version 99"):
+        evaluator.load_fitted({**state, "version": 99})
+    assert evaluator.fitted is None

@@ -127,6 +127,15 @@ class Evaluator:
             elif strict and pg.label is not None:
                 raise ValueError(f"prognosis label {pg.label!r} is not among the data's labels {self.findings}")
 
+    def load_fitted(self, state: dict | None) -> None:
+        """Use a checkpoint's validation-fitted state (None: nothing fitted). A state of another
+        :data:`FITTED_VERSION` is dropped with a warning (test then falls back as without one)."""
+        if state is not None and state.get("version") != FITTED_VERSION:
+            warnings.warn(f"ignoring the checkpoint's evaluation state of version {state.get('version')!r} "
+                          f"(this code reads version {FITTED_VERSION})", stacklevel=2)
+            state = None
+        self.fitted = state
+
     def _check_cross_zero_shot(self) -> None:
         cz, prompts = self.config.cross_zero_shot, self.prompts
         for m, space in cz.label_spaces.items():
