@@ -53,7 +53,7 @@ def test_fit_stores_the_last_validations_fitted_state_and_test_and_predict_use_i
                        cwd=tmp_path)
     assert test.returncode == 0, test.output[-4000:]
     assert "Uncertainty on the test split" in test.output and "Spearman(variance, recorded ambiguity)" in test.output
-    assert f"variance-aware beats the margin on" in test.output and f"of {len(fitted_rules)} pairs" in test.output
+    assert "variance-aware beats the margin on" in test.output and f"of {len(fitted_rules)} pairs" in test.output
     assert "PMRP" in test.output
     (tested,) = [p for p in (tmp_path / "smoke").glob("version_*/test_metrics.json")]
     metrics = json.loads(tested.read_text())
