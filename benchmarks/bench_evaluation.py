@@ -71,7 +71,11 @@ def main() -> None:
     timed("prognosis", lambda: prognosis(embeddings, labels, list(FINDINGS), "reduced_ef", [["cxr", "ecg", "echo"]]))
 
     def figures():
-        curves = {f"{a}->{b}": risk_coverage(f["query_variance"], (f["ranks"] > 0).double()) for (a, b), f in details.items()}
+        curves = {}
+        for (a, b), f in details.items():
+            var, err = f["query_variance"], (f["ranks"] > 0).double()
+            curves[f"{a}->{b}"] = {"oracle": risk_coverage(err, err), "random": float(err.mean()),
+                                   "variance": (*risk_coverage(var, err), aurc(var, err))}
         figs = {"risk_coverage": plots.risk_coverage_figure(curves),
                 "similarity": plots.similarity_figure({"cxr->text": score(embeddings["cxr"][0].select(slice(0, 32)),
                                                                           embeddings["text"][0].select(slice(0, 32)), "cxr", "text")})}

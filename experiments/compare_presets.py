@@ -9,11 +9,13 @@ ProbMED preset with the Bhattacharyya logit in place of its Hellinger similarity
     python experiments/compare_presets.py                                  # 7 rows x seeds 0,1,2, demo budget
     python experiments/compare_presets.py --epochs 3 --studies 600 --seeds 0 --only probmed,clip   # quick look
 
-Printed per row, mean ± sd over seeds, on the test split (last checkpoint):
-  R@1 and R@5 text<->cxr (the one pair every preset trains), mean R@1 and R@5 over the row's trained pairs,
-  zero-shot AUROC and ECE (prompts of every finding), AURC of selective retrieval (abstaining on variance), and the
-  Spearman correlation of predicted variance with corruption severity (every registered corruption of every
-  input at severities 0-3; a second table gives it per modality).
+Printed per row, mean ± sd over seeds, on the test split (last checkpoint), every figure the evaluation suite's
+(``probmed/evaluation/suite.py``, scalars of ``test_metrics.json``): R@1 and R@5 text<->cxr (the one pair every
+preset trains), mean R@1 and R@5 and PMRP over the row's trained pairs, zero-shot AUROC and ECE raw and
+temperature-scaled (temperatures fitted on validation), AURC and E-AURC of abstaining on the variance and on the
+similarity margin, the 10-bin Pearson(variance bin, R@1) (PCME++ / ProLIP; negative = informative), and the
+Spearman correlation of predicted variance with corruption severity (every registered corruption of every input at
+severities 0-3; a second table gives the suite's per-modality value).
 Runs stay under ``--workdir`` (``<row>/seed<k>/test_metrics.json``); the table also goes to
 ``<workdir>/comparison.json`` and, as Markdown, ``<workdir>/comparison.md``.
 """
@@ -32,6 +34,8 @@ from itertools import combinations
 from pathlib import Path
 
 import yaml
+
+from probmed.evaluation.corruptions import all_corruptions
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "presets"
@@ -55,9 +59,9 @@ DEMO_INPUT_SIZES = {"CXRInput": {"size": 64}, "CXRSecondViewInput": {"size": 64}
 
 SEVERITIES = (1.0, 2.0, 3.0)
 ROBUSTNESS = "test/robustness/mean_variance_spearman"
-COLUMNS = ["R@1 text<->cxr", "R@5 text<->cxr", "mean R@1", "mean R@5", "zero-shot AUROC", "ECE", "AURC",
-           "var~severity rho"]
-LOWER_IS_BETTER = {"ECE", "AURC"}
+COLUMNS = ["R@1 text<->cxr", "R@5 text<->cxr", "mean R@1", "mean R@5", "PMRP", "zero-shot AUROC", "ECE",
+           "ECE scaled", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson", "var~severity rho"]
+LOWER_IS_BETTER = {"ECE", "ECE scaled", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson"}
 
 
 def preset_config(name: str) -> dict:
@@ -101,19 +105,10 @@ def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Pa
                            "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True,
                                          "save_top_k": 0}}],
         },
-        "model": {**model, "evaluation": {"corruptions": corruptions(list(inputs))}},
+        "model": {**model, "evaluation": {"corruptions": all_corruptions(list(inputs), SEVERITIES)}},
         "data": {"data_dir": str(data_dir), "batch_size": args.batch_size, "num_workers": args.workers,
                  "inputs": inputs},
     }
-
-
-def corruptions(keys: list[str]) -> list[dict]:
-    """Every registered corruption of every input key, at severities 1-3 (for the variance~severity column)."""
-    from probmed.data.registry import SPECS
-    from probmed.evaluation.corruptions import corruptions_for
-
-    return [{"modality": k, "kind": kind, "severities": list(SEVERITIES)}
-            for k in keys if k in SPECS for kind in corruptions_for(SPECS[k].pipeline)]
 
 
 def probmed(*words: str, log: Path) -> None:
@@ -142,9 +137,15 @@ def summarise(scalars: dict, modalities: list[str]) -> dict[str, float]:
         "R@5 text<->cxr": mean_of(both(5, "text", "cxr")),
         "mean R@1": mean_of([key for a, b in pairs for key in both(1, a, b)]),
         "mean R@5": mean_of([key for a, b in pairs for key in both(5, a, b)]),
+        "PMRP": mean_of([f"test/pmrp/{x}->{y}" for a, b in pairs for x, y in ((a, b), (b, a))]),
         "zero-shot AUROC": mean_of(["test/zeroshot/mean_auroc"]),
         "ECE": mean_of(["test/zeroshot/mean_ece"]),
+        "ECE scaled": mean_of(["test/zeroshot/mean_ece_scaled"]),
         "AURC": mean_of(["test/mean_aurc"]),
+        "AURC margin": mean_of(["test/confidence/margin/mean_aurc"]),
+        "E-AURC": mean_of(["test/confidence/variance/mean_e_aurc"]),
+        "E-AURC margin": mean_of(["test/confidence/margin/mean_e_aurc"]),
+        "10-bin Pearson": mean_of(["test/confidence/variance/mean_binned_pearson"]),
         "var~severity rho": mean_of(["test/robustness/mean_variance_spearman"]),
     }
 
@@ -215,11 +216,9 @@ def main(argv=None) -> int:
             scalars = json.loads(metrics_file.read_text())["scalars"]
             for col, v in summarise(scalars, modalities).items():
                 results.setdefault(name, {}).setdefault(col, []).append(v)
-            for m in sorted({base_modality(k) for k in modalities}):
-                rho = [v for k, v in scalars.items()
-                       if k.startswith(f"test/robustness/{m}/") and k.endswith("/variance_spearman")]
+            for m in sorted({base_modality(k) for k in modalities}):  # the suite's per-modality mean
                 per_modality.setdefault(name, {}).setdefault(m, []).append(
-                    statistics.fmean(rho) if rho else math.nan)
+                    scalars.get(f"test/robustness/{m}/variance_spearman", math.nan))
 
     head = "| row | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]

@@ -162,3 +162,11 @@ def corrupt(modality: str, kind: str, inputs: Any, severity: float, seed: int, l
         raise ValueError(f"severity must be ≥ 0, got {severity}")
     fn = get_corruption(modality, kind, like)
     return fn(inputs, float(severity), torch.Generator().manual_seed(int(seed)))
+
+
+def all_corruptions(keys, severities=(1.0, 2.0, 3.0)) -> list[dict]:
+    """``model.evaluation.corruptions`` entries for every registered corruption of every key of ``keys`` that is
+    a registered modality (others are skipped), each at ``severities``: the suite's σ²-against-severity
+    measurement over everything the registry can corrupt (``<stage>/robustness/<m>/variance_spearman``)."""
+    return [{"modality": k, "kind": kind, "severities": [float(s) for s in severities]}
+            for k in keys if k in SPECS for kind in corruptions_for(SPECS[k].pipeline)]

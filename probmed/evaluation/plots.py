@@ -26,29 +26,60 @@ def _grid(n: int, size: float = 3.0) -> tuple[Figure, list]:
     return fig, flat
 
 
+def bins_ece(b: dict[str, Tensor]) -> float:
+    """ECE from :func:`~probmed.evaluation.uncertainty.reliability_bins`:
+    ``sum_b n_b/N · |confidence − frequency|``."""
+    count = b["count"].double()
+    gap = (b["confidence"].double() - b["frequency"].double()).abs().nan_to_num(0.0)
+    total = float(count.sum())
+    return float((count * gap).sum()) / total if total else math.nan
+
+
 def reliability_figure(bins: dict[str, dict[str, Tensor]]) -> Figure:
-    """One panel per modality: fraction positive against mean predicted P(finding) per bin, with bin counts."""
+    """One panel per entry (e.g. ``cxr raw`` and ``cxr T=1.7``: raw and temperature-scaled side by side): fraction
+    positive against mean predicted P(finding) per bin, the ECE in the title and each bin's count above its bar."""
     fig, axes = _grid(len(bins))
-    for ax, (name, b) in zip(axes, sorted(bins.items())):
+    for ax, (name, b) in zip(axes, bins.items()):
         edges = b["edges"].numpy()
         centers = (edges[:-1] + edges[1:]) / 2
-        ax.bar(centers, b["frequency"].nan_to_num(0).numpy(), width=edges[1] - edges[0], alpha=0.6, edgecolor="k",
-               label="fraction positive")
+        freq = b["frequency"].nan_to_num(0).numpy()
+        ax.bar(centers, freq, width=edges[1] - edges[0], alpha=0.6, edgecolor="k", label="fraction positive")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ax.plot(b["confidence"].numpy(), b["frequency"].numpy(), "o-", color="C3", label="per bin")
-        ax.set(title=f"{name} zero-shot", xlabel="predicted P(finding)", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1))
+        for x, y, n in zip(centers, freq, b["count"].tolist()):
+            if n:
+                ax.text(x, min(y + 0.02, 0.93), f"{int(n)}", ha="center", fontsize=6)
+        ax.set(title=f"{name}  ECE {bins_ece(b):.3f}", xlabel="predicted P(finding)", ylabel="observed frequency",
+               xlim=(0, 1), ylim=(0, 1))
     axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 
 
-def risk_coverage_figure(curves: dict[str, tuple[Tensor, Tensor]]) -> Figure:
-    """Risk (1 − R@1 of the kept queries) against coverage, abstaining on the largest variance first."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, (coverage, risk) in sorted(curves.items()):
-        ax.plot(coverage.numpy(), risk.numpy(), label=name, lw=1.2)
-    ax.set(xlabel="coverage", ylabel="risk (1 − R@1)", xlim=(0, 1), ylim=(0, 1.02), title="risk–coverage")
-    ax.legend(fontsize=6, ncol=2)
+def risk_coverage_figure(curves: dict[str, dict]) -> Figure:
+    """A panel per ordered pair: risk (1 − R@1 of the kept queries) against coverage when abstaining on each
+    uncertainty signal, with the oracle (misses abstained on first) and random (the error rate) references; the
+    legend gives each signal's AURC; the y-axis spans the random line and the signals' risks from 10 % coverage on
+    (the oracle may leave it).
+
+    Args:
+        curves: ``{pair: {"oracle": (coverage, risk), "random": error rate, signal: (coverage, risk, aurc)}}``.
+    """
+    fig, axes = _grid(len(curves))
+    for ax, (name, by) in zip(axes, sorted(curves.items())):
+        coverage, risk = by["oracle"]
+        ax.plot(coverage.numpy(), risk.numpy(), "k:", lw=1, label=f"oracle {float(risk.mean()):.3f}")
+        ax.axhline(by["random"], color="0.5", ls="--", lw=1, label=f"random {by['random']:.3f}")
+        shown = [by["random"]]  # the y-range: the random line and the signals' risks from 10 % coverage on
+        signals = [(k, v) for k, v in by.items() if k not in ("oracle", "random")]
+        for i, (signal, (coverage, risk, area)) in enumerate(signals):
+            ax.plot(coverage.numpy(), risk.numpy(), color=f"C{i}", lw=1.1, label=f"{signal} {area:.3f}")
+            shown += risk[coverage >= 0.1].tolist()
+        lo, hi = min(shown), max(shown)
+        pad = max(0.02, 0.08 * (hi - lo))
+        ax.set(xlabel="coverage", ylabel="risk (1 − R@1)", xlim=(0, 1), title=name,
+               ylim=(max(0.0, lo - pad), min(1.0, hi + pad) + 1e-3))
+        ax.legend(fontsize=5, loc="lower right", title="AURC", title_fontsize=5)
     fig.tight_layout()
     return fig
 

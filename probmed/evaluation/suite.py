@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ from probmed.data.schema import FINDINGS
 from probmed.data.studies import stable_hash
 from probmed.embedding import GaussianEmbedding
 from probmed.evaluation import plots
+from probmed.evaluation.calibration import apply_temperature, fit_temperature
 from probmed.evaluation.collect import EmbeddingCollector
+from probmed.evaluation.confidence import (
+    SIGNALS, ConfidenceRule, binned_recall, confidence_signals, oracle_aurc, random_aurc, selective_scores,
+)
 from probmed.evaluation.config import DEFAULT_PROGNOSIS_LABEL, EvaluationConfig, ZeroShotConfig
 from probmed.evaluation.crossmodal import cross_modal_zero_shot
 from probmed.evaluation.corruptions import corrupt, get_corruption
@@ -35,6 +40,15 @@ from probmed.evaluation.uncertainty import (
 from probmed.evaluation.zeroshot import zero_shot
 
 SIMILARITY_PLOT_STUDIES = 32
+#: bins of the PCME++ / ProLIP test (R@1 per equal-count uncertainty bin)
+RECALL_BINS = 10
+#: version of the fitted state the module stores in its checkpoint (:attr:`Evaluator.fitted`)
+FITTED_VERSION = 1
+#: what the test stage says when no validation-fitted state is loaded (checkpoint of an older version, or none)
+NO_FITTED_STATE = ("no validation-fitted evaluation state (variance-aware confidence rules, zero-shot temperatures) "
+                   "in this checkpoint: falling back to the untrained rules; the variance-aware confidence is not "
+                   "reported (compare the margin's AURC) and zero-shot ECE is reported without temperature scaling. "
+                   "A checkpoint written by `probmed fit` after a validation carries it.")
 
 
 def _nanmean(values) -> float:
@@ -79,6 +93,9 @@ class Evaluator:
         if zs is not None and zs.prompts:
             check_prompt_set(zs.prompts, "model.evaluation.zero_shot.prompts")
         self.corrupted: dict[tuple[str, str, float], EmbeddingCollector] = {}
+        #: what the last validation fitted (``{"version", "step", "confidence": {pair: rule state},
+        #: "temperature": {modality: T}}``); saved in and loaded from the module's checkpoint; None: nothing fitted
+        self.fitted: dict[str, Any] | None = None
         self.use_labels(FINDINGS if findings is None else findings, strict=findings is not None)
 
     def use_labels(self, labels, strict: bool = True) -> None:
@@ -109,6 +126,15 @@ class Evaluator:
                 self.prognosis_label = label
             elif strict and pg.label is not None:
                 raise ValueError(f"prognosis label {pg.label!r} is not among the data's labels {self.findings}")
+
+    def load_fitted(self, state: dict | None) -> None:
+        """Use a checkpoint's validation-fitted state (None: nothing fitted). A state of another
+        :data:`FITTED_VERSION` is dropped with a warning (test then falls back as without one)."""
+        if state is not None and state.get("version") != FITTED_VERSION:
+            warnings.warn(f"ignoring the checkpoint's evaluation state of version {state.get('version')!r} "
+                          f"(this code reads version {FITTED_VERSION})", stacklevel=2)
+            state = None
+        self.fitted = state
 
     def _check_cross_zero_shot(self) -> None:
         cz, prompts = self.config.cross_zero_shot, self.prompts
@@ -163,9 +189,19 @@ class Evaluator:
     # -- at the end of the epoch (rank 0) --------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, module, stage: str, embeddings: dict, labels: dict[str, Tensor], corrupted: dict,
-            ks: tuple[int, ...]) -> dict[str, Any]:
+            ks: tuple[int, ...], ambiguity: dict[str, dict[str, float]] | None = None, fit: bool = False,
+            step: int = 0) -> dict[str, Any]:
         """Every metric for ``stage``: ``{"scalars": {name: float}, "retrieval": rows, "details": {...},
-        "figures": {name: Figure}}``."""
+        "figures": {name: Figure}}``.
+
+        Args:
+            ambiguity: ``{modality: {study_id: ambiguity}}`` recorded in the shards (NaN unknown), for
+                Spearman(σ², ambiguity); None or empty: not computed.
+            fit: (validation) fit the variance-aware confidence rules and zero-shot temperatures on this split
+                and keep them in :attr:`fitted` (stored in the checkpoint by the module); at test, the stored ones
+                are applied.
+            step: the global step, recorded with the fitted state.
+        """
         cfg = self.config
         score = make_scorer(module.objective, cfg.untrained_similarity, module.device)
         scalars: dict[str, float] = {}
@@ -174,28 +210,37 @@ class Evaluator:
         plot = stage in cfg.plots
 
         ranks: dict = {}
-        rows = retrieval_metrics(embeddings, score, ks, details=ranks)
+        rows = retrieval_metrics(embeddings, score, ks, details=ranks, labels=labels)
         for r in rows:
             p = _pair(r["query"], r["gallery"])
             for k in ks:
                 scalars[f"{stage}/R@{k}/{p}"] = r[f"R@{k}"]
+                scalars[f"{stage}/label_P@{k}/{p}"] = r[f"P@{k}"]
             scalars[f"{stage}/rsum/{p}"] = r["rsum"]
+            scalars[f"{stage}/pmrp/{p}"] = r["PMRP"]
         if rows:
             for k in ks:
                 scalars[f"{stage}/mean_R@{k}"] = sum(r[f"R@{k}"] for r in rows) / len(rows)
+                scalars[f"{stage}/mean_label_P@{k}"] = _nanmean(r[f"P@{k}"] for r in rows)
             scalars[f"{stage}/rsum"] = sum(r["rsum"] for r in rows)
+            scalars[f"{stage}/mean_pmrp"] = _nanmean(r["PMRP"] for r in rows)
         details["retrieval"] = rows
+        fitted: dict[str, Any] = {"version": FITTED_VERSION, "step": int(step), "confidence": {}, "temperature": {}}
 
         if stage in cfg.uncertainty and ranks:
-            details["uncertainty"], curves = self._uncertainty(ranks, stage, scalars)
+            details["uncertainty"], curves = self._uncertainty(ranks, stage, scalars,
+                                                                fitted["confidence"] if fit else None)
             if plot:
                 figures["risk_coverage"] = plots.risk_coverage_figure(curves)
+        if ambiguity:
+            details["ambiguity"] = self._ambiguity(embeddings, ambiguity, stage, scalars)
         if plot and ranks:
             figures["similarity"] = plots.similarity_figure(self._similarity_matrices(embeddings, score))
 
         zs = cfg.zero_shot
         if zs is not None and stage in zs.stages:
-            details["zero_shot"] = self._zero_shot(module, embeddings, labels, score, stage, scalars, figures if plot else None)
+            details["zero_shot"] = self._zero_shot(module, embeddings, labels, score, stage, scalars,
+                                                   figures if plot else None, fitted if fit else None)
             details["zero_shot_unprompted"] = list(self.unprompted)
 
         cz = cfg.cross_zero_shot
@@ -229,12 +274,23 @@ class Evaluator:
             if plot:
                 figures["variance_vs_severity"] = plots.severity_figure(robustness)
 
+        if fit:
+            self.fitted = fitted
+            details["fitted"] = fitted
+        elif stage == "test":
+            details["fitted_used"] = self.fitted or {"skipped": NO_FITTED_STATE}
         finite = {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
         details["undefined_metrics"] = sorted(set(scalars) - set(finite))
         return {"scalars": finite, "retrieval": rows, "details": details, "figures": figures}
 
-    def _uncertainty(self, ranks: dict, stage: str, scalars: dict) -> tuple[dict, dict]:
+    def _uncertainty(self, ranks: dict, stage: str, scalars: dict, fit: dict | None) -> tuple[dict, dict]:
+        """Selective retrieval per ordered pair (:mod:`probmed.evaluation.confidence`): AURC, oracle and random
+        AURC and E-AURC of each signal, the binned-recall test, and the variance-aware rule (fitted here into
+        ``fit["confidence"]`` when ``fit`` is given; else the stored rule of :attr:`fitted` is applied). Scalars:
+        ``<stage>/aurc/<pair>`` (variance, as before), ``<stage>/confidence/<signal>/{aurc,e_aurc,binned_pearson}/
+        <pair>``, ``<stage>/confidence/{oracle_aurc,random_aurc}/<pair>`` and their means over pairs."""
         out, curves = {}, {}
+        stored = (self.fitted or {}).get("confidence", {}) if fit is None else {}
         for (a, b), found in ranks.items():
             p = _pair(a, b)
             var, err = found["query_variance"], (found["ranks"] > 0).double()
@@ -242,10 +298,33 @@ class Evaluator:
                 "aurc": aurc(var, err),
                 "spearman_variance_rank": spearman(var, found["ranks"].double()),
                 **{f"selective_R@1@{c:g}": 100.0 * (1.0 - selective_risk(var, err, c)) for c in self.config.coverages},
+                "oracle_aurc": oracle_aurc(err), "random_aurc": random_aurc(err),
             }
+            signals = confidence_signals(found)
+            if fit is not None:
+                try:
+                    fit[p] = ConfidenceRule.fit(found).state()
+                except ValueError as exc:  # one class only on validation: no rule for this pair
+                    fit[p] = {"skipped": str(exc)}
+            else:
+                rule = stored.get(p)
+                if rule is not None and "skipped" not in rule:
+                    signals["variance_aware"] = -ConfidenceRule.from_state(rule).probability(found)
+            pair_curves = {"oracle": risk_coverage(err, err), "random": float(random_aurc(err))}
+            for name, u in signals.items():
+                sel = selective_scores(u, err)
+                binned = binned_recall(u, 1.0 - err, RECALL_BINS)
+                entry[name] = {"aurc": sel["aurc"], "e_aurc": sel["e_aurc"], "binned_recall": binned["recall"],
+                               "binned_pearson": binned["pearson"]}
+                pair_curves[name] = (*risk_coverage(u, err), sel["aurc"])
+                scalars[f"{stage}/confidence/{name}/aurc/{p}"] = sel["aurc"]
+                scalars[f"{stage}/confidence/{name}/e_aurc/{p}"] = sel["e_aurc"]
+                scalars[f"{stage}/confidence/{name}/binned_pearson/{p}"] = binned["pearson"]
             out[p] = entry
-            curves[p] = risk_coverage(var, err)
+            curves[p] = pair_curves
             scalars[f"{stage}/aurc/{p}"] = entry["aurc"]
+            scalars[f"{stage}/confidence/oracle_aurc/{p}"] = entry["oracle_aurc"]
+            scalars[f"{stage}/confidence/random_aurc/{p}"] = entry["random_aurc"]
             scalars[f"{stage}/spearman_variance_rank/{p}"] = entry["spearman_variance_rank"]
             for c in self.config.coverages:
                 scalars[f"{stage}/selective_R@1@{c:g}/{p}"] = entry[f"selective_R@1@{c:g}"]
@@ -253,7 +332,36 @@ class Evaluator:
         scalars[f"{stage}/mean_spearman_variance_rank"] = _nanmean(e["spearman_variance_rank"] for e in out.values())
         for c in self.config.coverages:
             scalars[f"{stage}/mean_selective_R@1@{c:g}"] = _nanmean(e[f"selective_R@1@{c:g}"] for e in out.values())
+        for name in (*SIGNALS, "variance_aware"):
+            having = [e[name] for e in out.values() if name in e]
+            if having:
+                scalars[f"{stage}/confidence/{name}/mean_aurc"] = _nanmean(e["aurc"] for e in having)
+                scalars[f"{stage}/confidence/{name}/mean_e_aurc"] = _nanmean(e["e_aurc"] for e in having)
+                scalars[f"{stage}/confidence/{name}/mean_binned_pearson"] = _nanmean(e["binned_pearson"] for e in having)
+        # per query modality: the binned test over the pairs it queries (the variance is the query's)
+        for m in sorted({a for a, _ in ranks}):
+            for name in SIGNALS:
+                scalars[f"{stage}/confidence/{name}/binned_pearson/{m}"] = _nanmean(
+                    out[_pair(a, b)][name]["binned_pearson"] for a, b in ranks if a == m)
+        if stage == "test" and fit is None and not stored:
+            warnings.warn(NO_FITTED_STATE, stacklevel=2)
         return out, curves
+
+    def _ambiguity(self, embeddings: dict, ambiguity: dict, stage: str, scalars: dict) -> dict:
+        """Spearman(mean σ², recorded ambiguity) per modality over its studies with a known ambiguity:
+        ``<stage>/ambiguity_spearman/<m>`` (NaN, so left out, with fewer than 3 such studies or a constant one)."""
+        out = {}
+        for m, (emb, ids) in sorted(embeddings.items()):
+            known = ambiguity.get(m) or {}
+            rows = [i for i, sid in enumerate(ids) if math.isfinite(known.get(sid, math.nan))]
+            if len(rows) < 3:
+                continue
+            var = emb.mean_variance()[rows].double()
+            amb = torch.tensor([known[ids[i]] for i in rows], dtype=torch.float64)
+            rho = spearman(var, amb)
+            out[m] = {"spearman": rho, "n": len(rows)}
+            scalars[f"{stage}/ambiguity_spearman/{m}"] = rho
+        return out
 
     @staticmethod
     def _similarity_matrices(embeddings: dict, score) -> dict[str, Tensor]:
@@ -311,7 +419,11 @@ class Evaluator:
                 scalars[f"{stage}/zeroshot_cross/{p}/mean_auroc"] for p in res)
         return out
 
-    def _zero_shot(self, module, embeddings, labels, score, stage, scalars, figures) -> dict:
+    def _zero_shot(self, module, embeddings, labels, score, stage, scalars, figures, fit: dict | None = None) -> dict:
+        """Zero-shot AUROC / balanced accuracy per finding, ECE and reliability per modality; with ``fit`` (a
+        validation) one temperature per modality is fitted (:mod:`probmed.evaluation.calibration`) into
+        ``fit["temperature"]``, otherwise the stored temperatures of :attr:`fitted` give ``<stage>/zeroshot/<m>/
+        ece_scaled`` and the temperature-scaled reliability diagram beside the raw one."""
         prompts = self._embed_prompts(module)
         if prompts is None:
             return {"skipped": f"no {self.config.zero_shot.modality} encoder or input pipeline to embed prompts"}
@@ -320,6 +432,7 @@ class Evaluator:
         zs = self.config.zero_shot
         scale = self._prompt_scale(module, embeddings)
         res = zero_shot(embeddings, labels, self.findings, prompts, score, scale, text=zs.modality)
+        temperatures = (self.fitted or {}).get("temperature", {}) if fit is None else {}
         out, bins = {}, {}
         for m, per_finding in res.items():
             out[m] = {f: {"auroc": v["auroc"], "balanced_accuracy": v["balanced_accuracy"], "n": len(v["target"])}
@@ -331,12 +444,25 @@ class Evaluator:
             scalars[f"{stage}/zeroshot/{m}/mean_balanced_accuracy"] = _nanmean(
                 v["balanced_accuracy"] for v in per_finding.values())
             if per_finding:
+                logits = torch.cat([v["logits"] for v in per_finding.values()])
                 probs = torch.cat([v["probs"] for v in per_finding.values()])
                 target = torch.cat([v["target"] for v in per_finding.values()])
                 scalars[f"{stage}/zeroshot/{m}/ece"] = out[m]["ece"] = expected_calibration_error(probs, target)
-                bins[m] = reliability_bins(probs, target)
+                bins[f"{m} raw"] = reliability_bins(probs, target)
+                if fit is not None and len(target):
+                    fit["temperature"][m] = fit_temperature(logits, target)
+                    scalars[f"{stage}/zeroshot/{m}/temperature"] = fit["temperature"][m]
+                elif m in temperatures:
+                    scaled = apply_temperature(logits, temperatures[m])
+                    scalars[f"{stage}/zeroshot/{m}/temperature"] = temperatures[m]
+                    scalars[f"{stage}/zeroshot/{m}/ece_scaled"] = out[m]["ece_scaled"] = \
+                        expected_calibration_error(scaled, target)
+                    bins[f"{m} T={temperatures[m]:.3g}"] = reliability_bins(scaled, target)
         scalars[f"{stage}/zeroshot/mean_auroc"] = _nanmean(scalars.get(f"{stage}/zeroshot/{m}/mean_auroc") for m in res)
         scalars[f"{stage}/zeroshot/mean_ece"] = _nanmean(scalars.get(f"{stage}/zeroshot/{m}/ece") for m in res)
+        if any(f"{stage}/zeroshot/{m}/ece_scaled" in scalars for m in res):
+            scalars[f"{stage}/zeroshot/mean_ece_scaled"] = _nanmean(
+                scalars.get(f"{stage}/zeroshot/{m}/ece_scaled") for m in res)
         if figures is not None and bins:
             figures["reliability"] = plots.reliability_figure(bins)
         return out
@@ -345,7 +471,8 @@ class Evaluator:
         """Per corruption and severity: mean R@1 of the corrupted modality as query against every other modality's
         clean gallery, and the corrupted modality's mean variance (severity 0 = clean). Per corruption also the
         Spearman correlation of each sample's predicted variance (mean over dimensions) with the severity, pooled
-        over all severities including 0 (``variance_spearman``: +1 when the variance rises with every step)."""
+        over all severities including 0 (``variance_spearman``: +1 when the variance rises with every step), and per
+        modality the mean of its corruptions' (``<stage>/robustness/<m>/variance_spearman``)."""
         out: dict[str, dict[float, dict[str, float]]] = {}
         per_sample: dict[str, dict[float, Tensor]] = {}
 
@@ -367,7 +494,7 @@ class Evaluator:
             by[severity] = measure({**embeddings, m: gathered[m]}, m)
             samples = per_sample.setdefault(name, {0.0: embeddings[m][0].mean_variance()})
             samples[severity] = gathered[m][0].mean_variance()
-        rhos = []
+        rhos, by_modality = [], {}
         for name, by in out.items():
             for severity, v in by.items():
                 scalars[f"{stage}/robustness/{name}/s{severity:g}/mean_R@1"] = v["mean_R@1"]
@@ -377,6 +504,9 @@ class Evaluator:
             rho = spearman(var, sev) if len(var) > 2 else math.nan
             scalars[f"{stage}/robustness/{name}/variance_spearman"] = rho
             rhos.append(rho)
+            by_modality.setdefault(name.split("/")[0], []).append(rho)
+        for m, values in by_modality.items():
+            scalars[f"{stage}/robustness/{m}/variance_spearman"] = _nanmean(values)
         if rhos:
             scalars[f"{stage}/robustness/mean_variance_spearman"] = _nanmean(rhos)
         return out
@@ -410,3 +540,44 @@ class Evaluator:
         if means:
             experiment.add_embedding(torch.cat(means), metadata=meta, metadata_header=["modality", "study", "findings", "variance"],
                                      tag=f"{stage}_embeddings", global_step=step)
+
+
+def format_uncertainty_summary(scalars: dict[str, float], stage: str = "test") -> str:
+    """The few lines ``probmed test`` prints under the retrieval table, from the suite's scalars: per modality
+    Spearman(mean σ², recorded ambiguity) (``n/a`` without recorded truth), then per ordered pair the AURC of
+    abstaining on the variance, on the margin and on the variance-aware rule, beside the oracle and random AURC,
+    and a count of the pairs where the rule beats the margin and where the variance is worse than random. Empty
+    when the stage computed no selective-retrieval metric."""
+    prefix = f"{stage}/confidence/margin/aurc/"
+    pairs = sorted(k[len(prefix):] for k in scalars if k.startswith(prefix))
+    if not pairs:
+        return ""
+
+    def num(key: str) -> str:
+        value = scalars.get(key)
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+    modalities = sorted({p.split("->")[0] for p in pairs})
+    rho = "  ".join(f"{m} {num(f'{stage}/ambiguity_spearman/{m}')}" for m in modalities)
+    if not any(f"{stage}/ambiguity_spearman/{m}" in scalars for m in modalities):
+        rho += "  (the shards record no ambiguity)"
+    lines = [f"Uncertainty on the {stage} split (AURC of abstaining on each signal, lower is better; oracle = "
+             "the best any signal could do, random = the error rate):",
+             f"Spearman(variance, recorded ambiguity): {rho}",
+             f"{'query -> gallery':<18}{'variance':>10}{'margin':>9}{'var-aware':>11}{'oracle':>9}{'random':>9}"]
+    better = worse = fitted = 0
+    for p in pairs:
+        c = f"{stage}/confidence"
+        lines.append(f"{p.replace('->', ' -> '):<18}{num(f'{c}/variance/aurc/{p}'):>10}{num(f'{c}/margin/aurc/{p}'):>9}"
+                     f"{num(f'{c}/variance_aware/aurc/{p}'):>11}{num(f'{c}/oracle_aurc/{p}'):>9}"
+                     f"{num(f'{c}/random_aurc/{p}'):>9}")
+        aware, margin = scalars.get(f"{c}/variance_aware/aurc/{p}"), scalars.get(f"{c}/margin/aurc/{p}")
+        if aware is not None and margin is not None:
+            fitted += 1
+            better += aware < margin
+        variance, chance = scalars.get(f"{c}/variance/aurc/{p}"), scalars.get(f"{c}/random_aurc/{p}")
+        worse += variance is not None and chance is not None and variance > chance
+    verdict = (f"variance-aware beats the margin on {better} of {fitted} pairs" if fitted else
+               "variance-aware: n/a (no rule fitted on validation in this checkpoint; margin only)")
+    lines.append(f"{verdict}; abstaining on the variance is worse than random on {worse} of {len(pairs)} pairs")
+    return "\n".join(lines)

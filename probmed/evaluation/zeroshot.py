@@ -60,7 +60,9 @@ def zero_shot(
         scale: modality → the multiplier of ``s_pos − s_neg``.
 
     Returns:
-        ``{modality: {finding: {"probs", "target", "auroc", "balanced_accuracy"}}}``.
+        ``{modality: {finding: {"logits", "probs", "target", "auroc", "balanced_accuracy"}}}`` (``logits`` [n]
+        float64 ``scale · (s_pos − s_neg)``, ``probs`` their sigmoid in float32, over the studies labelled for the
+        finding).
     """
     unknown = sorted(set(prompts) - set(findings))
     if unknown:
@@ -75,6 +77,8 @@ def zero_shot(
             if len(rows) == 0:
                 continue
             diff = prompt_score_difference(emb.select(rows), pos, neg, score, modality, text)
-            probs = torch.sigmoid(scale[modality] * diff.double()).float()
-            out[modality][finding] = {"probs": probs, "target": target, **binary_metrics(probs, target)}
+            logits = scale[modality] * diff.double()
+            probs = torch.sigmoid(logits).float()
+            out[modality][finding] = {"logits": logits, "probs": probs, "target": target,
+                                      **binary_metrics(probs, target)}
     return out

@@ -22,7 +22,7 @@ from probmed.encoders.tower_input import run_tower, select_rows
 from probmed.evaluation.collect import EmbeddingCollector
 from probmed.evaluation.config import EvaluationConfig
 from probmed.evaluation.retrieval import format_table
-from probmed.evaluation.suite import Evaluator
+from probmed.evaluation.suite import Evaluator, format_uncertainty_summary
 from probmed.losses import Objective
 from probmed.training.accumulation import refuse_gradient_accumulation
 from probmed.training.checkpoint_io import TeacherSpec, load_frozen_module
@@ -247,7 +247,7 @@ class ProbMedModule(L.LightningModule):
     # -- evaluation ------------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, stage: str) -> None:
         self._count_skipped(batch, stage)
-        self.collector.add(self.embed(batch), batch["study_id"], batch["labels"])
+        self.collector.add(self.embed(batch), batch["study_id"], batch["labels"], batch.get("ambiguity"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -257,12 +257,18 @@ class ProbMedModule(L.LightningModule):
         self.evaluator.add_corrupted(self, batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Per study: ``<m>/mean``, ``<m>/log_var``, ``<m>/present``, ``<m>/ambiguity`` ([B], NaN unknown or when
+        the batch records none) and ``labels`` ``[B, L]`` (for :class:`~probmed.evaluation.export.EmbeddingWriter`)."""
         embeddings = self.embed(batch)
+        recorded = batch.get("ambiguity") or {}
+        unknown = torch.full((len(batch["study_id"]),), float("nan"))
         return {
             "study_id": batch["study_id"],
+            "labels": batch["labels"],
             **{f"{n}/mean": e.mean for n, e in embeddings.items()},
             **{f"{n}/log_var": e.log_var for n, e in embeddings.items()},
             **{f"{n}/present": e.present for n, e in embeddings.items()},
+            **{f"{n}/ambiguity": recorded.get(n, unknown) for n in embeddings},
         }
 
     def on_validation_epoch_start(self):
@@ -285,16 +291,21 @@ class ProbMedModule(L.LightningModule):
         if isinstance(wrapper, DistributedDataParallel):
             wrapper.require_forward_param_sync = False
 
-    def _eval_epoch_end(self, stage: str) -> list[dict]:
-        """Gather on every rank, evaluate on rank 0 (:class:`Evaluator`), log the broadcast scalars everywhere."""
-        gathered, labels = self.collector.gather()
+    def _eval_epoch_end(self, stage: str) -> tuple[list[dict], dict[str, float]]:
+        """Gather on every rank, evaluate on rank 0 (:class:`Evaluator`), log the broadcast scalars everywhere.
+        A validation outside the sanity check also fits the evaluation's validation-fitted state (variance-aware
+        confidence, zero-shot temperatures: :attr:`Evaluator.fitted`), broadcast to every rank and saved with the
+        checkpoint. Returns the retrieval rows and the scalars."""
+        gathered, labels, ambiguity = self.collector.gather_all()
         corrupted = self.evaluator.gather_corrupted() if stage == "test" else {}
+        fit = stage == "val" and not self.trainer.sanity_checking
         result, failure = None, None
         if self.trainer.is_global_zero:
             try:
-                report = self.evaluator.run(self, stage, gathered, labels, corrupted, self.retrieval_ks)
+                report = self.evaluator.run(self, stage, gathered, labels, corrupted, self.retrieval_ks,
+                                            ambiguity=ambiguity, fit=fit, step=self.global_step)
                 self.evaluator.publish(self, stage, report, gathered, labels)
-                result = (report["scalars"], report["retrieval"])
+                result = (report["scalars"], report["retrieval"], self.evaluator.fitted)
             except Exception as exc:  # tell the other ranks (waiting in the broadcast) instead of leaving them hung
                 failure = exc
         result = self.trainer.strategy.broadcast(result if failure is None else f"{type(failure).__name__}: {failure}", src=0)
@@ -302,20 +313,24 @@ class ProbMedModule(L.LightningModule):
             raise failure
         if isinstance(result, str):
             raise RuntimeError(f"evaluation failed on rank 0: {result}")
-        scalars, rows = result
+        scalars, rows, self.evaluator.fitted = result
         # identical on every rank after the broadcast: the synced mean is exact
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in scalars.items()}, sync_dist=True)
         self._log_skipped(stage)
-        return rows
+        return rows, scalars
 
     def on_validation_epoch_end(self):
         self._eval_epoch_end("val")
 
     def on_test_epoch_end(self):
-        rows = self._eval_epoch_end("test")
+        rows, scalars = self._eval_epoch_end("test")
         if self.trainer.is_global_zero and rows:
             table = format_table(rows, ks=tuple(k for k in self.retrieval_ks if k <= 5) or self.retrieval_ks)
-            print(f"\nCross-modal retrieval on the test split (percent; chance = K / N):\n{table}\n", flush=True)
+            print(f"\nCross-modal retrieval on the test split (percent; chance = K / N; PMRP = plausible-match "
+                  f"R-precision, a study with the query's labels counts):\n{table}\n", flush=True)
+            summary = format_uncertainty_summary(scalars, "test")
+            if summary:
+                print(f"{summary}\n", flush=True)
             log_dir = getattr(self.logger, "log_dir", None) if self.logger else None
             if log_dir:
                 Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -342,10 +357,15 @@ class ProbMedModule(L.LightningModule):
                 self.logger.log_metrics({f"data/{stage}/skipped/{k}": float(v) for k, v in total.items()}, step=step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Also stores what the last validation fitted for evaluation (``evaluation_fitted``: plain lists and
+        floats; absent before any validation)."""
         checkpoint["nonfinite"] = self.nonfinite.state_dict()
+        if self.evaluator.fitted is not None:
+            checkpoint["evaluation_fitted"] = self.evaluator.fitted
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.load_state_dict(checkpoint.get("nonfinite", {}))
+        self.evaluator.load_fitted(checkpoint.get("evaluation_fitted"))
 
     # -- optimisation ----------------------------------------------------------------------------------------------
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):

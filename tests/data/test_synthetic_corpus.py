@@ -148,7 +148,7 @@ def test_plan_statistics():
     assert sum(len(v) > 1 for v in by_patient.values()) > 100
     assert all(len({p.split for p in v}) == 1 for v in by_patient.values())
     for p in plans:
-        if p.uncertain:  # a borderline study sits on its threshold (tests/test_corpus_ambiguity.py); the rest keep the gap
+        if p.uncertain:  # a borderline study sits on its threshold (tests/data/test_corpus_ambiguity.py); the rest keep the gap
             continue
         hr = p.attributes["heart_rate"]
         if p.findings["bradycardia"]:

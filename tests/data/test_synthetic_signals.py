@@ -1,7 +1,7 @@
 """The hidden findings really drive the rendered signals (measured from the pixels / samples, not from meta).
 
 The corpus here is rendered clean (``ambiguity=False``): these are the properties of a clean study; how the
-ambiguity degrades them is tests/test_corpus_ambiguity.py."""
+ambiguity degrades them is tests/data/test_corpus_ambiguity.py."""
 from __future__ import annotations
 
 import io

@@ -1,0 +1,63 @@
+"""Temperature scaling of zero-shot probabilities (Guo et al. 2017), fitted on the validation split.
+
+Zero-shot gives each (study, finding) a logit ``z = scale · (s_pos − s_neg)`` (:mod:`probmed.evaluation.zeroshot`).
+One temperature ``T > 0`` per image/signal modality, pooled over that modality's findings, rescales it:
+``P(finding) = sigmoid(z / T)``. ``T`` minimises the mean binary cross-entropy on the validation split; the
+objective is convex in ``β = 1/T`` (a one-feature logistic regression without intercept), so Newton's method on
+``β`` finds it; ``β`` is kept ≥ :data:`MIN_INVERSE_TEMPERATURE` (a model whose logits are anti-correlated with the
+labels is not flipped: temperature scaling never changes the ranking, so AUROC is the same before and after).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+MIN_INVERSE_TEMPERATURE = 1e-3
+
+
+def scaled_nll(logits: Tensor, target: Tensor, inverse_temperature: float) -> float:
+    """Mean binary cross-entropy of ``sigmoid(β · logits)`` against ``target`` (float64)."""
+    z = inverse_temperature * logits.double()
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(z, target.double()))
+
+
+def fit_temperature(logits: Tensor, target: Tensor, iterations: int = 100, tol: float = 1e-12) -> float:
+    """The temperature ``T`` minimising :func:`scaled_nll` over ``β = 1/T ≥ 1e-3``.
+
+    Args:
+        logits: ``[N]`` zero-shot logits. target: ``[N]`` labels in {0, 1} (unknown ones removed).
+
+    Raises:
+        ValueError: no labelled logit, or non-finite logits.
+    """
+    z, y = logits.double(), target.double()
+    if len(z) == 0:
+        raise ValueError("temperature scaling needs at least one labelled prediction")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("temperature scaling got non-finite logits")
+    beta = 1.0
+    for _ in range(iterations):
+        p = torch.sigmoid(beta * z)
+        grad = float((z * (p - y)).mean())
+        hess = float((z * z * p * (1 - p)).mean())
+        if hess <= 1e-300:
+            break
+        new = max(MIN_INVERSE_TEMPERATURE, beta - grad / hess)
+        # a Newton step on a convex 1-D function may overshoot far out on the flat sigmoid tails: halve until the
+        # objective does not increase
+        while scaled_nll(z, y, new) > scaled_nll(z, y, beta) + 1e-15 and abs(new - beta) > tol:
+            new = (new + beta) / 2
+        if abs(new - beta) <= tol * max(1.0, beta):
+            beta = new
+            break
+        beta = new
+    return 1.0 / beta
+
+
+def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
+    """``[N]`` float32 probabilities ``sigmoid(logits / T)``."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
+    return torch.sigmoid(logits.double() / temperature).float()
