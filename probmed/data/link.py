@@ -36,6 +36,7 @@ import csv
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -123,13 +124,12 @@ def _quantiles(hours: list[float]) -> dict[str, float] | None:
     return {f"q{int(q * 100):02d}": round(float(v), 4) for q, v in zip(QUANTILES, values)}
 
 
-def link_manifests(manifests: dict[str, str | Path], anchor: str, windows: dict[str, str], out: str | Path,
-                   patient_map: str | Path | None = None, splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                   report_path: str | Path | None = None) -> dict:
-    """Join ``manifests`` (modality → manifest CSV) around ``anchor``; write the joined manifest to ``out`` and the
-    report (returned) to ``report_path`` (default ``<out>.report.json``). See the module docstring for the rules."""
-    out = Path(out)
-    modality_columns, presence_columns = _modality_columns()
+def _check_sources(manifests: dict[str, str | Path], anchor: str, windows: dict[str, str],
+                   modality_columns: dict[str, tuple[str, ...]]
+                   ) -> tuple[dict[str, timedelta | str], list[str], list[str]]:
+    """Validate the sources, the anchor and the windows: ``(parsed windows: source → timedelta or "same-study",
+    the non-anchor sources in the order given, the order they are linked in: time windows first)``; ValueError
+    naming what is wrong."""
     for name in manifests:
         if name not in modality_columns:
             raise ValueError(f"source {name!r} is not a modality a manifest holds ({sorted(modality_columns)})")
@@ -143,12 +143,23 @@ def link_manifests(manifests: dict[str, str | Path], anchor: str, windows: dict[
         raise ValueError(f"every source but the anchor needs a window (missing: {missing}; windows for no "
                          f"non-anchor source: {extra})")
     order = [n for n in others if parsed[n] != SAME_STUDY] + [n for n in others if parsed[n] == SAME_STUDY]
+    return parsed, others, order
+
+
+def _split_cuts(splits: tuple[float, float, float]) -> tuple[float, float]:
+    """``(train, val, test)`` fractions → the two cut points in [0, 1] of :func:`split_by_patient`; ValueError unless
+    three non-negative fractions with a positive sum."""
     total = sum(splits)
     if len(splits) != 3 or total <= 0 or min(splits) < 0:
         raise ValueError(f"splits must be three non-negative fractions, got {splits}")
-    cuts = (splits[0] / total, (splits[0] + splits[1]) / total)
-    mapping = _read_patient_map(patient_map, list(manifests), anchor) if patient_map else {}
+    return (splits[0] / total, (splits[0] + splits[1]) / total)
 
+
+def _read_rows(manifests: dict[str, str | Path], anchor: str, others: list[str], mapping: dict[str, dict[str, str]]
+               ) -> tuple[dict[str, list[_Row]], dict[str, dict[str, list[_Row]]], list[_Row], dict[str, list[_Row]]]:
+    """Read every manifest with its rows' joined patient ids (``mapping``: :func:`_read_patient_map`'s, or empty):
+    ``(source → its rows, non-anchor source → joined patient → its rows, the anchor rows of known patients sorted by
+    patient then time (untimed last) then study id, joined patient → those anchor rows)``."""
     def joined(source: str, patient: str) -> str | None:
         return mapping[source].get(patient) if source in mapping else patient
 
@@ -164,6 +175,106 @@ def link_manifests(manifests: dict[str, str | Path], anchor: str, windows: dict[
     anchors_of: dict[str, list[_Row]] = defaultdict(list)
     for a in anchors:
         anchors_of[a.patient].append(a)
+    return rows, by_patient, anchors, anchors_of
+
+
+def _link_anchor(a: _Row, order: list[str], parsed: dict[str, timedelta | str],
+                 by_patient: dict[str, dict[str, list[_Row]]], per: dict[str, dict],
+                 has_modality: Callable[[StudyEntry, str], bool]) -> dict[str, _Row]:
+    """The rows linked to anchor study ``a``: source → its picked row (nearest in time, or same study), in ``order``.
+    Counts into ``per`` (source → linked, anchor_has_own, anchor_no_time, gaps) and each pick's ``used_by``."""
+    linked: dict[str, _Row] = {}
+    for name in order:
+        if has_modality(a.entry, name):
+            per[name]["anchor_has_own"] += 1
+            continue
+        candidates = by_patient[name].get(a.patient, [])
+        if parsed[name] == SAME_STUDY:
+            ids = [a.entry.study_id, *(r.entry.study_id for r in linked.values())]
+            found = [r for r in candidates if r.entry.study_id in ids]
+            pick = min(found, key=lambda r: (ids.index(r.entry.study_id), r.entry.study_id), default=None)
+        elif a.entry.acquired_at is None:
+            per[name]["anchor_no_time"] += 1
+            continue
+        else:
+            t0 = a.entry.acquired_at
+            found = [r for r in candidates if r.entry.acquired_at is not None
+                     and abs(r.entry.acquired_at - t0) <= parsed[name]]
+            pick = min(found, key=lambda r: (abs(r.entry.acquired_at - t0), r.entry.acquired_at,
+                                             r.entry.study_id), default=None)
+        if pick is None:
+            continue
+        linked[name] = pick
+        pick.used_by += 1
+        per[name]["linked"] += 1
+        if a.entry.acquired_at is not None and pick.entry.acquired_at is not None:
+            per[name]["gaps"].append((pick.entry.acquired_at - a.entry.acquired_at).total_seconds() / 3600)
+    return linked
+
+
+def _joined_row(a: _Row, linked: dict[str, _Row], split: str, modality_columns: dict[str, tuple[str, ...]],
+                has_modality: Callable[[StudyEntry, str], bool], base: Path) -> tuple[dict[str, str], list[str]]:
+    """One output manifest row for anchor study ``a`` and its ``linked`` rows (paths relative to ``base``), and the
+    modalities it holds: ``(row, modalities present)``. The anchor gives all its modalities, a linked row only its
+    source's; findings: the first source's value of each label wins."""
+    row = {"study_id": a.entry.study_id, "patient_id": a.patient, "split": split,
+           TIME_COLUMN: format_time(a.entry.acquired_at)}
+    present = []
+    for source_row in (a, *linked.values()):
+        entry = source_row.entry
+        take = modality_columns if source_row is a else {source_row.source: modality_columns[source_row.source]}
+        for modality, columns in take.items():
+            if not has_modality(entry, modality):
+                continue
+            present.append(modality)
+            for column in columns:
+                if entry.paths.get(column):
+                    row[column] = ";".join(relative(p, base) for p in entry.paths[column])
+                elif entry.values.get(column):
+                    row[column] = entry.values[column]
+        for label, value in entry.findings.items():
+            row.setdefault(FINDING_PREFIX + label, value)
+    return row, present
+
+
+def _modality_report(window_text: str, window: timedelta | str, rows: list[_Row], per: dict,
+                     anchors_of: dict[str, list[_Row]], holders: dict[tuple[str, str], list[_Row]],
+                     has_modality: Callable[[StudyEntry, str], bool]) -> dict:
+    """The report's entry for one linked source (``rows``: its rows; ``per``: its counts from :func:`_link_anchor`):
+    window, candidates, linked, reused, anchor_has_own, anchor_no_time, gap_hours quantiles, unmatched by cause."""
+    unmatched: Counter = Counter()
+    for row in rows:
+        if row.used_by:
+            continue
+        unmatched[_cause(row, window, anchors_of, holders, has_modality)] += 1
+    return {
+        "window": window_text, "candidates": len(rows), "linked": per["linked"],
+        "reused": sum(r.used_by > 1 for r in rows),
+        "anchor_has_own": per["anchor_has_own"], "anchor_no_time": per["anchor_no_time"],
+        "gap_hours": _quantiles(per["gaps"]), "unmatched": dict(sorted(unmatched.items()))}
+
+
+def _patients_in_several_splits(rows: dict[str, list[_Row]], anchors_of: dict[str, list[_Row]]) -> int:
+    """How many joined patients with an anchor study had rows, in any source, carrying different splits."""
+    source_splits: dict[str, set[str]] = defaultdict(set)
+    for name in rows:
+        for row in rows[name]:
+            if row.patient is not None:
+                source_splits[row.patient].add(row.entry.split)
+    return sum(len(s) > 1 for p, s in source_splits.items() if p in anchors_of)
+
+
+def link_manifests(manifests: dict[str, str | Path], anchor: str, windows: dict[str, str], out: str | Path,
+                   patient_map: str | Path | None = None, splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                   report_path: str | Path | None = None) -> dict:
+    """Join ``manifests`` (modality → manifest CSV) around ``anchor``; write the joined manifest to ``out`` and the
+    report (returned) to ``report_path`` (default ``<out>.report.json``). See the module docstring for the rules."""
+    out = Path(out)
+    modality_columns, presence_columns = _modality_columns()
+    parsed, others, order = _check_sources(manifests, anchor, windows, modality_columns)
+    cuts = _split_cuts(splits)
+    mapping = _read_patient_map(patient_map, list(manifests), anchor) if patient_map else {}
+    rows, by_patient, anchors, anchors_of = _read_rows(manifests, anchor, others, mapping)
 
     def has_modality(entry: StudyEntry, modality: str) -> bool:
         return any(entry.has(c) for c in presence_columns[modality])
@@ -172,81 +283,24 @@ def link_manifests(manifests: dict[str, str | Path], anchor: str, windows: dict[
     out_rows, combinations, split_count = [], Counter(), Counter()
     holders: dict[tuple[str, str], list[_Row]] = defaultdict(list)  # (patient, study id) -> output studies' anchors
     for a in anchors:
-        linked: dict[str, _Row] = {}
-        for name in order:
-            if has_modality(a.entry, name):
-                per[name]["anchor_has_own"] += 1
-                continue
-            candidates = by_patient[name].get(a.patient, [])
-            if parsed[name] == SAME_STUDY:
-                ids = [a.entry.study_id, *(r.entry.study_id for r in linked.values())]
-                found = [r for r in candidates if r.entry.study_id in ids]
-                pick = min(found, key=lambda r: (ids.index(r.entry.study_id), r.entry.study_id), default=None)
-            elif a.entry.acquired_at is None:
-                per[name]["anchor_no_time"] += 1
-                continue
-            else:
-                t0 = a.entry.acquired_at
-                found = [r for r in candidates if r.entry.acquired_at is not None
-                         and abs(r.entry.acquired_at - t0) <= parsed[name]]
-                pick = min(found, key=lambda r: (abs(r.entry.acquired_at - t0), r.entry.acquired_at,
-                                                 r.entry.study_id), default=None)
-            if pick is None:
-                continue
-            linked[name] = pick
-            pick.used_by += 1
-            per[name]["linked"] += 1
-            if a.entry.acquired_at is not None and pick.entry.acquired_at is not None:
-                per[name]["gaps"].append((pick.entry.acquired_at - a.entry.acquired_at).total_seconds() / 3600)
+        linked = _link_anchor(a, order, parsed, by_patient, per, has_modality)
         for source_row in (a, *linked.values()):
             holders[(a.patient, source_row.entry.study_id)].append(a)
         split = split_by_patient(a.patient, cuts)
-        row = {"study_id": a.entry.study_id, "patient_id": a.patient, "split": split,
-               TIME_COLUMN: format_time(a.entry.acquired_at)}
-        present = []
-        for source_row in (a, *linked.values()):
-            entry = source_row.entry
-            take = modality_columns if source_row is a else {source_row.source: modality_columns[source_row.source]}
-            for modality, columns in take.items():
-                if not has_modality(entry, modality):
-                    continue
-                present.append(modality)
-                for column in columns:
-                    if entry.paths.get(column):
-                        row[column] = ";".join(relative(p, out.parent) for p in entry.paths[column])
-                    elif entry.values.get(column):
-                        row[column] = entry.values[column]
-            for label, value in entry.findings.items():
-                row.setdefault(FINDING_PREFIX + label, value)
+        row, present = _joined_row(a, linked, split, modality_columns, has_modality, out.parent)
         combinations["+".join(m for m in modality_columns if m in present) or "(none)"] += 1
         split_count[split] += 1
         out_rows.append(row)
     write_manifest(out, out_rows)
 
-    source_splits: dict[str, set[str]] = defaultdict(set)
-    for name in manifests:
-        for row in rows[name]:
-            if row.patient is not None:
-                source_splits[row.patient].add(row.entry.split)
-    report_modalities = {}
-    for name in others:
-        unmatched: Counter = Counter()
-        for row in rows[name]:
-            if row.used_by:
-                continue
-            unmatched[_cause(row, parsed[name], anchors_of, holders, has_modality)] += 1
-        report_modalities[name] = {
-            "window": windows[name], "candidates": len(rows[name]), "linked": per[name]["linked"],
-            "reused": sum(r.used_by > 1 for r in rows[name]),
-            "anchor_has_own": per[name]["anchor_has_own"], "anchor_no_time": per[name]["anchor_no_time"],
-            "gap_hours": _quantiles(per[name]["gaps"]), "unmatched": dict(sorted(unmatched.items()))}
+    report_modalities = {name: _modality_report(windows[name], parsed[name], rows[name], per[name], anchors_of, holders,
+                                                has_modality) for name in others}
     rule = (f"split by patient over the joined cohort: sha256(patient id) as u in [0, 1): u < {cuts[0]:g} train, "
             f"< {cuts[1]:g} val, else test; the sources' own splits are ignored")
     report = {
         "out": str(out), "anchor": anchor, "rule": rule, "studies": len(out_rows),
         "patients": len({r["patient_id"] for r in out_rows}), "splits": dict(sorted(split_count.items())),
-        "patients_in_several_source_splits": sum(len(s) > 1 for p, s in source_splits.items()
-                                                 if p in anchors_of),
+        "patients_in_several_source_splits": _patients_in_several_splits(rows, anchors_of),
         "anchor_rows": {"rows": len(rows[anchor]), "unknown_patient": sum(r.patient is None for r in rows[anchor]),
                         "no_time": sum(r.entry.acquired_at is None for r in anchors)},
         "combinations": dict(combinations.most_common()), "modalities": report_modalities}

@@ -210,20 +210,7 @@ class Evaluator:
         plot = stage in cfg.plots
 
         ranks: dict = {}
-        rows = retrieval_metrics(embeddings, score, ks, details=ranks, labels=labels)
-        for r in rows:
-            p = _pair(r["query"], r["gallery"])
-            for k in ks:
-                scalars[f"{stage}/R@{k}/{p}"] = r[f"R@{k}"]
-                scalars[f"{stage}/label_P@{k}/{p}"] = r[f"P@{k}"]
-            scalars[f"{stage}/rsum/{p}"] = r["rsum"]
-            scalars[f"{stage}/pmrp/{p}"] = r["PMRP"]
-        if rows:
-            for k in ks:
-                scalars[f"{stage}/mean_R@{k}"] = sum(r[f"R@{k}"] for r in rows) / len(rows)
-                scalars[f"{stage}/mean_label_P@{k}"] = _nanmean(r[f"P@{k}"] for r in rows)
-            scalars[f"{stage}/rsum"] = sum(r["rsum"] for r in rows)
-            scalars[f"{stage}/mean_pmrp"] = _nanmean(r["PMRP"] for r in rows)
+        rows = self._retrieval(embeddings, score, ks, labels, ranks, stage, scalars)
         details["retrieval"] = rows
         fitted: dict[str, Any] = {"version": FITTED_VERSION, "step": int(step), "confidence": {}, "temperature": {}}
 
@@ -249,24 +236,11 @@ class Evaluator:
 
         fs = cfg.few_shot
         if fs is not None and stage in fs.stages:
-            res = few_shot(embeddings, labels, self.findings, fs.ks, fs.features, fs.repeats, fs.support_fraction, fs.seed)
-            details["few_shot"] = {m: {str(k or "all"): v for k, v in by_k.items()} for m, by_k in res.items()}
-            for m, by_k in res.items():
-                for k, per_finding in by_k.items():
-                    scalars[f"{stage}/fewshot/{m}/k{k if k else 'all'}_mean_auroc"] = _nanmean(per_finding.values())
+            details["few_shot"] = self._few_shot(embeddings, labels, stage, scalars)
 
         pg = cfg.prognosis
-        if pg is not None and stage in pg.stages and self.prognosis_label is None:
-            details["prognosis"] = {"skipped": (
-                f"prognosis label {pg.label!r} is not among the data's labels {self.findings}" if pg.label else
-                f"no prognosis label configured and the data has no {DEFAULT_PROGNOSIS_LABEL!r}; "
-                "set model.evaluation.prognosis.label")}
-        elif pg is not None and stage in pg.stages:
-            label = self.prognosis_label
-            res = prognosis(embeddings, labels, self.findings, label, pg.subsets, pg.support_fraction, pg.seed)
-            details["prognosis"] = {"label": label, "auroc": res}
-            for subset, value in res.items():
-                scalars[f"{stage}/prognosis/{label}/{subset}/auroc"] = value
+        if pg is not None and stage in pg.stages:
+            details["prognosis"] = self._prognosis(embeddings, labels, stage, scalars)
 
         if corrupted:
             robustness = self._robustness(embeddings, corrupted, score, stage, scalars)
@@ -282,6 +256,52 @@ class Evaluator:
         finite = {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
         details["undefined_metrics"] = sorted(set(scalars) - set(finite))
         return {"scalars": finite, "retrieval": rows, "details": details, "figures": figures}
+
+    @staticmethod
+    def _retrieval(embeddings: dict, score, ks: tuple[int, ...], labels: dict[str, Tensor], ranks: dict, stage: str,
+                   scalars: dict) -> list[dict]:
+        """Cross-modal retrieval rows (:func:`retrieval_metrics`; the per-query ranks go into ``ranks``) and their
+        scalars: ``<stage>/{R@k,label_P@k,rsum,pmrp}/<pair>``, then the means over pairs."""
+        rows = retrieval_metrics(embeddings, score, ks, details=ranks, labels=labels)
+        for r in rows:
+            p = _pair(r["query"], r["gallery"])
+            for k in ks:
+                scalars[f"{stage}/R@{k}/{p}"] = r[f"R@{k}"]
+                scalars[f"{stage}/label_P@{k}/{p}"] = r[f"P@{k}"]
+            scalars[f"{stage}/rsum/{p}"] = r["rsum"]
+            scalars[f"{stage}/pmrp/{p}"] = r["PMRP"]
+        if rows:
+            for k in ks:
+                scalars[f"{stage}/mean_R@{k}"] = sum(r[f"R@{k}"] for r in rows) / len(rows)
+                scalars[f"{stage}/mean_label_P@{k}"] = _nanmean(r[f"P@{k}"] for r in rows)
+            scalars[f"{stage}/rsum"] = sum(r["rsum"] for r in rows)
+            scalars[f"{stage}/mean_pmrp"] = _nanmean(r["PMRP"] for r in rows)
+        return rows
+
+    def _few_shot(self, embeddings: dict, labels: dict[str, Tensor], stage: str, scalars: dict) -> dict:
+        """Few-shot linear probes (:func:`few_shot`): ``{modality: {k or "all": {finding: AUROC}}}``; scalars
+        ``<stage>/fewshot/<modality>/k<k>_mean_auroc``."""
+        fs = self.config.few_shot
+        res = few_shot(embeddings, labels, self.findings, fs.ks, fs.features, fs.repeats, fs.support_fraction, fs.seed)
+        for m, by_k in res.items():
+            for k, per_finding in by_k.items():
+                scalars[f"{stage}/fewshot/{m}/k{k if k else 'all'}_mean_auroc"] = _nanmean(per_finding.values())
+        return {m: {str(k or "all"): v for k, v in by_k.items()} for m, by_k in res.items()}
+
+    def _prognosis(self, embeddings: dict, labels: dict[str, Tensor], stage: str, scalars: dict) -> dict:
+        """Prognosis probe (:func:`prognosis`) of :attr:`prognosis_label`: ``{"label", "auroc": {subset: AUROC}}``
+        and scalars ``<stage>/prognosis/<label>/<subset>/auroc``; ``{"skipped": why}`` when there is no label."""
+        pg = self.config.prognosis
+        label = self.prognosis_label
+        if label is None:
+            return {"skipped": (
+                f"prognosis label {pg.label!r} is not among the data's labels {self.findings}" if pg.label else
+                f"no prognosis label configured and the data has no {DEFAULT_PROGNOSIS_LABEL!r}; "
+                "set model.evaluation.prognosis.label")}
+        res = prognosis(embeddings, labels, self.findings, label, pg.subsets, pg.support_fraction, pg.seed)
+        for subset, value in res.items():
+            scalars[f"{stage}/prognosis/{label}/{subset}/auroc"] = value
+        return {"label": label, "auroc": res}
 
     def _uncertainty(self, ranks: dict, stage: str, scalars: dict, fit: dict | None) -> tuple[dict, dict]:
         """Selective retrieval per ordered pair (:mod:`probmed.evaluation.confidence`): AURC, oracle and random

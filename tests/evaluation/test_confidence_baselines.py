@@ -211,7 +211,7 @@ def test_compare_presets_reads_the_suites_baselines_and_per_modality_severity_rh
 
     from conftest import REPO
     from probmed.data.registry import SPECS
-    from probmed.evaluation.corruptions import all_corruptions
+    from probmed.evaluation.corruptions import all_corruptions, corruptions_for
 
     sys.path.insert(0, str(REPO / "experiments"))
     import compare_presets
@@ -222,8 +222,9 @@ def test_compare_presets_reads_the_suites_baselines_and_per_modality_severity_rh
     got = compare_presets.summarise(scalars, ["cxr", "text"])
     assert got["PMRP"] == 40.0 and got["AURC margin"] == 0.8 and got["ECE scaled"] == 0.03
     assert (got["E-AURC"], got["E-AURC margin"], got["10-bin Pearson"]) == (0.1, 0.05, -0.9)
+    kinds = corruptions_for(SPECS["cxr"].pipeline)
     assert all_corruptions(["cxr", "nope"], (1, 2)) == [
-        {"modality": "cxr", "kind": kind, "severities": [1.0, 2.0]} for kind in SPECS["cxr"].corruptions]
+        {"modality": "cxr", "kind": kind, "severities": [1.0, 2.0]} for kind in kinds]
 
 
 def test_a_fitted_state_of_another_version_is_dropped_with_a_warning():

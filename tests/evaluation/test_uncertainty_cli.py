@@ -76,9 +76,11 @@ def test_fit_stores_the_last_validations_fitted_state_and_test_and_predict_use_i
         names = data["label_names"]
         assert names.dtype.kind == "U" and names.tolist() == list(read_vocabulary(smoke_corpus)["labels"])
         assert data["labels"].shape == (len(data["study_id"]), len(names)) and data["labels"].dtype == np.float32
+        recorded = _recorded_ambiguity(smoke_corpus, "test")
         for m in ("cxr", "ecg", "echo", "text"):
             assert data[f"{m}/ambiguity"].shape == data[f"{m}/present"].shape
-            assert np.isnan(data[f"{m}/ambiguity"]).all()  # this corpus records no ambiguity: unknown everywhere
+            want = [recorded.get(str(sid), {}).get(m, np.nan) for sid in data["study_id"]]
+            np.testing.assert_array_equal(data[f"{m}/ambiguity"], np.asarray(want, dtype=np.float32))
         assert json.loads(str(data["evaluation_fitted"])) == val["fitted"]
 
 
@@ -92,3 +94,17 @@ def test_test_without_fitted_state_says_it_falls_back_to_the_margin(smoke_corpus
     assert "no validation-fitted" in metrics["fitted_used"]["skipped"]
     assert not any("variance_aware" in k or "ece_scaled" in k for k in metrics["scalars"])
     assert "test/confidence/margin/mean_aurc" in metrics["scalars"]
+
+
+def _recorded_ambiguity(corpus, split: str) -> dict[str, dict[str, float]]:
+    """``{study_id: {modality: ambiguity}}`` as the shards' metadata records it, read with plain tarfile."""
+    import tarfile
+
+    out = {}
+    for shard in sorted(corpus.glob(f"{split}-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    out[str(meta["study_id"])] = meta.get("ambiguity", {})
+    return out

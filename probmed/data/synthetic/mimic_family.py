@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import gzip
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -103,6 +104,182 @@ def _numeric_time(t: datetime, k: int) -> tuple[str, str]:
     return t.strftime("%Y%m%d"), f"{hhmmss}.{fraction}"
 
 
+@dataclass
+class _Tally:
+    """What :func:`write_mimic_family_standin` has planted so far: the rows of the four modules' tables, the next ECG
+    and echo study ids, and the expected link report counts."""
+    ecg_id: int = 40000000
+    echo_id: int = 90000000
+    cxr_studies: list[dict] = field(default_factory=list)
+    ecg_rows: list[list[object]] = field(default_factory=list)
+    echo_records: list[list[object]] = field(default_factory=list)
+    echo_studies: list[list[object]] = field(default_factory=list)
+    notes: list[list[object]] = field(default_factory=list)
+    details: list[list[object]] = field(default_factory=list)
+    echo_notes: list[list[object]] = field(default_factory=list)
+    linked: Counter = field(default_factory=Counter)
+    unmatched: dict[str, Counter] = field(
+        default_factory=lambda: {"ecg": Counter(), "echo": Counter(), "text": Counter()})
+    anchor_has_own: Counter = field(default_factory=Counter)
+    anchor_no_time: Counter = field(default_factory=Counter)
+    gaps: dict[str, list[float]] = field(default_factory=lambda: {"ecg": [], "echo": []})
+    combos: Counter = field(default_factory=Counter)
+    conflicts: int = 0
+    echo_left_out: int = 0
+
+
+def _add_ecg(tally: _Tally, ecg_root: Path, subject: str, ecg_time: str, seed: int) -> None:
+    """Write one ECG record of ``subject`` (id ``tally.ecg_id``, then advanced) under ``ecg_root``, and its
+    ``record_list.csv`` row with ``ecg_time`` (blank: no time)."""
+    _wfdb(ecg_root / "files" / f"p{subject[:4]}" / f"p{subject}" / f"s{tally.ecg_id}", str(tally.ecg_id),
+          seed + tally.ecg_id)
+    tally.ecg_rows.append([subject, tally.ecg_id, str(tally.ecg_id), ecg_time,
+                           f"files/p{subject[:4]}/p{subject}/s{tally.ecg_id}/{tally.ecg_id}"])
+    tally.ecg_id += 1
+
+
+def _plant_ecgs(tally: _Tally, ecg_root: Path, subject: str, anchor_when: datetime | None, ecg_case: str,
+                seed: int, present: set[str]) -> None:
+    """The ECGs of one chest film study (acquired at ``anchor_when``) for ``ecg_case`` (:data:`ECG_CASES`), counted
+    as the link report will count them; adds ``"ecg"`` to ``present`` when one is linked."""
+    for n, offset in enumerate(ECG_OFFSETS[ecg_case]):
+        ecg_time = "" if offset is None else (anchor_when + offset).isoformat(sep=" ")
+        _add_ecg(tally, ecg_root, subject, ecg_time, seed)
+        if offset is None:
+            tally.unmatched["ecg"]["no_time"] += 1
+        elif ecg_case == "edge_out":
+            tally.unmatched["ecg"]["out_of_window"] += 1
+        elif n == 0:
+            tally.linked["ecg"] += 1
+            present.add("ecg")
+            tally.gaps["ecg"].append(offset.total_seconds() / 3600)
+        else:
+            tally.unmatched["ecg"]["not_nearest"] += 1
+
+
+def _plant_echo(tally: _Tally, echo_root: Path, subject: str, start: datetime, echo_case: str, text_case: str,
+                seed: int, present: set[str]) -> None:
+    """The echo study of one chest film study (acquired at ``start``) for ``echo_case`` (:data:`ECHO_CASES`; none for
+    ``"none"``): its DICOMs, record and study list rows, and (``text_case`` ``"echo_note"``) its echo report; counted
+    as the link report will count them; adds ``"echo"`` / ``"text"`` to ``present`` when linked."""
+    if echo_case == "none":
+        return
+    echo_study = str(tally.echo_id)
+    tally.echo_id += 1
+    echo_when = start + ECHO_OFFSETS[echo_case]
+    folder = echo_root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{echo_study}"
+    files = [(f"{echo_study}_0001.dcm", 1, echo_when)]
+    if echo_case != "still_only":
+        files.append((f"{echo_study}_0002.dcm", 16, echo_when + timedelta(minutes=2)))
+    for name, frames, t in files:
+        write_echo_dicom(folder / name, frames, t, seed)
+        tally.echo_records.append([subject, echo_study, t.isoformat(sep=" "),
+                                   str((folder / name).relative_to(echo_root))])
+    note_id = f"{subject}-EC-{echo_study[-3:]}" if text_case == "echo_note" else ""
+    tally.echo_studies.append([subject, echo_study, echo_when.isoformat(sep=" ", timespec="milliseconds"), note_id,
+                               1 if note_id else "", echo_when.isoformat(sep=" ") if note_id else ""])
+    if echo_case == "still_only":
+        tally.echo_left_out += 1
+    elif echo_case == "in":
+        tally.linked["echo"] += 1
+        present.add("echo")
+        tally.gaps["echo"].append(ECHO_OFFSETS["in"].total_seconds() / 3600)
+    else:
+        tally.unmatched["echo"]["out_of_window"] += 1
+    if note_id:
+        tally.echo_notes.append([note_id, subject, "", "EC", 1, echo_when.isoformat(sep=" "), "",
+                                 "ECHO REPORT. Left ventricular function is normal."])
+        if echo_case == "in":
+            tally.linked["text"] += 1
+            present.add("text")
+        else:
+            tally.unmatched["text"]["no_same_study"] += 1
+
+
+def _plant_text(tally: _Tally, subject: str, study: str, k: int, when: datetime, text_case: str,
+                present: set[str]) -> None:
+    """The report side of chest film study ``study`` (``k``: its running index, ``when``: its time) for
+    ``text_case`` (:data:`TEXT_CASES`): counts its own report, and writes a radiology note linked to it where the
+    case has one; adds ``"text"`` to ``present`` when it has a report."""
+    if text_case in ("own", "own_plus_note"):
+        tally.anchor_has_own["text"] += 1
+        present.add("text")
+    if text_case in ("own_plus_note", "note"):
+        note_id = f"{subject}-RR-{k % 90 + 1}"
+        tally.notes.append([note_id, subject, "", "RR", k % 90 + 1, (when + timedelta(hours=1)).isoformat(sep=" "),
+                            "", f"FINDINGS: Heart size is normal. Study {k}."])
+        tally.details.append([note_id, subject, "study_id", study, 1])
+        if text_case == "note":
+            tally.linked["text"] += 1
+            present.add("text")
+        else:
+            tally.unmatched["text"]["anchor_has_own"] += 1
+
+
+def _plant_study(tally: _Tally, roots: dict[str, Path], subject: str, k: int, when: datetime, split: str,
+                 rng: np.random.Generator, prompts: dict, size: int, seed: int) -> None:
+    """Chest film study ``k`` (running index) of ``subject`` at ``when`` in source split ``split``: its films and
+    report (drawing from ``rng``), metadata row, and its ECG, echo and text cases (picked by ``k``)."""
+    study = f"5{k:07d}"
+    timed = k % 17 != 16
+    ecg_case, echo_case, text_case = ECG_CASES[k % 6], ECHO_CASES[k % 4], TEXT_CASES[k % 5]
+    if not timed:
+        ecg_case, echo_case = "none", ("none" if echo_case != "still_only" else "still_only")
+    labels, images = write_cxr_study(roots["mimic-cxr"], subject, study, k, rng, prompts, size,
+                                     report=text_case in ("own", "own_plus_note"))
+    date, clock = _numeric_time(when, k) if timed else (when.strftime("%Y%m%d"), "")
+    tally.cxr_studies.append({"subject": subject, "study": study, "split": _SPLIT_NAME[split], "labels": labels,
+                              "images": images, "StudyDate": date, "StudyTime": clock})
+    # the anchor's time as written (a fraction of a second only where the CSV keeps one)
+    anchor_when = when.replace(microsecond=when.microsecond if k % 2 else 0) if timed else None
+    present = {"cxr"}
+    if not timed:
+        tally.anchor_no_time["ecg"] += 1
+        tally.anchor_no_time["echo"] += 1
+    _plant_ecgs(tally, roots["mimic-iv-ecg"], subject, anchor_when, ecg_case, seed, present)
+    _plant_echo(tally, roots["mimic-iv-echo"], subject, anchor_when or when, echo_case, text_case, seed, present)
+    _plant_text(tally, subject, study, k, when, text_case, present)
+    tally.combos["+".join(m for m in ("cxr", "ecg", "echo", "text") if m in present)] += 1
+
+
+def _write_tables(roots: dict[str, Path], tally: _Tally) -> None:
+    """Write the four modules' tables (MIMIC-CXR's metadata, split and label CSVs; the ECG record list; the echo
+    record and study lists; the radiology and echo notes and radiology details) from ``tally``'s rows."""
+    write_cxr_tables(roots["mimic-cxr"], tally.cxr_studies)
+    _csv(roots["mimic-iv-ecg"] / "record_list.csv", ["subject_id", "study_id", "file_name", "ecg_time", "path"],
+         tally.ecg_rows)
+    _csv(roots["mimic-iv-echo"] / "echo-record-list.csv",
+         ["subject_id", "study_id", "acquisition_datetime", "dicom_filepath"], tally.echo_records)
+    _csv(roots["mimic-iv-echo"] / "echo-study-list.csv",
+         ["subject_id", "study_id", "study_datetime", "note_id", "note_seq", "note_charttime"], tally.echo_studies)
+    header = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
+    _csv(roots["mimic-iv-note"] / "note" / "radiology.csv.gz", header, tally.notes)
+    _csv(roots["mimic-iv-note"] / "note" / "echo.csv.gz", header, tally.echo_notes)
+    _csv(roots["mimic-iv-note"] / "note" / "radiology_detail.csv.gz",
+         ["note_id", "subject_id", "field_name", "field_value", "field_ordinal"], tally.details)
+
+
+def _planted_counts(tally: _Tally) -> dict:
+    """The expected ``probmed data link`` report counts for what ``tally`` records as planted."""
+    cxr_studies, ecg_rows = tally.cxr_studies, tally.ecg_rows
+    patients_with_cxr = len({s["subject"] for s in cxr_studies})
+    return {
+        "studies": len(cxr_studies), "patients": patients_with_cxr,
+        "patients_in_several_source_splits": tally.conflicts, "anchor_no_time": tally.anchor_no_time["ecg"],
+        "combinations": dict(tally.combos), "echo_studies_without_cine": tally.echo_left_out,
+        "manifest_rows": {"cxr": len(cxr_studies), "ecg": len(ecg_rows),
+                          "echo": len(tally.echo_studies) - tally.echo_left_out,
+                          "text": len(tally.notes) + len(tally.echo_notes)},
+        "untimed_rows": {"cxr": sum(not s["StudyTime"] for s in cxr_studies),
+                         "ecg": sum(not r[3] for r in ecg_rows), "echo": 0, "text": 0},
+        "modalities": {name: {"linked": tally.linked[name], "anchor_has_own": tally.anchor_has_own[name],
+                              "anchor_no_time": tally.anchor_no_time[name] if name != "text" else 0,
+                              "unmatched": dict(sorted(tally.unmatched[name].items())),
+                              "gap_hours": sorted(tally.gaps.get(name, []))}
+                       for name in ("ecg", "echo", "text")},
+    }
+
+
 def write_mimic_family_standin(root: str | Path, phrases: dict, patients: int = 200, seed: int = 0,
                                size: int = 32) -> dict:
     """Write ``<root>/{mimic-cxr,mimic-iv-ecg,mimic-iv-echo,mimic-iv-note}`` and return ``{"roots": {...},
@@ -112,140 +289,29 @@ def write_mimic_family_standin(root: str | Path, phrases: dict, patients: int = 
     root, rng = Path(root), np.random.default_rng(seed)
     prompts = phrases
     roots = {name: root / name for name in ("mimic-cxr", "mimic-iv-ecg", "mimic-iv-echo", "mimic-iv-note")}
-    cxr_studies, ecg_rows, echo_records, echo_studies, notes, details, echo_notes = [], [], [], [], [], [], []
-    linked = Counter()
-    unmatched = {"ecg": Counter(), "echo": Counter(), "text": Counter()}
-    anchor_has_own, anchor_no_time, gaps = Counter(), Counter(), {"ecg": [], "echo": []}
-    combos, conflicts, echo_left_out, k = Counter(), 0, 0, 0
-    ecg_id, echo_id, base = 40000000, 90000000, datetime(2180, 1, 1, 7, 50, 13, 234000)
+    tally, k = _Tally(), 0
+    base = datetime(2180, 1, 1, 7, 50, 13, 234000)
     for p in range(patients):
         subject = f"1{p:07d}"
         if p % 10 == 9:  # an ECG and no chest film
-            _wfdb(roots["mimic-iv-ecg"] / "files" / f"p{subject[:4]}" / f"p{subject}" / f"s{ecg_id}", str(ecg_id),
-                  seed + ecg_id)
-            ecg_rows.append([subject, ecg_id, str(ecg_id), (base + timedelta(days=p)).isoformat(sep=" "),
-                             f"files/p{subject[:4]}/p{subject}/s{ecg_id}/{ecg_id}"])
-            ecg_id += 1
-            unmatched["ecg"]["patient_without_anchor"] += 1
+            _add_ecg(tally, roots["mimic-iv-ecg"], subject, (base + timedelta(days=p)).isoformat(sep=" "), seed)
+            tally.unmatched["ecg"]["patient_without_anchor"] += 1
             continue
         n_studies = 2 if p % 3 == 0 else 1
         own_split = split_by_patient(subject)
         if p % 4 == 0:
             note_id = f"{subject}-RR-99"
-            notes.append([note_id, subject, "", "RR", 99, (base + timedelta(days=p, hours=-40)).isoformat(sep=" "),
-                          "", "EXAMINATION: CHEST (PORTABLE AP). IMPRESSION: No acute process."])
-            unmatched["text"]["no_same_study"] += 1
+            tally.notes.append([note_id, subject, "", "RR", 99,
+                                (base + timedelta(days=p, hours=-40)).isoformat(sep=" "), "",
+                                "EXAMINATION: CHEST (PORTABLE AP). IMPRESSION: No acute process."])
+            tally.unmatched["text"]["no_same_study"] += 1
         if n_studies == 2 and p % 7 == 0:
-            conflicts += 1
+            tally.conflicts += 1
         for j in range(n_studies):
-            study = f"5{k:07d}"
             when = base + timedelta(days=p, minutes=37 * p) + timedelta(days=30 * j, hours=13 * j)
-            timed = k % 17 != 16
-            ecg_case, echo_case, text_case = ECG_CASES[k % 6], ECHO_CASES[k % 4], TEXT_CASES[k % 5]
-            if not timed:
-                ecg_case, echo_case = "none", ("none" if echo_case != "still_only" else "still_only")
-            labels, images = write_cxr_study(roots["mimic-cxr"], subject, study, k, rng, prompts, size,
-                                             report=text_case in ("own", "own_plus_note"))
             split = own_split if not (n_studies == 2 and p % 7 == 0 and j == 1) else (
                 "test" if own_split != "test" else "train")
-            date, clock = _numeric_time(when, k) if timed else (when.strftime("%Y%m%d"), "")
-            cxr_studies.append({"subject": subject, "study": study, "split": _SPLIT_NAME[split], "labels": labels,
-                                "images": images, "StudyDate": date, "StudyTime": clock})
-            # the anchor's time as written (a fraction of a second only where the CSV keeps one)
-            anchor_when = when.replace(microsecond=when.microsecond if k % 2 else 0) if timed else None
-            present = {"cxr"}
-            if not timed:
-                anchor_no_time["ecg"] += 1
-                anchor_no_time["echo"] += 1
-            for n, offset in enumerate(ECG_OFFSETS[ecg_case]):
-                _wfdb(roots["mimic-iv-ecg"] / "files" / f"p{subject[:4]}" / f"p{subject}" / f"s{ecg_id}",
-                      str(ecg_id), seed + ecg_id)
-                ecg_time = "" if offset is None else (anchor_when + offset).isoformat(sep=" ")
-                ecg_rows.append([subject, ecg_id, str(ecg_id), ecg_time,
-                                 f"files/p{subject[:4]}/p{subject}/s{ecg_id}/{ecg_id}"])
-                ecg_id += 1
-                if offset is None:
-                    unmatched["ecg"]["no_time"] += 1
-                elif ecg_case == "edge_out":
-                    unmatched["ecg"]["out_of_window"] += 1
-                elif n == 0:
-                    linked["ecg"] += 1
-                    present.add("ecg")
-                    gaps["ecg"].append(offset.total_seconds() / 3600)
-                else:
-                    unmatched["ecg"]["not_nearest"] += 1
-            echo_study = None
-            if echo_case != "none":
-                echo_study = str(echo_id)
-                echo_id += 1
-                echo_when = (anchor_when or when) + ECHO_OFFSETS[echo_case]
-                folder = roots["mimic-iv-echo"] / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{echo_study}"
-                files = [(f"{echo_study}_0001.dcm", 1, echo_when)]
-                if echo_case != "still_only":
-                    files.append((f"{echo_study}_0002.dcm", 16, echo_when + timedelta(minutes=2)))
-                for name, frames, t in files:
-                    write_echo_dicom(folder / name, frames, t, seed)
-                    echo_records.append([subject, echo_study, t.isoformat(sep=" "),
-                                         str((folder / name).relative_to(roots["mimic-iv-echo"]))])
-                note_id = f"{subject}-EC-{echo_study[-3:]}" if text_case == "echo_note" else ""
-                echo_studies.append([subject, echo_study, echo_when.isoformat(sep=" ", timespec="milliseconds"),
-                                     note_id, 1 if note_id else "", echo_when.isoformat(sep=" ") if note_id else ""])
-                if echo_case == "still_only":
-                    echo_left_out += 1
-                elif echo_case == "in":
-                    linked["echo"] += 1
-                    present.add("echo")
-                    gaps["echo"].append(ECHO_OFFSETS["in"].total_seconds() / 3600)
-                else:
-                    unmatched["echo"]["out_of_window"] += 1
-                if note_id:
-                    echo_notes.append([note_id, subject, "", "EC", 1, echo_when.isoformat(sep=" "), "",
-                                       "ECHO REPORT. Left ventricular function is normal."])
-                    if echo_case == "in":
-                        linked["text"] += 1
-                        present.add("text")
-                    else:
-                        unmatched["text"]["no_same_study"] += 1
-            if text_case in ("own", "own_plus_note"):
-                anchor_has_own["text"] += 1
-                present.add("text")
-            if text_case in ("own_plus_note", "note"):
-                note_id = f"{subject}-RR-{k % 90 + 1}"
-                notes.append([note_id, subject, "", "RR", k % 90 + 1, (when + timedelta(hours=1)).isoformat(sep=" "),
-                              "", f"FINDINGS: Heart size is normal. Study {k}."])
-                details.append([note_id, subject, "study_id", study, 1])
-                if text_case == "note":
-                    linked["text"] += 1
-                    present.add("text")
-                else:
-                    unmatched["text"]["anchor_has_own"] += 1
-            combos["+".join(m for m in ("cxr", "ecg", "echo", "text") if m in present)] += 1
+            _plant_study(tally, roots, subject, k, when, split, rng, prompts, size, seed)
             k += 1
-    write_cxr_tables(roots["mimic-cxr"], cxr_studies)
-    _csv(roots["mimic-iv-ecg"] / "record_list.csv", ["subject_id", "study_id", "file_name", "ecg_time", "path"],
-         ecg_rows)
-    _csv(roots["mimic-iv-echo"] / "echo-record-list.csv",
-         ["subject_id", "study_id", "acquisition_datetime", "dicom_filepath"], echo_records)
-    _csv(roots["mimic-iv-echo"] / "echo-study-list.csv",
-         ["subject_id", "study_id", "study_datetime", "note_id", "note_seq", "note_charttime"], echo_studies)
-    header = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
-    _csv(roots["mimic-iv-note"] / "note" / "radiology.csv.gz", header, notes)
-    _csv(roots["mimic-iv-note"] / "note" / "echo.csv.gz", header, echo_notes)
-    _csv(roots["mimic-iv-note"] / "note" / "radiology_detail.csv.gz",
-         ["note_id", "subject_id", "field_name", "field_value", "field_ordinal"], details)
-    patients_with_cxr = len({s["subject"] for s in cxr_studies})
-    planted = {
-        "studies": len(cxr_studies), "patients": patients_with_cxr,
-        "patients_in_several_source_splits": conflicts, "anchor_no_time": anchor_no_time["ecg"],
-        "combinations": dict(combos), "echo_studies_without_cine": echo_left_out,
-        "manifest_rows": {"cxr": len(cxr_studies), "ecg": len(ecg_rows), "echo": len(echo_studies) - echo_left_out,
-                          "text": len(notes) + len(echo_notes)},
-        "untimed_rows": {"cxr": sum(not s["StudyTime"] for s in cxr_studies),
-                         "ecg": sum(not r[3] for r in ecg_rows), "echo": 0, "text": 0},
-        "modalities": {name: {"linked": linked[name], "anchor_has_own": anchor_has_own[name],
-                              "anchor_no_time": anchor_no_time[name] if name != "text" else 0,
-                              "unmatched": dict(sorted(unmatched[name].items())),
-                              "gap_hours": sorted(gaps.get(name, []))}
-                       for name in ("ecg", "echo", "text")},
-    }
-    return {"roots": {k: str(v) for k, v in roots.items()}, "planted": planted}
+    _write_tables(roots, tally)
+    return {"roots": {k: str(v) for k, v in roots.items()}, "planted": _planted_counts(tally)}

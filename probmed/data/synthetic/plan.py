@@ -332,19 +332,10 @@ def _split_patients(n_patients: int, studies_per_patient: list[int], fractions: 
     return split_of
 
 
-def plan_corpus(
-    n_studies: int,
-    seed: int,
-    *,
-    missing: dict[str, float] | None = None,
-    splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    lateral_fraction: float = 0.3,
-    extra_modalities: tuple[str, ...] = (),
-    ambiguity: bool = True,
-) -> list[StudyPlan]:
-    """Decide the hidden truth of every study (no rendering). Deterministic in (n_studies, seed, options); the
-    ``extra_modalities`` (keys of :data:`EXTRA_MODALITIES`) only add their own presence flags. ``ambiguity``: draw
-    each study's quality and the borderline studies (:mod:`.quality`); False leaves every study clean."""
+def _check_options(n_studies: int, splits: tuple[float, ...], extra_modalities: tuple[str, ...],
+                   missing: dict[str, float] | None) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, float]]:
+    """Validate :func:`plan_corpus`'s options: ``(extra modalities without repeats, every modality of the corpus,
+    modality → missing fraction with the defaults filled in)``."""
     if n_studies < 1:
         raise ValueError("n_studies must be >= 1")
     if len(splits) != len(SPLITS):
@@ -358,14 +349,55 @@ def plan_corpus(
     for m in missing:
         if m not in known:
             raise ValueError(f"unknown modality {m!r} in missing (known: {known}; an extra one must be asked for)")
+    return extras, known, missing
 
-    rng = np.random.default_rng([int(seed), 1])
 
-    # patients with 1-3 studies
+def _studies_per_patient(n_studies: int, rng: np.random.Generator) -> list[int]:
+    """Patients with 1-3 studies each (the last one trimmed) until there are ``n_studies`` studies."""
     counts: list[int] = []
     while sum(counts) < n_studies:
         counts.append(int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])))
     counts[-1] -= sum(counts) - n_studies
+    return counts
+
+
+def _study_presence(srng: np.random.Generator, seed: int, index: int, missing: dict[str, float],
+                    extras: tuple[str, ...]) -> dict[str, bool]:
+    """Which modalities a study has: the corpus's own from the study's plan generator (at least one), each extra
+    one from a generator of its own (``[seed, 11, study index, code]``)."""
+    present = {m: bool(srng.random() >= missing[m]) for m in CORPUS_MODALITIES}
+    if not any(present.values()):  # a study carries at least one modality
+        present[CORPUS_MODALITIES[int(srng.integers(len(CORPUS_MODALITIES)))]] = True
+    for m in extras:
+        present[m] = bool(np.random.default_rng([int(seed), 11, index, MODALITY_CODE[m]]).random() >= missing[m])
+    return present
+
+
+def _cxr_acquisition(srng: np.random.Generator, lateral_fraction: float) -> tuple[list[str], list[str], int]:
+    """``(views, photometric interpretation per view, bits stored)`` of a study's chest film."""
+    views = ["PA"] + (["LATERAL"] if srng.random() < lateral_fraction else [])
+    photometric = ["MONOCHROME1" if srng.random() < 0.4 else "MONOCHROME2" for _ in views]
+    bits = 12 if srng.random() < 0.6 else 16
+    return views, photometric, bits
+
+
+def plan_corpus(
+    n_studies: int,
+    seed: int,
+    *,
+    missing: dict[str, float] | None = None,
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    lateral_fraction: float = 0.3,
+    extra_modalities: tuple[str, ...] = (),
+    ambiguity: bool = True,
+) -> list[StudyPlan]:
+    """Decide the hidden truth of every study (no rendering). Deterministic in (n_studies, seed, options); the
+    ``extra_modalities`` (keys of :data:`EXTRA_MODALITIES`) only add their own presence flags. ``ambiguity``: draw
+    each study's quality and the borderline studies (:mod:`.quality`); False leaves every study clean."""
+    extras, known, missing = _check_options(n_studies, splits, extra_modalities, missing)
+
+    rng = np.random.default_rng([int(seed), 1])
+    counts = _studies_per_patient(n_studies, rng)
     n_patients = len(counts)
     split_of = _split_patients(n_patients, counts, tuple(splits), rng)
 
@@ -379,15 +411,8 @@ def plan_corpus(
             srng = np.random.default_rng([int(seed), 4, index])
             findings = _study_findings(srng, pstate)
             attrs = _study_attributes(srng, findings, pstate)
-            present = {m: bool(srng.random() >= missing[m]) for m in CORPUS_MODALITIES}
-            if not any(present.values()):  # a study carries at least one modality
-                present[CORPUS_MODALITIES[int(srng.integers(len(CORPUS_MODALITIES)))]] = True
-            for m in extras:
-                present[m] = bool(np.random.default_rng([int(seed), 11, index, MODALITY_CODE[m]]).random()
-                                  >= missing[m])
-            views = ["PA"] + (["LATERAL"] if srng.random() < lateral_fraction else [])
-            photometric = ["MONOCHROME1" if srng.random() < 0.4 else "MONOCHROME2" for _ in views]
-            bits = 12 if srng.random() < 0.6 else 16
+            present = _study_presence(srng, seed, index, missing, extras)
+            views, photometric, bits = _cxr_acquisition(srng, lateral_fraction)
             attrs |= _study_devices(srng, pstate)
             attrs |= _study_structure(np.random.default_rng([int(seed), 10, index]), findings, pstate)
             phi = phi_p | fake_study_phi(seed, index, phi_p["PatientBirthDate"]) | {"PatientSex": pstate["sex"]}
