@@ -19,6 +19,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from probmed import config_yaml
 from probmed.data.datamodule import ProbMedDataModule
 from probmed.evaluation.export import EmbeddingWriter
 from probmed.tasks.binding import ProbMedModule
@@ -27,6 +28,8 @@ from probmed.training.console import adapt_console, silence_lightning_noise
 from probmed.training.requeue import SlurmRequeue, catch_early_requeue_signal, requeue_signal, slurm_requeue_wanted
 from probmed.training.resume import (candidate_checkpoints, hparams_differences, newest_complete_checkpoint,
                                      require_lightning_checkpoint, stale_temp_files)
+
+config_yaml.install()  # every YAML the CLI reads is checked for alias bombs before it is built
 
 #: Module arguments of checkpoints written before the Gaussian heads were configured as ``model.head``.
 LEGACY_HEAD_ARGS = ("variance", "normalize_mean", "log_var_min", "log_var_max")
