@@ -25,17 +25,16 @@ from probmed.tasks.binding import ProbMedModule
 from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from probmed.training.console import adapt_console, silence_lightning_noise
 from probmed.training.requeue import SlurmRequeue, catch_early_requeue_signal, requeue_signal, slurm_requeue_wanted
+from probmed.training.run_dir import RunReport, checkpoint_run, log_into_run, name_logger_after_config
 from probmed.training.resume import (candidate_checkpoints, hparams_differences, newest_complete_checkpoint,
                                      require_lightning_checkpoint, stale_temp_files)
 
 #: Module arguments of checkpoints written before the Gaussian heads were configured as ``model.head``.
 LEGACY_HEAD_ARGS = ("variance", "normalize_mean", "log_var_min", "log_var_max")
 
+#: a config without a logger logs to TensorBoard under runs/<first config file's name> (run_dir.name_logger_after_config)
 TRAINER_DEFAULTS = {
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "probmed"},
-    },
+    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
 }
 
 
@@ -99,6 +98,11 @@ class ProbMedCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config)
         torch.set_float32_matmul_precision(config.get("float32_matmul_precision", "high"))
         one_tensorboard_version_per_slurm_job(config)
+        if self.subcommand != "fit":  # fit's config.yaml (what a teacher or a resume reads) stays the training one
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{self.subcommand}_config.yaml"}
+        if self.subcommand == "predict" and getattr(self, "_into_run", None) is None:
+            config.trainer.logger = False  # embeddings only: no TensorBoard run, no empty version folder
+            self.save_config_callback = None
 
     def _parse_ckpt_path(self) -> None:
         """Before LightningCLI reads the checkpoint's hyperparameters into the configuration: remove temporary
@@ -112,6 +116,8 @@ class ProbMedCLI(LightningCLI):
         if not subcommand:
             return super()._parse_ckpt_path()
         config = self.config[subcommand]
+        self._resume_step, self._into_run = None, None
+        name_logger_after_config(config.get("trainer"), config.get("config"))
         dirs, root = checkpoint_locations(config.get("trainer") or {})
         if subcommand == "fit":
             for stale in stale_temp_files([*dirs, root]):
@@ -136,6 +142,7 @@ class ProbMedCLI(LightningCLI):
         check_checkpoint_file(ckpt_path)
         checkpoint = require_lightning_checkpoint(
             torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True), ckpt_path)
+        self._log_into_checkpoint_run(subcommand, config, ckpt_path, checkpoint)
         if self._parse_legacy_head_hparams(subcommand, checkpoint):
             return None
         model = config.get("model")
@@ -151,6 +158,20 @@ class ProbMedCLI(LightningCLI):
             print(f"[probmed] WARNING: {ckpt_path} was trained with other model settings than configured; "
                   f"using the checkpoint's ({listed})", file=sys.stderr)
         super()._parse_ckpt_path()
+
+    def _log_into_checkpoint_run(self, subcommand: str, config, ckpt_path: str, checkpoint: dict) -> None:
+        """One run, one folder (:mod:`probmed.training.run_dir`): the command logs into the TensorBoard run that
+        wrote the checkpoint, at its step, unless the config fixed a logger version itself."""
+        args = (config.get("trainer") or {}).get("logger")
+        fixed = hasattr(args, "get") and (args.get("init_args") or {}).get("version") is not None
+        run = None if fixed else checkpoint_run(ckpt_path, checkpoint)
+        if run is None or not log_into_run(config.get("trainer"), run):
+            return
+        self._into_run = run
+        loops = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.state_dict") or {}
+        step = int(checkpoint.get("global_step") or 0)
+        if subcommand != "fit":
+            self._resume_step = (step, int(loops.get("_batches_that_stepped", step)), int(checkpoint.get("epoch") or 0))
 
     def _parse_legacy_head_hparams(self, subcommand: str, checkpoint: dict) -> bool:
         """A checkpoint whose module took the head settings as its own arguments (``normalize_mean``,
@@ -175,6 +196,7 @@ class ProbMedCLI(LightningCLI):
         if slurm_requeue_wanted(trainer):
             trainer.callbacks.append(SlurmRequeue(requeue_signal(trainer)))
         adapt_console(trainer, configured, progress_bar_requested=config.get("enable_progress_bar") is True)
+        trainer.callbacks.append(RunReport(getattr(self, "_resume_step", None)))
         return trainer
 
 
@@ -195,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if argv is None:  # LightningCLI reads sys.argv itself: drop the first word from it
             sys.argv = [sys.argv[0], *words[1:]]
-        LightningCLI(model_class, ProbMedDataModule, args=None if argv is None else words[1:],
-                     trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True})
+        ProbMedCLI(model_class, ProbMedDataModule, args=None if argv is None else words[1:],
+                   trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True})
         return 0
     ProbMedCLI(
         ProbMedModule,

@@ -16,6 +16,10 @@ from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
 
 
+#: ``predict_split`` value -> the dataset splits it embeds
+PREDICT_SPLITS = {"train": ("train",), "val": ("val",), "test": ("test",), "all": ("train", "val", "test")}
+
+
 class ProbMedDataModule(L.LightningDataModule):
     """Streams ``<split>-NNNNNN.tar`` webdataset shards of one dataset directory.
 
@@ -44,6 +48,8 @@ class ProbMedDataModule(L.LightningDataModule):
         uncertain: what an uncertain (-1) label of the dataset becomes: ``ignore`` (unknown), ``positive`` or
             ``negative`` (CheXpert's U-Ignore / U-Ones / U-Zeros). The label names come from the dataset's
             ``labels.json`` (:mod:`probmed.data.labels`), as :attr:`label_names`.
+        predict_split: the studies ``probmed predict`` embeds: ``train``, ``val``, ``test`` or ``all`` (the three
+            splits, each study once).
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class ProbMedDataModule(L.LightningDataModule):
         inputs: dict[str, ModalityInput] | None = None,
         uncertain: Literal["ignore", "positive", "negative"] = "ignore",
         worker_nice: int = 0,
+        predict_split: Literal["train", "val", "test", "all"] = "test",
     ):
         super().__init__()
         if batch_size < 1:
@@ -69,7 +76,9 @@ class ProbMedDataModule(L.LightningDataModule):
         if worker_nice < 0:
             raise ValueError(f"worker_nice must be ≥ 0 (workers can only lower their priority), got {worker_nice}")
         self.batch_size, self.num_workers, self.worker_nice = batch_size, num_workers, worker_nice
-        self.positives, self.seed = positives, seed
+        if predict_split not in PREDICT_SPLITS:
+            raise ValueError(f"predict_split must be one of {', '.join(PREDICT_SPLITS)}, got {predict_split!r}")
+        self.positives, self.seed, self.predict_split = positives, seed, predict_split
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
         self.label_names: list[str] = list(read_vocabulary(self.data_dir)["labels"])
         self.decoder = StudyDecoder(self.inputs, positives, labels=tuple(self.label_names), uncertain=uncertain)
@@ -122,11 +131,12 @@ class ProbMedDataModule(L.LightningDataModule):
                 urls, self.decoder, self.collator, self.batch_size, self.seed, per_worker, self.num_workers,
                 self.shuffle_buffer,
             )
-        for split in {"fit": ["val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}.get(
-            stage or "", ["val", "test"]
-        ):
+        for split in {"fit": ["val"], "validate": ["val"], "test": ["test"]}.get(stage or "", ["val", "test"]):
             urls, _ = self.shards(split)
             self._streams[split] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
+        if stage in (None, "predict"):
+            urls = [u for split in PREDICT_SPLITS[self.predict_split] for u in self.shards(split)[0]]
+            self._streams["predict"] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
 
     def train_dataloader(self):
         train = loader(self._place(self._streams["train"]), self.num_workers, self._epoch, nice=self.worker_nice)
@@ -140,7 +150,8 @@ class ProbMedDataModule(L.LightningDataModule):
         return loader(self._place(self._streams["test"]), self.num_workers, self._epoch, nice=self.worker_nice)
 
     def predict_dataloader(self):
-        return self.test_dataloader()
+        """The ``predict_split`` studies (default ``test``), each once, in shard order."""
+        return loader(self._place(self._streams["predict"]), self.num_workers, self._epoch, nice=self.worker_nice)
 
     def state_dict(self) -> dict:
         """The training stream's position: seed, epoch and batches per rank already trained in that epoch (the
