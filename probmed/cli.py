@@ -12,6 +12,7 @@ Examples::
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -81,7 +82,26 @@ def checkpoint_locations(trainer_config) -> tuple[list[str], Path]:
 
 
 class ProbMedCLI(LightningCLI):
-    """LightningCLI with ProbMed's module and data module fixed and TensorBoard logging by default."""
+    """LightningCLI with ProbMed's module and data module fixed and TensorBoard logging by default.
+
+    Args:
+        state: a dict that receives the parser (``state["parser"]``) before the command line is parsed, so that a
+            parse error can be explained against the options it knows (:mod:`probmed.user_errors`).
+    """
+
+    def __init__(self, *args, state: dict | None = None, **kwargs) -> None:
+        self._state = {} if state is None else state
+        super().__init__(*args, **kwargs)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        action = getattr(self.parser, "_subcommands_action", None)
+        for name, subparser in (action._name_parser_map.items() if action is not None else ()):
+            subparser.prog = f"{self.parser.prog} {name}"  # `usage: probmed distill fit`, not `probmed [options] fit`
+
+    def parse_arguments(self, parser, args) -> None:
+        self._state["parser"] = parser
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -200,33 +220,103 @@ class ProbMedCLI(LightningCLI):
         return trainer
 
 
+#: every command, with what it does (``probmed --help``)
+COMMANDS = {
+    "fit": "train a binding model (--config X.yaml; --ckpt_path last resumes the run)",
+    "validate": "evaluate a checkpoint on the validation split, into its run",
+    "test": "evaluate a checkpoint on the test split: retrieval, zero-shot, uncertainty, ... into its run",
+    "predict": "write every study's Gaussian embeddings (--data.predict_split train|val|test|all) to a .npz",
+    "data": "corpus tools: synth, manifest, check, build (probmed data --help)",
+    "distill": "M3Bind stage 2: distil teachers' text towers into one student (probmed distill fit|... --config)",
+    "prompt": "MEDBind: binding embeddings as soft prompts of a causal LM (probmed prompt fit|... --config)",
+}
+#: the tasks ``probmed distill`` and ``probmed prompt`` train
+TASKS = {"distill": ("probmed.tasks.distill", "TextDistillation"), "prompt": ("probmed.tasks.soft_prompt", "SoftPromptQA")}
+
+
+def program_name() -> str:
+    """``probmed``, or ``lightning`` when started as the ``lightning`` console script."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "lightning" if name == "lightning" else "probmed"
+
+
+def overview(program: str) -> str:
+    """``probmed --help``: every command with one line each."""
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
+    return (f"usage: {program} COMMAND [options]     ({program} COMMAND --help: that command's options)\n\n"
+            "Probabilistic multimodal medical binding (CXR, ECG, echo, text as Gaussians) with PyTorch Lightning.\n\n"
+            f"commands:\n{rows}\n\n"
+            f"e.g. {program} data synth --out data_shards/demo --studies 3000; {program} fit --config configs/demo.yaml\n"
+            "--debug (or PROBMED_DEBUG=1) shows the traceback of an error instead of its one-line summary.")
+
+
+def task_overview(program: str, task: str) -> str:
+    """``probmed distill --help``: the task, and the Lightning commands it takes."""
+    return (f"usage: {program} {task} {{fit,validate,test,predict}} --config X.yaml [options]\n\n"
+            f"{COMMANDS[task]}.\n"
+            f"{program} {task} fit --help lists every option.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    silence_lightning_noise()
+    """The ``probmed`` (and ``lightning``) command: a user's mistake prints one line and returns 2 (see
+    :mod:`probmed.user_errors`); ``--debug`` / ``PROBMED_DEBUG=1`` shows the traceback instead."""
+    from probmed.user_errors import USER_ERRORS, debug_requested, report
+
     words = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(words)
+    words = [w for w in words if w != "--debug"]
+    program = program_name()
+    state: dict = {}
+    try:
+        return _run(words, program, state, from_sys_argv=argv is None)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        return report(error, words, state.get("parser"), program)
+
+
+def _refuse_trainer_optimizer(words: list[str]) -> None:
+    """LightningCLI's ``--optimizer`` / ``--lr_scheduler`` would replace the module's own optimizer setup (warm-up,
+    cosine decay, parameter groups) with a plain one: refused, pointing at the module's keys."""
+    for word in words:
+        option = word.split("=", 1)[0]
+        if option in ("--optimizer", "--lr_scheduler"):
+            raise ValueError(
+                f"{option} would replace the module's optimizer setup (warm-up, cosine schedule, parameter groups): "
+                "set the optimizer as --model.optimizer (e.g. --model.optimizer torch.optim.SGD "
+                "--model.optimizer.lr 0.01); the schedule is --model.warmup_steps")
+
+
+def _run(words: list[str], program: str, state: dict, from_sys_argv: bool) -> int:
+    silence_lightning_noise()
+    if not words or words[0] in ("-h", "--help"):
+        print(overview(program))
+        return 0
     if os.environ.get("SLURM_JOB_ID") and words[:1] == ["fit"]:  # a requeue signal during start-up must not kill
         catch_early_requeue_signal()
-    if words and words[0] == "data":
+    if words[0] == "data":
         from probmed.data.commands import main as data_main
 
         return data_main(words[1:])
-    if words and words[0] in ("distill", "prompt"):  # `probmed distill fit ...` (M3Bind stage 2), `probmed prompt fit`
-        if words[0] == "distill":
-            from probmed.tasks.distill import TextDistillation as model_class
-        else:  # MEDBind: binding embeddings as soft prompts of a causal LM
-            from probmed.tasks.soft_prompt import SoftPromptQA as model_class
+    model_class, prog = ProbMedModule, program
+    if words[0] in TASKS:  # `probmed distill fit ...` (M3Bind stage 2), `probmed prompt fit` (MEDBind soft prompts)
+        task, words = words[0], words[1:]
+        if not words or words[0] in ("-h", "--help"):
+            print(task_overview(program, task))
+            return 0
+        module, name = TASKS[task]
+        model_class, prog = getattr(importlib.import_module(module), name), f"{program} {task}"
+    _refuse_trainer_optimizer(words)
+    if words[0] not in COMMANDS:
+        from probmed.user_errors import did_you_mean
 
-        if argv is None:  # LightningCLI reads sys.argv itself: drop the first word from it
-            sys.argv = [sys.argv[0], *words[1:]]
-        ProbMedCLI(model_class, ProbMedDataModule, args=None if argv is None else words[1:],
-                   trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True})
-        return 0
-    ProbMedCLI(
-        ProbMedModule,
-        ProbMedDataModule,
-        args=argv,  # None: LightningCLI reads sys.argv itself
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-    )
+        raise ValueError(f"unknown command {words[0]!r}{did_you_mean(words[0], COMMANDS)}; {program} --help lists them")
+    if from_sys_argv:  # LightningCLI then reads the command line itself (without --debug and the task word)
+        sys.argv = [sys.argv[0], *words]
+    ProbMedCLI(model_class, ProbMedDataModule, args=None if from_sys_argv else words, trainer_defaults=TRAINER_DEFAULTS,
+               save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+               parser_kwargs={"prog": prog, "exit_on_error": False}, state=state)
     return 0
 
 

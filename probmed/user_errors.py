@@ -80,10 +80,12 @@ def explain(error: BaseException, words: list[str], parser=None) -> str:
     """The one line that says what is wrong, where (file and key, or the command line) and the nearest valid name."""
     message = " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())
     if isinstance(error, ArgumentError):
+        group = re.search(r"Group '([^']+)' does not accept options? '([^']+)'", message)
         unknown = (re.search(r"does not accept options? '([^']+)'", message)
                    or re.search(r"[Uu]nrecognized arguments:\s*(\S+)", message))
         if unknown:
             key = unknown[1].lstrip("-").split("=", 1)[0]
+            key = f"{group[1]}.{key}" if group and not key.startswith(f"{group[1]}.") else key
             subcommand = next((w for w in words if not w.startswith("-")), None)
             hint = did_you_mean(key, _parser_keys(parser, subcommand)) if parser is not None else ""
             where = _file_with_key(_config_files(words), key)

@@ -11,6 +11,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from probmed.data import registry, schema
 from probmed.data.labels import read_vocabulary
+from probmed.user_errors import did_you_mean
 from probmed.data.inputs import ModalityInput, TextInput
 from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
@@ -201,7 +202,7 @@ def resolve_inputs(modalities: list[str] | None, inputs: dict[str, ModalityInput
             out[name] = registry.default_input(name)
         else:
             raise ValueError(
-                f"unknown modality {name!r} in config: the registry knows {sorted(registry.SPECS)}; a new one needs "
+                f"data.modalities: unknown modality {name!r}{did_you_mean(name, registry.SPECS)}: the registry knows {sorted(registry.SPECS)}; a new one needs "
                 f"its pipeline in data.inputs.{name} (class_path + init_args, e.g. probmed.data.inputs.ImageInput "
                 f"with prefix: {name})")
     return out

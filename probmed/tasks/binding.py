@@ -30,6 +30,7 @@ from probmed.training.determinism import seed_step
 from probmed.training.metric_sync import logging_step, mean_over_ranks
 from probmed.training.nonfinite import NonFiniteGuard
 from probmed.optim import ParamGroups, apply_lr_scales
+from probmed.user_errors import did_you_mean
 
 
 def copy_initial_weights(encoders: nn.ModuleDict, heads: nn.ModuleDict, init_from: dict[str, str]) -> None:
@@ -106,7 +107,10 @@ class ProbMedModule(L.LightningModule):
             raise ValueError(f"shared maps keys to an encoder of another key; bad entries {unknown}, encoders: {sorted(encoders)}")
         missing = sorted(set(objective.modalities) - set(encoders) - set(self.shared))
         if missing:
-            raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
+            hint = "".join(did_you_mean(m, encoders) for m in missing)
+            raise ValueError(f"model.objective contrasts {missing}, which have no tower in model.encoders{hint}; "
+                             f"encoders: {sorted(encoders)} (add a tower, e.g. model.encoders.{missing[0]}: "
+                             f"presets/towers/..., or drop the pair)")
         unknown_heads = sorted(set(heads or {}) - set(encoders))
         if unknown_heads:
             raise ValueError(f"heads gives settings for {unknown_heads}, which have no encoder; "
