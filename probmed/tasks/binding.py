@@ -130,6 +130,8 @@ class ProbMedModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.retrieval_ks = tuple(retrieval_ks)
+        #: stage -> the last evaluation's retrieval rows (query, gallery, gallery_size, R@K, chance@K ...)
+        self.retrieval_rows: dict[str, list[dict]] = {}
         self.collector = EmbeddingCollector()
         self.evaluator = Evaluator(evaluation)
         self.skipped: dict[str, Counter] = {"train": Counter(), "val": Counter(), "test": Counter()}
@@ -313,7 +315,7 @@ class ProbMedModule(L.LightningModule):
         return rows
 
     def on_validation_epoch_end(self):
-        self._eval_epoch_end("val")
+        self.retrieval_rows["val"] = self._eval_epoch_end("val")
 
     def on_test_epoch_end(self):
         rows = self._eval_epoch_end("test")
