@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from argparse import ArgumentError
 from pathlib import Path
+from typing import NoReturn
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -81,6 +83,12 @@ def checkpoint_locations(trainer_config) -> tuple[list[str], Path]:
     return dirs, root
 
 
+def _raise_argument_error(message: str, ex: Exception | None = None) -> NoReturn:
+    """A jsonargparse parser's ``error``: raise the error instead of printing the usage and exiting (what
+    ``JSONARGPARSE_DEBUG`` does; ``exit_on_error=False`` would also change how nested class arguments parse)."""
+    raise ArgumentError(None, message) from ex
+
+
 class ProbMedCLI(LightningCLI):
     """LightningCLI with ProbMed's module and data module fixed and TensorBoard logging by default.
 
@@ -96,8 +104,11 @@ class ProbMedCLI(LightningCLI):
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         action = getattr(self.parser, "_subcommands_action", None)
-        for name, subparser in (action._name_parser_map.items() if action is not None else ()):
+        subparsers = dict(action._name_parser_map) if action is not None else {}
+        for name, subparser in subparsers.items():
             subparser.prog = f"{self.parser.prog} {name}"  # `usage: probmed distill fit`, not `probmed [options] fit`
+        for parser in (self.parser, *subparsers.values()):  # a parse error raises (explained in one line by main)
+            parser.error = _raise_argument_error  # instead of printing the whole usage (jsonargparse's debug mode)
 
     def parse_arguments(self, parser, args) -> None:
         self._state["parser"] = parser
@@ -259,8 +270,9 @@ def task_overview(program: str, task: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``probmed`` (and ``lightning``) command: a user's mistake prints one line and returns 2 (see
-    :mod:`probmed.user_errors`); ``--debug`` / ``PROBMED_DEBUG=1`` shows the traceback instead."""
+    """The ``probmed`` (and ``lightning``) command: on the command line (``argv`` None) a user's mistake prints one
+    line and returns 2 (see :mod:`probmed.user_errors`), ``--debug`` / ``PROBMED_DEBUG=1`` shows the traceback
+    instead; called from Python with ``argv``, the exception reaches the caller."""
     from probmed.user_errors import USER_ERRORS, debug_requested, report
 
     words = list(sys.argv[1:] if argv is None else argv)
@@ -271,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(words, program, state, from_sys_argv=argv is None)
     except USER_ERRORS as error:
-        if debug:
+        if debug or argv is not None:
             raise
         return report(error, words, state.get("parser"), program)
 
@@ -316,7 +328,7 @@ def _run(words: list[str], program: str, state: dict, from_sys_argv: bool) -> in
         sys.argv = [sys.argv[0], *words]
     ProbMedCLI(model_class, ProbMedDataModule, args=None if from_sys_argv else words, trainer_defaults=TRAINER_DEFAULTS,
                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-               parser_kwargs={"prog": prog, "exit_on_error": False}, state=state)
+               parser_kwargs={"prog": prog}, state=state)
     return 0
 
 

@@ -104,14 +104,18 @@ def test_a_configuration_mistake_is_one_line_with_exit_2(what, args, expected, s
     assert expected in _one_line_error(code, err)
 
 
-def test_debug_and_the_environment_variable_show_the_traceback(smoke_corpus, tmp_path, capsys, monkeypatch):
+def test_debug_and_the_environment_variable_show_the_traceback(smoke_corpus, tmp_path):
+    args = ["fit", "--config", SMOKE, "--data.data_dir", str(smoke_corpus), "--data.modalities", "[cxr, mri]"]
+    for how, env in ((["--debug"], {}), ([], {"PROBMED_DEBUG": "1"})):
+        out = run_probmed([*args, *how], cwd=tmp_path, **env)
+        assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr, how
+        assert "ValueError: data.modalities: unknown modality 'mri'" in out.stderr
+
+
+def test_called_from_python_the_exception_reaches_the_caller(smoke_corpus, tmp_path, monkeypatch):
     from probmed.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["probmed"])
-    args = ["fit", "--config", SMOKE, "--data.data_dir", str(smoke_corpus), "--data.modalities", "[cxr, mri]"]
     with pytest.raises(ValueError, match="unknown modality 'mri'"):
-        main([*args, "--debug"])
-    monkeypatch.setenv("PROBMED_DEBUG", "1")
-    with pytest.raises(ValueError, match="unknown modality 'mri'"):
-        main(args)
+        main(["fit", "--config", SMOKE, "--data.data_dir", str(smoke_corpus), "--data.modalities", "[cxr, mri]"])
