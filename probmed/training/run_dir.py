@@ -116,7 +116,10 @@ class RunReport(Callback):
 
     @staticmethod
     def _log_dir(trainer) -> Path | None:
-        return Path(trainer.log_dir) if trainer.logger is not None and trainer.log_dir else None
+        """The logger's directory, read from the logger itself: ``trainer.log_dir`` is a collective (a broadcast),
+        which this callback's rank-0-only paths must not enter."""
+        log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+        return Path(log_dir) if log_dir else None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         log_dir = self._log_dir(trainer)
@@ -124,7 +127,7 @@ class RunReport(Callback):
             checkpoint[LOG_DIR_KEY] = str(log_dir.resolve())
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        log_dir = self._log_dir(trainer)
+        log_dir = self._log_dir(trainer) if trainer.is_global_zero else None
         self._before = _files(log_dir) if log_dir else {}
         self._started = time.time()
 
