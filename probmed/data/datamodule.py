@@ -11,10 +11,15 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from probmed.data import registry, schema
 from probmed.data.labels import read_vocabulary
+from probmed.user_errors import did_you_mean
 from probmed.data.inputs import ModalityInput, TextInput
 from probmed.data.limits import Limits
 from probmed.data.streams import EvalStream, TrainStream, loader
 from probmed.data.studies import StudyCollator, StudyDecoder
+
+
+#: ``predict_split`` value -> the dataset splits it embeds
+PREDICT_SPLITS = {"train": ("train",), "val": ("val",), "test": ("test",), "all": ("train", "val", "test")}
 
 
 class ProbMedDataModule(L.LightningDataModule):
@@ -47,6 +52,8 @@ class ProbMedDataModule(L.LightningDataModule):
             ``labels.json`` (:mod:`probmed.data.labels`), as :attr:`label_names`.
         limits: resource limits to change from their defaults, ``{name: value}`` (:mod:`probmed.data.limits`: shard
             members over them are skipped unread and counted as ``<modality>_too_large``).
+        predict_split: the studies ``probmed predict`` embeds: ``train``, ``val``, ``test`` or ``all`` (the three
+            splits, each study once).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class ProbMedDataModule(L.LightningDataModule):
         uncertain: Literal["ignore", "positive", "negative"] = "ignore",
         worker_nice: int = 0,
         limits: dict[str, int] | None = None,
+        predict_split: Literal["train", "val", "test", "all"] = "test",
     ):
         super().__init__()
         if batch_size < 1:
@@ -76,7 +84,9 @@ class ProbMedDataModule(L.LightningDataModule):
         if worker_nice < 0:
             raise ValueError(f"worker_nice must be ≥ 0 (workers can only lower their priority), got {worker_nice}")
         self.batch_size, self.num_workers, self.worker_nice = batch_size, num_workers, worker_nice
-        self.positives, self.seed = positives, seed
+        if predict_split not in PREDICT_SPLITS:
+            raise ValueError(f"predict_split must be one of {', '.join(PREDICT_SPLITS)}, got {predict_split!r}")
+        self.positives, self.seed, self.predict_split = positives, seed, predict_split
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
         self.label_names: list[str] = list(read_vocabulary(self.data_dir)["labels"])
         self.decoder = StudyDecoder(self.inputs, positives, labels=tuple(self.label_names), uncertain=uncertain)
@@ -129,11 +139,12 @@ class ProbMedDataModule(L.LightningDataModule):
                 urls, self.decoder, self.collator, self.batch_size, self.seed, per_worker, self.num_workers,
                 self.shuffle_buffer,
             )
-        for split in {"fit": ["val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}.get(
-            stage or "", ["val", "test"]
-        ):
+        for split in {"fit": ["val"], "validate": ["val"], "test": ["test"]}.get(stage or "", ["val", "test"]):
             urls, _ = self.shards(split)
             self._streams[split] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
+        if stage in (None, "predict"):
+            urls = [u for split in PREDICT_SPLITS[self.predict_split] for u in self.shards(split)[0]]
+            self._streams["predict"] = EvalStream(urls, self.decoder, self.collator, self.batch_size, self.seed)
         for stream in self._streams.values():
             stream.limits = self.limits
 
@@ -149,7 +160,8 @@ class ProbMedDataModule(L.LightningDataModule):
         return loader(self._place(self._streams["test"]), self.num_workers, self._epoch, nice=self.worker_nice)
 
     def predict_dataloader(self):
-        return self.test_dataloader()
+        """The ``predict_split`` studies (default ``test``), each once, in shard order."""
+        return loader(self._place(self._streams["predict"]), self.num_workers, self._epoch, nice=self.worker_nice)
 
     def state_dict(self) -> dict:
         """The training stream's position: seed, epoch and batches per rank already trained in that epoch (the
@@ -199,7 +211,7 @@ def resolve_inputs(modalities: list[str] | None, inputs: dict[str, ModalityInput
             out[name] = registry.default_input(name)
         else:
             raise ValueError(
-                f"unknown modality {name!r} in config: the registry knows {sorted(registry.SPECS)}; a new one needs "
+                f"data.modalities: unknown modality {name!r}{did_you_mean(name, registry.SPECS)}: the registry knows {sorted(registry.SPECS)}; a new one needs "
                 f"its pipeline in data.inputs.{name} (class_path + init_args, e.g. probmed.data.inputs.ImageInput "
                 f"with prefix: {name})")
     return out

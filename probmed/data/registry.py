@@ -38,6 +38,7 @@ from probmed.data.inputs import (
     ModalityInput,
     TextInput,
 )
+from probmed.user_errors import did_you_mean
 
 __all__ = ["BuildSpec", "ModalitySpec", "SPECS", "register", "spec", "stored_modalities",
            "default_modalities", "modality_of",
@@ -134,8 +135,9 @@ def build_specs() -> list[ModalitySpec]:
 def spec(name: str) -> ModalitySpec:
     """The spec of a registered modality, or a clear error listing the known ones."""
     if name not in SPECS:
-        raise ValueError(f"unknown modality {name!r}; registered: {sorted(SPECS)} (a modality the registry does "
-                         f"not know needs its pipeline in the data config: data.inputs.{name}.class_path)")
+        raise ValueError(f"unknown modality {name!r}{did_you_mean(name, SPECS)}; registered: {sorted(SPECS)} (a "
+                         "modality the registry does not know needs its pipeline in the data config: "
+                         f"data.inputs.{name}.class_path)")
     return SPECS[name]
 
 

@@ -36,7 +36,7 @@ def check_open_clip_hub_model(model: str, allow_download: bool) -> None:
     raise PretrainedNotFoundError(
         f"open_clip_model {model!r} would be downloaded from the Hugging Face hub, and ProbMed does not download at "
         f"run time. Download it once while online:\n"
-        f"    huggingface-cli download {repo} --local-dir /path/to/models/{repo.replace('/', '--')}\n"
+        f"    hf download {repo} --local-dir /path/to/models/{repo.replace('/', '--')}\n"
         f"then set open_clip_model to the architecture named in its open_clip_config.json and open_clip_pretrained "
         f"to the downloaded open_clip_pytorch_model.bin (or allow_download: true with HF_HUB_OFFLINE=0)."
     )

@@ -91,7 +91,7 @@ def resolve_local_path(spec: str | os.PathLike, allow_download: bool = False) ->
     raise PretrainedNotFoundError(
         f"pretrained spec {text!r} is not a local file or directory, and ProbMed does not download at run time. "
         f"If it is a Hugging Face hub id, download it once while online, e.g.\n"
-        f"    huggingface-cli download {text} --local-dir /path/to/models/{text.replace('/', '--')}\n"
+        f"    hf download {text} --local-dir /path/to/models/{text.replace('/', '--')}\n"
         f"and point the config at that directory (or use 'pkg:<python_package>' for a model shipped in a "
         f"Python package).  To let transformers fetch it instead, set HF_HUB_OFFLINE=0 and allow_download=true."
     )

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from probmed.user_errors import did_you_mean
+
 from probmed.losses.kernels import LOG2, pairwise_diag_kernel, pairwise_diag_kernel_naive
 
 LOG2PI = math.log(2.0 * math.pi)
@@ -207,7 +209,8 @@ Similarity = Literal[SIMILARITIES]  # type: ignore[valid-type]  # Literal["helli
 def similarity_kind(name: str) -> SimilarityKind:
     """The table entry of ``name``, or a clear error listing the known similarities."""
     if name not in SIMILARITY_TABLE:
-        raise ValueError(f"unknown similarity {name!r}; choose one of {SIMILARITIES}")
+        raise ValueError(f"unknown similarity {name!r}{did_you_mean(name, SIMILARITY_TABLE)}; choose one of "
+                         f"{SIMILARITIES}")
     return SIMILARITY_TABLE[name]
 
 

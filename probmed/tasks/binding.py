@@ -30,6 +30,7 @@ from probmed.training.determinism import seed_step
 from probmed.training.metric_sync import logging_step, mean_over_ranks
 from probmed.training.nonfinite import NonFiniteGuard
 from probmed.optim import ParamGroups, apply_lr_scales
+from probmed.user_errors import did_you_mean
 
 
 def copy_initial_weights(encoders: nn.ModuleDict, heads: nn.ModuleDict, init_from: dict[str, str]) -> None:
@@ -106,7 +107,10 @@ class ProbMedModule(L.LightningModule):
             raise ValueError(f"shared maps keys to an encoder of another key; bad entries {unknown}, encoders: {sorted(encoders)}")
         missing = sorted(set(objective.modalities) - set(encoders) - set(self.shared))
         if missing:
-            raise ValueError(f"the objective contrasts {missing}, which have no encoder; encoders: {sorted(encoders)}")
+            hint = "".join(did_you_mean(m, encoders) for m in missing)
+            raise ValueError(f"model.objective contrasts {missing}, which have no tower in model.encoders{hint}; "
+                             f"encoders: {sorted(encoders)} (add a tower, e.g. model.encoders.{missing[0]}: "
+                             f"presets/towers/..., or drop the pair)")
         unknown_heads = sorted(set(heads or {}) - set(encoders))
         if unknown_heads:
             raise ValueError(f"heads gives settings for {unknown_heads}, which have no encoder; "
@@ -126,6 +130,8 @@ class ProbMedModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.retrieval_ks = tuple(retrieval_ks)
+        #: stage -> the last evaluation's retrieval rows (query, gallery, gallery_size, R@K, chance@K ...)
+        self.retrieval_rows: dict[str, list[dict]] = {}
         self.collector = EmbeddingCollector()
         self.evaluator = Evaluator(evaluation)
         self.skipped: dict[str, Counter] = {"train": Counter(), "val": Counter(), "test": Counter()}
@@ -320,7 +326,7 @@ class ProbMedModule(L.LightningModule):
         return rows, scalars
 
     def on_validation_epoch_end(self):
-        self._eval_epoch_end("val")
+        self.retrieval_rows["val"] = self._eval_epoch_end("val")
 
     def on_test_epoch_end(self):
         rows, scalars = self._eval_epoch_end("test")

@@ -19,6 +19,7 @@ of that run; only the teacher's text tower and head are kept (frozen).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -63,6 +64,9 @@ class TextDistillation(L.LightningModule):
         self.modality = modality
         #: teacher name → the key of its text tower and head
         self.towers = {name: spec.tower or modality for name, spec in teachers.items()}
+        for name, spec in teachers.items():
+            _require_teacher_files(name, spec)
+        self.teacher_specs = dict(teachers)
         loaded = {name: ProbMedModule.load_teacher(spec, self.towers[name]) for name, spec in teachers.items()}
         # frozen teacher parts live outside the state dict's trainable set; kept as plain attributes per name
         self.teachers = nn.ModuleDict(loaded)
@@ -70,6 +74,25 @@ class TextDistillation(L.LightningModule):
                                     for name, t in loaded.items()})
         self.log_var_weight = float(log_var_weight)
         self.optimizer_factory = optimizer
+
+    def setup(self, stage: str) -> None:
+        """Refuse, before any step, a text length (``data.inputs.<modality>.init_args.max_length``) longer than the
+        position embeddings of the student or of a teacher's text tower (else an opaque size mismatch mid-run)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        text_input = getattr(datamodule, "inputs", {}).get(self.modality)
+        length = getattr(text_input, "max_length", None)
+        if length is None:
+            return
+        towers = {"the student (model.student)": self.student}
+        towers.update({f"teacher {name} ({self.teacher_specs[name].config})": self.teachers[name].encoders[key]
+                       for name, key in self.towers.items()})
+        for who, tower in towers.items():
+            positions = _max_positions(tower)
+            if positions is not None and length > positions:
+                raise ValueError(
+                    f"data.inputs.{self.modality}.init_args.max_length is {length} but {who} has {positions} text "
+                    f"positions: set --data.inputs.{self.modality}.init_args.max_length {positions} (or lower), or "
+                    "give the student and every teacher text towers of the same length")
 
     def train(self, mode: bool = True) -> "TextDistillation":
         super().train(mode)
@@ -114,6 +137,23 @@ class TextDistillation(L.LightningModule):
 
     def configure_optimizers(self):
         return self.optimizer_factory([p for n, p in self.named_parameters() if not n.startswith("teachers.")])
+
+
+def _require_teacher_files(name: str, spec: TeacherSpec) -> None:
+    """A teacher's run must exist before the student can learn from it: say which file is missing and how to make it."""
+    for key, path in (("config", spec.config), ("checkpoint", spec.checkpoint)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"model.teachers.{name}.{key}: {path} does not exist. Train the teacher first (stage 1, e.g. "
+                "`probmed fit --config configs/presets/clip.yaml` writes runs/clip/version_0/config.yaml and "
+                f"checkpoints/last.ckpt), or point --model.teachers.{name}.{key} at a run's file")
+
+
+def _max_positions(tower: nn.Module) -> int | None:
+    """The number of token positions of a Hugging Face text tower (``config.max_position_embeddings``), or None."""
+    config = getattr(getattr(tower, "model", None), "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
 
 
 def _head_like(head: GaussianHead, in_dim: int) -> GaussianHead:

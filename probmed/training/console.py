@@ -73,8 +73,13 @@ class EpochLine(Callback):
     time since this process started fitting.
     """
 
+    #: a validation gallery smaller than this many times K leaves chance (K / N) above 10 %: Recall@K there says
+    #: little about learning, and the line says so
+    MIN_GALLERY_PER_K = 10
+
     def __init__(self, metric: str = "val/mean_R@5") -> None:
         self.metric = metric
+        self._galleries: list[int] = []
         self._fit_start = time.monotonic()
         self._losses: list[torch.Tensor] = []
         self._value: float | None = None
@@ -95,6 +100,8 @@ class EpochLine(Callback):
             return
         value = trainer.callback_metrics.get(self.metric)
         self._value = None if value is None else float(value)
+        rows = (getattr(pl_module, "retrieval_rows", None) or {}).get("val") or []
+        self._galleries = [int(r["gallery_size"]) for r in rows if r.get("gallery_size")]
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -112,7 +119,23 @@ class EpochLine(Callback):
             loss += f" ({skipped} non-finite step{'s' if skipped > 1 else ''} skipped)"
         name = self.metric.replace("/", " ").replace("_", " ")
         value = "-" if self._value is None or math.isnan(self._value) else f"{self._value:.2f}"
+        if value != "-":
+            value += self.chance_note()
         return f"{head}  train loss {loss}  {name} {value}  elapsed {format_elapsed(elapsed)}"
+
+    def chance_note(self) -> str:
+        """`` (chance 2.20, N 227)``: the metric's chance level, the mean over pairs of K / N in percent (N: each
+        pair's validation gallery, studies having both modalities), and a warning when N < 10·K; ``""`` for a
+        metric without a K or before any validation gallery is known."""
+        k = re.search(r"R@(\d+)$", self.metric)
+        if not k or not self._galleries:
+            return ""
+        k = int(k[1])
+        chance = sum(100.0 * min(k, n) / n for n in self._galleries) / len(self._galleries)
+        low, high = min(self._galleries), max(self._galleries)
+        span = f"{low}" if low == high else f"{low}-{high}"
+        small = "; val split too small to mean anything" if low < self.MIN_GALLERY_PER_K * k else ""
+        return f" (chance {chance:.2f}, N {span}{small})"
 
 
 class ParameterSummary(ModelSummary):

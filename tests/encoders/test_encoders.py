@@ -397,7 +397,7 @@ def test_resolve_local_path(tmp_path, monkeypatch):
     pkg = resolve_local_path(MINILM)
     assert pkg.is_dir() and (pkg / "model.safetensors").exists()
     hub_id = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
-    with pytest.raises(PretrainedNotFoundError, match="huggingface-cli download") as err:
+    with pytest.raises(PretrainedNotFoundError, match="hf download") as err:
         resolve_local_path(hub_id)
     assert hub_id in str(err.value) and "--local-dir" in str(err.value)
     with pytest.raises(PretrainedNotFoundError):
@@ -461,7 +461,7 @@ def test_open_clip_hub_towers_fail_offline_with_what_to_download(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-    with pytest.raises(PretrainedNotFoundError, match="huggingface-cli download microsoft/BiomedCLIP"):
+    with pytest.raises(PretrainedNotFoundError, match="hf download microsoft/BiomedCLIP"):
         ImageEncoder(open_clip_model=hub, allow_download=True)  # opting in is not enough while offline
     with pytest.raises(PretrainedNotFoundError, match="does not download"):
         ImageEncoder(open_clip_model="RN50", open_clip_pretrained="openai")

@@ -29,7 +29,7 @@ def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
     test = run_probmed(["test", *smoke_fit_args(smoke_corpus, tmp_path), "--ckpt_path", str(ckpt)], cwd=tmp_path)
     assert test.returncode == 0, test.output[-4000:]
     assert "Cross-modal retrieval on the test split" in test.stdout and "text -> cxr" in test.stdout
-    (result,) = (tmp_path / "smoke").glob("version_1/test_retrieval.json")
+    (result,) = (tmp_path / "smoke").glob("version_0/test_retrieval.json")  # the checkpoint's run
     rows = json.loads(result.read_text())
     pairs = {(r["query"], r["gallery"]) for r in rows}
     assert ("text", "cxr") in pairs and ("cxr", "ecg") in pairs and len(pairs) == 12

@@ -1,10 +1,12 @@
-"""The README is a guide that stays true: every command in its shell blocks (and in docs/results.md's) parses against
-the real CLI, Makefile, sbatch templates and scripts; every YAML example (README, docs/design.md) resolves as a
-config; its links resolve; it stays short and free of run history."""
+"""The README is a guide that stays true: every command in the shell blocks of README.md and docs/*.md, and every
+command a config file's comments give, parses against the real CLI, Makefile, sbatch templates, scripts and `hf`;
+the cheap ones are executed as written (tiny corpus): see EXECUTED and PARSE_ONLY; every YAML example (README,
+docs/design.md) resolves as a config; its links resolve; it stays short and free of run history."""
 from __future__ import annotations
 
 import functools
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +18,80 @@ from dockit import shell_commands
 
 README = REPO / "README.md"
 #: the documents whose ```bash blocks are checked command by command
-COMMAND_DOCS = [README, REPO / "docs" / "results.md", REPO / "docs" / "real_data.md"]
+COMMAND_DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]
 #: links to documents written on another branch of the same change (the lead merges them; delete the entry then)
 PENDING_LINKS: set[str] = set()
 
 
-COMMANDS = [c for doc in COMMAND_DOCS for c in shell_commands(doc)]
+#: the programs a config comment's command may start with
+_PROGRAMS = r"(?:probmed|lightning|hf|python|make|sbatch|tensorboard)"
+
+
+def config_commands(root: Path = REPO / "configs") -> list[tuple[str, dict[str, str], list[str]]]:
+    """``(where, env, words)`` of each command in the comments of the config files: a comment line that starts with
+    a program (continued over ``\\`` line ends) or a backquoted ``probmed ...`` span. Placeholders (``<shards>``)
+    become ``PLACEHOLDER``; a trailing annotation set off by two spaces, ``(make data)``, is dropped; a span with
+    ``...`` or without an option is an abbreviation, not a command. A tower file's comment line of options
+    (``--model.encoders.text.init_args.pretrained ...``) is checked on ``configs/presets/clip.yaml``."""
+    found = []
+    for path in sorted(root.rglob("*.yaml")):
+        pending: list[str] = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.strip()
+            if not text.startswith("#"):
+                pending = []
+                continue
+            text = text.lstrip("#").strip()
+            if pending or re.match(rf"{_PROGRAMS} ", text):
+                pending.append(text)
+                if text.endswith("\\"):
+                    continue
+                spans, pending = [" ".join(p.removesuffix("\\") for p in pending)], []
+            elif text.startswith("--") and "towers" in path.parts:  # a tower's options, on a preset using it
+                spans = [f"probmed fit --config configs/presets/clip.yaml {text}"]
+            else:
+                spans = [m for m in re.findall(r"`(probmed [^`]+)`", text) if "..." not in m and " --" in m]
+            for span in spans:
+                span = re.sub(r"\s{2,}\(.*\)$", "", re.sub(r"<[^>]+>", "PLACEHOLDER", span))
+                found.append((f"{path.relative_to(REPO)}:{number}", {}, shlex.split(span)))
+    return found
+
+
+COMMANDS = [c for doc in COMMAND_DOCS for c in shell_commands(doc)] + config_commands()
+
+#: documented commands the suite executes as written (on the tiny corpus in place of ``data_shards/demo``), in order:
+#: the README's M3Bind stage 1 + 2 sequence on the tiny presets
+EXECUTED = [
+    ["probmed", "fit", "--config", "configs/presets/clip.yaml", "--config", "configs/presets/tiny/clip.yaml",
+     "--data.data_dir", "data_shards/demo"],
+    ["probmed", "fit", "--config", "configs/presets/medbind.yaml", "-c", "configs/presets/tiny/medbind.yaml",
+     "--data.data_dir", "data_shards/demo"],
+    ["probmed", "distill", "fit", "--config", "configs/presets/m3bind_distill.yaml", "--config",
+     "configs/presets/tiny/m3bind_distill.yaml", "--data.data_dir", "data_shards/demo"],
+]
+
+
+def parse_only_reason(words: list[str]) -> str | None:
+    """Why a documented command is parse-checked only (None: it is in EXECUTED or has no reason: a test failure)."""
+    if words in EXECUTED:
+        return None
+    text = " ".join(words)
+    program = words[0]
+    reasons = [
+        (program == "make", "make targets train the demo (minutes) or run the suite itself"),
+        (program == "sbatch", "needs a Slurm cluster (tests/training/test_slurm.py runs the templates on one)"),
+        (program == "hf", "downloads weights over the network"),
+        (program in ("python", "export", "mkdir", "tensorboard"),
+         "benchmarks, experiments, pytest and tensorboard run minutes to hours or serve; their options are checked"),
+        (program == "probmed" and words[1:2] == ["data"],
+         "data commands read public datasets or write thousands of studies (tests/data run them at tiny sizes)"),
+        ("PLACEHOLDER" in words or any(w.startswith("PLACEHOLDER") for w in words),
+         "a template with placeholders (the same command with tiny sizes is executed in EXECUTED or tests/)"),
+        (any("tiny/" in w for w in words), "tiny presets train in tests/end_to_end/test_presets.py"),
+        (program in ("probmed", "lightning"),
+         "full-size configs or real-data directories (hours of training); the resolved config is checked"),
+    ]
+    return next((why for applies, why in reasons if applies), None) or f"no reason given for {text}"
 
 
 def _options(words: list[str]) -> list[str]:
@@ -61,6 +131,7 @@ def _script_accepts(script: list[str], options: list[str]) -> None:
 @pytest.mark.parametrize("where,env,words", COMMANDS, ids=[f"{w}:{' '.join(c[:3])}" for w, _, c in COMMANDS])
 def test_every_documented_command_runs_or_parses(where, env, words, monkeypatch, capsys):
     program, args = words[0], words[1:]
+    assert words in EXECUTED or not parse_only_reason(words).startswith("no reason"), where
     if program == "make":
         (target,) = args
         dry = subprocess.run(["make", "-n", "-C", str(REPO), target], capture_output=True, text=True, timeout=60)
@@ -69,11 +140,13 @@ def test_every_documented_command_runs_or_parses(where, env, words, monkeypatch,
         assert all(re.fullmatch(r"[A-Z_][A-Z0-9_]*=.+", a) for a in args), where
     elif program == "mkdir":
         assert args[0] == "-p" and len(args) == 2, where
-    elif program == "probmed" and args[0] == "data":
+    elif program == "hf":
+        _script_accepts([str(Path(sys.executable).with_name("hf")), args[0]], _options(args[1:]))
+    elif program in ("probmed", "lightning") and args[0] == "data":
         from probmed.data.commands import build_parser
 
         build_parser().parse_args(args[1:])  # argparse exits (fails the test) on any unknown option or value
-    elif program == "probmed":
+    elif program in ("probmed", "lightning"):
         _lightning_cli_parses(args, monkeypatch, capsys)
     elif program == "sbatch":  # sbatch [its options] TEMPLATE [probmed fit args]; CONFIG from the environment
         (i,) = [k for k, a in enumerate(args) if a.endswith(".sbatch")]
@@ -154,3 +227,22 @@ def test_the_readme_demo_table_is_the_one_in_results():
         return match[1]
 
     assert first_table(README) == first_table(REPO / "docs" / "results.md")
+
+
+def test_the_executed_commands_are_documented():
+    documented = [words for _, _, words in COMMANDS]
+    for words in EXECUTED:
+        assert words in documented, f"{' '.join(words)} is no longer documented: update EXECUTED"
+
+
+def test_the_documented_m3bind_sequence_runs_as_written(smoke_corpus, tmp_path):
+    """The README's stage 1 (two tiny presets) and stage 2 (`probmed distill fit` with the preset's default
+    teachers), run as written from a fresh directory, the tiny corpus standing in for data_shards/demo."""
+    from conftest import run_probmed
+
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    for words in EXECUTED:
+        args = [str(smoke_corpus) if w == "data_shards/demo" else w for w in words[1:]]
+        out = run_probmed(args, cwd=tmp_path)
+        assert out.returncode == 0, f"{' '.join(words)}:\n{out.output[-3000:]}"
+    assert (tmp_path / "runs" / "m3bind_distill" / "version_0" / "checkpoints" / "last.ckpt").is_file()

@@ -102,9 +102,9 @@ def test_medbind_trains_tiny_through_the_cli_and_tests_cxr_to_ecg_zero_shot(smok
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["probmed"])
     assert main(["fit", *args]) == 0
-    ckpt = tmp_path / "preset" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "medbind" / "version_0" / "checkpoints" / "last.ckpt"
     assert main(["test", *args, "--ckpt_path", str(ckpt)]) == 0
-    (metrics_file,) = sorted(Path(tmp_path).glob("preset/version_1/test_metrics.json"))
+    (metrics_file,) = sorted(Path(tmp_path).glob("medbind/version_0/test_metrics.json"))
     metrics = json.loads(metrics_file.read_text())
     cross = metrics["zero_shot_cross"]
     assert set(cross) == {"cxr->ecg", "ecg->cxr"}

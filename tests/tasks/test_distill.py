@@ -30,7 +30,7 @@ def _teacher(preset: str, corpus, run_dir, monkeypatch) -> TeacherSpec:
     assert main(["fit", "--config", str(PRESETS / f"{preset}.yaml"), "--config", str(PRESETS / "tiny" / f"{preset}.yaml"),
                  "--data.data_dir", str(corpus), "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0",
                  "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir)]) == 0
-    (version,) = (run_dir / "preset").glob("version_*")
+    (version,) = (run_dir / preset).glob("version_*")  # a preset logs under its own name
     return TeacherSpec(str(version / "config.yaml"), str(version / "checkpoints" / "last.ckpt"))
 
 

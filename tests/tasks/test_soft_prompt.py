@@ -36,7 +36,7 @@ def binding(smoke_corpus, tmp_path_factory) -> TeacherSpec:
                      "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run)]) == 0
     finally:
         sys.argv = saved
-    (version,) = (run / "preset").glob("version_*")
+    (version,) = (run / "medbind").glob("version_*")
     return TeacherSpec(str(version / "config.yaml"), str(version / "checkpoints" / "last.ckpt"))
 
 

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import REPO, run_probmed
 from probmed.training.console import EpochLine, ParameterSummary, adapt_console, format_elapsed
 
-LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss (\S+)  val mean R@5 (\S+)  elapsed (\d+):(\d\d):(\d\d)$")
+LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss (\S+)  val mean R@5 (\S+)(?: \(chance [^)]*\))?  elapsed (\d+):(\d\d):(\d\d)$")
 
 
 def _fake_srun(tmp_path: Path) -> str:

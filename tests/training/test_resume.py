@@ -271,9 +271,12 @@ def test_last_after_a_kill_during_the_first_write_of_last_ckpt_resumes_from_the_
     assert f"--ckpt_path last: using {ckpt / 'step=2.ckpt'}" in out.output, out.output[-3000:]
     assert f"Restored all states from the checkpoint at {ckpt / 'step=2.ckpt'}" in out.output
     assert f"removed {temp}" in out.output and not temp.exists()
-    events = EventAccumulator(str(tmp / "smoke" / "version_1"))
+    # one run, one folder: the resumed fit logs into the checkpoint's run, from step=2.ckpt: the third step again
+    assert not (tmp / "smoke" / "version_1").exists()
+    events = EventAccumulator(str(tmp / "smoke" / "version_0"))
     events.Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [2]  # only the third step was trained
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2, 2]
+    assert len(list((tmp / "smoke" / "version_0").glob("events.out.tfevents.*"))) == 2
 
 
 def test_last_with_no_checkpoint_says_it_starts_from_step_0(smoke_corpus, tmp_path):
