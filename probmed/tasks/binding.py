@@ -326,7 +326,7 @@ class ProbMedModule(L.LightningModule):
         return rows, scalars
 
     def on_validation_epoch_end(self):
-        self.retrieval_rows["val"] = self._eval_epoch_end("val")
+        self.retrieval_rows["val"], _ = self._eval_epoch_end("val")
 
     def on_test_epoch_end(self):
         rows, scalars = self._eval_epoch_end("test")

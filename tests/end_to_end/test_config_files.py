@@ -147,7 +147,7 @@ def test_demo_trains_the_probmed_loss_on_every_pair(monkeypatch):
                       args=["--config", str(REPO / "configs" / "demo.yaml"), "--trainer.logger", "false"]).model
     preset, _ = _build("probmed", monkeypatch)
     assert _terms(demo) == _terms(preset)
-    assert {getattr(t, "kind", None) for t in demo.objective.terms} == {"hellinger", None}
+    assert {getattr(t, "similarity_name", None) for t in demo.objective.terms} == {"hellinger", None}
 
 
 def test_clip_preset(monkeypatch):
