@@ -27,3 +27,6 @@ Path(f"{args.out}.rank{r}").write_text(json.dumps({
     "means": {k: (None if v.isnan() else v.item()) for k, v in means.items()},
     "dtypes": sorted({str(v.dtype) for v in means.values()}),
     "finite": finite, "agreed": guard.agreed, "skipped": guard.skipped}))
+# leave the group together: a rank that exits while the other is still inside a collective aborts it at teardown
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()

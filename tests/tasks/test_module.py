@@ -58,7 +58,7 @@ def test_config_naming_a_modality_without_encoder_fails_clearly():
     try:
         ProbMedModule({"a": Recorder()}, objective)
     except ValueError as exc:
-        assert "['c']" in str(exc) and "no encoder" in str(exc)
+        assert "['c']" in str(exc) and "no tower in model.encoders" in str(exc)
     else:
         raise AssertionError("expected a ValueError")
 
