@@ -225,7 +225,8 @@ def test_five_modality_stage1_with_the_generated_ct_trains_and_tests_tiny_throug
               "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt")]
     assert main(["fit", *common]) == 0
     assert main(["test", *common, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")]) == 0
-    fit, test = sorted((tmp_path / "m3bind_five").glob("version_*"))
+    (run,) = sorted((tmp_path / "m3bind_five").glob("version_*"))  # test logs into the checkpoint's own run
+    fit = test = run
     events = EventAccumulator(str(fit))
     events.Reload()
     train = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
