@@ -42,6 +42,7 @@ UNEVEN = {2: ([5, 7], 8), 3: ([3, 5, 4], 6)}
 def make_terms(seeded_sampling: bool = True):
     from probmed.losses import (
         VIB,
+        DifficultyVariance,
         EdgeModalityContrastive,
         MedProbCLIP,
         PCMEpp,
@@ -60,6 +61,7 @@ def make_terms(seeded_sampling: bool = True):
         PCMEpp(["cxr", "text"], infonce_weight=0.5),
         MedProbCLIP(["cxr", "cxr_view2"], ["text", "text_impression"], chunk=4),
         VIB(["cxr", "ecg", "echo", "text"], weight=0.01),
+        DifficultyVariance(["cxr", "echo", "text"], partners={"echo": ["ecg"]}, weight=0.3, scale=4.0),
     ] + ([SyntheticSampling("cxr", num_samples=3, seed=11),
           SyntheticSampling("echo", num_samples=2, seed=12, positives="group")] if seeded_sampling else [])
 

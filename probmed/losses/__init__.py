@@ -15,7 +15,8 @@ Configure from YAML (LightningCLI / jsonargparse)::
 
 Terms: :class:`ProbabilisticInfoNCE` (ProbMED; CLIP with ``similarity: cosine``), :class:`EdgeModalityContrastive`
 (MEDBind EMCL), :class:`SigLIP`, :class:`PCMEpp`, :class:`MedProbCLIP`, :class:`SyntheticSampling`, :class:`VIB`,
-:class:`TextSpaceAlignment` (M3Bind stage 1).
+:class:`TextSpaceAlignment` (M3Bind stage 1), :class:`DifficultyVariance` (a variance that predicts how hard an
+input is to match).
 """
 from probmed.losses.base import LossContext, LossTerm
 from probmed.losses.contrastive import (
@@ -26,10 +27,12 @@ from probmed.losses.contrastive import (
     ProbabilisticInfoNCE,
     SigLIP,
 )
+from probmed.losses.difficulty import DifficultyVariance
 from probmed.losses.objective import LossOutput, Objective, TermOver, gather_embeddings
 from probmed.losses.regularizers import VIB, SyntheticSampling, TextSpaceAlignment, kl_to_standard_normal
 
 __all__ = [
+    "DifficultyVariance",
     "EdgeModalityContrastive",
     "LogitScale",
     "LossContext",
