@@ -41,16 +41,30 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "presets"
 DEMO_TOWERS = PRESETS / "towers" / "demo"
 
-#: row -> (preset file, similarity replacing the preset's InfoNCE similarity, or None).
-ROWS: dict[str, tuple[str, str | None]] = {
-    "probmed": ("probmed.yaml", None),
-    "probmed-logbc": ("probmed.yaml", "bhattacharyya"),
-    "medprobclip": ("medprobclip.yaml", None),
-    "medbind": ("medbind.yaml", None),
-    "pcme++": ("pcmepp.yaml", None),
-    "clip": ("clip.yaml", None),
-    "siglip": ("siglip.yaml", None),
+#: row -> (config under configs/, similarity replacing its InfoNCE similarity or None, objective file under
+#: configs/ replacing its objective or None[, model settings laid over the config's]). The ``demo*`` rows keep the demo's embedding size
+#: (64) and validation cadence; the preset rows keep their presets' (512).
+QUALITY = {"quality_augmentation": {"modalities": ["cxr", "ecg", "echo", "text"], "weight": 1.0, "fraction": 0.25,
+                                    "max_severity": 3.0, "margin": 1.0}}
+ROWS: dict[str, tuple] = {
+    "probmed": ("presets/probmed.yaml", None, None),
+    "probmed-logbc": ("presets/probmed.yaml", "bhattacharyya", None),
+    "medprobclip": ("presets/medprobclip.yaml", None, None),
+    "medbind": ("presets/medbind.yaml", None, None),
+    "pcme++": ("presets/pcmepp.yaml", None, None),
+    "clip": ("presets/clip.yaml", None, None),
+    "siglip": ("presets/siglip.yaml", None, None),
+    "demo": ("demo.yaml", None, None),
+    "demo-logbc": ("demo.yaml", "bhattacharyya", None),
+    "demo-clip": ("demo.yaml", None, "presets/objectives/clip_six_pairs.yaml"),
+    "demo-pcme++": ("demo.yaml", None, "presets/objectives/pcmepp_six_pairs.yaml"),
+    "demo-difficulty": ("demo.yaml", None, "presets/objectives/probmed_difficulty.yaml"),
+    # ablations of the demo's objective (configs/ablations/, issue 25 part 3)
+    "demo-no-sampling": ("demo.yaml", None, "ablations/probmed_no_sampling.yaml"),
+    "demo-difficulty-no-sampling": ("demo.yaml", None, "ablations/probmed_difficulty_no_sampling.yaml"),
+    "demo-quality": ("demo.yaml", None, None, QUALITY),
 }
+CONFIGS = REPO / "configs"
 
 #: The demo's input sizes, per input class (merged into each preset's own input options).
 DEMO_INPUT_SIZES = {"CXRInput": {"size": 64}, "CXRSecondViewInput": {"size": 64}, "ECGInput": {"rate": 100},
@@ -60,15 +74,20 @@ DEMO_INPUT_SIZES = {"CXRInput": {"size": 64}, "CXRSecondViewInput": {"size": 64}
 SEVERITIES = (1.0, 2.0, 3.0)
 ROBUSTNESS = "test/robustness/mean_variance_spearman"
 COLUMNS = ["R@1 text<->cxr", "R@5 text<->cxr", "mean R@1", "mean R@5", "PMRP", "zero-shot AUROC", "ECE",
-           "ECE scaled", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson", "var~severity rho"]
+           "ECE scaled", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson", "var-aware wins",
+           "var~severity rho"]
 LOWER_IS_BETTER = {"ECE", "ECE scaled", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson"}
 
 
-def preset_config(name: str) -> dict:
-    preset = yaml.safe_load((PRESETS / name).read_text())
+def preset_config(name: str, objective_file: str | None = None) -> dict:
+    """The row's config (``name`` under configs/) as a dict, its objective read in (or ``objective_file``'s)."""
+    path = CONFIGS / name
+    preset = yaml.safe_load(path.read_text())
+    if objective_file is not None:
+        preset["model"]["objective"] = yaml.safe_load((CONFIGS / objective_file).read_text())
     objective = preset.get("model", {}).get("objective")
-    if isinstance(objective, str):  # a file beside the preset (presets/objectives/...): its content, to edit
-        preset["model"]["objective"] = yaml.safe_load((PRESETS / objective).read_text())
+    if isinstance(objective, str):  # a file named relative to the config (presets/objectives/...): its content
+        preset["model"]["objective"] = yaml.safe_load((path.parent / objective).read_text())
     return preset
 
 
@@ -77,7 +96,8 @@ def base_modality(key: str) -> str:
     return key.split("_")[0]
 
 
-def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Path, run_dir: Path) -> dict:
+def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Path, run_dir: Path,
+             model_extra: dict | None = None) -> dict:
     """The config laid over the preset: demo towers, sizes, optimiser, budget, data and output places."""
     enc = preset["model"].get("encoders", {})
     inputs = {}
@@ -89,12 +109,13 @@ def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Pa
         "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": args.lr, "weight_decay": 1.0e-4}},
         "encoders": {m: str(DEMO_TOWERS / f"{m}.yaml") for m in enc},
     }
+    objective = copy.deepcopy(preset["model"]["objective"])
     if similarity is not None:
-        objective = copy.deepcopy(preset["model"]["objective"])
         for group in objective["init_args"].get("pairs", []):
             if group["term"].endswith("ProbabilisticInfoNCE"):
                 group.setdefault("args", {})["similarity"] = similarity
-        model["objective"] = objective
+    model["objective"] = objective
+    model.update(copy.deepcopy(model_extra or {}))
     return {
         "seed_everything": seed,
         "trainer": {
@@ -146,8 +167,29 @@ def summarise(scalars: dict, modalities: list[str]) -> dict[str, float]:
         "E-AURC": mean_of(["test/confidence/variance/mean_e_aurc"]),
         "E-AURC margin": mean_of(["test/confidence/margin/mean_e_aurc"]),
         "10-bin Pearson": mean_of(["test/confidence/variance/mean_binned_pearson"]),
+        "var-aware wins": var_aware_wins(scalars, pairs),
         "var~severity rho": mean_of(["test/robustness/mean_variance_spearman"]),
     }
+
+
+def var_aware_wins(scalars: dict, pairs) -> float:
+    """Ordered pairs on which the variance-aware confidence's AURC is below the margin's (NaN if none reported)."""
+    c = "test/confidence"
+    found = [(scalars.get(f"{c}/variance_aware/aurc/{x}->{y}"), scalars.get(f"{c}/margin/aurc/{x}->{y}"))
+             for a, b in pairs for x, y in ((a, b), (b, a))]
+    found = [(v, m) for v, m in found if v is not None and m is not None]
+    return float(sum(v < m for v, m in found)) if found else math.nan
+
+
+#: per-modality figures: table title -> scalar key with {m} for the modality and {stage}
+PER_MODALITY = {
+    "Spearman(mean σ², recorded ambiguity), test split": "test/ambiguity_spearman/{m}",
+    "Spearman(mean σ², recorded ambiguity), validation split (what selects)": "val/ambiguity_spearman/{m}",
+    "Pearson(variance decile, R@1) over the pairs the modality queries, test split":
+        "test/confidence/variance/binned_pearson/{m}",
+    "Spearman(predicted variance, corruption severity 0-3), mean over the modality's corruptions":
+        "test/robustness/{m}/variance_spearman",
+}
 
 
 def mean_sd(values: list[float]) -> str:
@@ -189,8 +231,8 @@ def main(argv=None) -> int:
 
     results: dict[str, dict[str, list[float]]] = {}
     per_modality: dict[str, dict[str, list[float]]] = {}  # row -> modality -> variance~severity rho per seed
-    for name, (preset_file, similarity) in rows.items():
-        preset = preset_config(preset_file)
+    for name, (preset_file, similarity, objective_file, *model_extra) in rows.items():
+        preset = preset_config(preset_file, objective_file)
         modalities = list(preset["data"].get("modalities") or preset["data"]["inputs"])
         for seed in seeds:
             run_dir = workdir / name / f"seed{seed}"
@@ -200,9 +242,10 @@ def main(argv=None) -> int:
             if not tested:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 over = run_dir / "override.yaml"
-                over.write_text(yaml.safe_dump(override(preset, similarity, args, seed, data_dir, run_dir),
+                config = override(preset, similarity, args, seed, data_dir, run_dir, *model_extra)
+                over.write_text(yaml.safe_dump(config,
                                                sort_keys=False))
-                cfg = ["--config", str(PRESETS / preset_file), "--config", str(over)]
+                cfg = ["--config", str(CONFIGS / preset_file), "--config", str(over)]
                 log = run_dir / "log.txt"
                 start = time.perf_counter()
                 if not (fitted.is_file() or metrics_file.is_file()):
@@ -214,11 +257,15 @@ def main(argv=None) -> int:
                 probmed("test", *cfg, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), log=log)
                 print(f"[{name} seed {seed}] done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
             scalars = json.loads(metrics_file.read_text())["scalars"]
+            val_file = run_dir / "val_metrics.json"  # the last validation of the fit
+            if val_file.is_file():
+                scalars = {**json.loads(val_file.read_text())["scalars"], **scalars}
             for col, v in summarise(scalars, modalities).items():
                 results.setdefault(name, {}).setdefault(col, []).append(v)
-            for m in sorted({base_modality(k) for k in modalities}):  # the suite's per-modality mean
-                per_modality.setdefault(name, {}).setdefault(m, []).append(
-                    scalars.get(f"test/robustness/{m}/variance_spearman", math.nan))
+            for title, key in PER_MODALITY.items():
+                for m in sorted({base_modality(k) for k in modalities}):
+                    per_modality.setdefault(title, {}).setdefault(name, {}).setdefault(m, []).append(
+                        scalars.get(key.format(m=m), math.nan))
 
     head = "| row | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
@@ -227,16 +274,17 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(f"\nTest split of {data_dir.name}, {args.epochs} epoch(s), seeds {seeds} (mean ± sd; R@K in percent; "
           f"{', '.join(sorted(LOWER_IS_BETTER))} lower is better):\n{table}")
-    mods = sorted({m for by in per_modality.values() for m in by})
-    rho_lines = ["| row | " + " | ".join(mods) + " |", "|" + "---|" * (len(mods) + 1)]
-    for name, by in per_modality.items():
-        rho_lines.append(f"| {name} | " + " | ".join(mean_sd(by[m]) if m in by else "" for m in mods) + " |")
-    rho_table = "\n".join(rho_lines)
-    print(f"\nSpearman correlation of predicted variance with corruption severity (0-3), per modality, mean over "
-          f"its corruptions:\n{rho_table}")
+    md = [table]
+    for title, by_row in per_modality.items():
+        mods = sorted({m for by in by_row.values() for m in by})
+        lines = ["| row | " + " | ".join(mods) + " |", "|" + "---|" * (len(mods) + 1)]
+        for name, by in by_row.items():
+            lines.append(f"| {name} | " + " | ".join(mean_sd(by[m]) if m in by else "" for m in mods) + " |")
+        print(f"\n{title}:\n" + "\n".join(lines))
+        md.append(f"{title}:\n\n" + "\n".join(lines))
     (workdir / "comparison.json").write_text(json.dumps({"args": vars(args), "results": results,
-                                                         "variance_severity_rho": per_modality}, indent=2))
-    (workdir / "comparison.md").write_text(table + "\n\n" + rho_table + "\n")
+                                                         "per_modality": per_modality}, indent=2))
+    (workdir / "comparison.md").write_text("\n\n".join(md) + "\n")
     return 0
 
 

@@ -29,17 +29,18 @@ def _build(row: str, tmp_path, monkeypatch):
     from probmed.data.datamodule import ProbMedDataModule
     from probmed.tasks.binding import ProbMedModule
 
-    preset_file, similarity = compare_presets.ROWS[row]
-    over = compare_presets.override(compare_presets.preset_config(preset_file), similarity, _args(), 7,
-                                    tmp_path / "data", tmp_path / "run")
+    preset_file, similarity, objective_file, *extra = compare_presets.ROWS[row]
+    preset = compare_presets.preset_config(preset_file, objective_file)
+    over = compare_presets.override(preset, similarity, _args(), 7,
+                                    tmp_path / "data", tmp_path / "run", *extra)
     path = tmp_path / "override.yaml"
     path.write_text(yaml.safe_dump(over, sort_keys=False))
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["probmed"])
     cli = ProbMedCLI(ProbMedModule, ProbMedDataModule, run=False, trainer_defaults=TRAINER_DEFAULTS,
-                     args=["--config", str(compare_presets.PRESETS / preset_file), "--config", str(path),
+                     args=["--config", str(compare_presets.CONFIGS / preset_file), "--config", str(path),
                            "--trainer.logger", "false"])
-    return cli, compare_presets.preset_config(preset_file)
+    return cli, preset
 
 
 @pytest.mark.parametrize("row", list(compare_presets.ROWS))
@@ -56,10 +57,17 @@ def test_every_row_is_its_preset_with_the_small_tower_override(row, tmp_path, mo
     got = {(c.modality, c.kind) for c in model.evaluator.config.corruptions}
     assert got == expected and expected
     kinds = {getattr(t, "similarity_name", None) for t in model.objective.terms}
-    if row == "probmed-logbc":
+    if row.endswith("-logbc"):
         assert "bhattacharyya" in kinds and "hellinger" not in kinds
-    if row == "probmed":
+    if row in ("probmed", "demo", "demo-difficulty"):
         assert "hellinger" in kinds
+    if row == "demo-clip":
+        assert kinds - {None} == {"cosine"} and sum(len(t.pairs) for t in model.objective.terms) == 6
+    terms = {type(t).__name__ for t in model.objective.terms}
+    assert ("DifficultyVariance" in terms) == row.startswith("demo-difficulty")
+    assert (model.quality_augmentation is not None) == (row == "demo-quality")
+    if row == "demo-pcme++":
+        assert terms == {"PCMEpp", "VIB"} and sum(len(t.pairs) for t in model.objective.terms) == 6
 
 
 def test_summary_columns_are_the_means_they_name():
@@ -67,13 +75,16 @@ def test_summary_columns_are_the_means_they_name():
                "test/R@5/cxr->text": 50.0, "test/R@1/ecg->cxr": 4.0, "test/R@1/cxr->ecg": 6.0,
                "test/R@5/ecg->cxr": 8.0, "test/R@5/cxr->ecg": 12.0, "test/zeroshot/mean_auroc": 0.7,
                "test/zeroshot/mean_ece": 0.2, "test/mean_aurc": 0.9,
-               "test/robustness/mean_variance_spearman": 0.5}
+               "test/robustness/mean_variance_spearman": 0.5, "test/confidence/variance_aware/aurc/cxr->text": 0.5,
+               "test/confidence/margin/aurc/cxr->text": 0.6, "test/confidence/variance_aware/aurc/text->cxr": 0.7,
+               "test/confidence/margin/aurc/text->cxr": 0.6}
     got = compare_presets.summarise(scalars, ["cxr", "text", "ecg", "cxr_view2"])
     # pairs of {cxr, ecg, text}: text<->cxr and ecg<->cxr reported; ecg<->text absent from the scalars
     assert got["R@1 text<->cxr"] == 15.0 and got["R@5 text<->cxr"] == 40.0
     assert got["mean R@1"] == pytest.approx((10 + 20 + 4 + 6) / 4)
     assert got["mean R@5"] == pytest.approx((30 + 50 + 8 + 12) / 4)
     assert (got["zero-shot AUROC"], got["ECE"], got["AURC"], got["var~severity rho"]) == (0.7, 0.2, 0.9, 0.5)
+    assert got["var-aware wins"] == 1.0  # of the two reported ordered pairs, cxr->text
     assert math.isnan(compare_presets.summarise({}, ["cxr", "text"])["mean R@1"])
     assert compare_presets.mean_sd([1.0, 2.0, 3.0]) == "2.000 ± 1.000"
     assert compare_presets.mean_sd([math.nan]) == "n/a"
