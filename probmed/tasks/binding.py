@@ -29,6 +29,7 @@ from probmed.training.checkpoint_io import TeacherSpec, load_frozen_module
 from probmed.training.determinism import seed_step
 from probmed.training.metric_sync import logging_step, mean_over_ranks
 from probmed.training.nonfinite import NonFiniteGuard
+from probmed.training.quality_augmentation import QualityAugmentation
 from probmed.optim import ParamGroups, apply_lr_scales
 from probmed.user_errors import did_you_mean
 
@@ -81,6 +82,9 @@ class ProbMedModule(L.LightningModule):
         init_from: modality key → the key whose tower and head it copies at construction (e.g. ``{text_ecg:
             text_cxr}``: M3Bind's text towers start as one text encoder and are then trained apart); unlike
             ``shared`` the two keep separate weights. The towers must have the same architecture.
+        quality_augmentation: per step, degrade a random subset of each listed modality's rows with its registered
+            corruptions and rank the copies' mean log-variance above the originals' by a margin that grows with the
+            severity (:class:`~probmed.training.quality_augmentation.QualityAugmentation`); None: off.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class ProbMedModule(L.LightningModule):
         param_groups: ParamGroups | None = None,
         channels_last: bool = False,
         init_from: dict[str, str] | None = None,
+        quality_augmentation: QualityAugmentation | None = None,
     ):
         super().__init__()
         self.shared = dict(shared or {})
@@ -115,7 +120,9 @@ class ProbMedModule(L.LightningModule):
         if unknown_heads:
             raise ValueError(f"heads gives settings for {unknown_heads}, which have no encoder; "
                              f"encoders: {sorted(encoders)}")
-        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups"])
+        self.save_hyperparameters(ignore=["encoders", "objective", "optimizer", "evaluation", "param_groups",
+                                          "quality_augmentation"])
+        self.quality_augmentation = quality_augmentation
         self.param_groups = param_groups
         self.encoders = nn.ModuleDict(encoders)
         if channels_last:
@@ -209,8 +216,13 @@ class ProbMedModule(L.LightningModule):
         self.nonfinite.snapshot(self)  # batch-norm statistics before this step's forward (restored if skipped)
         embeddings = self.embed(batch, self.objective.modalities)
         out = self.objective(embeddings, batch["group"])
+        raw = out.total
+        if self.quality_augmentation is not None:
+            quality, quality_logs = self.quality_augmentation.loss(self, batch, embeddings)
+            raw = raw + quality
+            out.extras.update(quality_logs)
         batch_size = len(batch["group"])
-        total = self.nonfinite.loss(out.total, self.global_rank, batch_idx, self)
+        total = self.nonfinite.loss(raw, self.global_rank, batch_idx, self)
         finite = self.nonfinite.all_finite(total, self)
         self.log_dict({"train/skipped_nonfinite": float(self.nonfinite.skipped),
                        "train/skipped_nonfinite_buffers": float(self.nonfinite.skipped_buffers)},

@@ -1,0 +1,101 @@
+"""Quality augmentation: teach each modality's variance to rise when its input is degraded.
+
+At every training step, for each configured modality, a random subset of the present rows is degraded with one of
+the modality's registered corruptions (:data:`probmed.evaluation.corruptions.CORRUPTIONS`: noise, blur and
+contrast loss of a film; noise, baseline wander and lead dropout of an ECG; speckle and frame dropout of a cine;
+word dropout of a report) at a random severity ``s ~ U(0, max_severity)``, embedded by the same tower, and the
+pair (original, degraded) is ranked by its mean log-variance::
+
+    L = mean over the degraded rows of  relu( margin · s / max_severity − (ū(degraded) − ū(original)) )
+
+with ``ū`` the mean of the log-variance over the D dimensions. The degraded copy must be less certain than its
+original by a margin that grows with the severity. No label of quality is read: the severities are the ones drawn
+here. The original's embedding is the step's own (the contrastive terms see it unchanged); the degraded copies
+enter no other term. One corruption kind and one severity per modality and step (drawn from the step's seeded
+generator, so a resumed run draws the same). Under DDP each rank ranks its own rows and DDP averages the gradients
+(equal to the global mean when every rank degrades the same number of rows).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from probmed.embedding import GaussianEmbedding
+from probmed.encoders.tower_input import select_rows
+from probmed.data.registry import SPECS
+from probmed.evaluation.corruptions import corrupt, corruptions_for
+
+__all__ = ["QualityAugmentation"]
+
+
+@dataclass
+class QualityAugmentation:
+    """Settings of the quality augmentation (``model.quality_augmentation`` in a config; ``null``: off).
+
+    Attributes:
+        modalities: the keys whose variance is taught (each a registered modality, or one with ``like``).
+        weight: weight of the ranking loss in the training total.
+        fraction: fraction of each modality's present rows degraded per step (at least two rows; a modality
+            with fewer than two present rows is skipped for the step).
+        max_severity: severities are drawn from ``U(0, max_severity)`` on the corruptions' scale (the evaluation
+            measures 1, 2, 3).
+        margin: log-variance gap demanded at the largest severity (nats of variance; ``e^1`` ≈ 2.7× at 1).
+        like: key → registered modality whose corruptions it takes (a modality added in the config alone).
+    """
+
+    modalities: list[str] = field(default_factory=lambda: ["cxr", "ecg", "echo", "text"])
+    weight: float = 1.0
+    fraction: float = 0.25
+    max_severity: float = 3.0
+    margin: float = 1.0
+    like: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"quality_augmentation.fraction must be in (0, 1], got {self.fraction}")
+        if not (self.max_severity > 0 and math.isfinite(self.max_severity)):
+            raise ValueError(f"quality_augmentation.max_severity must be positive, got {self.max_severity}")
+        for m in self.modalities:  # a clear error now for a key without corruptions, not at the first step
+            self.kinds(m)
+
+    def kinds(self, modality: str) -> list[str]:
+        """The corruption kinds of ``modality`` (a clear error naming the modalities that have some)."""
+        source = self.like.get(modality, modality)
+        kinds = corruptions_for(SPECS[source].pipeline) if source in SPECS else {}
+        if not kinds:
+            have = sorted(n for n, s in SPECS.items() if corruptions_for(s.pipeline))
+            raise ValueError(f"quality_augmentation: no corruptions for {modality!r}; registered modalities with "
+                             f"corruptions: {have} (for a modality added in the config, map it with `like:`)")
+        return sorted(kinds)
+
+    def loss(self, module, batch: dict, embeddings: dict[str, GaussianEmbedding]) -> tuple[Tensor, dict]:
+        """``(weighted ranking loss, logs)`` of one training step; ``module.embed_modality`` embeds the copies."""
+        total, logs = None, {}
+        for m in self.modalities:
+            if m not in embeddings:
+                continue
+            present = embeddings[m].present
+            rows = present.nonzero().squeeze(1)
+            if len(rows) < 2:  # a single row cannot pass a training batch-norm tower alone
+                continue
+            k = min(len(rows), max(2, int(round(self.fraction * len(rows)))))
+            rows = rows[torch.randperm(len(rows))[:k].to(rows.device)]
+            kinds = self.kinds(m)
+            kind = kinds[int(torch.randint(len(kinds), ()))]
+            severity = float(torch.rand(())) * self.max_severity
+            seed = int(torch.randint(2**31 - 1, ()))
+            degraded = corrupt(m, kind, select_rows(batch["inputs"][m], rows), severity, seed, like=self.like.get(m))
+            ones = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+            copy = module.embed_modality(m, degraded, ones)
+            gap = copy.log_var.mean(-1) - embeddings[m].log_var[rows].mean(-1)
+            per_row = torch.relu(self.margin * severity / self.max_severity - gap)
+            part = per_row.mean()
+            total = part if total is None else total + part
+            logs[f"quality/{m}"] = part.detach()
+            logs[f"quality_gap/{m}"] = gap.detach().mean()
+        if total is None:
+            return torch.zeros((), device=next(module.parameters()).device), logs
+        return self.weight * total, logs

@@ -1,0 +1,75 @@
+"""Quality augmentation: clear errors for modalities without corruptions, the ranking loss as documented, and a
+short training that makes the variance of degraded ECGs exceed that of clean ones on records it never saw."""
+import pytest
+import torch
+
+from probmed.encoders import ECGEncoder
+from probmed.evaluation.corruptions import corrupt
+from probmed.losses import VIB, Objective
+from probmed.tasks.binding import ProbMedModule
+from probmed.training.quality_augmentation import QualityAugmentation
+
+
+def _module(aug: QualityAugmentation) -> ProbMedModule:
+    torch.manual_seed(0)
+    ecg = ECGEncoder(depth=None, layers=[1, 1], widths=[8, 16], expansion=1, stem_widths=[8, 8, 8])
+    return ProbMedModule({"ecg": ecg}, Objective([VIB(["ecg"], weight=1e-4)]), embed_dim=8,
+                         quality_augmentation=aug)
+
+
+def _records(n: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 10, 500)
+    rate = 1 + torch.rand(n, 1, 1, generator=g)
+    signal = torch.sin(2 * torch.pi * rate * t) * (0.5 + torch.rand(n, 12, 1, generator=g))
+    return {"signal": signal.float(), "lead_mask": torch.ones(n, 12, dtype=torch.bool)}
+
+
+def test_a_modality_without_corruptions_is_a_clear_error_naming_those_with():
+    with pytest.raises(ValueError, match=r"no corruptions for 'retina'.*'ecg'.*like"):
+        QualityAugmentation(modalities=["retina"])
+    assert QualityAugmentation(modalities=["retina"], like={"retina": "cxr"}).kinds("retina") == \
+        ["blur", "contrast", "noise"]
+    with pytest.raises(ValueError, match="fraction"):
+        QualityAugmentation(fraction=0.0)
+
+
+def test_the_loss_is_the_severity_scaled_hinge_on_the_mean_log_variance_gap():
+    aug = QualityAugmentation(modalities=["ecg"], fraction=0.5, max_severity=2.0, margin=3.0, weight=2.0)
+    module = _module(aug).train()
+    batch = {"inputs": {"ecg": _records(8, 1)}, "present": {"ecg": torch.ones(8, dtype=torch.bool)}}
+    emb = module.embed(batch)
+    torch.manual_seed(5)
+    loss, logs = aug.loss(module, batch, emb)
+    torch.manual_seed(5)  # the same draws, by hand
+    rows = torch.arange(8)[torch.randperm(8)[:4]]
+    kind = aug.kinds("ecg")[int(torch.randint(3, ()))]
+    severity = float(torch.rand(())) * 2.0
+    seed = int(torch.randint(2**31 - 1, ()))
+    copy = module.embed_modality("ecg", corrupt("ecg", kind, {k: v[rows] for k, v in batch["inputs"]["ecg"].items()},
+                                                severity, seed), torch.ones(4, dtype=torch.bool))
+    gap = copy.log_var.mean(-1) - emb["ecg"].log_var[rows].mean(-1)
+    expected = 2.0 * torch.relu(3.0 * severity / 2.0 - gap).mean()
+    torch.testing.assert_close(loss, expected)
+    assert set(logs) == {"quality/ecg", "quality_gap/ecg"}
+
+
+def test_training_on_the_ranking_alone_raises_the_variance_of_degraded_records_it_never_saw():
+    aug = QualityAugmentation(modalities=["ecg"], fraction=0.5, max_severity=3.0, margin=1.0)
+    module = _module(aug).train()
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    for step in range(60):
+        torch.manual_seed(step)
+        batch = {"inputs": {"ecg": _records(16, 100 + step)}, "present": {"ecg": torch.ones(16, dtype=torch.bool)}}
+        loss, _ = aug.loss(module, batch, module.embed(batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    fresh = _records(32, 7)
+    present = torch.ones(32, dtype=torch.bool)
+    with torch.no_grad():
+        clean = module.embed_modality("ecg", fresh, present).log_var.mean(-1)
+        for kind in aug.kinds("ecg"):
+            noisy = module.embed_modality("ecg", corrupt("ecg", kind, fresh, 3.0, seed=1), present).log_var.mean(-1)
+            assert (noisy > clean).float().mean() > 0.8, kind
