@@ -12,7 +12,7 @@ ProbMED preset with the Bhattacharyya logit in place of its Hellinger similarity
 Printed per row, mean ± sd over seeds, on the test split (last checkpoint), every figure the evaluation suite's
 (``probmed/evaluation/suite.py``, scalars of ``test_metrics.json``): R@1 and R@5 text<->cxr (the one pair every
 preset trains), mean R@1 and R@5 and PMRP over the row's trained pairs, zero-shot AUROC and ECE raw and
-temperature-scaled (temperatures fitted on validation), AURC and E-AURC of abstaining on the variance and on the
+temperature-scaled and Platt-scaled (fitted on validation), AURC and E-AURC of abstaining on the variance and on the
 similarity margin, the 10-bin Pearson(variance bin, R@1) (PCME++ / ProLIP; negative = informative), and the
 Spearman correlation of predicted variance with corruption severity (every registered corruption of every input at
 severities 0-3; a second table gives the suite's per-modality value).
@@ -74,9 +74,10 @@ DEMO_INPUT_SIZES = {"CXRInput": {"size": 64}, "CXRSecondViewInput": {"size": 64}
 SEVERITIES = (1.0, 2.0, 3.0)
 ROBUSTNESS = "test/robustness/mean_variance_spearman"
 COLUMNS = ["R@1 text<->cxr", "R@5 text<->cxr", "mean R@1", "mean R@5", "PMRP", "zero-shot AUROC", "ECE",
-           "ECE scaled", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson", "var-aware wins",
-           "var~severity rho"]
-LOWER_IS_BETTER = {"ECE", "ECE scaled", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson"}
+           "ECE scaled", "ECE Platt", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson",
+           "var-aware wins", "var~severity rho"]
+LOWER_IS_BETTER = {"ECE", "ECE scaled", "ECE Platt", "AURC", "AURC margin", "E-AURC", "E-AURC margin",
+                   "10-bin Pearson"}
 
 
 def preset_config(name: str, objective_file: str | None = None) -> dict:
@@ -162,6 +163,7 @@ def summarise(scalars: dict, modalities: list[str]) -> dict[str, float]:
         "zero-shot AUROC": mean_of(["test/zeroshot/mean_auroc"]),
         "ECE": mean_of(["test/zeroshot/mean_ece"]),
         "ECE scaled": mean_of(["test/zeroshot/mean_ece_scaled"]),
+        "ECE Platt": mean_of(["test/zeroshot/mean_ece_platt"]),
         "AURC": mean_of(["test/mean_aurc"]),
         "AURC margin": mean_of(["test/confidence/margin/mean_aurc"]),
         "E-AURC": mean_of(["test/confidence/variance/mean_e_aurc"]),

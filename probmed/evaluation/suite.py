@@ -21,7 +21,7 @@ from probmed.data.schema import FINDINGS
 from probmed.data.studies import stable_hash
 from probmed.embedding import GaussianEmbedding
 from probmed.evaluation import plots
-from probmed.evaluation.calibration import apply_temperature, fit_temperature
+from probmed.evaluation.calibration import apply_platt, apply_temperature, fit_platt, fit_temperature
 from probmed.evaluation.collect import EmbeddingCollector
 from probmed.evaluation.confidence import (
     SIGNALS, ConfidenceRule, binned_recall, confidence_signals, oracle_aurc, random_aurc, selective_scores,
@@ -212,7 +212,8 @@ class Evaluator:
         ranks: dict = {}
         rows = self._retrieval(embeddings, score, ks, labels, ranks, stage, scalars)
         details["retrieval"] = rows
-        fitted: dict[str, Any] = {"version": FITTED_VERSION, "step": int(step), "confidence": {}, "temperature": {}}
+        fitted: dict[str, Any] = {"version": FITTED_VERSION, "step": int(step), "confidence": {}, "temperature": {},
+                                  "platt": {}}
 
         if stage in cfg.uncertainty and ranks:
             details["uncertainty"], curves = self._uncertainty(ranks, stage, scalars,
@@ -441,9 +442,10 @@ class Evaluator:
 
     def _zero_shot(self, module, embeddings, labels, score, stage, scalars, figures, fit: dict | None = None) -> dict:
         """Zero-shot AUROC / balanced accuracy per finding, ECE and reliability per modality; with ``fit`` (a
-        validation) one temperature per modality is fitted (:mod:`probmed.evaluation.calibration`) into
-        ``fit["temperature"]``, otherwise the stored temperatures of :attr:`fitted` give ``<stage>/zeroshot/<m>/
-        ece_scaled`` and the temperature-scaled reliability diagram beside the raw one."""
+        validation) one temperature per modality and a Platt slope and intercept per modality and finding are fitted
+        (:mod:`probmed.evaluation.calibration`) into ``fit["temperature"]`` and ``fit["platt"]``, otherwise the
+        stored ones of :attr:`fitted` give ``<stage>/zeroshot/<m>/ece_scaled`` (temperature), ``.../ece_platt`` and
+        the scaled reliability diagrams beside the raw one."""
         prompts = self._embed_prompts(module)
         if prompts is None:
             return {"skipped": f"no {self.config.zero_shot.modality} encoder or input pipeline to embed prompts"}
@@ -453,6 +455,7 @@ class Evaluator:
         scale = self._prompt_scale(module, embeddings)
         res = zero_shot(embeddings, labels, self.findings, prompts, score, scale, text=zs.modality)
         temperatures = (self.fitted or {}).get("temperature", {}) if fit is None else {}
+        platt = (self.fitted or {}).get("platt", {}) if fit is None else {}
         out, bins = {}, {}
         for m, per_finding in res.items():
             out[m] = {f: {"auroc": v["auroc"], "balanced_accuracy": v["balanced_accuracy"], "n": len(v["target"])}
@@ -478,14 +481,33 @@ class Evaluator:
                     scalars[f"{stage}/zeroshot/{m}/ece_scaled"] = out[m]["ece_scaled"] = \
                         expected_calibration_error(scaled, target)
                     bins[f"{m} T={temperatures[m]:.3g}"] = reliability_bins(scaled, target)
+                self._platt(m, per_finding, fit, platt, f"{stage}/zeroshot/{m}", scalars, out, bins)
         scalars[f"{stage}/zeroshot/mean_auroc"] = _nanmean(scalars.get(f"{stage}/zeroshot/{m}/mean_auroc") for m in res)
         scalars[f"{stage}/zeroshot/mean_ece"] = _nanmean(scalars.get(f"{stage}/zeroshot/{m}/ece") for m in res)
         if any(f"{stage}/zeroshot/{m}/ece_scaled" in scalars for m in res):
             scalars[f"{stage}/zeroshot/mean_ece_scaled"] = _nanmean(
                 scalars.get(f"{stage}/zeroshot/{m}/ece_scaled") for m in res)
+        if any(f"{stage}/zeroshot/{m}/ece_platt" in scalars for m in res):
+            scalars[f"{stage}/zeroshot/mean_ece_platt"] = _nanmean(
+                scalars.get(f"{stage}/zeroshot/{m}/ece_platt") for m in res)
         if figures is not None and bins:
             figures["reliability"] = plots.reliability_figure(bins)
         return out
+
+    @staticmethod
+    def _platt(m, per_finding, fit, stored, prefix, scalars, out, bins) -> None:
+        """Fit (``fit`` given) or apply the per-finding Platt scaling of modality ``m``: ``<prefix>/ece_platt``
+        over all its findings' predictions and the Platt reliability diagram."""
+        if fit is not None:
+            fit["platt"][m] = {f: list(fit_platt(v["logits"], v["target"]))
+                               for f, v in per_finding.items() if len(v["target"])}
+            return
+        found = [(apply_platt(v["logits"], *stored[m][f]), v["target"])
+                 for f, v in per_finding.items() if f in stored.get(m, {}) and len(v["target"])]
+        if found:
+            probs, target = torch.cat([p for p, _ in found]), torch.cat([t for _, t in found])
+            scalars[f"{prefix}/ece_platt"] = out[m]["ece_platt"] = expected_calibration_error(probs, target)
+            bins[f"{m} Platt"] = reliability_bins(probs, target)
 
     def _robustness(self, embeddings, corrupted, score, stage, scalars) -> dict:
         """Per corruption and severity: mean R@1 of the corrupted modality as query against every other modality's

@@ -61,6 +61,7 @@ def test_fit_stores_the_last_validations_fitted_state_and_test_and_predict_use_i
     scalars = metrics["scalars"]
     for m, t in stored["temperature"].items():
         assert scalars[f"test/zeroshot/{m}/temperature"] == t and f"test/zeroshot/{m}/ece_scaled" in scalars
+        assert stored["platt"][m] and f"test/zeroshot/{m}/ece_platt" in scalars  # a slope and intercept per finding
     for p in fitted_rules:
         assert f"test/confidence/variance_aware/aurc/{p}" in scalars
     for p in ("cxr->ecg", "text->echo"):
