@@ -30,6 +30,16 @@ def scaled_nll(logits: Tensor, target: Tensor, inverse_temperature: float) -> fl
     return float(torch.nn.functional.binary_cross_entropy_with_logits(z, target.double()))
 
 
+def _checked(logits: Tensor, target: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    """``(logits, target)`` in float64, or a clear error for an empty or non-finite input."""
+    z, y = logits.double(), target.double()
+    if len(z) == 0:
+        raise ValueError(f"{what} needs at least one labelled prediction")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"{what} got non-finite logits")
+    return z, y
+
+
 def fit_temperature(logits: Tensor, target: Tensor, iterations: int = 100, tol: float = 1e-12) -> float:
     """The temperature ``T`` minimising :func:`scaled_nll` over ``β = 1/T ≥ 1e-3``.
 
@@ -39,11 +49,7 @@ def fit_temperature(logits: Tensor, target: Tensor, iterations: int = 100, tol: 
     Raises:
         ValueError: no labelled logit, or non-finite logits.
     """
-    z, y = logits.double(), target.double()
-    if len(z) == 0:
-        raise ValueError("temperature scaling needs at least one labelled prediction")
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError("temperature scaling got non-finite logits")
+    z, y = _checked(logits, target, "temperature scaling")
     beta = 1.0
     for _ in range(iterations):
         p = torch.sigmoid(beta * z)
@@ -79,11 +85,7 @@ def fit_platt(logits: Tensor, target: Tensor, iterations: int = 100, l2: float =
     Raises:
         ValueError: no labelled logit, or non-finite logits.
     """
-    z, y = logits.double(), target.double()
-    if len(z) == 0:
-        raise ValueError("Platt scaling needs at least one labelled prediction")
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError("Platt scaling got non-finite logits")
+    z, y = _checked(logits, target, "Platt scaling")
     x = torch.stack([z, torch.ones_like(z)], 1)  # [N, 2]
     reg = torch.tensor([0.0, l2], dtype=torch.float64)
 
