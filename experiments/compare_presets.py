@@ -45,7 +45,7 @@ DEMO_TOWERS = PRESETS / "towers" / "demo"
 #: configs/ replacing its objective or None[, model settings laid over the config's]). The ``demo*`` rows keep the demo's embedding size
 #: (64) and validation cadence; the preset rows keep their presets' (512).
 QUALITY = {"quality_augmentation": {"modalities": ["cxr", "ecg", "echo", "text"], "weight": 1.0, "fraction": 0.25,
-                                    "max_severity": 3.0, "margin": 1.0}}
+                                    "max_severity": 3.0, "margin": 2.0}}
 ROWS: dict[str, tuple] = {
     "probmed": ("presets/probmed.yaml", None, None),
     "probmed-logbc": ("presets/probmed.yaml", "bhattacharyya", None),

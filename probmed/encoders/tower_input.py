@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
 from torch import Tensor, nn
 
 
@@ -39,6 +40,16 @@ def select_rows(inputs: Tensor | Mapping[str, Tensor], rows: Tensor) -> Tensor |
     if isinstance(inputs, Mapping):
         return {key: value[rows] for key, value in inputs.items()}
     return inputs[rows]
+
+
+def concat_rows(first: Tensor | Mapping[str, Tensor], second: Tensor | Mapping[str, Tensor]) -> Any:
+    """The rows of ``second`` appended to those of ``first`` (the same layout: two tensors, or two mappings with the
+    same keys)."""
+    if isinstance(first, Mapping):
+        if not isinstance(second, Mapping) or set(first) != set(second):
+            raise ValueError("concat_rows: both inputs must be mappings with the same keys")
+        return {key: torch.cat([first[key], second[key]]) for key in first}
+    return torch.cat([first, second])
 
 
 def run_tower(tower: nn.Module, inputs: Tensor | Mapping[str, Tensor]) -> Any:

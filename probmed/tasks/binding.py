@@ -214,11 +214,14 @@ class ProbMedModule(L.LightningModule):
         if missing:
             raise ValueError(f"the objective needs {missing} but the data module does not load them")
         self.nonfinite.snapshot(self)  # batch-norm statistics before this step's forward (restored if skipped)
-        embeddings = self.embed(batch, self.objective.modalities)
+        if self.quality_augmentation is None:
+            embeddings, copies = self.embed(batch, self.objective.modalities), None
+        else:
+            embeddings, copies = self.quality_augmentation.embed(self, batch, self.objective.modalities)
         out = self.objective(embeddings, batch["group"])
         raw = out.total
-        if self.quality_augmentation is not None:
-            quality, quality_logs = self.quality_augmentation.loss(self, batch, embeddings)
+        if copies is not None:
+            quality, quality_logs = self.quality_augmentation.loss(embeddings, copies)
             raw = raw + quality
             out.extras.update(quality_logs)
         batch_size = len(batch["group"])

@@ -10,8 +10,8 @@ pair (original, degraded) is ranked by its mean log-variance::
 
 with ``ū`` the mean of the log-variance over the D dimensions. The degraded copy must be less certain than its
 original by a margin that grows with the severity. No label of quality is read: the severities are the ones drawn
-here. The original's embedding is the step's own (the contrastive terms see it unchanged); the degraded copies
-enter no other term. One corruption kind and one severity per modality and step (drawn from the step's seeded
+here. The copies pass the tower in the same forward as the batch (one set of batch-norm statistics, as at
+evaluation); the originals' embeddings are the step's own, and the degraded copies enter no other term. One corruption kind and one severity per modality and step (drawn from the step's seeded
 generator, so a resumed run draws the same). Under DDP each rank ranks its own rows and DDP averages the gradients
 (equal to the global mean when every rank degrades the same number of rows).
 """
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from probmed.embedding import GaussianEmbedding
-from probmed.encoders.tower_input import select_rows
+from probmed.encoders.tower_input import concat_rows, select_rows
 from probmed.data.registry import SPECS
 from probmed.evaluation.corruptions import corrupt, corruptions_for
 
@@ -71,31 +71,52 @@ class QualityAugmentation:
                              f"corruptions: {have} (for a modality added in the config, map it with `like:`)")
         return sorted(kinds)
 
-    def loss(self, module, batch: dict, embeddings: dict[str, GaussianEmbedding]) -> tuple[Tensor, dict]:
-        """``(weighted ranking loss, logs)`` of one training step; ``module.embed_modality`` embeds the copies."""
+    def embed(self, module, batch: dict, modalities) -> tuple[dict[str, GaussianEmbedding], dict]:
+        """The step's embeddings (``module.embed``'s) and the degraded copies: ``(embeddings, copies)`` with
+        ``copies[m] = (GaussianEmbedding [k, D] of the copies, rows [k] they copy, severity)``.
+
+        A modality's degraded copies pass its tower in the same forward as the batch's rows, so a batch-norm tower
+        normalises them with the same statistics (in training mode a separate forward of degraded rows alone would
+        be normalised by their own statistics, which evaluation's running statistics do not reproduce)."""
+        names = [n for n in batch["inputs"] if (n in module.encoders or n in module.shared) and n in modalities]
+        embeddings, copies = {}, {}
+        for m in names:
+            inputs, present = batch["inputs"][m], batch["present"][m]
+            plan = self._draw(m, present) if m in self.modalities else None
+            if plan is None:
+                embeddings[m] = module.embed_modality(m, inputs, present)
+                continue
+            rows, kind, severity, seed = plan
+            degraded = corrupt(m, kind, select_rows(inputs, rows), severity, seed, like=self.like.get(m))
+            ones = torch.ones(len(rows), dtype=torch.bool, device=present.device)
+            both = module.embed_modality(m, concat_rows(inputs, degraded), torch.cat([present, ones]))
+            b = len(present)
+            embeddings[m] = GaussianEmbedding(both.mean[:b], both.log_var[:b], present)
+            copies[m] = (GaussianEmbedding(both.mean[b:], both.log_var[b:], ones), rows, severity)
+        return embeddings, copies
+
+    def _draw(self, modality: str, present: Tensor):
+        """``(rows, kind, severity, seed)`` of this step's degradation of ``modality``, or None (< 2 rows)."""
+        rows = present.nonzero().squeeze(1)
+        if len(rows) < 2:  # a single degraded row cannot pass a training batch-norm tower alone
+            return None
+        k = min(len(rows), max(2, int(round(self.fraction * len(rows)))))
+        rows = rows[torch.randperm(len(rows))[:k].to(rows.device)]
+        kinds = self.kinds(modality)
+        kind = kinds[int(torch.randint(len(kinds), ()))]
+        severity = float(torch.rand(())) * self.max_severity
+        return rows, kind, severity, int(torch.randint(2**31 - 1, ()))
+
+    def loss(self, embeddings: dict[str, GaussianEmbedding], copies: dict) -> tuple[Tensor, dict]:
+        """``(weighted ranking loss, logs)`` of one training step from :meth:`embed`'s output."""
         total, logs = None, {}
-        for m in self.modalities:
-            if m not in embeddings:
-                continue
-            present = embeddings[m].present
-            rows = present.nonzero().squeeze(1)
-            if len(rows) < 2:  # a single row cannot pass a training batch-norm tower alone
-                continue
-            k = min(len(rows), max(2, int(round(self.fraction * len(rows)))))
-            rows = rows[torch.randperm(len(rows))[:k].to(rows.device)]
-            kinds = self.kinds(m)
-            kind = kinds[int(torch.randint(len(kinds), ()))]
-            severity = float(torch.rand(())) * self.max_severity
-            seed = int(torch.randint(2**31 - 1, ()))
-            degraded = corrupt(m, kind, select_rows(batch["inputs"][m], rows), severity, seed, like=self.like.get(m))
-            ones = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
-            copy = module.embed_modality(m, degraded, ones)
+        for m, (copy, rows, severity) in copies.items():
             gap = copy.log_var.mean(-1) - embeddings[m].log_var[rows].mean(-1)
-            per_row = torch.relu(self.margin * severity / self.max_severity - gap)
-            part = per_row.mean()
+            part = torch.relu(self.margin * severity / self.max_severity - gap).mean()
             total = part if total is None else total + part
             logs[f"quality/{m}"] = part.detach()
             logs[f"quality_gap/{m}"] = gap.detach().mean()
         if total is None:
-            return torch.zeros((), device=next(module.parameters()).device), logs
+            anchor = next(iter(embeddings.values())).log_var
+            return anchor.sum() * 0.0, logs
         return self.weight * total, logs

@@ -34,23 +34,26 @@ def test_a_modality_without_corruptions_is_a_clear_error_naming_those_with():
         QualityAugmentation(fraction=0.0)
 
 
-def test_the_loss_is_the_severity_scaled_hinge_on_the_mean_log_variance_gap():
+def test_the_copies_share_the_batch_forward_and_the_loss_is_the_severity_scaled_hinge():
     aug = QualityAugmentation(modalities=["ecg"], fraction=0.5, max_severity=2.0, margin=3.0, weight=2.0)
     module = _module(aug).train()
     batch = {"inputs": {"ecg": _records(8, 1)}, "present": {"ecg": torch.ones(8, dtype=torch.bool)}}
-    emb = module.embed(batch)
     torch.manual_seed(5)
-    loss, logs = aug.loss(module, batch, emb)
-    torch.manual_seed(5)  # the same draws, by hand
+    emb, copies = aug.embed(module, batch, ["ecg"])
+    loss, logs = aug.loss(emb, copies)
+    torch.manual_seed(5)  # the same draws, by hand: 4 rows, a kind, a severity, a seed
     rows = torch.arange(8)[torch.randperm(8)[:4]]
     kind = aug.kinds("ecg")[int(torch.randint(3, ()))]
     severity = float(torch.rand(())) * 2.0
     seed = int(torch.randint(2**31 - 1, ()))
-    copy = module.embed_modality("ecg", corrupt("ecg", kind, {k: v[rows] for k, v in batch["inputs"]["ecg"].items()},
-                                                severity, seed), torch.ones(4, dtype=torch.bool))
-    gap = copy.log_var.mean(-1) - emb["ecg"].log_var[rows].mean(-1)
-    expected = 2.0 * torch.relu(3.0 * severity / 2.0 - gap).mean()
-    torch.testing.assert_close(loss, expected)
+    degraded = corrupt("ecg", kind, {k: v[rows] for k, v in batch["inputs"]["ecg"].items()}, severity, seed)
+    # one forward of the 8 rows and their 4 copies (the tower's batch-norm sees them together)
+    both = {k: torch.cat([batch["inputs"]["ecg"][k], degraded[k]]) for k in degraded}
+    ref = module.embed_modality("ecg", both, torch.ones(12, dtype=torch.bool))
+    torch.testing.assert_close(emb["ecg"].log_var, ref.log_var[:8])
+    torch.testing.assert_close(copies["ecg"][0].log_var, ref.log_var[8:])
+    gap = ref.log_var[8:].mean(-1) - ref.log_var[:8][rows].mean(-1)
+    torch.testing.assert_close(loss, 2.0 * torch.relu(3.0 * severity / 2.0 - gap).mean())
     assert set(logs) == {"quality/ecg", "quality_gap/ecg"}
 
 
@@ -61,7 +64,7 @@ def test_training_on_the_ranking_alone_raises_the_variance_of_degraded_records_i
     for step in range(60):
         torch.manual_seed(step)
         batch = {"inputs": {"ecg": _records(16, 100 + step)}, "present": {"ecg": torch.ones(16, dtype=torch.bool)}}
-        loss, _ = aug.loss(module, batch, module.embed(batch))
+        loss, _ = aug.loss(*aug.embed(module, batch, ["ecg"]))
         opt.zero_grad()
         loss.backward()
         opt.step()
