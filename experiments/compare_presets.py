@@ -42,10 +42,9 @@ PRESETS = REPO / "configs" / "presets"
 DEMO_TOWERS = PRESETS / "towers" / "demo"
 
 #: row -> (config under configs/, similarity replacing its InfoNCE similarity or None, objective file under
-#: configs/ replacing its objective or None[, model settings laid over the config's]). The ``demo*`` rows keep the demo's embedding size
+#: configs/ replacing its objective or None[, an overlay under configs/ whose model settings are laid over the
+#: config's]). The ``demo*`` rows keep the demo's embedding size
 #: (64) and validation cadence; the preset rows keep their presets' (512).
-QUALITY = {"quality_augmentation": {"modalities": ["cxr", "ecg", "echo", "text"], "weight": 1.0, "fraction": 0.25,
-                                    "max_severity": 3.0, "margin": 2.0}}
 ROWS: dict[str, tuple] = {
     "probmed": ("presets/probmed.yaml", None, None),
     "probmed-logbc": ("presets/probmed.yaml", "bhattacharyya", None),
@@ -62,7 +61,7 @@ ROWS: dict[str, tuple] = {
     # ablations of the demo's objective (configs/ablations/, issue 25 part 3)
     "demo-no-sampling": ("demo.yaml", None, "ablations/probmed_no_sampling.yaml"),
     "demo-difficulty-no-sampling": ("demo.yaml", None, "ablations/probmed_difficulty_no_sampling.yaml"),
-    "demo-quality": ("demo.yaml", None, None, QUALITY),
+    "demo-quality": ("demo.yaml", None, None, "presets/overlays/quality_augmentation.yaml"),
 }
 CONFIGS = REPO / "configs"
 
@@ -98,7 +97,7 @@ def base_modality(key: str) -> str:
 
 
 def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Path, run_dir: Path,
-             model_extra: dict | None = None) -> dict:
+             overlay: str | None = None) -> dict:
     """The config laid over the preset: demo towers, sizes, optimiser, budget, data and output places."""
     enc = preset["model"].get("encoders", {})
     inputs = {}
@@ -116,7 +115,8 @@ def override(preset: dict, similarity: str | None, args, seed: int, data_dir: Pa
             if group["term"].endswith("ProbabilisticInfoNCE"):
                 group.setdefault("args", {})["similarity"] = similarity
     model["objective"] = objective
-    model.update(copy.deepcopy(model_extra or {}))
+    if overlay is not None:
+        model.update(yaml.safe_load((CONFIGS / overlay).read_text())["model"])
     return {
         "seed_everything": seed,
         "trainer": {
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
 
     results: dict[str, dict[str, list[float]]] = {}
     per_modality: dict[str, dict[str, list[float]]] = {}  # row -> modality -> variance~severity rho per seed
-    for name, (preset_file, similarity, objective_file, *model_extra) in rows.items():
+    for name, (preset_file, similarity, objective_file, *overlay) in rows.items():
         preset = preset_config(preset_file, objective_file)
         modalities = list(preset["data"].get("modalities") or preset["data"]["inputs"])
         for seed in seeds:
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
             if not tested:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 over = run_dir / "override.yaml"
-                config = override(preset, similarity, args, seed, data_dir, run_dir, *model_extra)
+                config = override(preset, similarity, args, seed, data_dir, run_dir, *overlay)
                 over.write_text(yaml.safe_dump(config,
                                                sort_keys=False))
                 cfg = ["--config", str(CONFIGS / preset_file), "--config", str(over)]

@@ -50,7 +50,7 @@ class QualityAugmentation:
     weight: float = 1.0
     fraction: float = 0.25
     max_severity: float = 3.0
-    margin: float = 1.0
+    margin: float = 2.0
     like: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
