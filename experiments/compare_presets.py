@@ -214,6 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="data loader workers")
     p.add_argument("--only", help=f"comma-separated rows (default: all of {', '.join(ROWS)})")
     p.add_argument("--workdir", default=str(REPO / "runs" / "compare"))
+    p.add_argument("--report-only", action="store_true",
+                   help="print the table of the runs already tested under --workdir; start nothing")
     args = p.parse_args(argv)
 
     rows = dict(ROWS)
@@ -226,7 +228,7 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(args.data).resolve() if args.data else workdir / f"corpus-{args.studies}"
-    if not (data_dir / "sizes.json").is_file():
+    if not args.report_only and not (data_dir / "sizes.json").is_file():
         print(f"generating {args.studies} studies into {data_dir}", flush=True)
         probmed("data", "synth", "--out", str(data_dir), "--studies", str(args.studies), "--seed", "0",
                 "--workers", str(args.workers), "--quiet", log=workdir / "synth.log")
@@ -241,6 +243,9 @@ def main(argv=None) -> int:
             metrics_file = run_dir / "test_metrics.json"
             fitted = run_dir / "fit.done"  # a finished fit (an interrupted one leaves an earlier last.ckpt)
             tested = metrics_file.is_file() and ROBUSTNESS in json.loads(metrics_file.read_text())["scalars"]
+            if not tested and args.report_only:
+                print(f"[{name} seed {seed}] not tested yet: left out", flush=True)
+                continue
             if not tested:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 over = run_dir / "override.yaml"
@@ -269,10 +274,10 @@ def main(argv=None) -> int:
                     per_modality.setdefault(title, {}).setdefault(name, {}).setdefault(m, []).append(
                         scalars.get(key.format(m=m), math.nan))
 
-    head = "| row | " + " | ".join(COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    head = "| row | seeds | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name, cols in results.items():
-        lines.append(f"| {name} | " + " | ".join(mean_sd(cols[c]) for c in COLUMNS) + " |")
+        lines.append(f"| {name} | {len(cols['mean R@1'])} | " + " | ".join(mean_sd(cols[c]) for c in COLUMNS) + " |")
     table = "\n".join(lines)
     print(f"\nTest split of {data_dir.name}, {args.epochs} epoch(s), seeds {seeds} (mean ± sd; R@K in percent; "
           f"{', '.join(sorted(LOWER_IS_BETTER))} lower is better):\n{table}")
