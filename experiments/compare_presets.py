@@ -73,10 +73,10 @@ DEMO_INPUT_SIZES = {"CXRInput": {"size": 64}, "CXRSecondViewInput": {"size": 64}
 SEVERITIES = (1.0, 2.0, 3.0)
 ROBUSTNESS = "test/robustness/mean_variance_spearman"
 COLUMNS = ["R@1 text<->cxr", "R@5 text<->cxr", "mean R@1", "mean R@5", "PMRP", "zero-shot AUROC", "ECE",
-           "ECE scaled", "ECE Platt", "AURC", "AURC margin", "E-AURC", "E-AURC margin", "10-bin Pearson",
-           "var-aware wins", "var~severity rho"]
-LOWER_IS_BETTER = {"ECE", "ECE scaled", "ECE Platt", "AURC", "AURC margin", "E-AURC", "E-AURC margin",
-                   "10-bin Pearson"}
+           "ECE scaled", "ECE Platt", "AURC", "AURC margin", "AURC var-aware", "E-AURC", "E-AURC margin",
+           "10-bin Pearson", "var-aware wins", "var~severity rho"]
+LOWER_IS_BETTER = {"ECE", "ECE scaled", "ECE Platt", "AURC", "AURC margin", "AURC var-aware", "E-AURC",
+                   "E-AURC margin", "10-bin Pearson"}
 
 
 def preset_config(name: str, objective_file: str | None = None) -> dict:
@@ -166,6 +166,7 @@ def summarise(scalars: dict, modalities: list[str]) -> dict[str, float]:
         "ECE Platt": mean_of(["test/zeroshot/mean_ece_platt"]),
         "AURC": mean_of(["test/mean_aurc"]),
         "AURC margin": mean_of(["test/confidence/margin/mean_aurc"]),
+        "AURC var-aware": mean_of(["test/confidence/variance_aware/mean_aurc"]),
         "E-AURC": mean_of(["test/confidence/variance/mean_e_aurc"]),
         "E-AURC margin": mean_of(["test/confidence/margin/mean_e_aurc"]),
         "10-bin Pearson": mean_of(["test/confidence/variance/mean_binned_pearson"]),
