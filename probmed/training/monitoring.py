@@ -92,12 +92,12 @@ class HParamsSummary(Callback):
     per command, on global rank 0, when training (after the optimizers exist), validation or testing starts."""
 
     def __init__(self) -> None:
-        self.written = False
+        self._done = False
 
     def _write(self, trainer, module) -> None:
-        if self.written or not trainer.is_global_zero:
+        if self._done or not trainer.is_global_zero:
             return
-        self.written = True
+        self._done = True
         logger = trainer.logger
         experiment = getattr(logger, "experiment", None) if logger is not None else None
         if experiment is None or not hasattr(experiment, "_get_file_writer"):

@@ -111,7 +111,8 @@ def test_steps_are_monotone_and_val_scalars_sit_with_the_figures(smoke_run):
         assert steps == sorted(steps), (tag, steps)
     for tag in ("validate/samples", "validate/batches", "validate/time"):
         steps = [e.step for e in events.Scalars(tag)]
-        assert len(steps) == 3 and len(set(steps)) == 1, (tag, steps)  # the fit's and two validates', one step
+        # the fit's validation, then the two validates at the checkpoint's step (not 1, 2, ... again)
+        assert len(steps) == 3 and steps[0] <= steps[1] == steps[2] >= 2, (tag, steps)
     val_steps = {e.step for e in events.Scalars("val/rsum")}
     image_steps = {e.step for tag in tags["images"] for e in events.Images(tag)}
     histogram_steps = {e.step for tag in tags["histograms"] for e in events.Histograms(tag)}
