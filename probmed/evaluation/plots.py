@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
@@ -94,6 +95,8 @@ def similarity_figure(matrices: dict[str, Tensor]) -> Figure:
         query, gallery = name.split("->") if "->" in name else (name, "")
         im = ax.imshow(m.numpy(), cmap="viridis")
         ax.set(title=f"{name} ({len(m)} studies)", xlabel=f"{gallery} gallery study", ylabel=f"{query} query study")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))  # study indices
         bar = fig.colorbar(im, ax=ax, fraction=0.046)
         bar.set_label("similarity score (higher = closer)", fontsize=7)
     fig.suptitle("every modality pair: query × gallery score, true partners on the diagonal", fontsize=9)
