@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ThroughputMonitor
+from lightning.pytorch.callbacks import Callback, Checkpoint, LearningRateMonitor, ThroughputMonitor
 
 from probmed.training.run_dir import _tensorboard_args
 from probmed.training.throughput import Throughput
@@ -27,8 +27,9 @@ STAGES = ("val", "test")
 
 
 def add_monitoring(trainer) -> list[Callback]:
-    """Append a ``LearningRateMonitor`` and a :class:`Throughput` to ``trainer.callbacks`` where missing (only
-    when the trainer has a logger: there is nowhere to log otherwise). Returns the callbacks added."""
+    """Add a ``LearningRateMonitor`` and a :class:`Throughput` to ``trainer.callbacks`` where missing, before the
+    checkpoint callbacks (only when the trainer has a logger: there is nowhere to log otherwise). Returns the
+    callbacks added."""
     if not trainer.loggers:
         return []
     added: list[Callback] = []
@@ -36,7 +37,9 @@ def add_monitoring(trainer) -> list[Callback]:
         added.append(LearningRateMonitor(logging_interval="step"))
     if not any(isinstance(c, ThroughputMonitor) for c in trainer.callbacks):
         added.append(Throughput())
-    trainer.callbacks.extend(added)
+    checkpoints = [i for i, c in enumerate(trainer.callbacks) if isinstance(c, Checkpoint)]
+    at = checkpoints[0] if checkpoints else len(trainer.callbacks)  # checkpoints keep running last
+    trainer.callbacks[at:at] = added
     return added
 
 

@@ -176,3 +176,21 @@ def test_similarity_figure_has_a_panel_per_pair_with_a_labelled_colour_bar():
     panels = [ax for ax in fig.axes if ax.get_title()]
     bars = [ax for ax in fig.axes if ax.get_ylabel().startswith("similarity score")]
     assert sorted(ax.get_title().split(" ")[0] for ax in panels) == sorted(pairs) and len(bars) == 6
+
+
+def test_monitoring_callbacks_are_added_once_before_the_checkpoints(tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from probmed.training import Throughput
+    from probmed.training.monitoring import add_monitoring
+
+    bare = Trainer(logger=TensorBoardLogger(tmp_path), accelerator="cpu", enable_progress_bar=False)
+    added = add_monitoring(bare)
+    assert [type(c) for c in added] == [LearningRateMonitor, Throughput]
+    assert isinstance(bare.callbacks[-1], ModelCheckpoint)  # still last
+    assert add_monitoring(bare) == []  # present now: never a second
+    listed = Trainer(logger=TensorBoardLogger(tmp_path), accelerator="cpu", callbacks=[LearningRateMonitor()])
+    assert [type(c) for c in add_monitoring(listed)] == [Throughput]
+    assert add_monitoring(Trainer(logger=False, accelerator="cpu")) == []  # nowhere to log
