@@ -29,6 +29,7 @@ from probmed.tasks.binding import ProbMedModule
 from probmed.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from probmed.training.console import adapt_console, silence_lightning_noise
 from probmed.training.requeue import SlurmRequeue, catch_early_requeue_signal, requeue_signal, slurm_requeue_wanted
+from probmed.training.monitoring import HParamsSummary, add_monitoring, without_placeholder_hp_metric
 from probmed.training.run_dir import RunReport, checkpoint_run, log_into_run, name_logger_after_config
 from probmed.training.resume import (candidate_checkpoints, hparams_differences, newest_complete_checkpoint,
                                      require_lightning_checkpoint, stale_temp_files)
@@ -152,6 +153,7 @@ class ProbMedCLI(LightningCLI):
         config = self.config[subcommand]
         self._resume_step, self._into_run = None, None
         name_logger_after_config(config.get("trainer"), config.get("config"))
+        without_placeholder_hp_metric(config.get("trainer"))
         dirs, root = checkpoint_locations(config.get("trainer") or {})
         if subcommand == "fit":
             for stale in stale_temp_files([*dirs, root]):
@@ -231,6 +233,8 @@ class ProbMedCLI(LightningCLI):
             trainer.callbacks.append(SlurmRequeue(requeue_signal(trainer)))
         adapt_console(trainer, configured, progress_bar_requested=config.get("enable_progress_bar") is True)
         trainer.callbacks.append(RunReport(getattr(self, "_resume_step", None)))
+        add_monitoring(trainer)  # LR and throughput in every config, whatever its callback list
+        trainer.callbacks.append(HParamsSummary())  # after RunReport: the counters are the checkpoint's by then
         return trainer
 
 

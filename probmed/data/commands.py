@@ -245,18 +245,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    """Print the dry run's report on stdout: studies, then per modality its used / skipped counts followed by up to
+    a few example causes of that modality's skips, then the label table; exit 1 (stderr) when nothing is usable."""
     from probmed.data.builder import check_dataset
 
     summary = check_dataset(args.manifest, _options(args), workers=args.workers, progress=not args.quiet)
     print(f"{summary['studies']} studies, {summary['usable_studies']} with a usable input")
+    print("inputs: used / skipped (causes), then example skips")
     for name, counts in summary["modalities"].items():
         reasons = ", ".join(f"{r} {n}" for r, n in counts["skipped"].items()) or "-"
         print(f"  {name:<8} used {counts['used']:>6}   skipped {sum(counts['skipped'].values()):>6}   {reasons}")
+        for example in (e for e in summary["skipped_examples"] if e["modality"] == name):
+            print(f"      e.g. study {example['source_study']}: {example['detail'] or example['reason']}")
     print(f"labels ({len(summary['labels'])}): positive / negative / uncertain / missing")
     for label, c in summary["labels"].items():
         print(f"  {label:<28} {c['positive']:>6} {c['negative']:>6} {c['uncertain']:>6} {c['missing']:>6}")
-    for example in summary["skipped_examples"]:
-        print(f"  e.g. {example['source_study']}: {example['modality']} {example['detail']}", file=sys.stderr)
+    sys.stdout.flush()
     if not summary["usable_studies"]:
         print("probmed data check: no usable study in the manifest", file=sys.stderr)
         return 1
@@ -331,13 +335,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``probmed data ...``: a user's mistake (:data:`probmed.user_errors.USER_ERRORS`: a missing root, a bad
+    manifest) prints one line on stderr and returns 2; ``--debug`` / ``PROBMED_DEBUG=1`` re-raises it."""
+    from probmed.user_errors import USER_ERRORS, debug_requested, report
+
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(words)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"probmed data {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        if debug_requested(sys.argv[1:]):
+            raise
+        return report(exc, words, program=f"probmed data {args.command}")
 
 
 if __name__ == "__main__":  # pragma: no cover

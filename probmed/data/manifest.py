@@ -1,5 +1,7 @@
 """The study manifest that ``probmed data build`` reads: one CSV row per study, files per modality, labels.
 
+Users' reference: docs/real_data.md, "The manifest" (tests/data/test_data_commands.py keeps it complete).
+
 Columns (paths are relative to the manifest's directory unless absolute; several paths are joined with ``;``); the
 modality columns are those of the registered modalities (:mod:`probmed.data.registry`, one path column each plus
 the value columns its converter reads):

@@ -68,10 +68,10 @@ def check_input_path(path: str | os.PathLike, roots: tuple[Path, ...], where: st
                                                    "directory and every --root")
     info = os.stat(resolved)  # FileNotFoundError propagates
     if not stat.S_ISREG(info.st_mode):
-        kind = ("directory" if stat.S_ISDIR(info.st_mode) else "FIFO" if stat.S_ISFIFO(info.st_mode)
-                else "socket" if stat.S_ISSOCK(info.st_mode) else "device" if stat.S_ISCHR(info.st_mode)
-                or stat.S_ISBLK(info.st_mode) else "special file")
-        raise UnreadableInput("not_a_regular_file", f"{prefix}{path} is a {kind}")
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a special file")
+        raise UnreadableInput("not_a_regular_file", f"{prefix}{path} is {kind}")
     limit = DEFAULT_LIMITS.file_bytes if max_bytes is None else max_bytes
     if info.st_size > limit:
         raise too_large(modality, f"{prefix}{path} holds {info.st_size} bytes (limit {limit})")

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
@@ -85,12 +86,20 @@ def risk_coverage_figure(curves: dict[str, dict]) -> Figure:
 
 
 def similarity_figure(matrices: dict[str, Tensor]) -> Figure:
-    """Query × gallery similarity of the first studies of each pair (true partners on the diagonal)."""
+    """A panel per unordered modality pair (``a->b``; ``b->a`` is its transpose for the symmetric similarities the
+    objectives train, so the panels cover every pair): the pair's retrieval score between the first studies holding
+    both (rows: the studies as ``a`` queries, columns: the same studies as ``b`` gallery; true partners on the
+    diagonal), each with a colour bar labelled in the score's units."""
     fig, axes = _grid(len(matrices))
     for ax, (name, m) in zip(axes, sorted(matrices.items())):
+        query, gallery = name.split("->") if "->" in name else (name, "")
         im = ax.imshow(m.numpy(), cmap="viridis")
-        ax.set(title=name, xlabel="gallery study", ylabel="query study")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set(title=f"{name} ({len(m)} studies)", xlabel=f"{gallery} gallery study", ylabel=f"{query} query study")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))  # study indices
+        bar = fig.colorbar(im, ax=ax, fraction=0.046)
+        bar.set_label("similarity score (higher = closer)", fontsize=7)
+    fig.suptitle("every modality pair: query × gallery score, true partners on the diagonal", fontsize=9)
     fig.tight_layout()
     return fig
 

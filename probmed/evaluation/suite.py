@@ -35,7 +35,7 @@ from probmed.evaluation.prompts import check_prompt_set, prompts_for_labels
 from probmed.evaluation.retrieval import pair_ranks, retrieval_metrics
 from probmed.evaluation.scoring import make_scorer, term_logit_scale
 from probmed.evaluation.uncertainty import (
-    aurc, expected_calibration_error, reliability_bins, risk_coverage, selective_risk, spearman,
+    aurc, expected_calibration_error, reliability_bins, risk_coverage, selective_risk, spearman, variance_quantiles,
 )
 from probmed.evaluation.zeroshot import zero_shot
 
@@ -211,6 +211,7 @@ class Evaluator:
 
         ranks: dict = {}
         rows = self._retrieval(embeddings, score, ks, labels, ranks, stage, scalars)
+        scalars.update(variance_quantiles(embeddings, stage))
         details["retrieval"] = rows
         fitted: dict[str, Any] = {"version": FITTED_VERSION, "step": int(step), "confidence": {}, "temperature": {},
                                   "platt": {}}
@@ -560,9 +561,14 @@ class Evaluator:
         logger = module.logger
         experiment = getattr(logger, "experiment", None) if logger is not None else None
         log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-        plots.publish(report["figures"], experiment, log_dir, stage, module.global_step)
+        step = getattr(module, "log_step", module.global_step)  # the step of the epoch's scalars
+        plots.publish(report["figures"], experiment, log_dir, stage, step)
+        if experiment is not None and hasattr(experiment, "add_histogram"):
+            for m, (emb, _) in sorted(embeddings.items()):
+                if len(emb):
+                    experiment.add_histogram(f"{stage}/variance/{m}", emb.mean_variance(), global_step=step)
         if stage in self.config.projector and experiment is not None and hasattr(experiment, "add_embedding"):
-            self._projector(experiment, stage, embeddings, labels, module.global_step)
+            self._projector(experiment, stage, embeddings, labels, step)
         if log_dir:
             path = Path(log_dir) / f"{stage}_metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -88,3 +88,27 @@ def reliability_bins(probs: Tensor, target: Tensor, n_bins: int = 10) -> dict[st
         "confidence": torch.where(count > 0, conf / count.clamp_min(1), nan),
         "frequency": torch.where(count > 0, freq / count.clamp_min(1), nan),
     }
+
+
+#: the quantiles of each modality's predicted variance logged at every evaluation (``<stage>/variance/<m>/p05`` ...)
+VARIANCE_QUANTILES = (0.05, 0.5, 0.95)
+
+
+def variance_quantiles(embeddings: dict, stage: str) -> dict[str, float]:
+    """``{"<stage>/variance/<m>/p05": q, ".../p50", ".../p95", ".../mean"}`` of each modality's per-row mean
+    variance (:meth:`~probmed.embedding.GaussianEmbedding.mean_variance`, the same quantity as the training scalar
+    ``variance/<m>``; units of the embedding's squared coordinates) over the split's present rows.
+
+    Args:
+        embeddings: ``{modality: (GaussianEmbedding [N, D], study ids)}`` (present rows only); empty ones are left
+            out.
+    """
+    out = {}
+    for m, (emb, _) in sorted(embeddings.items()):
+        if not len(emb):
+            continue
+        var = emb.mean_variance().double()
+        q = torch.quantile(var, torch.tensor(VARIANCE_QUANTILES, dtype=torch.float64))
+        out.update({f"{stage}/variance/{m}/p{round(p * 100):02d}": float(v) for p, v in zip(VARIANCE_QUANTILES, q)})
+        out[f"{stage}/variance/{m}/mean"] = float(var.mean())
+    return out

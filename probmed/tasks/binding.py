@@ -27,6 +27,7 @@ from probmed.losses import Objective
 from probmed.training.accumulation import refuse_gradient_accumulation
 from probmed.training.checkpoint_io import TeacherSpec, load_frozen_module
 from probmed.training.determinism import seed_step
+from probmed.training.eval_loss import EvalLoss
 from probmed.training.metric_sync import logging_step, mean_over_ranks
 from probmed.training.nonfinite import NonFiniteGuard
 from probmed.training.quality_augmentation import QualityAugmentation
@@ -145,6 +146,7 @@ class ProbMedModule(L.LightningModule):
         self._batch_end_time: float | None = None
         self._data_wait = 0.0
         self.nonfinite = NonFiniteGuard()
+        self.eval_loss = EvalLoss()
 
     # -- embedding -------------------------------------------------------------------------------------------------
     @classmethod
@@ -186,6 +188,15 @@ class ProbMedModule(L.LightningModule):
 
     def forward(self, batch: dict) -> dict[str, GaussianEmbedding]:
         return self.embed(batch)
+
+    @property
+    def log_step(self) -> int:
+        """The step Lightning logs metrics at now (``_batches_that_stepped``: during a validation inside ``fit``
+        one less than ``global_step``; in ``validate`` / ``test`` the checkpoint's): figures, histograms and counts
+        logged by hand use it, so they sit at the same step as the epoch's scalars."""
+        if self._trainer is None:
+            return self.global_step
+        return int(self._trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     # -- training --------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -251,14 +262,12 @@ class ProbMedModule(L.LightningModule):
         return logs
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        """``perf/data_wait_fraction``: time waiting for the loader / (that + the step). Samples per second are
+        :class:`probmed.training.Throughput`'s (``train/device/samples_per_sec``), the one throughput figure."""
         now = time.perf_counter()
-        step_time = now - self._batch_start_time
-        total = step_time + self._data_wait
-        global_batch = len(batch["group"]) * self.trainer.world_size
-        self.log_dict(
-            {"perf/samples_per_s": global_batch / max(total, 1e-9), "perf/data_wait_fraction": self._data_wait / max(total, 1e-9)},
-            on_step=True, on_epoch=False, rank_zero_only=True, batch_size=len(batch["group"]),
-        )
+        total = now - self._batch_start_time + self._data_wait
+        self.log("perf/data_wait_fraction", self._data_wait / max(total, 1e-9), on_step=True, on_epoch=False,
+                 rank_zero_only=True, batch_size=len(batch["group"]))
         self._batch_end_time = now
 
     def on_train_epoch_end(self):
@@ -268,7 +277,9 @@ class ProbMedModule(L.LightningModule):
     # -- evaluation ------------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, stage: str) -> None:
         self._count_skipped(batch, stage)
-        self.collector.add(self.embed(batch), batch["study_id"], batch["labels"], batch.get("ambiguity"))
+        embeddings = self.embed(batch)
+        self.collector.add(embeddings, batch["study_id"], batch["labels"], batch.get("ambiguity"))
+        self.eval_loss.add(self.objective, embeddings, batch["group"])  # <stage>/loss (probmed.training.eval_loss)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -308,6 +319,7 @@ class ProbMedModule(L.LightningModule):
         exact; DDP sets it again on the next training forward."""
         self.collector.reset()
         self.evaluator.reset()
+        self.eval_loss.reset()
         wrapper = getattr(self.trainer.strategy, "model", None) if self._trainer is not None else None
         if isinstance(wrapper, DistributedDataParallel):
             wrapper.require_forward_param_sync = False
@@ -335,6 +347,7 @@ class ProbMedModule(L.LightningModule):
         if isinstance(result, str):
             raise RuntimeError(f"evaluation failed on rank 0: {result}")
         scalars, rows, self.evaluator.fitted = result
+        scalars = {**scalars, **self.eval_loss.scalars(stage)}  # a collective on every rank, like the broadcast
         # identical on every rank after the broadcast: the synced mean is exact
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in scalars.items()}, sync_dist=True)
         self._log_skipped(stage)
@@ -372,7 +385,7 @@ class ProbMedModule(L.LightningModule):
         for c in counts:
             total.update(c)
         if self.trainer.is_global_zero and self.logger is not None:
-            step = self.global_step
+            step = self.log_step
             self.logger.log_metrics({f"data/{stage}/skipped_total": float(sum(total.values()))}, step=step)
             if total:
                 self.logger.log_metrics({f"data/{stage}/skipped/{k}": float(v) for k, v in total.items()}, step=step)

@@ -77,7 +77,7 @@ def require_lightning_checkpoint(checkpoint: Any, path: str | os.PathLike) -> Ma
         if checkpoint and all(hasattr(v, "shape") for v in checkpoint.values()):
             what += " (a bare state_dict?)"
     else:
-        what = f"a {type(checkpoint).__name__}"
+        what = f"an object of type {type(checkpoint).__name__!r}"
     raise NotALightningCheckpointError(
         f"{path} is a torch.save file but not a Lightning checkpoint: it is {what}, without the "
         "'pytorch-lightning_version' and 'state_dict' entries that `trainer.save_checkpoint` writes. Resume and "

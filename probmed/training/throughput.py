@@ -3,8 +3,13 @@
 Logged (every ``log_every_n_steps``, by rank 0, once the window is full): ``train/device/samples_per_sec`` and
 ``train/device/flops_per_sec`` (per device), ``train/samples_per_sec`` and ``train/flops_per_sec`` (global, when
 world size > 1) and, where Lightning knows the device's peak (``get_available_flops``: CUDA GPUs; not CPUs),
-``train/device/mfu``. The module itself logs
-``perf/data_wait_fraction`` (time waiting for the loader / step time).
+``train/device/mfu``. These are the run's only samples/s figure (rows per wall-clock second over the window, data
+loading included); the module itself logs ``perf/data_wait_fraction`` (time waiting for the loader / step time).
+
+Validation and test log their ``validate/*`` / ``test/*`` figures (time, batches, samples, and the rates once the
+window is full) once, when the evaluation ends, at the step of the evaluation's metrics
+(``_batches_that_stepped``): a ``validate`` or ``test`` command run twice on a checkpoint adds points at that
+checkpoint's step instead of restarting at step 1.
 
 FLOPs per batch are *counted* (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions, attention) over
 the first ``flop_steps`` real training steps — forward, backward and optimizer — and averaged, so towers that see only
@@ -70,3 +75,30 @@ class Throughput(ThroughputMonitor):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.stop_counting(pl_module)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    # -- evaluation: one point per evaluation, at the step of its metrics ----------------------------------------
+    def _update_eval(self, trainer, pl_module, batch) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
+
+    def _log_eval(self, trainer) -> None:
+        stage = trainer.state.stage
+        if trainer.sanity_checking or not trainer.is_global_zero or not self._batches.get(stage):
+            return
+        throughput = self._throughputs[stage]
+        metrics = {f"{stage.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()}
+        trainer._logger_connector.log_metrics(metrics, step=int(trainer.fit_loop.epoch_loop._batches_that_stepped))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args: Any, **kwargs: Any) -> None:
+        self._update_eval(trainer, pl_module, batch)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._log_eval(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, *args: Any, **kwargs: Any) -> None:
+        self._update_eval(trainer, pl_module, batch)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._log_eval(trainer)

@@ -17,7 +17,7 @@ def test_fit_then_test_through_the_cli(smoke_corpus, tmp_path):
     scalars = run_scalars(tmp_path)
     assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
     for tag in ("train/infonce/text-cxr", "train/synthetic/cxr", "train/vib", "train/logit_scale/infonce/text-cxr",
-                "variance/cxr", "variance/text", "perf/samples_per_s", "perf/data_wait_fraction",
+                "variance/cxr", "variance/text", "train/device/samples_per_sec", "perf/data_wait_fraction",
                 "val/mean_R@1", "val/R@1/cxr->text", "data/train/skipped_total", "data/val/skipped_total"):
         assert tag in scalars, f"{tag} missing from TensorBoard; have {sorted(scalars)}"
     assert all(0 < v < 1 for v in scalars["variance/cxr"])

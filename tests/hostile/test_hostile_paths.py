@@ -99,7 +99,7 @@ def test_fifo_device_and_directory_are_refused_unopened_by_check_and_build(tmp_p
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "not_a_regular_file 2" in done.stdout  # cxr: FIFO and /dev/zero; text: FIFO and directory
-    assert "column 'cxr'" in done.stderr and "is a FIFO" in done.stderr and "is a directory" in done.stderr
+    assert "column 'cxr'" in done.stdout and "is a FIFO" in done.stdout and "is a directory" in done.stdout  # examples
     summary = build_dataset(manifest, tmp_path / "out", salt=SALT, progress=False)
     assert summary["skipped"] == {"no_usable_modality": 2, "not_a_regular_file": 4} and summary["written"] == 1
 

@@ -143,7 +143,7 @@ def test_sbatch_template_runs_two_ranks_with_workers_and_survives_a_late_signal(
     versions = sorted(p.name for p in (run / "smoke").iterdir())
     assert versions == [f"job_{job}"], versions  # TensorBoard run named after the job
     scalars = _events(run / "smoke" / f"job_{job}")
-    assert [s for s, _ in scalars["train/loss"]] == list(range(STEPS)) and "perf/samples_per_s" in scalars
+    assert [s for s, _ in scalars["train/loss"]] == list(range(STEPS)) and "perf/data_wait_fraction" in scalars
 
 
 def test_sigusr1_with_loader_workers_checkpoints_requeues_and_resumes_bit_exactly(slurm, smoke_corpus, tmp_path,

@@ -5,6 +5,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from probmed.data.manifest import write_manifest
+
 
 def split_by_patient(patient_id: str, fractions: tuple[float, float] = (0.8, 0.9)) -> str:
     """A deterministic split for datasets without an official one: a hash of the patient id below 0.8 → train,
@@ -36,3 +38,30 @@ def relative(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path.resolve())
+
+
+def dataset_root(root: str | Path, dataset: str) -> Path:
+    """``root`` as a Path, checked to be an existing directory before a maker scans it.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist (the message names it and the dataset expected there).
+        NotADirectoryError: ``root`` is a file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such directory (expected the {dataset} root as downloaded)")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory (expected the {dataset} root as downloaded)")
+    return root
+
+
+def write_studies(out: str | Path, rows: list[dict], root: Path, dataset: str, layout: str) -> tuple[Path, int]:
+    """Write the maker's rows with :func:`probmed.data.manifest.write_manifest`; returns ``(path, len(rows))``.
+
+    Raises:
+        ValueError: no study was found under ``root`` (nothing is written: a header-only manifest would build an
+            empty dataset); the message names the root and the ``layout`` the maker looks for.
+    """
+    if not rows:
+        raise ValueError(f"{root}: no {dataset} study found (looked for {layout}); nothing written to {out}")
+    return write_manifest(out, rows), len(rows)

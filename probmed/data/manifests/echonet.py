@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probmed.data.manifest import FINDING_PREFIX, write_manifest
-from probmed.data.manifests.common import read_table, relative
+from probmed.data.manifest import FINDING_PREFIX
+from probmed.data.manifests.common import dataset_root, read_table, relative, write_studies
 
 REDUCED_EF_PERCENT = 40.0
 
 
 def make_echonet_manifest(root: str | Path, out: str | Path):
-    root, out = Path(root), Path(out)
+    root, out = dataset_root(root, "EchoNet-Dynamic"), Path(out)
     files = read_table(root, "FileList.csv")
     if files is None:
         raise FileNotFoundError(f"{root}/FileList.csv not found (is this the EchoNet-Dynamic root?)")
@@ -33,4 +33,4 @@ def make_echonet_manifest(root: str | Path, out: str | Path):
         rows.append({"study_id": stem, "patient_id": stem, "split": row["Split"].strip().lower(),
                      "echo": relative(root / "Videos" / name, out.parent), "echo_fps": row.get("FPS", ""),
                      FINDING_PREFIX + "reduced_ef": int(float(ef) < REDUCED_EF_PERCENT) if ef else ""})
-    return write_manifest(out, rows), len(rows)
+    return write_studies(out, rows, root, "EchoNet-Dynamic", "FileList.csv rows")

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probmed.data.manifest import AMBIGUITY_PREFIX, FINDING_PREFIX, write_manifest
-from probmed.data.manifests.common import read_table, relative, snake, split_by_patient
+from probmed.data.manifest import AMBIGUITY_PREFIX, FINDING_PREFIX
+from probmed.data.manifests.common import dataset_root, read_table, relative, snake, split_by_patient, write_studies
 from probmed.data.safe_paths import within
 from probmed.data.times import TIME_COLUMN, file_time, format_time, numeric_date_time
 
@@ -82,7 +82,7 @@ def _study_time(images: list[Path], times: dict):
 
 
 def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str | Path | None = None):
-    root, out = Path(root), Path(out)
+    root, out = dataset_root(root, "MIMIC-CXR"), Path(out)
     reports = Path(reports_root) if reports_root else root
     meta = read_table(root, "mimic-cxr-2.0.0-metadata.csv")
     views = dict(zip(meta["dicom_id"], meta["ViewPosition"])) if meta is not None else {}
@@ -119,4 +119,5 @@ def make_mimic_cxr_manifest(root: str | Path, out: str | Path, reports_root: str
                                                        for p in images]) if views and images else ""
         row[AMBIGUITY_PREFIX + "text"] = text_ambiguity(label_rows.get(study)) if row["report"] else ""
         rows.append(row)
-    return write_manifest(out, rows), len(rows)
+    return write_studies(out, rows, root, "MIMIC-CXR",
+                         "files/pXX/pNNNNNNNN/sNNNNNNNN/ folders holding .dcm or .jpg images or a report")

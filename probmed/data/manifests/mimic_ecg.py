@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probmed.data.manifest import write_manifest
-from probmed.data.manifests.common import read_table, relative, split_by_patient
+from probmed.data.manifests.common import dataset_root, read_table, relative, split_by_patient, write_studies
 from probmed.data.readers.text import statements_report
 from probmed.data.times import TIME_COLUMN, format_time, parse_source_time
 
 
 def make_mimic_ecg_manifest(root: str | Path, out: str | Path):
-    root, out = Path(root), Path(out)
+    root, out = dataset_root(root, "MIMIC-IV-ECG"), Path(out)
     records = read_table(root, "record_list.csv")
     if records is None:
         raise FileNotFoundError(f"{root}/record_list.csv not found (is this the MIMIC-IV-ECG root?)")
@@ -41,4 +40,4 @@ def make_mimic_ecg_manifest(root: str | Path, out: str | Path):
                      "report_text": statements.get(row["study_id"], ""),
                      TIME_COLUMN: format_time(parse_source_time(row.get("ecg_time"))
                                               or parse_source_time(measured_at.get(row["study_id"])))})
-    return write_manifest(out, rows), len(rows)
+    return write_studies(out, rows, root, "MIMIC-IV-ECG", "record_list.csv rows")

@@ -24,8 +24,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from probmed.data.manifest import write_manifest
-from probmed.data.manifests.common import read_table, relative, split_by_patient
+from probmed.data.manifests.common import dataset_root, read_table, relative, split_by_patient, write_studies
 from probmed.data.times import TIME_COLUMN, file_time, format_time, parse_source_time
 
 #: Fewest frames of a DICOM kept as the study's cine (fewer: a still or a Doppler strip).
@@ -57,7 +56,7 @@ def _records(root: Path) -> list[dict[str, str]]:
 
 
 def make_mimic_iv_echo_manifest(root: str | Path, out: str | Path, min_frames: int = MIN_FRAMES):
-    root, out = Path(root), Path(out)
+    root, out = dataset_root(root, "MIMIC-IV-ECHO"), Path(out)
     studies = read_table(root, "echo-study-list.csv")
     study_times = ({r["study_id"]: r.get("study_datetime", "") for r in studies.to_dict("records")}
                    if studies is not None else {})
@@ -81,4 +80,4 @@ def make_mimic_iv_echo_manifest(root: str | Path, out: str | Path, min_frames: i
     if without_cine:
         print(f"mimic-iv-echo: {without_cine} studies left out: no DICOM of theirs has >= {min_frames} frames",
               file=sys.stderr)
-    return write_manifest(out, rows), len(rows)
+    return write_studies(out, rows, root, "MIMIC-IV-ECHO", "studies with a DICOM cine of at least min_frames frames")

@@ -32,8 +32,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from probmed.data.manifest import write_manifest
-from probmed.data.manifests.common import read_table, split_by_patient
+from probmed.data.manifests.common import dataset_root, read_table, split_by_patient, write_studies
 from probmed.data.times import TIME_COLUMN, format_time, parse_source_time
 
 NOTE_TABLES = ("radiology", "echo")
@@ -77,7 +76,7 @@ def _links(root: Path, link_field: str, echo_root: Path | None) -> dict[str, str
 
 def make_mimic_iv_note_manifest(root: str | Path, out: str | Path, echo_root: str | Path | None = None,
                                 link_field: str = "study_id"):
-    root, out = Path(root), Path(out)
+    root, out = dataset_root(root, "MIMIC-IV-Note"), Path(out)
     tables = [p for p in (_table_path(root, name) for name in NOTE_TABLES) if p is not None]
     if not tables:
         raise FileNotFoundError(f"{root}: no note/radiology.csv[.gz] (is this the MIMIC-IV-Note root?)")
@@ -101,4 +100,4 @@ def make_mimic_iv_note_manifest(root: str | Path, out: str | Path, echo_root: st
             attached += 1
     print(f"mimic-iv-note: {attached} of {len(rows)} notes attached to the study they describe; "
           f"{len(rows) - attached} kept as timed records (keyed by note_id)", file=sys.stderr)
-    return write_manifest(out, rows), len(rows)
+    return write_studies(out, rows, root, "MIMIC-IV-Note", "note rows")

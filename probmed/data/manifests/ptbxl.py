@@ -23,8 +23,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from probmed.data.manifest import AMBIGUITY_PREFIX, FINDING_PREFIX, write_manifest
-from probmed.data.manifests.common import read_table, relative
+from probmed.data.manifest import AMBIGUITY_PREFIX, FINDING_PREFIX
+from probmed.data.manifests.common import dataset_root, read_table, relative, write_studies
 from probmed.data.readers.text import statements_report
 from probmed.data.times import TIME_COLUMN, format_time, parse_source_time
 
@@ -48,7 +48,7 @@ def _split(fold: str) -> str:
 
 
 def make_ptbxl_manifest(root: str | Path, out: str | Path, high_rate: bool = True):
-    root, out = Path(root), Path(out)
+    root, out = dataset_root(root, "PTB-XL"), Path(out)
     database = read_table(root, "ptbxl_database.csv")
     if database is None:
         raise FileNotFoundError(f"{root}/ptbxl_database.csv not found (is this the PTB-XL root?)")
@@ -74,4 +74,4 @@ def make_ptbxl_manifest(root: str | Path, out: str | Path, high_rate: bool = Tru
         amb = ecg_ambiguity(row)
         entry[AMBIGUITY_PREFIX + "ecg"] = "" if amb is None else amb
         rows.append(entry)
-    return write_manifest(out, rows), len(rows)
+    return write_studies(out, rows, root, "PTB-XL", "ptbxl_database.csv rows")

@@ -76,6 +76,6 @@ def check_identity(ds, modality: str) -> None:
     else:
         ok = not sop and code in rule.modalities
     if not ok:
-        expected = "/".join(sorted(rule.modalities))
-        raise UnreadableInput(f"{modality}_wrong_modality",
-                              f"found {_describe(sop, code, body)}; expected a {expected} {modality} file")
+        expected = " or ".join(sorted(rule.modalities))
+        raise UnreadableInput(f"{modality}_wrong_modality", f"found {_describe(sop, code, body)}; the {modality!r} "
+                                                            f"column takes DICOM files of Modality {expected}")
