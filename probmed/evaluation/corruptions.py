@@ -7,7 +7,9 @@ corrupted copy; it never changes its input in place. ECG and echo inputs are ``{
 
 * CXR ``[B, 1, S, S]`` standardised ``(pixel − 0.5) / 0.25``: ``noise`` adds Gaussian noise of ``0.05·s`` in pixel
   units (0–1); ``blur`` a Gaussian blur of σ = ``s`` pixels; ``contrast`` shrinks each image's deviation from its
-  mean by ``1 / (1 + 0.5·s)``.
+  mean by ``1 / (1 + 0.5·s)``; ``rotation`` turns each film by ``±4·s`` degrees (sign per film, borders
+  replicated: a rotated patient); ``exposure`` applies a gamma ``exp(±0.25·s)`` to the pixels clipped to 0–1 (under-
+  or over-exposure, sign per film).
 * ECG ``[B, leads, T]`` in mV: ``noise`` adds white noise of ``0.05·s`` mV; ``baseline_wander`` adds per lead a
   sinusoid of ``0.2·s`` mV amplitude, one to three cycles per record, random phase; ``lead_dropout`` zeroes
   ``min(leads − 1, 2·s)`` random leads per study and marks them missing in ``lead_mask`` (as a record lacking
@@ -15,9 +17,13 @@ corrupted copy; it never changes its input in place. ECG and echo inputs are ``{
 * Echo ``[B, T, 1, S, S]`` standardised: ``frame_dropout`` blanks (mid grey) each frame with probability
   ``min(0.9, 0.15·s)`` and marks it dropped in ``frame_mask`` (a clip left with no kept frame is, as the echo
   tower treats any such row, encoded with all its frames: blanks included); ``speckle`` multiplies pixel
-  intensities by ``1 + 0.1·s·n``, n ~ N(0, 1).
+  intensities by ``1 + 0.1·s·n``, n ~ N(0, 1); ``contrast_loss`` blends each frame towards its mean by
+  ``min(0.85, 0.25·s)`` and adds clutter ``0.05·s·|n|`` changing every frame (a poor acoustic window);
+  ``sector_dropout`` darkens, by ``min(0.9, 0.3·s)``, a wedge of ``min(0.6, 0.1·s)`` rad seen from the apex at the
+  top centre, at a random angle (a rib or lung shadow).
 * Text ``{"input_ids", "attention_mask"}``: ``word_dropout`` masks out each token other than the first and the
-  last attended one with probability ``min(0.9, 0.1·s)``.
+  last attended one with probability ``min(0.9, 0.1·s)``; ``truncation`` keeps only the first
+  ``⌈(1 − min(0.9, 0.25·s))·n⌉`` of the n words between them (a terse report).
 """
 from __future__ import annotations
 
@@ -68,6 +74,33 @@ def cxr_contrast(x: Tensor, s: float, g: torch.Generator) -> Tensor:
     return mean + (x - mean) / (1.0 + 0.5 * s)
 
 
+def _pixels(x: Tensor) -> Tensor:
+    return x * PIXEL_SCALE + PIXEL_SHIFT
+
+
+def _standardised(pixel: Tensor) -> Tensor:
+    return (pixel - PIXEL_SHIFT) / PIXEL_SCALE
+
+
+def cxr_rotation(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    if s <= 0:
+        return x.clone()
+    sign = torch.where(torch.rand(x.shape[0], generator=g) < 0.5, -1.0, 1.0)
+    angle = (sign * math.radians(4.0 * s)).to(device=x.device, dtype=x.dtype)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)  # [B, 2, 3]
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def cxr_exposure(x: Tensor, s: float, g: torch.Generator) -> Tensor:
+    if s <= 0:
+        return x.clone()
+    sign = torch.where(torch.rand(x.shape[0], generator=g) < 0.5, -1.0, 1.0)
+    gamma = torch.exp(sign * 0.25 * s).to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    return _standardised(_pixels(x).clamp(0.0, 1.0) ** gamma)
+
+
 def ecg_noise(x: Any, s: float, g: torch.Generator) -> Any:
     signal = _signal(x, "signal")
     return _replace(x, "signal", signal + 0.05 * s * _noise_like(signal, g))
@@ -114,6 +147,40 @@ def echo_speckle(x: Any, s: float, g: torch.Generator) -> Any:
     return _replace(x, "frames", (pixel - PIXEL_SHIFT) / PIXEL_SCALE)
 
 
+def echo_contrast_loss(x: Any, s: float, g: torch.Generator) -> Any:
+    frames = _signal(x, "frames")
+    keep = 1.0 - min(0.85, 0.25 * s)
+    pixel = _pixels(frames)
+    mean = pixel.mean(dim=(-2, -1), keepdim=True)
+    clutter = 0.05 * s * _noise_like(frames, g).abs()
+    return _replace(x, "frames", _standardised(mean + (pixel - mean) * keep + clutter))
+
+
+def echo_sector_dropout(x: Any, s: float, g: torch.Generator) -> Any:
+    frames = _signal(x, "frames")
+    if s <= 0:
+        return _replace(x, "frames", frames.clone())
+    size = frames.shape[-1]
+    rows = torch.arange(size, dtype=torch.float32)[:, None] + 0.5
+    cols = torch.arange(size, dtype=torch.float32)[None, :] + 0.5 - size / 2
+    angle = torch.atan2(cols, rows)  # [S, S] from the apex at the top centre, 0 straight down
+    centre = (torch.rand(frames.shape[0], generator=g) - 0.5) * 1.2  # rad, within the sector
+    half = min(0.6, 0.1 * s) / 2
+    wedge = ((angle[None] - centre[:, None, None]).abs() < half).to(device=frames.device, dtype=frames.dtype)
+    gain = 1.0 - min(0.9, 0.3 * s) * wedge  # [B, S, S]
+    return _replace(x, "frames", _standardised(_pixels(frames) * gain[:, None, None]))
+
+
+def text_truncation(x: dict[str, Tensor], s: float, g: torch.Generator) -> dict[str, Tensor]:
+    mask = x["attention_mask"]
+    length = mask.sum(dim=1, keepdim=True)
+    last = length - 1  # the closing special token
+    kept = 1 + torch.ceil((length - 2).clamp_min(0) * (1.0 - min(0.9, 0.25 * s)))  # first token + kept words
+    position = torch.arange(mask.shape[1])[None, :].to(mask.device)
+    cut = (position >= kept) & (position != last) & (mask > 0)
+    return {**x, "attention_mask": mask.masked_fill(cut, 0)}
+
+
 def text_word_dropout(x: dict[str, Tensor], s: float, g: torch.Generator) -> dict[str, Tensor]:
     mask = x["attention_mask"]
     last = mask.sum(dim=1, keepdim=True) - 1  # the closing special token
@@ -126,10 +193,12 @@ def text_word_dropout(x: dict[str, Tensor], s: float, g: torch.Generator) -> dic
 #: Input pipeline class → corruption kind → function(batch input, severity, generator). A pipeline's subclasses
 #: (a second radiograph view, a CT slice, the impression section) share its batch layout and so its corruptions.
 CORRUPTIONS: dict[type, dict[str, Callable]] = {
-    ImageInput: {"noise": cxr_noise, "blur": cxr_blur, "contrast": cxr_contrast},
+    ImageInput: {"noise": cxr_noise, "blur": cxr_blur, "contrast": cxr_contrast, "rotation": cxr_rotation,
+                 "exposure": cxr_exposure},
     ECGInput: {"noise": ecg_noise, "baseline_wander": ecg_baseline_wander, "lead_dropout": ecg_lead_dropout},
-    EchoInput: {"frame_dropout": echo_frame_dropout, "speckle": echo_speckle},
-    TextInput: {"word_dropout": text_word_dropout},
+    EchoInput: {"frame_dropout": echo_frame_dropout, "speckle": echo_speckle, "contrast_loss": echo_contrast_loss,
+                "sector_dropout": echo_sector_dropout},
+    TextInput: {"word_dropout": text_word_dropout, "truncation": text_truncation},
 }
 
 

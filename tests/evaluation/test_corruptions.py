@@ -1,6 +1,8 @@
 """Test-time corruptions: exact effects at known severities, determinism, no in-place change, clear errors."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -57,6 +59,21 @@ def test_known_magnitudes():
     blank = (frames.flatten(2).abs().sum(-1) == 0)
     assert 0 < blank.float().mean() < 1
     assert corrupt("cxr", "blur", x["cxr"], 1.0, seed=0).std().item() < x["cxr"].std().item()  # smoother
+    # rotation by 90 degrees (s = 22.5) of a film is a transpose-flip, up to the border replication at the edges
+    turned = corrupt("cxr", "rotation", x["cxr"], 22.5, seed=0)
+    assert any(torch.allclose(turned[i, 0, 2:-2, 2:-2], x["cxr"][i, 0].rot90(k)[2:-2, 2:-2], atol=1e-4)
+               for i in range(3) for k in (1, -1))
+    pixel = (x["cxr"] * PIXEL_SCALE + 0.5).clamp(0, 1)
+    gamma = (corrupt("cxr", "exposure", x["cxr"], 2.0, seed=0) * PIXEL_SCALE + 0.5)
+    for i in range(3):  # a gamma of exp(+0.5) or exp(-0.5) on the clipped pixels
+        assert any(torch.allclose(gamma[i], pixel[i] ** e, atol=1e-5) for e in (math.exp(0.5), math.exp(-0.5)))
+    short = corrupt("text", "truncation", x["text"], 2.0, seed=0)["attention_mask"]  # keep ceil(0.5 n) words
+    assert short[0].tolist() == [1] * 6 + [0] * 5 + [1] and short[1].tolist() == [1] * 4 + [0, 0, 1] + [0] * 5
+    flat = corrupt("echo", "contrast_loss", x["echo"], 2.0, seed=0)
+    assert flat.std().item() < x["echo"].std().item()
+    shaded = corrupt("echo", "sector_dropout", torch.zeros(2, 1, 1, 16, 16), 3.0, seed=0)
+    pixels = shaded * PIXEL_SCALE + 0.5  # a uniform grey cine: only the wedge changes, darkened to 0.1 of it
+    assert ((pixels - 0.5).abs() < 1e-6).float().mean() > 0.5 and pixels.min().item() == pytest.approx(0.05)
 
 
 def test_unknown_names_and_bad_severities_are_clear_errors():
