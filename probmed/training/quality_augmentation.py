@@ -44,6 +44,7 @@ class QualityAugmentation:
             measures 1, 2, 3).
         margin: log-variance gap demanded at the largest severity (nats of variance; ``e^1`` ≈ 2.7× at 1).
         like: key → registered modality whose corruptions it takes (a modality added in the config alone).
+        kinds: key → the corruption kinds to draw from (default: every kind registered for its input).
     """
 
     modalities: list[str] = field(default_factory=lambda: ["cxr", "ecg", "echo", "text"])
@@ -52,6 +53,7 @@ class QualityAugmentation:
     max_severity: float = 3.0
     margin: float = 2.0
     like: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -59,17 +61,23 @@ class QualityAugmentation:
         if not (self.max_severity > 0 and math.isfinite(self.max_severity)):
             raise ValueError(f"quality_augmentation.max_severity must be positive, got {self.max_severity}")
         for m in self.modalities:  # a clear error now for a key without corruptions, not at the first step
-            self.kinds(m)
+            self.kinds_of(m)
 
-    def kinds(self, modality: str) -> list[str]:
-        """The corruption kinds of ``modality`` (a clear error naming the modalities that have some)."""
+    def kinds_of(self, modality: str) -> list[str]:
+        """The corruption kinds drawn for ``modality`` (a clear error naming the modalities that have some, or the
+        kinds a modality has when ``kinds`` names another)."""
         source = self.like.get(modality, modality)
         kinds = corruptions_for(SPECS[source].pipeline) if source in SPECS else {}
         if not kinds:
             have = sorted(n for n, s in SPECS.items() if corruptions_for(s.pipeline))
             raise ValueError(f"quality_augmentation: no corruptions for {modality!r}; registered modalities with "
                              f"corruptions: {have} (for a modality added in the config, map it with `like:`)")
-        return sorted(kinds)
+        chosen = self.kinds.get(modality)
+        unknown = sorted(set(chosen or []) - set(kinds))
+        if unknown or chosen == []:
+            raise ValueError(f"quality_augmentation.kinds.{modality}: {unknown or 'empty'}; {modality} has "
+                             f"{sorted(kinds)}")
+        return sorted(chosen or kinds)
 
     def embed(self, module, batch: dict, modalities) -> tuple[dict[str, GaussianEmbedding], dict]:
         """The step's embeddings (``module.embed``'s) and the degraded copies: ``(embeddings, copies)`` with
@@ -102,7 +110,7 @@ class QualityAugmentation:
             return None
         k = min(len(rows), max(2, int(round(self.fraction * len(rows)))))
         rows = rows[torch.randperm(len(rows))[:k].to(rows.device)]
-        kinds = self.kinds(modality)
+        kinds = self.kinds_of(modality)
         kind = kinds[int(torch.randint(len(kinds), ()))]
         severity = float(torch.rand(())) * self.max_severity
         return rows, kind, severity, int(torch.randint(2**31 - 1, ()))

@@ -28,8 +28,11 @@ def _records(n: int, seed: int) -> dict:
 def test_a_modality_without_corruptions_is_a_clear_error_naming_those_with():
     with pytest.raises(ValueError, match=r"no corruptions for 'retina'.*'ecg'.*like"):
         QualityAugmentation(modalities=["retina"])
-    assert QualityAugmentation(modalities=["retina"], like={"retina": "cxr"}).kinds("retina") == \
-        ["blur", "contrast", "noise"]
+    assert QualityAugmentation(modalities=["retina"], like={"retina": "cxr"}).kinds_of("retina") == \
+        ["blur", "contrast", "exposure", "noise", "rotation"]
+    assert QualityAugmentation(modalities=["cxr"], kinds={"cxr": ["noise", "blur"]}).kinds_of("cxr") == ["blur", "noise"]
+    with pytest.raises(ValueError, match=r"kinds.cxr: \['speckle'\]; cxr has"):
+        QualityAugmentation(modalities=["cxr"], kinds={"cxr": ["speckle"]})
     with pytest.raises(ValueError, match="fraction"):
         QualityAugmentation(fraction=0.0)
 
@@ -43,7 +46,7 @@ def test_the_copies_share_the_batch_forward_and_the_loss_is_the_severity_scaled_
     loss, logs = aug.loss(emb, copies)
     torch.manual_seed(5)  # the same draws, by hand: 4 rows, a kind, a severity, a seed
     rows = torch.arange(8)[torch.randperm(8)[:4]]
-    kind = aug.kinds("ecg")[int(torch.randint(3, ()))]
+    kind = aug.kinds_of("ecg")[int(torch.randint(3, ()))]
     severity = float(torch.rand(())) * 2.0
     seed = int(torch.randint(2**31 - 1, ()))
     degraded = corrupt("ecg", kind, {k: v[rows] for k, v in batch["inputs"]["ecg"].items()}, severity, seed)
@@ -58,7 +61,8 @@ def test_the_copies_share_the_batch_forward_and_the_loss_is_the_severity_scaled_
 
 
 def test_training_on_the_ranking_alone_raises_the_variance_of_degraded_records_it_never_saw():
-    aug = QualityAugmentation(modalities=["ecg"], fraction=0.5, max_severity=3.0, margin=1.0)
+    aug = QualityAugmentation(modalities=["ecg"], fraction=0.5, max_severity=3.0, margin=1.0,
+                              kinds={"ecg": ["noise", "baseline_wander", "lead_dropout"]})
     module = _module(aug).train()
     opt = torch.optim.Adam(module.parameters(), lr=3e-3)
     for step in range(60):
@@ -73,6 +77,6 @@ def test_training_on_the_ranking_alone_raises_the_variance_of_degraded_records_i
     present = torch.ones(32, dtype=torch.bool)
     with torch.no_grad():
         clean = module.embed_modality("ecg", fresh, present).log_var.mean(-1)
-        for kind in aug.kinds("ecg"):
+        for kind in aug.kinds_of("ecg"):
             noisy = module.embed_modality("ecg", corrupt("ecg", kind, fresh, 3.0, seed=1), present).log_var.mean(-1)
             assert (noisy > clean).float().mean() > 0.8, kind
