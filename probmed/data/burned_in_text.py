@@ -253,9 +253,9 @@ def blank_words(frames: np.ndarray, words: list[Word]) -> None:
 
 def remove_burned_in_text(frames: np.ndarray, policy: str, modality: str, name: str,
                           sample: np.ndarray | None = None) -> int:
-    """Apply ``policy`` to ``frames`` (``[n, H, W]`` or ``[H, W]``, ``uint8`` or floats in [0, 1]; blanked in place);
-    OCR reads the frames of
-    index ``sample`` (all when None). Returns the number of words blanked (0: none found, or ``off``).
+    """Apply ``policy`` to ``frames`` (``[n, H, W]`` or ``[H, W]``, ``uint8`` or floats in [0, 1]; blanked in place,
+    every frame); OCR reads the frames of index ``sample`` (all when None). Returns the number of words blanked (0:
+    none found, or ``off``); ``name`` (a file name) only labels a refusal, which never quotes the text read.
 
     Raises:
         UnreadableInput: ``<modality>_burned_in_text`` (``refuse``, or text left after :data:`PASSES` reads),
