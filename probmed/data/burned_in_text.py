@@ -7,7 +7,8 @@ recognition weights are downloaded at first use, and no PyPI package ships them.
 
 What is looked at (:func:`find_text`):
 
-* an image (a radiograph ``[H, W]``, or the sampled frames of a cine, stacked into one page) is resampled so its
+* an image (a radiograph ``[H, W]``, or the sampled frames of a cine: their per-pixel minimum and maximum, where
+  static text stays and moving speckle does not) is resampled so its
   longer side is :data:`OCR_SIDE` pixels (the cost per image is bounded, whatever the film's size; a small image is
   enlarged at most :data:`MAX_UPSCALE` times);
 * the page Tesseract reads is the image's white and black top-hats (the image minus its grey opening, its grey
@@ -71,7 +72,7 @@ TECHNICAL_WORDS: frozenset[str] = frozenset({
 #: Reads of one image under ``blank``: the first, then one after each blanking.
 PASSES = 3
 #: Seconds one Tesseract run may take before the input is refused (``<modality>_ocr_failed``).
-OCR_TIMEOUT_S = 60.0
+OCR_TIMEOUT_S = 120.0
 #: Box padding, as a fraction of the word's height, on each side.
 PAD = 0.35
 
@@ -129,25 +130,28 @@ def _engine_env() -> dict[str, str]:
 
 
 def _page(frames: np.ndarray) -> tuple[np.ndarray, float]:
-    """The page Tesseract reads for ``frames`` (``uint8 [n, H, W]``): each frame resampled to a longer side of
-    :data:`OCR_SIDE`, then its white top-hat (bright text) and its black top-hat (dark text), each as dark strokes on
-    white, stacked vertically (two polarities kept apart: together, the gaps between bright letters read as dark
-    strokes). Returns ``(page uint8 [2 n h, w], scale page pixels per input pixel)``."""
+    """The page Tesseract reads for ``frames`` (``uint8 [n, H, W]``), resampled to a longer side of
+    :data:`OCR_SIDE`: the white top-hat of the frames' per-pixel minimum (bright text: static, it stays in the
+    minimum while moving speckle drops out) above the black top-hat of their maximum (dark text), each as dark strokes
+    on white (the two polarities kept apart: together, the gaps between bright letters read as dark strokes).
+    Returns ``(page uint8 [2 h, w], scale page pixels per input pixel)``."""
     from PIL import Image
     from scipy import ndimage
 
     height, width = frames.shape[1:]
     scale = min(OCR_SIDE / max(height, width), MAX_UPSCALE)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
+
+    def grey(image: np.ndarray) -> np.ndarray:  # resampled, speckle off (strokes of 3+ page pixels stay)
+        return ndimage.median_filter(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR), np.int16), size=3)
+
+    low, high = grey(frames.min(axis=0)), grey(frames.max(axis=0))
+    white = low - ndimage.grey_opening(low, size=(STROKE_PX, STROKE_PX))
+    black = ndimage.grey_closing(high, size=(STROKE_PX, STROKE_PX)) - high
     pages = []
-    for frame in frames:
-        grey = ndimage.median_filter(np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR), dtype=np.int16),
-                                     size=3)  # speckle off; strokes of 3 page pixels and more stay
-        white = grey - ndimage.grey_opening(grey, size=(STROKE_PX, STROKE_PX))
-        black = ndimage.grey_closing(grey, size=(STROKE_PX, STROKE_PX)) - grey
-        for strokes in (white, black):
-            strokes[strokes < MIN_CONTRAST] = 0
-            pages.append(255 - np.clip(strokes * GAIN, 0, 255).astype(np.uint8))
+    for strokes in (white, black):
+        strokes[strokes < MIN_CONTRAST] = 0
+        pages.append(255 - np.clip(strokes * GAIN, 0, 255).astype(np.uint8))
     return np.concatenate(pages, axis=0), scale
 
 
@@ -218,7 +222,7 @@ def find_text(frames: np.ndarray, modality: str = "cxr") -> list[Word]:
     if frames.dtype != np.uint8:
         frames = np.rint(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
     page, scale = _page(np.ascontiguousarray(frames, dtype=np.uint8))
-    frame_h = page.shape[0] // (2 * frames.shape[0])  # two polarities per frame
+    frame_h = page.shape[0] // 2  # two polarities, one above the other
     height, width = frames.shape[1:]
     words = _tesseract(page, modality)
     counted = [i for i, (text, confidence, box) in enumerate(words)
@@ -226,7 +230,7 @@ def find_text(frames: np.ndarray, modality: str = "cxr") -> list[Word]:
     found = []
     for index in _with_line_neighbours(words, counted):
         text, confidence, (x0, y0, x1, y1) = words[index]
-        top = (y0 // frame_h) * frame_h  # the stacked page the word lies in
+        top = (y0 // frame_h) * frame_h  # the polarity's half of the page
         box = (int(x0 / scale), int((y0 - top) / scale), int(np.ceil(x1 / scale)), int(np.ceil((y1 - top) / scale)))
         found.append(Word(text, confidence, (max(0, box[0]), max(0, box[1]), min(width, box[2]), min(height, box[3]))))
     return found
