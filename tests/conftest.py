@@ -19,6 +19,22 @@ os.environ["PROBMED_CACHE"] = tempfile.mkdtemp(prefix="probmed-test-cache-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# `probmed data build` reads burned-in text with Tesseract (probmed.data.burned_in_text). Where it is not installed
+# and this is not CI (whose .ci/run installs it), every build in the suite runs with the OCR off, said in the header;
+# tests/hostile/test_hostile_burned_in_text.py then skips, naming the package to install.
+from probmed.data.burned_in_text import engine as _ocr_engine  # noqa: E402
+
+OCR_OFF = _ocr_engine() is None and not os.environ.get("CI")
+if OCR_OFF:
+    os.environ.setdefault("PROBMED_BURNED_IN_TEXT", "off")
+
+
+def pytest_report_header(config):
+    if OCR_OFF:
+        return ("no Tesseract with its English model: data builds run with --burned-in-text off and the OCR tests "
+                "skip (apt-get install tesseract-ocr tesseract-ocr-eng to run them)")
+    return None
+
 #: the smoke config every quick CLI test trains
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from probmed.data import registry, schema
+from probmed.data.burned_in_text import default_policy, require_engine
 from probmed.data.converters import BuildContext
 from probmed.data.deid import SALT_ENV, Pseudonymizer
 from probmed.data.labels import LABELS_FILE, write_vocabulary
@@ -74,6 +75,9 @@ class BuildOptions:
     fit: str = "pad"
     us_blank: str = "sector"
     keep_burned_in: bool = False
+    #: burned-in text found by OCR in CXR and echo pixels: ``blank``, ``refuse`` or ``off``
+    #: (:mod:`probmed.data.burned_in_text`; ``--burned-in-text``)
+    burned_in_text: str = field(default_factory=default_policy)
     #: directories inputs may resolve into besides the manifest's own (``--root``; resolved, symlinks followed)
     roots: tuple[str, ...] = ()
     #: resource limits (:class:`probmed.data.limits.Limits`; ``--limit NAME=VALUE``)
@@ -259,6 +263,7 @@ def build_dataset(manifest: str | Path, out: str | Path, salt: str | None = None
 
     options = _with_manifest_root(options or BuildOptions(), manifest)
     pseudo = Pseudonymizer(salt)  # raises a clear error without a salt
+    require_engine(options.burned_in_text)  # before any shard: no build silently skips the OCR
     salt = salt if salt is not None else os.environ.get(SALT_ENV, "")
     entries = read_manifest(manifest)
     out_dir = Path(out)
@@ -339,6 +344,7 @@ def check_dataset(manifest: str | Path, options: BuildOptions | None = None, wor
     from probmed.data.labels import count_values
 
     options = _with_manifest_root(options or BuildOptions(), manifest)
+    require_engine(options.burned_in_text)
     entries = read_manifest(manifest)
     chunks = [entries[i : i + chunk] for i in range(0, len(entries), chunk)]
     results: list[tuple[list[str], list[dict]]] = []

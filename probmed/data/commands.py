@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from probmed.data.burned_in_text import OCRUnavailable, default_policy
 from probmed.data.registry import default_modalities
 from probmed.data.synthetic.plan import EXTRA_MODALITIES
 
@@ -213,6 +214,10 @@ def _conversion_options(b: argparse.ArgumentParser) -> None:
                    help="blank echo pixels outside the imaging sector (default), the top header band, or nothing")
     b.add_argument("--keep-burned-in", action="store_true",
                    help="write cines whose header says BurnedInAnnotation=YES even when not blanked by their sector")
+    b.add_argument("--burned-in-text", choices=("blank", "refuse", "off"), default=default_policy(),
+                   help="text OCR finds in CXR pixels and inside the echo sector, whatever BurnedInAnnotation says: "
+                   "blank it (default), refuse the view or cine (counted as <modality>_burned_in_text), or do not "
+                   "look (off: no Tesseract needed); the default is $PROBMED_BURNED_IN_TEXT when set")
     b.add_argument("--root", action="append", default=[], metavar="DIR",
                    help="a directory input files may lie in besides the manifest's own (repeatable); a path that "
                    "resolves (symlinks followed) anywhere else is refused as path_outside_root")
@@ -229,7 +234,8 @@ def _options(args: argparse.Namespace):
     return BuildOptions(roots=tuple(args.root), limits=Limits.from_overrides(args.limit),
                         cxr_size=args.cxr_size, ecg_rate=args.ecg_rate, ecg_clean=args.ecg_clean,
                         echo_size=args.echo_size or None, echo_fps=args.echo_fps, drop_burned_in=args.drop_burned_in,
-                        fit=args.fit, us_blank=args.us_blank, keep_burned_in=args.keep_burned_in)
+                        fit=args.fit, us_blank=args.us_blank, keep_burned_in=args.keep_burned_in,
+                        burned_in_text=args.burned_in_text)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -344,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(words)
     try:
         return int(args.func(args))
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, OCRUnavailable) as exc:
         if debug_requested(sys.argv[1:]):
             raise
         return report(exc, words, program=f"probmed data {args.command}")

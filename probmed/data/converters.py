@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from probmed.data import schema
+from probmed.data.burned_in_text import remove_burned_in_text
 from probmed.data.deid import (
     Pseudonymizer, blank_outside, deidentify_dicom, scrub_identifier_forms, scrub_text, strip_image_metadata,
     study_identifiers,
@@ -48,7 +49,9 @@ class BuildContext:
 
 # -- chest X-ray views ------------------------------------------------------------------------------------------------
 def _cxr_view(path: Path, ctx: BuildContext):
-    """One radiograph → ``(stored extension, de-identified bytes, header view)``; decoded once to check it."""
+    """One radiograph → ``(stored extension, de-identified bytes, header view)``; decoded once to check it and to
+    look for burned-in text (``--burned-in-text``: a view whose text was blanked is stored as a 16-bit PNG of the
+    blanked pixels, :func:`downsized_png`)."""
     ext = path.suffix.lower().lstrip(".")
     ext = "jpg" if ext == "jpeg" else ext
     if ext not in CXR_READERS:
@@ -68,6 +71,12 @@ def _cxr_view(path: Path, ctx: BuildContext):
     else:
         data = strip_image_metadata(data, ext)
     image, header_view = read_cxr(f"view.{ext}", data, limits=limits)
+    if ctx.opts.burned_in_text != "off":  # whatever BurnedInAnnotation says (probmed.data.burned_in_text)
+        image = np.array(image, dtype=np.float32)
+        if remove_burned_in_text(image, ctx.opts.burned_in_text, "cxr", path.name):
+            ctx.notes["cxr_burned_in_text_blanked"] += 1  # the blanked pixels replace the source's, as a PNG
+            return "png", downsized_png(image, min(max(image.shape), ctx.opts.cxr_size or max(image.shape))), \
+                header_view
     if ctx.opts.cxr_size and max(image.shape) > ctx.opts.cxr_size:
         return "png", downsized_png(image, ctx.opts.cxr_size), header_view
     return ext, data, header_view
@@ -129,7 +138,8 @@ def ecg_record(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
 
 def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     """Multi-frame DICOM / AVI / MP4 → grey ``uint8 [frames, size, size]`` ``echo.npy`` (aspect kept: padded or
-    centre-cropped by ``--fit``) at its own frame rate
+    centre-cropped by ``--fit``), blanked outside its sector and of burned-in text inside it (OCR of the first,
+    middle and last frames, :mod:`probmed.data.burned_in_text`), at its own frame rate
     (``meta["echo_fps"]``: the file's, else the manifest's ``echo_fps``, else ``--echo-fps``)."""
     import torch
 
@@ -138,6 +148,9 @@ def echo_cine(entry, ctx: BuildContext) -> tuple[dict[str, bytes], dict]:
     (source,) = entry.paths["echo"]
     cine, fps = read_echo_source(source, ctx.opts.limits)
     cine = _without_burned_in_text(cine, echo_header(source), source.name, ctx)
+    sample = np.unique([0, len(cine) // 2, len(cine) - 1])  # OCR reads the first, middle and last frames
+    if remove_burned_in_text(cine, ctx.opts.burned_in_text, "echo", source.name, sample):
+        ctx.notes["echo_burned_in_text_blanked"] += 1  # text inside the sector, blanked in every frame
     given = entry.values_of("echo_fps")
     fps = fps or (float(given[0]) if given else None) or ctx.opts.echo_fps
     if not fps:

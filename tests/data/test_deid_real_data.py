@@ -113,8 +113,8 @@ def test_burned_in_name_is_blanked_outside_the_sector(tmp_path):
         assert cine is not None and summary["notes"]["echo_burned_in_annotation"] == 1
         assert cine[:, text].max() == 0, regions  # not one pixel of the name is left
         assert cine.std(axis=0).mean() > 1 and cine.max() > 100  # the moving image is still there
-    kept, _ = _built_cine(tmp_path, source, keep_burned_in=True, us_blank="none")
-    assert kept[:, text].min() > 200  # opted in: left as it was
+    kept, _ = _built_cine(tmp_path, source, keep_burned_in=True, us_blank="none", burned_in_text="off")
+    assert kept[:, text].min() > 200  # opted in, and no OCR: left as it was
     refused, summary = _built_cine(tmp_path, source, us_blank="none")
     assert refused is None and summary["skipped"] == {"echo_burned_in_annotation": 1, "no_usable_modality": 1}
     header, _ = _built_cine(tmp_path, _us_with_burned_in_name(tmp_path / "h.dcm", False, "NO")[0], us_blank="header")
