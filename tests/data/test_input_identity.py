@@ -31,7 +31,7 @@ def test_a_ct_mr_or_us_file_is_not_a_chest_film(name, found):
     with pytest.raises(UnreadableInput) as info:
         read_cxr_dicom(_real(name).read_bytes())
     assert info.value.reason == "cxr_wrong_modality"
-    assert found in str(info.value) and "CR/DX" in str(info.value)
+    assert found in str(info.value) and "Modality CR or DX" in str(info.value)
 
 
 def test_a_dx_film_and_a_chest_secondary_capture_are_accepted(tmp_path):
