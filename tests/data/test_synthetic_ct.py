@@ -166,7 +166,7 @@ def test_registry_and_cli_know_ct_as_an_opt_in_modality(tmp_path):
     assert registry.default_modalities() == ("cxr", "ecg", "echo", "text")
     assert "ct" in registry.stored_modalities() and registry.modality_of("ct.0.dcm") == "ct"
     assert registry.spec("ct").pipeline is CTInput
-    assert set(corruptions_for(registry.spec("ct").pipeline)) == {"noise", "blur", "contrast"}
+    assert set(corruptions_for(registry.spec("ct").pipeline)) == {"noise", "blur", "contrast", "rotation", "exposure"}
     assert "ct" not in resolve_inputs(None, None)  # not loaded unless a config names it
     assert isinstance(resolve_inputs(None, {"ct": CTInput()})["ct"], CTInput)
     with pytest.raises(SystemExit):  # argparse: not among the choices
