@@ -180,11 +180,15 @@ class ProbMedModule(L.LightningModule):
 
         return GaussianEmbedding(scatter(mean_rows), scatter(log_var_rows), present)
 
+    def embeddable(self, batch: dict, modalities=None) -> list[str]:
+        """The batch's modality keys that have an encoder (and are among ``modalities`` when given)."""
+        return [n for n in batch["inputs"] if (n in self.encoders or n in self.shared)
+                and (modalities is None or n in modalities)]
+
     def embed(self, batch: dict, modalities=None) -> dict[str, GaussianEmbedding]:
         """``{modality: GaussianEmbedding [B, D]}`` for the batch's modalities that have an encoder."""
-        names = [n for n in batch["inputs"] if (n in self.encoders or n in self.shared)
-                 and (modalities is None or n in modalities)]
-        return {n: self.embed_modality(n, batch["inputs"][n], batch["present"][n]) for n in names}
+        return {n: self.embed_modality(n, batch["inputs"][n], batch["present"][n])
+                for n in self.embeddable(batch, modalities)}
 
     def forward(self, batch: dict) -> dict[str, GaussianEmbedding]:
         return self.embed(batch)

@@ -86,9 +86,8 @@ class QualityAugmentation:
         A modality's degraded copies pass its tower in the same forward as the batch's rows, so a batch-norm tower
         normalises them with the same statistics (in training mode a separate forward of degraded rows alone would
         be normalised by their own statistics, which evaluation's running statistics do not reproduce)."""
-        names = [n for n in batch["inputs"] if (n in module.encoders or n in module.shared) and n in modalities]
         embeddings, copies = {}, {}
-        for m in names:
+        for m in module.embeddable(batch, modalities):
             inputs, present = batch["inputs"][m], batch["present"][m]
             plan = self._draw(m, present) if m in self.modalities else None
             if plan is None:
