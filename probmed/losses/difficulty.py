@@ -11,6 +11,7 @@ from torch import Tensor
 from probmed.losses.base import (
     LossContext,
     LossTerm,
+    count_valid_rows,
     global_mean,
     masked_soft_cross_entropy,
     positive_mask,
@@ -46,11 +47,8 @@ def match_difficulty(ctx: LossContext, key: str, partners: Sequence[str], scale:
 
 def world_valid_count(ctx: LossContext, key: str, partners: Sequence[str]) -> Tensor:
     """Global number of rows of ``key`` with a present positive in at least one partner (0-dim long)."""
-    rows = ctx.world[key].present
-    has = torch.zeros_like(rows)
-    for partner in partners:
-        has |= torch.isin(ctx.world_group, ctx.world_group[ctx.world[partner].present])
-    return (rows & has).sum()
+    any_partner = torch.stack([ctx.world[p].present for p in partners]).any(0)
+    return count_valid_rows(ctx.world[key].present, ctx.world_group, any_partner)
 
 
 class DifficultyVariance(LossTerm):
