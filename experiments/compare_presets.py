@@ -63,6 +63,7 @@ ROWS: dict[str, tuple] = {
     "demo-difficulty-no-sampling": ("demo.yaml", None, "ablations/probmed_difficulty_no_sampling.yaml"),
     "demo-quality": ("demo.yaml", None, None, "presets/overlays/quality_augmentation.yaml"),
     "demo-quality-all-kinds": ("demo.yaml", None, None, "ablations/quality_all_kinds.yaml"),
+    "demo-quality-acquisition": ("demo.yaml", None, None, "ablations/quality_acquisition.yaml"),
 }
 CONFIGS = REPO / "configs"
 

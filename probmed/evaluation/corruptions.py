@@ -18,7 +18,11 @@ corrupted copy; it never changes its input in place. ECG and echo inputs are ``{
   ``min(0.9, 0.15·s)`` and marks it dropped in ``frame_mask`` (a clip left with no kept frame is, as the echo
   tower treats any such row, encoded with all its frames: blanks included); ``speckle`` multiplies pixel
   intensities by ``1 + 0.1·s·n``, n ~ N(0, 1); ``contrast_loss`` blends each frame towards its mean by
-  ``min(0.85, 0.25·s)`` and adds clutter ``0.05·s·|n|`` changing every frame (a poor acoustic window);
+  ``k = min(0.85, 0.25·s)`` and fills the lost contrast with clutter of the frame mean's brightness,
+  ``0.3·k·mean·n`` smoothed over 3 × 3 pixels (a poor acoustic window: less contrast and detail, not more
+  energy); ``blur`` a Gaussian blur of σ = ``0.5·s`` pixels of each frame (poor lateral resolution);
+  ``persistence`` replaces each frame by the running average ``(1 − k)·previous + k·frame``, ``k = 1 −
+  min(0.85, 0.25·s)`` (a high persistence setting: the wall motion smeared, the apparent contraction damped);
   ``sector_dropout`` darkens, by ``min(0.9, 0.3·s)``, a wedge of ``min(0.6, 0.1·s)`` rad seen from the apex at the
   top centre, at a random angle (a rib or lung shadow).
 * Text ``{"input_ids", "attention_mask"}``: ``word_dropout`` masks out each token other than the first and the
@@ -149,11 +153,30 @@ def echo_speckle(x: Any, s: float, g: torch.Generator) -> Any:
 
 def echo_contrast_loss(x: Any, s: float, g: torch.Generator) -> Any:
     frames = _signal(x, "frames")
-    keep = 1.0 - min(0.85, 0.25 * s)
+    k = min(0.85, 0.25 * s)
     pixel = _pixels(frames)
     mean = pixel.mean(dim=(-2, -1), keepdim=True)
-    clutter = 0.05 * s * _noise_like(frames, g).abs()
-    return _replace(x, "frames", _standardised(mean + (pixel - mean) * keep + clutter))
+    noise = _noise_like(frames, g).flatten(0, 2)  # [B·T·1, S, S]: smoothed per frame over 3 × 3 pixels
+    clutter = torch.nn.functional.avg_pool2d(noise[:, None], 3, stride=1, padding=1, count_include_pad=False)
+    clutter = clutter.view_as(frames)
+    return _replace(x, "frames", _standardised(mean + (pixel - mean) * (1.0 - k) + 0.3 * k * mean * clutter))
+
+
+def echo_blur(x: Any, s: float, g: torch.Generator) -> Any:
+    frames = _signal(x, "frames")
+    if s <= 0:
+        return _replace(x, "frames", frames.clone())
+    blurred = cxr_blur(frames.flatten(0, 1), 0.5 * s, g).view_as(frames)
+    return _replace(x, "frames", blurred)
+
+
+def echo_persistence(x: Any, s: float, g: torch.Generator) -> Any:
+    frames = _signal(x, "frames")
+    keep = 1.0 - min(0.85, 0.25 * s)
+    out = [frames[:, 0]]
+    for t in range(1, frames.shape[1]):
+        out.append(keep * frames[:, t] + (1.0 - keep) * out[-1])
+    return _replace(x, "frames", torch.stack(out, dim=1))
 
 
 def echo_sector_dropout(x: Any, s: float, g: torch.Generator) -> Any:
@@ -197,7 +220,7 @@ CORRUPTIONS: dict[type, dict[str, Callable]] = {
                  "exposure": cxr_exposure},
     ECGInput: {"noise": ecg_noise, "baseline_wander": ecg_baseline_wander, "lead_dropout": ecg_lead_dropout},
     EchoInput: {"frame_dropout": echo_frame_dropout, "speckle": echo_speckle, "contrast_loss": echo_contrast_loss,
-                "sector_dropout": echo_sector_dropout},
+                "sector_dropout": echo_sector_dropout, "blur": echo_blur, "persistence": echo_persistence},
     TextInput: {"word_dropout": text_word_dropout, "truncation": text_truncation},
 }
 
