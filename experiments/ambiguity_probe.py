@@ -12,7 +12,8 @@ modality. Borderline (-1) labels are left out.
     python experiments/ambiguity_probe.py data_shards/demo --embeddings emb.npz    (``probmed predict``'s output)
 
 With ``--embeddings``, instead: Spearman(mean predicted σ², recorded ambiguity) per modality over the studies of the
-``.npz`` (the test split) that have the modality.
+``.npz`` that have the modality (``data_dir`` may hold just that split's shards or all of them), the mean log σ² per
+ambiguity band, and σ² against each recorded mechanism (which acquisition problems the variance sees).
 """
 from __future__ import annotations
 
@@ -120,24 +121,48 @@ def probe(data: dict, modality: str, folds: int = 5) -> dict:
     return result
 
 
-def variance_spearman(embeddings: Path, data_dir: Path) -> dict[str, tuple[int, float]]:
-    """modality → (studies, Spearman ρ of the mean of ``<m>/var`` with ``meta["ambiguity"][m]``)."""
+#: Ambiguity bands of the ``--embeddings`` breakdown: clean, then the tail in four steps.
+BANDS = (0.0, 0.05, 0.2, 0.4, 0.6, 1.01)
+
+
+def variance_against_ambiguity(embeddings: Path, data_dir: Path) -> dict[str, dict]:
+    """Per modality: ``n``, ``rho`` = Spearman ρ of the mean of ``<m>/var`` with ``meta["ambiguity"][m]``,
+    ``mechanisms`` = ρ with each recorded numeric mechanism's strength (its absolute value: exposure and rotation
+    are signed) or, for a categorical one (projection, electrodes), the median mean log σ² per category, and
+    ``bands`` = (studies, mean, sd of the mean log σ²) per ambiguity band of :data:`BANDS`."""
     from scipy.stats import spearmanr
 
     npz = np.load(embeddings, allow_pickle=False)
     meta = {}
     for sample in _samples(data_dir):
         m = json.loads(sample["json"])
-        meta[m["study_id"]] = m.get("ambiguity", {})
+        meta[m["study_id"]] = m
     ids = [str(s) for s in npz["study_id"]]
     out = {}
     for m in TARGETS:
         if f"{m}/var" not in npz:
             continue
-        var = npz[f"{m}/var"].mean(1)
-        amb = np.array([float(meta.get(s, {}).get(m, np.nan)) for s in ids])
+        log_var = np.log(np.maximum(npz[f"{m}/var"], 1e-30)).mean(1)
+        amb = np.array([float(meta.get(s, {}).get("ambiguity", {}).get(m, np.nan)) for s in ids])
         ok = npz[f"{m}/present"].astype(bool) & ~np.isnan(amb)
-        out[m] = (int(ok.sum()), round(float(spearmanr(var[ok], amb[ok]).correlation), 3))
+        rows = np.flatnonzero(ok)
+        quality = [meta[ids[i]].get("quality", {}).get(m, {}) for i in rows]
+        mechanisms: dict[str, object] = {}
+        for name in sorted({k for q in quality for k in q} - {"blur_angle"}):
+            values = [q.get(name) for q in quality]
+            if all(isinstance(v, (int, float)) for v in values):
+                rho = spearmanr(log_var[rows], np.abs(np.asarray(values, float))).correlation
+                mechanisms[name] = round(float(rho), 3)
+            else:
+                mechanisms[name] = {str(c): round(float(np.median(log_var[rows][[v == c for v in values]])), 2)
+                                    for c in sorted({str(v) for v in values})}
+        bands = []
+        for lo, hi in zip(BANDS[:-1], BANDS[1:]):
+            band = log_var[ok][(amb[ok] >= lo) & (amb[ok] < hi)]
+            bands.append((int(band.size), round(float(band.mean()), 2) if band.size else None,
+                          round(float(band.std()), 2) if band.size else None))
+        out[m] = {"n": int(ok.sum()), "rho": round(float(spearmanr(log_var[ok], amb[ok]).correlation), 3),
+                  "mechanisms": mechanisms, "bands": bands}
     return out
 
 
@@ -149,8 +174,12 @@ def main() -> None:
     parser.add_argument("--embeddings", type=Path, help="probmed predict's .npz: report Spearman(σ², ambiguity)")
     args = parser.parse_args()
     if args.embeddings:
-        for m, (n, rho) in variance_spearman(args.embeddings, args.data_dir).items():
-            print(f"{m:8s} n={n:5d}  Spearman(mean var, ambiguity) = {rho:+.3f}")
+        heads = "  ".join(f"{lo:.2f}-{min(hi, 1.0):.2f}" for lo, hi in zip(BANDS[:-1], BANDS[1:]))
+        for m, r in variance_against_ambiguity(args.embeddings, args.data_dir).items():
+            print(f"{m:8s} n={r['n']:5d}  Spearman(mean var, ambiguity) = {r['rho']:+.3f}")
+            print(f"         mean log var by ambiguity band ({heads}): "
+                  + "  ".join(f"{mu:+.2f}±{sd:.2f} (n={n})" if n else "-" for n, mu, sd in r["bands"]))
+            print("         per mechanism: " + ", ".join(f"{k} {v}" for k, v in r["mechanisms"].items()))
         return
     data = features(args.data_dir)
     results = {m: probe(data[m], m) for m in args.modalities if data[m]["x"]}

@@ -76,6 +76,39 @@ def test_known_magnitudes():
     assert ((pixels - 0.5).abs() < 1e-6).float().mean() > 0.5 and pixels.min().item() == pytest.approx(0.05)
 
 
+def test_echo_contrast_loss_blur_and_persistence_attenuate_as_a_poor_window_does():
+    """A poor acoustic window lowers a cine's contrast, fine detail and frame-to-frame change: the three
+    attenuating corruptions must move those the same way (and persistence is the running average, exactly)."""
+    g = torch.Generator().manual_seed(1)
+    cine = torch.randn(4, 8, 1, 16, 16, generator=g)
+
+    def contrast(x):
+        return x.std(dim=(-2, -1)).mean().item()
+
+    def change(x):
+        return (x[:, 1:] - x[:, :-1]).abs().mean().item()
+
+    def detail(x):
+        return (x[..., 1:] - x[..., :-1]).abs().mean().item()
+
+    for kind in ("contrast_loss", "blur", "persistence"):
+        out = corrupt("echo", kind, cine, 2.0, seed=0)
+        assert change(out) < 0.9 * change(cine), kind
+        assert detail(out) < detail(cine) and contrast(out) < contrast(cine), kind
+    flat = corrupt("echo", "contrast_loss", cine, 2.0, seed=0)  # k = 0.5: the deviations from the mean halved
+    mean = cine.mean(dim=(-2, -1), keepdim=True) * PIXEL_SCALE + 0.5
+    clutter = (flat - cine.mean(dim=(-2, -1), keepdim=True) - 0.5 * (cine - cine.mean(dim=(-2, -1), keepdim=True)))
+    assert clutter.abs().max().item() > 0  # clutter present, scaled by the frame's mean brightness
+    assert (clutter * PIXEL_SCALE / (0.3 * 0.5 * mean)).std().item() < 1.0  # smoothed: below a unit white noise
+    smeared = corrupt("echo", "persistence", cine, 2.0, seed=0)  # keep = 0.5
+    expected = [cine[:, 0]]
+    for t in range(1, 8):
+        expected.append(0.5 * cine[:, t] + 0.5 * expected[-1])
+    torch.testing.assert_close(smeared, torch.stack(expected, 1))
+    framed = corrupt("echo", "blur", {"frames": cine, "frame_mask": torch.ones(4, 8, dtype=torch.bool)}, 2.0, seed=0)
+    assert framed["frame_mask"].all() and framed["frames"].shape == cine.shape
+
+
 def test_unknown_names_and_bad_severities_are_clear_errors():
     with pytest.raises(ValueError, match="no corruptions registered for modality 'mri'"):
         get_corruption("mri", "noise")
