@@ -13,7 +13,11 @@ modality. Borderline (-1) labels are left out.
 
 With ``--embeddings``, instead: Spearman(mean predicted σ², recorded ambiguity) per modality over the studies of the
 ``.npz`` that have the modality (``data_dir`` may hold just that split's shards or all of them), the mean log σ² per
-ambiguity band, and σ² against each recorded mechanism (which acquisition problems the variance sees).
+ambiguity band, and σ² against each recorded mechanism (which acquisition problems the variance sees). With
+``--oracle-recall`` as well: the issue's 10-bin test (R@1 by decile of uncertainty) scored with the recorded
+ambiguity in place of the variance — the best a variance that follows the ambiguity could do.
+
+    python experiments/ambiguity_probe.py data_shards/demo --embeddings emb.npz --oracle-recall
 """
 from __future__ import annotations
 
@@ -166,13 +170,51 @@ def variance_against_ambiguity(embeddings: Path, data_dir: Path) -> dict[str, di
     return out
 
 
+def oracle_binned_recall(embeddings: Path) -> dict[str, dict]:
+    """The 10-bin test with the recorded ambiguity itself as the uncertainty (what a variance that followed it
+    perfectly would score): per query modality, R@1 (cosine of the means: the exact ranking of a CLIP
+    checkpoint) pooled over its pairs, in ten equal-count bins of the query's ambiguity, and
+    Pearson(bin index, R@1) (:func:`probmed.evaluation.confidence.binned_recall`)."""
+    import torch
+
+    from probmed.evaluation.confidence import binned_recall
+
+    npz = np.load(embeddings, allow_pickle=False)
+    mods = [m for m in TARGETS if f"{m}/mean" in npz and f"{m}/ambiguity" in npz]
+    out = {}
+    for a in mods:
+        amb, hits = [], []
+        for b in mods:
+            if b == a:
+                continue
+            both = npz[f"{a}/present"].astype(bool) & npz[f"{b}/present"].astype(bool)
+            q, g = npz[f"{a}/mean"][both], npz[f"{b}/mean"][both]
+            q = q / np.linalg.norm(q, axis=1, keepdims=True)
+            g = g / np.linalg.norm(g, axis=1, keepdims=True)
+            hits.append(((q @ g.T).argmax(1) == np.arange(len(q))).astype(np.float64))
+            amb.append(npz[f"{a}/ambiguity"][both])
+        u, h = np.concatenate(amb), np.concatenate(hits)
+        keep = ~np.isnan(u)
+        r = binned_recall(torch.from_numpy(u[keep]), torch.from_numpy(h[keep]))
+        out[a] = {"queries": int(keep.sum()), "recall": [round(float(x), 1) for x in r["recall"]],
+                  "pearson": round(float(r["pearson"]), 3)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--modalities", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--embeddings", type=Path, help="probmed predict's .npz: report Spearman(σ², ambiguity)")
+    parser.add_argument("--oracle-recall", action="store_true",
+                        help="with --embeddings: R@1 by decile of the recorded ambiguity itself (see docstring)")
     args = parser.parse_args()
+    if args.embeddings and args.oracle_recall:
+        for m, r in oracle_binned_recall(args.embeddings).items():
+            print(f"{m:8s} {r['queries']:5d} queries  Pearson(ambiguity decile, R@1) = {r['pearson']:+.2f}  "
+                  f"R@1 by decile {r['recall']}")
+        return
     if args.embeddings:
         heads = "  ".join(f"{lo:.2f}-{min(hi, 1.0):.2f}" for lo, hi in zip(BANDS[:-1], BANDS[1:]))
         for m, r in variance_against_ambiguity(args.embeddings, args.data_dir).items():
