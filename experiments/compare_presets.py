@@ -64,6 +64,7 @@ ROWS: dict[str, tuple] = {
     "demo-quality": ("demo.yaml", None, None, "presets/overlays/quality_augmentation.yaml"),
     "demo-quality-all-kinds": ("demo.yaml", None, None, "ablations/quality_all_kinds.yaml"),
     "demo-quality-acquisition": ("demo.yaml", None, None, "ablations/quality_acquisition.yaml"),
+    "demo-quality-acquisition-margin4": ("demo.yaml", None, None, "ablations/quality_acquisition_margin4.yaml"),
 }
 CONFIGS = REPO / "configs"
 
