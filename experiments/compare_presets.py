@@ -65,6 +65,7 @@ ROWS: dict[str, tuple] = {
     "demo-quality-all-kinds": ("demo.yaml", None, None, "ablations/quality_all_kinds.yaml"),
     "demo-quality-acquisition": ("demo.yaml", None, None, "ablations/quality_acquisition.yaml"),
     "demo-quality-acquisition-margin4": ("demo.yaml", None, None, "ablations/quality_acquisition_margin4.yaml"),
+    "demo-quality-acquisition-margin8": ("demo.yaml", None, None, "ablations/quality_acquisition_margin8.yaml"),
 }
 CONFIGS = REPO / "configs"
 
