@@ -27,7 +27,9 @@ corrupted copy; it never changes its input in place. ECG and echo inputs are ``{
   top centre, at a random angle (a rib or lung shadow).
 * Text ``{"input_ids", "attention_mask"}``: ``word_dropout`` masks out each token other than the first and the
   last attended one with probability ``min(0.9, 0.1·s)``; ``truncation`` keeps only the first
-  ``⌈(1 − min(0.9, 0.25·s))·n⌉`` of the n words between them (a terse report).
+  ``⌈(1 − min(0.9, 0.25·s))·n⌉`` of the n words between them (a terse report); ``word_substitution`` replaces each
+  of those words with probability ``min(0.9, 0.1·s)`` by a word of another report of the batch (a report naming
+  findings it does not assert, as a hedged one does; a one-report batch is returned unchanged).
 """
 from __future__ import annotations
 
@@ -213,6 +215,23 @@ def text_word_dropout(x: dict[str, Tensor], s: float, g: torch.Generator) -> dic
     return {**x, "attention_mask": mask.masked_fill(drop, 0)}
 
 
+def text_word_substitution(x: dict[str, Tensor], s: float, g: torch.Generator) -> dict[str, Tensor]:
+    mask, ids = x["attention_mask"], x["input_ids"]
+    b, width = ids.shape
+    last = mask.sum(dim=1, keepdim=True) - 1  # the closing special token
+    position = torch.arange(width)[None, :].to(mask.device)
+    words = (mask > 0) & (position > 0) & (position != last)  # [B, W] what may be replaced, and the donor pool
+    swap = (torch.rand(ids.shape, generator=g) < min(0.9, 0.1 * s)).to(mask.device) & words
+    if b < 2 or not swap.any():
+        return {**x, "input_ids": ids.clone()}
+    donor_row = (torch.arange(b)[:, None] + torch.randint(1, b, (b, width), generator=g)) % b  # another report
+    donor_len = words.sum(1).clamp_min(1).cpu()  # words of each report, at positions 1..n
+    donor_pos = 1 + (torch.rand(b, width, generator=g) * donor_len[donor_row]).long()
+    donors = ids[donor_row.to(ids.device), donor_pos.to(ids.device)]
+    has_words = (words.sum(1) > 0)[donor_row.to(ids.device)]
+    return {**x, "input_ids": torch.where(swap & has_words, donors, ids)}
+
+
 #: Input pipeline class → corruption kind → function(batch input, severity, generator). A pipeline's subclasses
 #: (a second radiograph view, a CT slice, the impression section) share its batch layout and so its corruptions.
 CORRUPTIONS: dict[type, dict[str, Callable]] = {
@@ -221,7 +240,8 @@ CORRUPTIONS: dict[type, dict[str, Callable]] = {
     ECGInput: {"noise": ecg_noise, "baseline_wander": ecg_baseline_wander, "lead_dropout": ecg_lead_dropout},
     EchoInput: {"frame_dropout": echo_frame_dropout, "speckle": echo_speckle, "contrast_loss": echo_contrast_loss,
                 "sector_dropout": echo_sector_dropout, "blur": echo_blur, "persistence": echo_persistence},
-    TextInput: {"word_dropout": text_word_dropout, "truncation": text_truncation},
+    TextInput: {"word_dropout": text_word_dropout, "truncation": text_truncation,
+                "word_substitution": text_word_substitution},
 }
 
 

@@ -32,7 +32,7 @@ def test_every_corruption_is_deterministic_leaves_its_input_alone_and_is_identit
     zero = corrupt(modality, kind, x, 0.0, seed=7)
     if isinstance(x, dict):
         assert all(torch.equal(a[k], b[k]) and torch.equal(x[k], before[k]) and torch.equal(zero[k], x[k]) for k in x)
-        assert not torch.equal(a["attention_mask"], x["attention_mask"])
+        assert any(not torch.equal(a[k], x[k]) for k in x)  # the mask (words dropped) or the ids (replaced)
     else:
         assert torch.equal(a, b) and torch.equal(x, before) and a.shape == x.shape
         torch.testing.assert_close(zero, x)
@@ -107,6 +107,27 @@ def test_echo_contrast_loss_blur_and_persistence_attenuate_as_a_poor_window_does
     torch.testing.assert_close(smeared, torch.stack(expected, 1))
     framed = corrupt("echo", "blur", {"frames": cine, "frame_mask": torch.ones(4, 8, dtype=torch.bool)}, 2.0, seed=0)
     assert framed["frame_mask"].all() and framed["frames"].shape == cine.shape
+
+
+def test_word_substitution_draws_words_of_the_other_reports_and_keeps_the_frame():
+    x = {"input_ids": torch.tensor([[101, 5, 6, 7, 102, 0], [101, 50, 60, 102, 0, 0],
+                                    [101, 500, 600, 700, 800, 102]]),
+         "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])}
+    words = [{5, 6, 7}, {50, 60}, {500, 600, 700, 800}]
+    changed = 0
+    for seed in range(20):
+        out = corrupt("text", "word_substitution", x, 9.0, seed=seed)  # p = 0.9
+        assert torch.equal(out["attention_mask"], x["attention_mask"])
+        ids = out["input_ids"]
+        assert ids[:, 0].tolist() == [101] * 3 and ids[0, 4] == 102 and ids[1, 3] == 102 and ids[2, 5] == 102
+        assert ids[0, 5] == 0 and ids[1, 4:].tolist() == [0, 0]  # padding stays padding
+        for row, (n, own) in enumerate(zip((3, 2, 4), words)):
+            for t in ids[row, 1:1 + n].tolist():
+                assert t in own or any(t in other for j, other in enumerate(words) if j != row)
+            changed += sum(t not in own for t in ids[row, 1:1 + n].tolist())
+    assert changed > 0.7 * 20 * 9  # ≈ 90 % of the 9 words replaced, never by a word of the same report
+    one = {k: v[:1] for k, v in x.items()}
+    assert torch.equal(corrupt("text", "word_substitution", one, 9.0, seed=0)["input_ids"], one["input_ids"])
 
 
 def test_unknown_names_and_bad_severities_are_clear_errors():
