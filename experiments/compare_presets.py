@@ -66,6 +66,7 @@ ROWS: dict[str, tuple] = {
     "demo-quality-acquisition": ("demo.yaml", None, None, "ablations/quality_acquisition.yaml"),
     "demo-quality-acquisition-margin4": ("demo.yaml", None, None, "ablations/quality_acquisition_margin4.yaml"),
     "demo-quality-acquisition-margin8": ("demo.yaml", None, None, "ablations/quality_acquisition_margin8.yaml"),
+    "demo-quality-ranking-only": ("demo.yaml", None, None, "ablations/quality_acquisition_ranking_only.yaml"),
 }
 CONFIGS = REPO / "configs"
 

@@ -231,9 +231,11 @@ class ProbMedModule(L.LightningModule):
         self.nonfinite.snapshot(self)  # batch-norm statistics before this step's forward (restored if skipped)
         if self.quality_augmentation is None:
             embeddings, copies = self.embed(batch, self.objective.modalities), None
+            seen = embeddings
         else:
             embeddings, copies = self.quality_augmentation.embed(self, batch, self.objective.modalities)
-        out = self.objective(embeddings, batch["group"])
+            seen = self.quality_augmentation.for_objective(embeddings)
+        out = self.objective(seen, batch["group"])
         raw = out.total
         if copies is not None:
             quality, quality_logs = self.quality_augmentation.loss(embeddings, copies)

@@ -45,6 +45,10 @@ class QualityAugmentation:
         margin: log-variance gap demanded at the largest severity (nats of variance; ``e^1`` ≈ 2.7× at 1).
         like: key → registered modality whose corruptions it takes (a modality added in the config alone).
         kinds: key → the corruption kinds to draw from (default: every kind registered for its input).
+        ranking_only: the ranking alone trains the taught modalities' variances: the objective's terms still see
+            them (in the similarity, the samples, the KL) but their gradient to the log-variance is cut
+            (:meth:`for_objective`). The contrastive objective otherwise also gives a variance to content — a
+            distinctive input gets a small one — which can outweigh what the ranking teaches.
     """
 
     modalities: list[str] = field(default_factory=lambda: ["cxr", "ecg", "echo", "text"])
@@ -54,6 +58,7 @@ class QualityAugmentation:
     margin: float = 2.0
     like: dict[str, str] = field(default_factory=dict)
     kinds: dict[str, list[str]] = field(default_factory=dict)
+    ranking_only: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -101,6 +106,14 @@ class QualityAugmentation:
             embeddings[m] = GaussianEmbedding(both.mean[:b], both.log_var[:b], present)
             copies[m] = (GaussianEmbedding(both.mean[b:], both.log_var[b:], ones), rows, severity)
         return embeddings, copies
+
+    def for_objective(self, embeddings: dict[str, GaussianEmbedding]) -> dict[str, GaussianEmbedding]:
+        """What the training objective gets: the embeddings themselves, or with :attr:`ranking_only` the taught
+        modalities' log-variances detached (same values, no gradient to the variance head from the objective)."""
+        if not self.ranking_only:
+            return embeddings
+        return {m: GaussianEmbedding(e.mean, e.log_var.detach(), e.present) if m in self.modalities else e
+                for m, e in embeddings.items()}
 
     def _draw(self, modality: str, present: Tensor):
         """``(rows, kind, severity, seed)`` of this step's degradation of ``modality``, or None (< 2 rows)."""

@@ -80,3 +80,27 @@ def test_training_on_the_ranking_alone_raises_the_variance_of_degraded_records_i
         for kind in aug.kinds_of("ecg"):
             noisy = module.embed_modality("ecg", corrupt("ecg", kind, fresh, 3.0, seed=1), present).log_var.mean(-1)
             assert (noisy > clean).float().mean() > 0.8, kind
+
+
+@pytest.mark.parametrize("ranking_only", [False, True])
+def test_ranking_only_cuts_the_objectives_gradient_to_the_variance_and_keeps_the_values(ranking_only):
+    """With ``ranking_only`` the objective (here the VIB, whose KL depends on the variance) sees the same variances
+    and losses but gives the log-variance head no gradient; its gradient to the mean head is unchanged, and the
+    ranking still trains the variance."""
+    aug = QualityAugmentation(modalities=["ecg"], fraction=0.5, ranking_only=ranking_only)
+    module = _module(aug).train()
+    batch = {"inputs": {"ecg": _records(8, 1)}, "present": {"ecg": torch.ones(8, dtype=torch.bool)},
+             "group": torch.arange(8)}
+    torch.manual_seed(3)
+    emb, copies = aug.embed(module, batch, ["ecg"])
+    seen = aug.for_objective(emb)
+    torch.testing.assert_close(seen["ecg"].log_var, emb["ecg"].log_var)
+    out = module.objective(seen, batch["group"])
+    head = module.heads["ecg"]
+    var_grad = torch.autograd.grad(out.total, head.log_var.weight, retain_graph=True, allow_unused=True)[0]
+    if ranking_only:
+        assert var_grad is None or var_grad.abs().max() == 0
+    else:
+        assert var_grad.abs().max() > 0
+    rank_grad = torch.autograd.grad(aug.loss(emb, copies)[0] + emb["ecg"].log_var.sum() * 0, head.log_var.weight)[0]
+    assert rank_grad.abs().max() > 0
