@@ -118,12 +118,12 @@ def main(argv=None) -> int:
         names = list(stats)
         print(f"\n{m}: {len(clean)} clean, {len(poor)} poor studies ({args.split}); ratio of the mean to the clean "
               f"studies'")
-        print(f"  {'':22s}" + "".join(f"{k:>12s}" for k in names))
-        print(f"  {'poor (recorded)':22s}" + "".join(_ratio(stats[k][poor].mean(), base[k]) for k in names))
+        print(f"  {'':26s}" + "".join(f"{k:>12s}" for k in names))
+        print(f"  {'poor (recorded)':26s}" + "".join(_ratio(stats[k][poor].mean(), base[k]) for k in names))
         clean_x = select_rows(x, clean)
         for kind in sorted(corruptions_for(SPECS[m].pipeline)):
             c = statistics(m, corrupt(m, kind, clean_x, args.severity, seed=0))
-            print(f"  {kind + f' s={args.severity:g}':22s}" + "".join(_ratio(c[k].mean(), base[k]) for k in names))
+            print(f"  {kind + f' s={args.severity:g}':26s}" + "".join(_ratio(c[k].mean(), base[k]) for k in names))
     return 0
 
 
