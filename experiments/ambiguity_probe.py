@@ -133,7 +133,9 @@ def variance_against_ambiguity(embeddings: Path, data_dir: Path) -> dict[str, di
     """Per modality: ``n``, ``rho`` = Spearman ρ of the mean of ``<m>/var`` with ``meta["ambiguity"][m]``,
     ``mechanisms`` = ρ with each recorded numeric mechanism's strength (its absolute value: exposure and rotation
     are signed) or, for a categorical one (projection, electrodes), the median mean log σ² per category, and
-    ``bands`` = (studies, mean, sd of the mean log σ²) per ambiguity band of :data:`BANDS`."""
+    ``bands`` = (studies, mean, sd of the mean log σ²) per ambiguity band of :data:`BANDS`, and ``findings`` =
+    finding → (median mean log σ² of the positive studies, of the negative ones): how much the variance follows
+    content rather than quality."""
     from scipy.stats import spearmanr
 
     npz = np.load(embeddings, allow_pickle=False)
@@ -165,8 +167,15 @@ def variance_against_ambiguity(embeddings: Path, data_dir: Path) -> dict[str, di
             band = log_var[ok][(amb[ok] >= lo) & (amb[ok] < hi)]
             bands.append((int(band.size), round(float(band.mean()), 2) if band.size else None,
                           round(float(band.std()), 2) if band.size else None))
+        content = {}  # what the variance also follows: the study's findings
+        if "labels" in npz and "label_names" in npz:
+            for j, name in enumerate(npz["label_names"]):
+                pos, neg = ok & (npz["labels"][:, j] == 1), ok & (npz["labels"][:, j] == 0)
+                if pos.sum() >= 5 and neg.sum() >= 5:
+                    content[str(name)] = (round(float(np.median(log_var[pos])), 2),
+                                          round(float(np.median(log_var[neg])), 2))
         out[m] = {"n": int(ok.sum()), "rho": round(float(spearmanr(log_var[ok], amb[ok]).correlation), 3),
-                  "mechanisms": mechanisms, "bands": bands}
+                  "mechanisms": mechanisms, "bands": bands, "findings": content}
     return out
 
 
@@ -222,6 +231,8 @@ def main() -> None:
             print(f"         mean log var by ambiguity band ({heads}): "
                   + "  ".join(f"{mu:+.2f}±{sd:.2f} (n={n})" if n else "-" for n, mu, sd in r["bands"]))
             print("         per mechanism: " + ", ".join(f"{k} {v}" for k, v in r["mechanisms"].items()))
+            print("         median log var, finding positive / negative: "
+                  + ", ".join(f"{k} {p:+.2f}/{n:+.2f}" for k, (p, n) in r["findings"].items()))
         return
     data = features(args.data_dir)
     results = {m: probe(data[m], m) for m in args.modalities if data[m]["x"]}

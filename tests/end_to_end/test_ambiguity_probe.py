@@ -38,7 +38,9 @@ def test_variance_breakdown_matches_scipy_on_the_studies_that_have_the_modality(
     present = np.ones(n, bool)
     present[:5] = False  # five studies without an ECG are left out
     ids = np.array([m["study_id"] for m in metas])[::-1]  # the .npz's own order, not the shards'
-    np.savez(tmp_path / "emb.npz", study_id=ids, **{"ecg/var": var[::-1], "ecg/present": present[::-1]})
+    labels = (np.arange(n) % 2).astype(np.float32)[:, None]  # odd studies positive
+    np.savez(tmp_path / "emb.npz", study_id=ids, labels=labels[::-1], label_names=np.array(["lvh"]),
+             **{"ecg/var": var[::-1], "ecg/present": present[::-1]})
     got = ambiguity_probe.variance_against_ambiguity(tmp_path / "emb.npz", tmp_path)["ecg"]
     log_var = np.log(var).mean(1)
     assert got["n"] == 35
@@ -47,6 +49,8 @@ def test_variance_breakdown_matches_scipy_on_the_studies_that_have_the_modality(
     flat = [i for i in range(5, n) if i % 4 == 0]
     assert got["mechanisms"]["electrodes"]["flat"] == pytest.approx(np.median(log_var[flat]), abs=0.01)
     assert sum(b[0] for b in got["bands"]) == 35
+    odd, even = [i for i in range(5, n) if i % 2], [i for i in range(5, n) if i % 2 == 0]
+    assert got["findings"]["lvh"] == pytest.approx((np.median(log_var[odd]), np.median(log_var[even])), abs=0.01)
 
 
 def test_oracle_recall_bins_each_modality_by_its_own_recorded_ambiguity(tmp_path):
