@@ -45,10 +45,13 @@ class QualityAugmentation:
         margin: log-variance gap demanded at the largest severity (nats of variance; ``e^1`` ≈ 2.7× at 1).
         like: key → registered modality whose corruptions it takes (a modality added in the config alone).
         kinds: key → the corruption kinds to draw from (default: every kind registered for its input).
-        ranking_only: the ranking alone trains the taught modalities' variances: the objective's terms still see
-            them (in the similarity, the samples, the KL) but their gradient to the log-variance is cut
-            (:meth:`for_objective`). The contrastive objective otherwise also gives a variance to content — a
-            distinctive input gets a small one — which can outweigh what the ranking teaches.
+        ranking_only: the ranking alone decides which inputs of a taught modality get more variance: the
+            objective's terms still see the variances (in the similarity, the samples, the KL) and set their
+            level — each dimension's mean over the batch's present rows — but not how they differ from row to row
+            (:meth:`for_objective`). Otherwise the contrastive objective also gives the variance to content — a
+            distinctive input a small one — and that spread can outweigh what the ranking teaches. (Cutting the
+            objective's gradient entirely leaves the level free: the ECG variance drifted to ≈ 10 and retrieval
+            stalled at chance.)
     """
 
     modalities: list[str] = field(default_factory=lambda: ["cxr", "ecg", "echo", "text"])
@@ -109,11 +112,12 @@ class QualityAugmentation:
 
     def for_objective(self, embeddings: dict[str, GaussianEmbedding]) -> dict[str, GaussianEmbedding]:
         """What the training objective gets: the embeddings themselves, or with :attr:`ranking_only` the taught
-        modalities' log-variances detached (same values, no gradient to the variance head from the objective)."""
+        modalities' log-variances with the same values whose gradient from the objective reaches each row only
+        through the batch level: ``log_var.detach() + level − level.detach()``, ``level`` ``[1, D]`` the mean over
+        the present rows (every present row receives the mean of the rows' gradients)."""
         if not self.ranking_only:
             return embeddings
-        return {m: GaussianEmbedding(e.mean, e.log_var.detach(), e.present) if m in self.modalities else e
-                for m, e in embeddings.items()}
+        return {m: _level_only(e) if m in self.modalities else e for m, e in embeddings.items()}
 
     def _draw(self, modality: str, present: Tensor):
         """``(rows, kind, severity, seed)`` of this step's degradation of ``modality``, or None (< 2 rows)."""
@@ -140,3 +144,10 @@ class QualityAugmentation:
             anchor = next(iter(embeddings.values())).log_var
             return anchor.sum() * 0.0, logs
         return self.weight * total, logs
+
+
+def _level_only(e: GaussianEmbedding) -> GaussianEmbedding:
+    """``e`` whose log-variance passes gradient only to its mean over the present rows (per dimension)."""
+    weight = e.present.to(e.log_var.dtype)[:, None]
+    level = (e.log_var * weight).sum(0, keepdim=True) / weight.sum().clamp_min(1)
+    return GaussianEmbedding(e.mean, e.log_var.detach() + level - level.detach(), e.present)
