@@ -62,11 +62,11 @@ ROWS: dict[str, tuple] = {
     "demo-no-sampling": ("demo.yaml", None, "ablations/probmed_no_sampling.yaml"),
     "demo-difficulty-no-sampling": ("demo.yaml", None, "ablations/probmed_difficulty_no_sampling.yaml"),
     "demo-quality": ("demo.yaml", None, None, "presets/overlays/quality_augmentation.yaml"),
+    "demo-quality-narrow": ("demo.yaml", None, None, "ablations/quality_narrow.yaml"),
     "demo-quality-all-kinds": ("demo.yaml", None, None, "ablations/quality_all_kinds.yaml"),
-    "demo-quality-acquisition": ("demo.yaml", None, None, "ablations/quality_acquisition.yaml"),
-    "demo-quality-acquisition-margin4": ("demo.yaml", None, None, "ablations/quality_acquisition_margin4.yaml"),
-    "demo-quality-acquisition-margin8": ("demo.yaml", None, None, "ablations/quality_acquisition_margin8.yaml"),
-    "demo-quality-ranking-only": ("demo.yaml", None, None, "ablations/quality_acquisition_ranking_only.yaml"),
+    "demo-quality-margin4": ("demo.yaml", None, None, "ablations/quality_margin4.yaml"),
+    "demo-quality-margin8": ("demo.yaml", None, None, "ablations/quality_margin8.yaml"),
+    "demo-quality-ranking-only": ("demo.yaml", None, None, "ablations/quality_ranking_only.yaml"),
 }
 CONFIGS = REPO / "configs"
 
