@@ -67,6 +67,7 @@ ROWS: dict[str, tuple] = {
     "demo-quality-margin4": ("demo.yaml", None, None, "ablations/quality_margin4.yaml"),
     "demo-quality-margin8": ("demo.yaml", None, None, "ablations/quality_margin8.yaml"),
     "demo-quality-ranking-only": ("demo.yaml", None, None, "ablations/quality_ranking_only.yaml"),
+    "demo-quality-substitution": ("demo.yaml", None, None, "ablations/quality_substitution.yaml"),
 }
 CONFIGS = REPO / "configs"
 
