@@ -46,8 +46,8 @@ def _how_to_load(path, tmp_path) -> list[str]:
         return [*smoke, "--trainer", str(path)]
     if rel.name == "_data.yaml":
         return [*smoke, "--data", str(path)]
-    if "objectives" in rel.parts or (rel.parts[0] == "ablations" and "objective" in path.read_text()):
-        return [*smoke, "--model.objective", str(path)]  # the value of model.objective
+    if "objectives" in rel.parts or (rel.parts[0] == "ablations" and "model" not in yaml.safe_load(path.read_text())):
+        return [*smoke, "--model.objective", str(path)]  # the value of model.objective (no `model:` of its own)
     if "overlays" in rel.parts or rel.parts[0] == "ablations":  # settings laid over a whole config
         return [*smoke, "--config", str(path)]
     return ["--config", str(path)]
