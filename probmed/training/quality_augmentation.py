@@ -49,9 +49,11 @@ class QualityAugmentation:
             objective's terms still see the variances (in the similarity, the samples, the KL) and set their
             level — each dimension's mean over the batch's present rows — but not how they differ from row to row
             (:meth:`for_objective`). Otherwise the contrastive objective also gives the variance to content — a
-            distinctive input a small one — and that spread can outweigh what the ranking teaches. (Cutting the
-            objective's gradient entirely leaves the level free: the ECG variance drifted to ≈ 10 and retrieval
-            stalled at chance.)
+            distinctive input a small one — and that spread can outweigh what the ranking teaches. The level stays
+            the objective's because, cut entirely, nothing holds it (the variances drift until the similarity is
+            flat). Off in every preset: at the demo's budget it turned the echo variance towards the ambiguity
+            but broke retrieval, since ProbMED's similarity penalises variances the objective cannot coordinate
+            across modalities (docs/results.md).
     """
 
     modalities: list[str] = field(default_factory=lambda: ["cxr", "ecg", "echo", "text"])
