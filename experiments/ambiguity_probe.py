@@ -11,7 +11,7 @@ modality. Borderline (-1) labels are left out.
     python experiments/ambiguity_probe.py data_shards/demo [--out probe.json] [--modalities echo ...]
     python experiments/ambiguity_probe.py data_shards/demo --embeddings emb.npz    (``probmed predict``'s output)
 
-With ``--embeddings``, instead: Spearman(mean predicted σ², recorded ambiguity) per modality over the studies of the
+With ``--embeddings``, instead: Spearman(mean predicted log σ², recorded ambiguity) per modality over the studies of the
 ``.npz`` that have the modality (``data_dir`` may hold just that split's shards or all of them), the mean log σ² per
 ambiguity band, and σ² against each recorded mechanism (which acquisition problems the variance sees). With
 ``--oracle-recall`` as well: the issue's 10-bin test (R@1 by decile of uncertainty) scored with the recorded
@@ -130,7 +130,8 @@ BANDS = (0.0, 0.05, 0.2, 0.4, 0.6, 1.01)
 
 
 def variance_against_ambiguity(embeddings: Path, data_dir: Path) -> dict[str, dict]:
-    """Per modality: ``n``, ``rho`` = Spearman ρ of the mean of ``<m>/var`` with ``meta["ambiguity"][m]``,
+    """Per modality, on the mean over the D dimensions of ``log <m>/var`` (the mean log σ²): ``n``, ``rho`` =
+    its Spearman ρ with ``meta["ambiguity"][m]``,
     ``mechanisms`` = ρ with each recorded numeric mechanism's strength (its absolute value: exposure and rotation
     are signed) or, for a categorical one (projection, electrodes), the median mean log σ² per category, and
     ``bands`` = (studies, mean, sd of the mean log σ²) per ambiguity band of :data:`BANDS`, and ``findings`` =
@@ -187,6 +188,7 @@ def oracle_binned_recall(embeddings: Path) -> dict[str, dict]:
     import torch
 
     from probmed.evaluation.confidence import binned_recall
+    from probmed.evaluation.retrieval import rank_of_true
 
     npz = np.load(embeddings, allow_pickle=False)
     mods = [m for m in TARGETS if f"{m}/mean" in npz and f"{m}/ambiguity" in npz]
@@ -200,7 +202,8 @@ def oracle_binned_recall(embeddings: Path) -> dict[str, dict]:
             q, g = npz[f"{a}/mean"][both], npz[f"{b}/mean"][both]
             q = q / np.linalg.norm(q, axis=1, keepdims=True)
             g = g / np.linalg.norm(g, axis=1, keepdims=True)
-            hits.append(((q @ g.T).argmax(1) == np.arange(len(q))).astype(np.float64))
+            ranks = rank_of_true(torch.from_numpy(q @ g.T), torch.arange(len(q)))  # the suite's hit: rank 0
+            hits.append((ranks == 0).double().numpy())
             amb.append(npz[f"{a}/ambiguity"][both])
         u, h = np.concatenate(amb), np.concatenate(hits)
         keep = ~np.isnan(u)
@@ -227,7 +230,7 @@ def main() -> None:
     if args.embeddings:
         heads = "  ".join(f"{lo:.2f}-{min(hi, 1.0):.2f}" for lo, hi in zip(BANDS[:-1], BANDS[1:]))
         for m, r in variance_against_ambiguity(args.embeddings, args.data_dir).items():
-            print(f"{m:8s} n={r['n']:5d}  Spearman(mean var, ambiguity) = {r['rho']:+.3f}")
+            print(f"{m:8s} n={r['n']:5d}  Spearman(mean log var, ambiguity) = {r['rho']:+.3f}")
             print(f"         mean log var by ambiguity band ({heads}): "
                   + "  ".join(f"{mu:+.2f}±{sd:.2f} (n={n})" if n else "-" for n, mu, sd in r["bands"]))
             print("         per mechanism: " + ", ".join(f"{k} {v}" for k, v in r["mechanisms"].items()))
