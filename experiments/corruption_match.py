@@ -14,7 +14,8 @@ model-free statistics of the decoded batch input on the split's studies with rec
 
 It prints, per statistic, the ratio poor / clean of its mean (ambiguity ≥ 0.4 against < 0.05: the recorded truth;
 ``=x``: the mean itself, where the clean one is 0) and, for every registered corruption of the modality applied to
-the clean studies at ``--severity``, the ratio corrupted / clean. A corruption whose ratios point the other way from the poor studies' teaches the wrong signature.
+the clean studies at ``--severity``, the ratio corrupted / clean. A corruption whose ratios point the other way
+from the poor studies' teaches the wrong signature.
 
     python experiments/corruption_match.py data_shards/demo --split val --severity 1.5
 """
