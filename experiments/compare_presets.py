@@ -68,6 +68,7 @@ ROWS: dict[str, tuple] = {
     "demo-quality-margin8": ("demo.yaml", None, None, "ablations/quality_margin8.yaml"),
     "demo-quality-ranking-only": ("demo.yaml", None, None, "ablations/quality_ranking_only.yaml"),
     "demo-quality-substitution": ("demo.yaml", None, None, "ablations/quality_substitution.yaml"),
+    "demo-quality-head": ("demo.yaml", None, None, "ablations/quality_head.yaml"),
 }
 CONFIGS = REPO / "configs"
 

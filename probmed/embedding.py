@@ -17,11 +17,15 @@ class GaussianEmbedding:
             natural log of the variance, already clamped by the head.
         present: ``[B]`` bool, False where the study lacks this modality; such rows hold placeholder values
             and are excluded exactly from every loss and metric.
+        quality: ``[B, 1]`` the part of ``log_var`` (nats, already added to it) that a quality head sets apart
+            from the objective (:class:`~probmed.encoders.head.GaussianHead`, ``row_level="quality"``), with its
+            own gradient; None for every other head.
     """
 
     mean: Tensor
     log_var: Tensor
     present: Tensor
+    quality: Tensor | None = None
 
     @property
     def variance(self) -> Tensor:
@@ -41,10 +45,12 @@ class GaussianEmbedding:
 
     def select(self, index: Tensor) -> "GaussianEmbedding":
         """Rows ``index`` (bool mask or integer index) of every field."""
-        return GaussianEmbedding(self.mean[index], self.log_var[index], self.present[index])
+        return GaussianEmbedding(self.mean[index], self.log_var[index], self.present[index],
+                                 None if self.quality is None else self.quality[index])
 
     def detach(self) -> "GaussianEmbedding":
-        return GaussianEmbedding(self.mean.detach(), self.log_var.detach(), self.present)
+        return GaussianEmbedding(self.mean.detach(), self.log_var.detach(), self.present,
+                                 None if self.quality is None else self.quality.detach())
 
     @staticmethod
     def cat(parts: list["GaussianEmbedding"]) -> "GaussianEmbedding":
@@ -52,4 +58,5 @@ class GaussianEmbedding:
             torch.cat([p.mean for p in parts]),
             torch.cat([p.log_var for p in parts]),
             torch.cat([p.present for p in parts]),
+            None if any(p.quality is None for p in parts) else torch.cat([p.quality for p in parts]),
         )

@@ -26,6 +26,8 @@ class HeadOptions:
     clamp: Literal["soft", "hard"] = "soft"
     log_var_weight_std: float = 0.01
     layers: Literal["separate", "shared"] = "separate"
+    row_level: Literal["objective", "quality"] = "objective"
+    quality_range: float = 5.0
 
     def override(self, changes: dict[str, Any] | None, where: str = "heads") -> "HeadOptions":
         """A copy with ``changes`` applied; an unknown field is a clear error naming the known ones."""
@@ -59,6 +61,19 @@ class GaussianHead(nn.Module):
       the interval.
     * ``clamp="hard"``: ``torch.clamp`` (MedProbCLIP / PCME++ style); zero gradient outside the range.
 
+    **Row level** — what sets a row's overall uncertainty, the mean of its log-variance over the D dimensions:
+
+    * ``row_level="objective"`` (default, every paper's head): the log-variance layer above, trained by the
+      objective. A contrastive objective gives it to content (a distinctive input gets a small variance).
+    * ``row_level="quality"``: ``log_var = clamp(z − mean_D(z) + level) + quality``, with ``z`` the log-variance
+      layer's output, ``level`` one learned scalar and ``quality = R·tanh(Linear(in_dim, 1)(h) / R)`` (a
+      ``[B, 1]`` part in ``(−R, R)``, ``R = quality_range`` nats). The objective keeps which dimensions of a row
+      are uncertain and the overall level; the row's mean log-variance is ``level + quality`` (while the clamp is
+      in its linear range), and ``quality`` is trained by the quality augmentation's ranking alone
+      (:class:`~probmed.training.quality_augmentation.QualityAugmentation` hides its gradient from the objective,
+      which still sees its values). The variance then says how degraded the input looks, not how distinctive its
+      content is. Needs ``model.quality_augmentation`` for the modality.
+
     **Initial variance.** With L2-normalised means in D dimensions the squared distance between two unrelated
     means is ≈ 2, and the diagonal Bhattacharyya logit between equal-variance Gaussians is
     ``log BC = −‖Δμ‖² / (8 v)``.  ``log_var_init = −2`` (v ≈ 0.135) gives log BC ≈ −1.85 for unrelated pairs
@@ -80,6 +95,8 @@ class GaussianHead(nn.Module):
         clamp: ``"soft"`` (tanh) or ``"hard"`` clamping (see above).
         log_var_weight_std: standard deviation of the normal init of the log-variance layer's weights.
         layers: ``"separate"`` (two linear maps on the features) or ``"shared"`` (a hidden layer both read).
+        row_level: ``"objective"`` or ``"quality"`` (see above).
+        quality_range: bound R (nats) of the quality part when ``row_level="quality"``.
     """
 
     def __init__(
@@ -94,6 +111,8 @@ class GaussianHead(nn.Module):
         clamp: Literal["soft", "hard"] = "soft",
         log_var_weight_std: float = 0.01,
         layers: Literal["separate", "shared"] = "separate",
+        row_level: Literal["objective", "quality"] = "objective",
+        quality_range: float = 5.0,
     ) -> None:
         super().__init__()
         if variance not in ("diagonal", "isotropic"):
@@ -102,6 +121,10 @@ class GaussianHead(nn.Module):
             raise ValueError(f"layers must be 'separate' or 'shared', got {layers!r}")
         if clamp not in ("soft", "hard"):
             raise ValueError(f"clamp must be 'soft' or 'hard', got {clamp!r}")
+        if row_level not in ("objective", "quality"):
+            raise ValueError(f"row_level must be 'objective' or 'quality', got {row_level!r}")
+        if not (quality_range > 0 and math.isfinite(quality_range)):
+            raise ValueError(f"quality_range must be positive, got {quality_range}")
         if not log_var_min < log_var_init < log_var_max:
             raise ValueError(
                 f"log_var_init={log_var_init} must lie strictly inside ({log_var_min}, {log_var_max})"
@@ -115,6 +138,7 @@ class GaussianHead(nn.Module):
         self.normalize_mean = bool(normalize_mean)
         self.clamp = clamp
         self.layers = layers
+        self.row_level, self.quality_range = row_level, float(quality_range)
         self.hidden = (nn.Sequential(nn.Linear(self.in_dim, self.in_dim), nn.GELU()) if layers == "shared"
                        else nn.Identity())
         self.mean = nn.Linear(self.in_dim, self.embed_dim)
@@ -122,6 +146,11 @@ class GaussianHead(nn.Module):
         nn.init.normal_(self.log_var.weight, std=log_var_weight_std)
         with torch.no_grad():
             self.log_var.bias.fill_(self._inverse_clamp(float(log_var_init)))
+        if row_level == "quality":
+            self.level = nn.Parameter(torch.tensor(self._inverse_clamp(float(log_var_init))))
+            self.quality = nn.Linear(self.in_dim, 1)
+            nn.init.normal_(self.quality.weight, std=log_var_weight_std)
+            nn.init.zeros_(self.quality.bias)
 
     @property
     def output_dim(self) -> int:
@@ -151,23 +180,35 @@ class GaussianHead(nn.Module):
 
         Returns:
             ``(mean, log_var)``: ``mean`` ``[B, D]`` (unit L2 norm when ``normalize_mean``), ``log_var`` ``[B, D]``
-            (diagonal) or ``[B, 1]`` (isotropic), natural log of the variance, inside the clamp range.
+            (diagonal) or ``[B, 1]`` (isotropic), natural log of the variance, inside the clamp range (widened by
+            ``± quality_range`` with ``row_level="quality"``).
         """
+        mean, log_var, _ = self.parts(features)
+        return mean, log_var
+
+    def parts(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(mean, log_var, quality)``: :meth:`forward`'s output and the quality part of ``log_var`` (``[B, 1]``
+        nats, already added to it) with ``row_level="quality"``, else None."""
         hidden = self.hidden(features)
         mean = self.mean(hidden)
         if self.normalize_mean:
             mean = F.normalize(mean, dim=-1)
-        log_var = self.clamp_log_var(self.log_var(hidden))
-        return mean, log_var
+        z = self.log_var(hidden)
+        if self.row_level == "objective":
+            return mean, self.clamp_log_var(z), None
+        r = self.quality_range
+        quality = r * torch.tanh(self.quality(hidden) / r)
+        return mean, self.clamp_log_var(z - z.mean(-1, keepdim=True) + self.level) + quality, quality
 
     def extra_repr(self) -> str:
         return (
             f"variance={self.variance}, log_var∈[{self.log_var_min}, {self.log_var_max}] ({self.clamp}), "
-            f"normalize_mean={self.normalize_mean}, layers={self.layers}"
+            f"normalize_mean={self.normalize_mean}, layers={self.layers}, row_level={self.row_level}"
         )
 
     @property
     def options(self) -> HeadOptions:
         """This head's settings (e.g. to build another head with the same output space)."""
         return HeadOptions(self.variance, self.normalize_mean, self.log_var_min, self.log_var_max,
-                           self.log_var_init, self.clamp, self.log_var_weight_std, self.layers)
+                           self.log_var_init, self.clamp, self.log_var_weight_std, self.layers,
+                           self.row_level, self.quality_range)

@@ -134,6 +134,11 @@ class ProbMedModule(L.LightningModule):
             for name, enc in encoders.items()
         })
         copy_initial_weights(self.encoders, self.heads, dict(init_from or {}))
+        taught = {self.shared.get(m, m) for m in (quality_augmentation.modalities if quality_augmentation else [])}
+        untaught = sorted(n for n, h in self.heads.items() if h.row_level == "quality" and n not in taught)
+        if untaught:
+            raise ValueError(f"the heads of {untaught} have row_level: quality, whose quality part only the quality "
+                             f"augmentation trains; add them to model.quality_augmentation.modalities")
         self.objective = objective
         self.optimizer_factory = optimizer
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
@@ -171,14 +176,15 @@ class ProbMedModule(L.LightningModule):
         if len(rows) == 0 or (len(rows) == 1 and self.training and self._has_batchnorm[tower]):
             rows = torch.arange(len(present), device=present.device)
         picked = select_rows(inputs, rows)
-        mean_rows, log_var_rows = self.heads[tower](run_tower(self.encoders[tower], picked))
+        mean_rows, log_var_rows, quality_rows = self.heads[tower].parts(run_tower(self.encoders[tower], picked))
         keep = present[rows][:, None]  # all False when no row is present: zero values, zero gradients
 
         def scatter(values: Tensor) -> Tensor:  # each in its own dtype (under autocast mean and log_var may differ)
             values = values * keep.to(values.dtype)
             return values.new_zeros(len(present), values.shape[1]).index_copy(0, rows, values)
 
-        return GaussianEmbedding(scatter(mean_rows), scatter(log_var_rows), present)
+        return GaussianEmbedding(scatter(mean_rows), scatter(log_var_rows), present,
+                                 None if quality_rows is None else scatter(quality_rows))
 
     def embeddable(self, batch: dict, modalities=None) -> list[str]:
         """The batch's modality keys that have an encoder (and are among ``modalities`` when given)."""

@@ -108,18 +108,22 @@ class QualityAugmentation:
             ones = torch.ones(len(rows), dtype=torch.bool, device=present.device)
             both = module.embed_modality(m, concat_rows(inputs, degraded), torch.cat([present, ones]))
             b = len(present)
-            embeddings[m] = GaussianEmbedding(both.mean[:b], both.log_var[:b], present)
-            copies[m] = (GaussianEmbedding(both.mean[b:], both.log_var[b:], ones), rows, severity)
+            embeddings[m] = both.select(slice(0, b))
+            copies[m] = (both.select(slice(b, None)), rows, severity)
         return embeddings, copies
 
     def for_objective(self, embeddings: dict[str, GaussianEmbedding]) -> dict[str, GaussianEmbedding]:
-        """What the training objective gets: the embeddings themselves, or with :attr:`ranking_only` the taught
-        modalities' log-variances with the same values whose gradient from the objective reaches each row only
-        through the batch level: ``log_var.detach() + level − level.detach()``, ``level`` ``[1, D]`` the mean over
-        the present rows (every present row receives the mean of the rows' gradients)."""
+        """What the training objective gets: the same values, with two gradients cut. A quality head's part
+        (``GaussianEmbedding.quality``, :class:`~probmed.encoders.head.GaussianHead` ``row_level="quality"``) gets
+        none from the objective: ``log_var + (quality.detach() − quality)``, exactly ``log_var`` in value, so that
+        only the ranking trains it. With :attr:`ranking_only` the taught modalities' log-variances pass the
+        objective's gradient to each row only through the batch level: ``log_var.detach() + level −
+        level.detach()``, ``level`` ``[1, D]`` the mean over the present rows (every present row receives the mean
+        of the rows' gradients)."""
+        seen = {m: _without_quality_gradient(e) for m, e in embeddings.items()}
         if not self.ranking_only:
-            return embeddings
-        return {m: _level_only(e) if m in self.modalities else e for m, e in embeddings.items()}
+            return seen
+        return {m: _level_only(e) if m in self.modalities else e for m, e in seen.items()}
 
     def _draw(self, modality: str, present: Tensor):
         """``(rows, kind, severity, seed)`` of this step's degradation of ``modality``, or None (< 2 rows)."""
@@ -146,6 +150,13 @@ class QualityAugmentation:
             anchor = next(iter(embeddings.values())).log_var
             return anchor.sum() * 0.0, logs
         return self.weight * total, logs
+
+
+def _without_quality_gradient(e: GaussianEmbedding) -> GaussianEmbedding:
+    """``e`` with the same values whose log-variance passes no gradient to its quality part (if it has one)."""
+    if e.quality is None:
+        return e
+    return GaussianEmbedding(e.mean, e.log_var + (e.quality.detach() - e.quality), e.present)
 
 
 def _level_only(e: GaussianEmbedding) -> GaussianEmbedding:
