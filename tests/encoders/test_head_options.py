@@ -53,8 +53,33 @@ def test_shared_layers_feed_mean_and_log_variance_from_one_hidden_layer():
 
 def test_a_head_rebuilt_from_its_options_has_the_same_settings():
     head = GaussianHead(6, 4, variance="isotropic", log_var_min=-3.0, log_var_max=2.0, normalize_mean=False,
-                        log_var_init=-1.5, clamp="hard", layers="shared")
+                        log_var_init=-1.5, clamp="hard", layers="shared", row_level="quality", quality_range=3.0)
     assert head.options.build(9, 4).options == head.options
+
+
+def test_a_quality_head_sets_each_rows_mean_log_variance_apart_from_which_dimensions_are_uncertain():
+    """row_level="quality": log σ² = clamp(z − mean_D z + level) + R·tanh(w·h / R), computed here by hand."""
+    torch.manual_seed(0)
+    head = HeadOptions(row_level="quality", quality_range=3.0, log_var_weight_std=0.2).build(5, 4)
+    with torch.no_grad():
+        head.quality.weight.normal_(std=2.0)
+        head.level.fill_(-2.0)
+    x = torch.randn(6, 5)
+    mean, log_var, quality = head.parts(x)
+    z = x @ head.log_var.weight.T + head.log_var.bias
+    c, r = -2.5, 7.5  # the soft clamp of [-10, 5]
+    shape = c + r * torch.tanh((z - z.mean(-1, keepdim=True) - 2.0 - c) / r)
+    expected_quality = 3.0 * torch.tanh((x @ head.quality.weight.T + head.quality.bias) / 3.0)
+    torch.testing.assert_close(quality, expected_quality)
+    torch.testing.assert_close(log_var, shape + expected_quality)
+    assert quality.abs().max() < 3.0 and quality.std() > 0.5
+    # the row's mean log-variance is the level plus its quality part, to the clamp's curvature
+    torch.testing.assert_close(log_var.mean(-1, keepdim=True), -2.0 + quality, atol=0.01, rtol=0)
+    torch.testing.assert_close(head(x)[1], log_var)
+    # at initialisation every row starts at log_var_init, as the objective's head does
+    fresh = HeadOptions(row_level="quality").build(5, 4)
+    torch.testing.assert_close(fresh(torch.zeros(2, 5))[1], torch.full((2, 4), -2.0))
+    assert HeadOptions().build(5, 4).parts(x)[2] is None
 
 
 def test_bad_head_settings_are_clear_errors():
@@ -64,6 +89,12 @@ def test_bad_head_settings_are_clear_errors():
         _module(heads={"echo": {"clamp": "hard"}})
     with pytest.raises(ValueError, match="layers must be"):
         HeadOptions(layers="tied").build(3, 2)
+    with pytest.raises(ValueError, match="row_level must be"):
+        HeadOptions(row_level="content").build(3, 2)
+    with pytest.raises(ValueError, match="quality_range must be positive"):
+        HeadOptions(row_level="quality", quality_range=0.0).build(3, 2)
+    with pytest.raises(ValueError, match=r"heads of \['ecg'\] have row_level: quality.*quality_augmentation"):
+        _module(heads={"ecg": {"row_level": "quality"}})
     with pytest.raises(ValueError, match="must lie strictly inside"):
         _module(head=HeadOptions(log_var_min=-1.0, log_var_max=1.0))  # log_var_init -2 outside
 

@@ -3,18 +3,18 @@ short training that makes the variance of degraded ECGs exceed that of clean one
 import pytest
 import torch
 
-from probmed.encoders import ECGEncoder
+from probmed.encoders import ECGEncoder, HeadOptions
 from probmed.evaluation.corruptions import corrupt
 from probmed.losses import VIB, Objective
 from probmed.tasks.binding import ProbMedModule
 from probmed.training.quality_augmentation import QualityAugmentation
 
 
-def _module(aug: QualityAugmentation) -> ProbMedModule:
+def _module(aug: QualityAugmentation, row_level: str = "objective") -> ProbMedModule:
     torch.manual_seed(0)
     ecg = ECGEncoder(depth=None, layers=[1, 1], widths=[8, 16], expansion=1, stem_widths=[8, 8, 8])
     return ProbMedModule({"ecg": ecg}, Objective([VIB(["ecg"], weight=1e-4)]), embed_dim=8,
-                         quality_augmentation=aug)
+                         head=HeadOptions(row_level=row_level), quality_augmentation=aug)
 
 
 def _records(n: int, seed: int) -> dict:
@@ -60,10 +60,11 @@ def test_the_copies_share_the_batch_forward_and_the_loss_is_the_severity_scaled_
     assert set(logs) == {"quality/ecg", "quality_gap/ecg"}
 
 
-def test_training_on_the_ranking_alone_raises_the_variance_of_degraded_records_it_never_saw():
+@pytest.mark.parametrize("row_level", ["objective", "quality"])
+def test_training_on_the_ranking_alone_raises_the_variance_of_degraded_records_it_never_saw(row_level):
     aug = QualityAugmentation(modalities=["ecg"], fraction=0.5, max_severity=3.0, margin=1.0,
                               kinds={"ecg": ["noise", "baseline_wander", "lead_dropout"]})
-    module = _module(aug).train()
+    module = _module(aug, row_level).train()
     opt = torch.optim.Adam(module.parameters(), lr=3e-3)
     for step in range(60):
         torch.manual_seed(step)
@@ -109,3 +110,27 @@ def test_ranking_only_leaves_the_objective_the_level_of_the_variance_not_its_row
         assert (full[:6] - full[:6].mean(0)).abs().max() > 0  # the VIB's gradient differs from row to row
     rank_grad = torch.autograd.grad(aug.loss(emb, copies)[0], emb["ecg"].log_var)[0]
     assert (rank_grad[:6] - rank_grad[:6].mean(0)).abs().max() > 0
+
+
+def test_a_quality_heads_part_is_trained_by_the_ranking_alone_and_seen_by_the_objective():
+    """With ``head.row_level: quality`` the objective gets the same variances and loss, but none of its gradient
+    reaches the quality part (its layer gets exactly zero) while the rest of the head still learns from it; the
+    ranking's gradient reaches the quality part."""
+    aug = QualityAugmentation(modalities=["ecg"], fraction=0.5)
+    module = _module(aug, "quality").train()
+    head = module.heads["ecg"]
+    batch = {"inputs": {"ecg": _records(8, 1)}, "present": {"ecg": torch.ones(8, dtype=torch.bool)},
+             "group": torch.arange(8)}
+    torch.manual_seed(3)
+    emb, copies = aug.embed(module, batch, ["ecg"])
+    assert emb["ecg"].quality.shape == (8, 1) and copies["ecg"][0].quality.shape == (4, 1)
+    seen = aug.for_objective(emb)
+    assert torch.equal(seen["ecg"].log_var, emb["ecg"].log_var)  # the same values, bit for bit
+    out = module.objective(seen, batch["group"])
+    torch.testing.assert_close(out.total, module.objective(emb, batch["group"]).total)
+    objective_grads = torch.autograd.grad(out.total, [head.quality.weight, head.level, head.log_var.weight],
+                                          retain_graph=True, allow_unused=True)
+    assert objective_grads[0].abs().max() == 0
+    assert objective_grads[1].abs() > 0 and objective_grads[2].abs().max() > 0
+    ranking_grad = torch.autograd.grad(aug.loss(emb, copies)[0], head.quality.weight)[0]
+    assert ranking_grad.abs().max() > 0
