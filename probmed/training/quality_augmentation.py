@@ -45,6 +45,11 @@ class QualityAugmentation:
         margin: log-variance gap demanded at the largest severity (nats of variance; ``e^1`` ≈ 2.7× at 1).
         like: key → registered modality whose corruptions it takes (a modality added in the config alone).
         kinds: key → the corruption kinds to draw from (default: every kind registered for its input).
+        anchor: with a quality head (:class:`~probmed.encoders.head.GaussianHead` ``row_level="quality"``), weight
+            of ``mean(quality²)`` over the batch's present rows, which holds an input that looks clean at a quality
+            part of 0 (the objective's level). The ranking is relative: without it nothing bounds how far the
+            quality parts of clean rows spread, and at the demo's budget they spread to the bounds and the
+            variances' differences drowned the similarity (retrieval stayed at chance). No effect on other heads.
         ranking_only: the ranking alone decides which inputs of a taught modality get more variance: the
             objective's terms still see the variances (in the similarity, the samples, the KL) and set their
             level — each dimension's mean over the batch's present rows — but not how they differ from row to row
@@ -64,8 +69,11 @@ class QualityAugmentation:
     like: dict[str, str] = field(default_factory=dict)
     kinds: dict[str, list[str]] = field(default_factory=dict)
     ranking_only: bool = False
+    anchor: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (self.anchor >= 0 and math.isfinite(self.anchor)):
+            raise ValueError(f"quality_augmentation.anchor must be ≥ 0, got {self.anchor}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"quality_augmentation.fraction must be in (0, 1], got {self.fraction}")
         if not (self.max_severity > 0 and math.isfinite(self.max_severity)):
@@ -143,6 +151,11 @@ class QualityAugmentation:
         for m, (copy, rows, severity) in copies.items():
             gap = copy.log_var.mean(-1) - embeddings[m].log_var[rows].mean(-1)
             part = torch.relu(self.margin * severity / self.max_severity - gap).mean()
+            quality = embeddings[m].quality
+            if quality is not None and self.anchor > 0:
+                held = quality[embeddings[m].present].square().mean()
+                part = part + self.anchor * held
+                logs[f"quality_anchor/{m}"] = held.detach()
             total = part if total is None else total + part
             logs[f"quality/{m}"] = part.detach()
             logs[f"quality_gap/{m}"] = gap.detach().mean()
