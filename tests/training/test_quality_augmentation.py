@@ -132,5 +132,14 @@ def test_a_quality_heads_part_is_trained_by_the_ranking_alone_and_seen_by_the_ob
                                           retain_graph=True, allow_unused=True)
     assert objective_grads[0].abs().max() == 0
     assert objective_grads[1].abs() > 0 and objective_grads[2].abs().max() > 0
-    ranking_grad = torch.autograd.grad(aug.loss(emb, copies)[0], head.quality.weight)[0]
+    loss, logs = aug.loss(emb, copies)
+    ranking_grad = torch.autograd.grad(loss, head.quality.weight, retain_graph=True)[0]
     assert ranking_grad.abs().max() > 0
+    # the loss is the hinge plus the anchor (weight 1) of the originals' quality parts, computed here by hand
+    copy, rows, severity = copies["ecg"]
+    gap = copy.log_var.mean(-1) - emb["ecg"].log_var[rows].mean(-1)
+    hinge = torch.relu(aug.margin * severity / aug.max_severity - gap).mean()
+    torch.testing.assert_close(loss, hinge + emb["ecg"].quality.square().mean())
+    assert set(logs) == {"quality/ecg", "quality_gap/ecg", "quality_anchor/ecg"}
+    with pytest.raises(ValueError, match="anchor must be"):
+        QualityAugmentation(anchor=-1.0)
