@@ -65,11 +65,12 @@ class GaussianHead(nn.Module):
 
     * ``row_level="objective"`` (default, every paper's head): the log-variance layer above, trained by the
       objective. A contrastive objective gives it to content (a distinctive input gets a small variance).
-    * ``row_level="quality"``: ``log_var = clamp(z − mean_D(z) + level) + quality``, with ``z`` the log-variance
-      layer's output, ``level`` one learned scalar and ``quality = R·tanh(Linear(in_dim, 1)(h) / R)`` (a
-      ``[B, 1]`` part in ``(−R, R)``, ``R = quality_range`` nats). The objective keeps which dimensions of a row
-      are uncertain and the overall level; the row's mean log-variance is ``level + quality`` (while the clamp is
-      in its linear range), and ``quality`` is trained by the quality augmentation's ranking alone
+    * ``row_level="quality"``: ``log_var = shape + level + quality``. ``shape = c − log mean_D exp(c)`` with
+      ``c = clamp(z)`` the clamped log-variance layer's output: which dimensions of the row are uncertain, with a
+      mean variance of exactly 1 (0 for an isotropic head). ``level`` is one learned scalar and ``quality =
+      R·tanh(Linear(in_dim, 1)(h) / R)`` a ``[B, 1]`` part in ``(−R, R)``, ``R = quality_range`` nats. The row's
+      mean variance (over the D dimensions) is then exactly ``exp(level + quality)``. The objective trains the
+      shape and the level; ``quality`` is trained by the quality augmentation's ranking alone
       (:class:`~probmed.training.quality_augmentation.QualityAugmentation` hides its gradient from the objective,
       which still sees its values). The variance then says how degraded the input looks, not how distinctive its
       content is. Needs ``model.quality_augmentation`` for the modality.
@@ -147,7 +148,7 @@ class GaussianHead(nn.Module):
         with torch.no_grad():
             self.log_var.bias.fill_(self._inverse_clamp(float(log_var_init)))
         if row_level == "quality":
-            self.level = nn.Parameter(torch.tensor(self._inverse_clamp(float(log_var_init))))
+            self.level = nn.Parameter(torch.tensor(float(log_var_init)))
             self.quality = nn.Linear(self.in_dim, 1)
             nn.init.normal_(self.quality.weight, std=log_var_weight_std)
             nn.init.zeros_(self.quality.bias)
@@ -180,8 +181,8 @@ class GaussianHead(nn.Module):
 
         Returns:
             ``(mean, log_var)``: ``mean`` ``[B, D]`` (unit L2 norm when ``normalize_mean``), ``log_var`` ``[B, D]``
-            (diagonal) or ``[B, 1]`` (isotropic), natural log of the variance, inside the clamp range (widened by
-            ``± quality_range`` with ``row_level="quality"``).
+            (diagonal) or ``[B, 1]`` (isotropic), natural log of the variance, inside the clamp range (with
+            ``row_level="quality"``: its shape plus the level and the quality part, see above).
         """
         mean, log_var, _ = self.parts(features)
         return mean, log_var
@@ -193,12 +194,13 @@ class GaussianHead(nn.Module):
         mean = self.mean(hidden)
         if self.normalize_mean:
             mean = F.normalize(mean, dim=-1)
-        z = self.log_var(hidden)
+        log_var = self.clamp_log_var(self.log_var(hidden))
         if self.row_level == "objective":
-            return mean, self.clamp_log_var(z), None
+            return mean, log_var, None
+        shape = log_var - torch.logsumexp(log_var, -1, keepdim=True) + math.log(log_var.shape[-1])
         r = self.quality_range
         quality = r * torch.tanh(self.quality(hidden) / r)
-        return mean, self.clamp_log_var(z - z.mean(-1, keepdim=True) + self.level) + quality, quality
+        return mean, shape + self.level + quality, quality
 
     def extra_repr(self) -> str:
         return (

@@ -8,7 +8,8 @@ pair (original, degraded) is ranked by its mean log-variance::
 
     L = mean over the degraded rows of  relu( margin · s / max_severity − (ū(degraded) − ū(original)) )
 
-with ``ū`` the mean of the log-variance over the D dimensions. The degraded copy must be less certain than its
+with ``ū`` the mean of the log-variance over the D dimensions (with a quality head, the head's quality part: its
+row's log mean variance, less the head's level; :class:`~probmed.encoders.head.GaussianHead`). The degraded copy must be less certain than its
 original by a margin that grows with the severity. No label of quality is read: the severities are the ones drawn
 here. The copies pass the tower in the same forward as the batch (one set of batch-norm statistics, as at
 evaluation); the originals' embeddings are the step's own, and the degraded copies enter no other term. One corruption kind and one severity per modality and step (drawn from the step's seeded
@@ -149,7 +150,7 @@ class QualityAugmentation:
         """``(weighted ranking loss, logs)`` of one training step from :meth:`embed`'s output."""
         total, logs = None, {}
         for m, (copy, rows, severity) in copies.items():
-            gap = copy.log_var.mean(-1) - embeddings[m].log_var[rows].mean(-1)
+            gap = _row_level(copy) - _row_level(embeddings[m].select(rows))
             part = torch.relu(self.margin * severity / self.max_severity - gap).mean()
             quality = embeddings[m].quality
             if quality is not None and self.anchor > 0:
@@ -163,6 +164,12 @@ class QualityAugmentation:
             anchor = next(iter(embeddings.values())).log_var
             return anchor.sum() * 0.0, logs
         return self.weight * total, logs
+
+
+def _row_level(e: GaussianEmbedding) -> Tensor:
+    """``[B]`` what the ranking ranks: the mean log-variance over the dimensions, or a quality head's part (its row's
+    log mean variance less the head's level, :class:`~probmed.encoders.head.GaussianHead`)."""
+    return e.log_var.mean(-1) if e.quality is None else e.quality.squeeze(-1)
 
 
 def _without_quality_gradient(e: GaussianEmbedding) -> GaussianEmbedding:

@@ -57,28 +57,31 @@ def test_a_head_rebuilt_from_its_options_has_the_same_settings():
     assert head.options.build(9, 4).options == head.options
 
 
-def test_a_quality_head_sets_each_rows_mean_log_variance_apart_from_which_dimensions_are_uncertain():
-    """row_level="quality": log σ² = clamp(z − mean_D z + level) + R·tanh(w·h / R), computed here by hand."""
+def test_a_quality_head_sets_each_rows_mean_variance_apart_from_which_dimensions_are_uncertain():
+    """row_level="quality": log σ² = c − log mean_D exp(c) + level + R·tanh(w·h / R), c the clamped log-variance
+    layer, computed here by hand; the row's mean variance is exp(level + quality) exactly."""
     torch.manual_seed(0)
-    head = HeadOptions(row_level="quality", quality_range=3.0, log_var_weight_std=0.2).build(5, 4)
+    head = HeadOptions(row_level="quality", quality_range=3.0, log_var_weight_std=0.5).build(5, 4)
     with torch.no_grad():
         head.quality.weight.normal_(std=2.0)
-        head.level.fill_(-2.0)
+        head.level.fill_(-1.0)
     x = torch.randn(6, 5)
     mean, log_var, quality = head.parts(x)
     z = x @ head.log_var.weight.T + head.log_var.bias
-    c, r = -2.5, 7.5  # the soft clamp of [-10, 5]
-    shape = c + r * torch.tanh((z - z.mean(-1, keepdim=True) - 2.0 - c) / r)
+    c = -2.5 + 7.5 * torch.tanh((z + 2.5) / 7.5)  # the soft clamp of [-10, 5]
+    shape = c - c.exp().mean(-1, keepdim=True).log()
     expected_quality = 3.0 * torch.tanh((x @ head.quality.weight.T + head.quality.bias) / 3.0)
     torch.testing.assert_close(quality, expected_quality)
-    torch.testing.assert_close(log_var, shape + expected_quality)
-    assert quality.abs().max() < 3.0 and quality.std() > 0.5
-    # the row's mean log-variance is the level plus its quality part, to the clamp's curvature
-    torch.testing.assert_close(log_var.mean(-1, keepdim=True), -2.0 + quality, atol=0.01, rtol=0)
+    torch.testing.assert_close(log_var, shape - 1.0 + expected_quality)
+    assert quality.abs().max() < 3.0 and quality.std() > 0.5 and shape.std(-1).min() > 0.1
+    torch.testing.assert_close(log_var.exp().mean(-1, keepdim=True).log(), -1.0 + quality)
     torch.testing.assert_close(head(x)[1], log_var)
-    # at initialisation every row starts at log_var_init, as the objective's head does
+    # at initialisation every row starts at log_var_init, as the objective's head does; isotropic: level + quality
     fresh = HeadOptions(row_level="quality").build(5, 4)
     torch.testing.assert_close(fresh(torch.zeros(2, 5))[1], torch.full((2, 4), -2.0))
+    iso = HeadOptions(row_level="quality", variance="isotropic").build(5, 4)
+    _, iso_log_var, iso_quality = iso.parts(x)
+    torch.testing.assert_close(iso_log_var, iso.level + iso_quality)
     assert HeadOptions().build(5, 4).parts(x)[2] is None
 
 

@@ -137,7 +137,8 @@ def test_a_quality_heads_part_is_trained_by_the_ranking_alone_and_seen_by_the_ob
     assert ranking_grad.abs().max() > 0
     # the loss is the hinge plus the anchor (weight 1) of the originals' quality parts, computed here by hand
     copy, rows, severity = copies["ecg"]
-    gap = copy.log_var.mean(-1) - emb["ecg"].log_var[rows].mean(-1)
+    gap = copy.quality.squeeze(-1) - emb["ecg"].quality[rows].squeeze(-1)  # = the rows' log mean variances'
+    torch.testing.assert_close(gap, copy.log_var.exp().mean(-1).log() - emb["ecg"].log_var[rows].exp().mean(-1).log())
     hinge = torch.relu(aug.margin * severity / aug.max_severity - gap).mean()
     torch.testing.assert_close(loss, hinge + emb["ecg"].quality.square().mean())
     assert set(logs) == {"quality/ecg", "quality_gap/ecg", "quality_anchor/ecg"}
