@@ -69,7 +69,7 @@ ROWS: dict[str, tuple] = {
     "demo-quality-ranking-only": ("demo.yaml", None, None, "ablations/quality_ranking_only.yaml"),
     "demo-quality-substitution": ("demo.yaml", None, None, "ablations/quality_substitution.yaml"),
     "demo-quality-head": ("demo.yaml", None, None, "ablations/quality_head.yaml"),
-    "demo-quality-head-anchor1": ("demo.yaml", None, None, "ablations/quality_head_anchor1.yaml"),
+    "demo-quality-head-anchor0.1": ("demo.yaml", None, None, "ablations/quality_head_anchor01.yaml"),
 }
 CONFIGS = REPO / "configs"
 
