@@ -70,9 +70,9 @@ def test_head_outputs_of_different_dtypes_are_kept():
     head = module.heads["a"]
 
     class MixedDtypeHead(nn.Module):
-        def forward(self, features):
+        def parts(self, features):  # what embed_modality calls: mean, log-variance, quality part (none)
             mean, log_var = head(features)
-            return mean.float(), log_var.bfloat16()
+            return mean.float(), log_var.bfloat16(), None
 
     module.heads["a"] = MixedDtypeHead()
     present = torch.tensor([True, False, True, True])
