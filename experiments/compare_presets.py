@@ -62,6 +62,7 @@ ROWS: dict[str, tuple] = {
     "demo-no-sampling": ("demo.yaml", None, "ablations/probmed_no_sampling.yaml"),
     "demo-difficulty-no-sampling": ("demo.yaml", None, "ablations/probmed_difficulty_no_sampling.yaml"),
     "demo-quality": ("demo.yaml", None, None, "presets/overlays/quality_augmentation.yaml"),
+    "demo-logbc-quality": ("demo.yaml", "bhattacharyya", None, "presets/overlays/quality_augmentation.yaml"),
     "demo-quality-narrow": ("demo.yaml", None, None, "ablations/quality_narrow.yaml"),
     "demo-quality-all-kinds": ("demo.yaml", None, None, "ablations/quality_all_kinds.yaml"),
     "demo-quality-margin4": ("demo.yaml", None, None, "ablations/quality_margin4.yaml"),
