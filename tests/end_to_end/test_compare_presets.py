@@ -65,7 +65,9 @@ def test_every_row_is_its_preset_with_the_small_tower_override(row, tmp_path, mo
         assert kinds - {None} == {"cosine"} and sum(len(t.pairs) for t in model.objective.terms) == 6
     terms = {type(t).__name__ for t in model.objective.terms}
     assert ("DifficultyVariance" in terms) == row.startswith("demo-difficulty")
-    assert (model.quality_augmentation is not None) == row.startswith("demo-quality")
+    assert (model.quality_augmentation is not None) == ("quality" in row)
+    row_levels = {h.row_level for h in model.heads.values()}
+    assert row_levels == ({"quality"} if "quality-head" in row else {"objective"})
     if row == "demo-pcme++":
         assert terms == {"PCMEpp", "VIB"} and sum(len(t.pairs) for t in model.objective.terms) == 6
 
