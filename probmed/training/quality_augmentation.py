@@ -11,11 +11,11 @@ pair (original, degraded) is ranked by its mean log-variance::
 with ``ū`` the mean of the log-variance over the D dimensions (with a quality head, the head's quality part: its
 row's log mean variance, less the head's level; :class:`~probmed.encoders.head.GaussianHead`). The degraded copy
 must be less certain than its original by a margin that grows with the severity. No label of quality is read: the
-severities are the ones drawn here. The copies pass the tower in the same forward as the batch (one set of batch-
-norm statistics, as at evaluation); the originals' embeddings are the step's own, and the degraded copies enter no
-other term. One corruption kind and one severity per modality and step (drawn from the step's seeded generator, so a
-resumed run draws the same). Under DDP each rank ranks its own rows and DDP averages the gradients (equal to the
-global mean when every rank degrades the same number of rows).
+severities are the ones drawn here. The copies pass the tower in the same forward as the batch (one set of
+batch-norm statistics, as at evaluation); the originals' embeddings are the step's own, and the degraded copies
+enter no other term. One corruption kind and one severity per modality and step (drawn from the step's seeded
+generator, so a resumed run draws the same). Under DDP each rank ranks its own rows and DDP averages the gradients
+(equal to the global mean when every rank degrades the same number of rows).
 """
 from __future__ import annotations
 
